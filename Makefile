@@ -1,0 +1,32 @@
+# Two entry points: `make demo` (the main job) and `make test`. Both build .venv from nothing.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	# torch first, from the machine's wheels, so nothing else pulls a different build.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/hdvila demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

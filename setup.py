@@ -1,0 +1,25 @@
+"""HD-VILA platform: video-language pretraining with generation heads."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+REQUIREMENTS = [
+    line.strip()
+    for line in (HERE / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="hdvila",
+    version="0.1.0",
+    description="Video-language pretraining (HD-VILA) with retrieval, diffusion and animation heads",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["data_tools*", "hdvila*", "diffusion*", "animation*"]),
+    package_data={"data_tools": ["assets/*/*", "assets/*/*/*"]},
+    include_package_data=True,
+    install_requires=REQUIREMENTS,
+    entry_points={"console_scripts": ["hdvila=hdvila.cli:main"]},
+)
