@@ -111,6 +111,8 @@ def count_video_packets(source: str | os.PathLike | bytes) -> int:
     except av.error.FFmpegError as exc:
         raise ProbeError(f"cannot open as media: {exc}") from None
     try:
+        if not container.streams.video:
+            raise ProbeError("no video stream")
         stream = container.streams.video[0]
         return sum(1 for pkt in container.demux(stream) if pkt.size > 0)
     finally:

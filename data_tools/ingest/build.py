@@ -1,0 +1,240 @@
+"""`hdvila data build`: videos + transcripts (or manifests) -> 720p webdataset shards and a report.
+
+Stages: discover inputs -> probe each video -> plan sentence spans -> assign clips to shards in a fixed
+order -> cut + transcode shards in parallel processes -> build_report.json. Bad inputs become report entries;
+the job goes on. Finished shards are skipped on a rerun, so a killed build resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..config import save_config, to_dict
+from ..io import atomic_write_json, remove_stale_temporaries
+from ..logs import get_logger
+from ..media import ProbeError, VideoInfo, probe_video
+from .config import BuildConfig, TranscodeConfig
+from .shards import ShardWriter, read_shard_stats, sample_key, shard_is_finished
+from .sources import ClipRequest, InputProblem, VideoJob, discover_inputs, plan_clips
+from .transcode import TranscodeError, cut_clip
+
+log = get_logger(__name__)
+
+
+class BuildFailed(RuntimeError):
+    """No clip could be written at all."""
+
+
+@dataclass
+class PlannedClip:
+    key: str
+    video_path: str
+    video_id: str
+    clip_id: str
+    start: float
+    end: float
+    text: str
+    transcript_source: str
+    info: dict  # VideoInfo as a dict (picklable, small)
+
+
+@dataclass
+class ShardTask:
+    index: int
+    clips: list[PlannedClip] = field(default_factory=list)
+
+
+def _probe_job(job: VideoJob) -> tuple[VideoJob, VideoInfo | None, str | None]:
+    try:
+        return job, probe_video(job.video_path), None
+    except ProbeError as exc:
+        return job, None, str(exc)
+
+
+def plan_build(inputs: list[str], cfg: BuildConfig, progress: bool = True
+               ) -> tuple[list[ShardTask], list[InputProblem], dict[str, int]]:
+    """Everything before cutting: deterministic given the inputs and the config."""
+    jobs, problems = discover_inputs(inputs, video_root=cfg.video_root, clip_text=cfg.clip_text)
+    jobs = sorted(jobs, key=lambda j: (j.video_id, j.video_path))
+    counts = {"videos_found": len(jobs), "videos_ok": 0}
+    # Probing reads container headers only; threads are enough.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, cfg.workers * 2))) as pool:
+        results = list(tqdm(pool.map(_probe_job, jobs), total=len(jobs), desc="probe", unit="video",
+                            disable=not progress, leave=False))
+    planned: list[PlannedClip] = []
+    for job, info, error in results:
+        if info is None:
+            problems.append(InputProblem(input=job.video_path, stage="probe", reason=error or "unknown"))
+            continue
+        clips, clip_problems = plan_clips(job, info.duration, cfg.sentences)
+        problems.extend(clip_problems)
+        counts["videos_ok"] += bool(clips)
+        planned.extend(_planned_clip(job, info, clip) for clip in clips)
+    per_shard = cfg.shards.samples_per_shard
+    shards: list[ShardTask] = []
+    for i, item in enumerate(planned):
+        shard_index, position = divmod(i, per_shard)
+        if shard_index == len(shards):
+            shards.append(ShardTask(index=shard_index))
+        item.key = sample_key(shard_index, position)
+        shards[shard_index].clips.append(item)
+    counts["clips_planned"] = len(planned)
+    return shards, problems, counts
+
+
+def _planned_clip(job: VideoJob, info: VideoInfo, clip: ClipRequest) -> PlannedClip:
+    return PlannedClip(
+        key="",
+        video_path=job.video_path,
+        video_id=job.video_id,
+        clip_id=clip.clip_id,
+        start=float(clip.start),
+        end=float(clip.end),
+        text=clip.text,
+        transcript_source=job.transcript_source,
+        info=info.to_dict(),
+    )
+
+
+def _encoder_threads(cfg: BuildConfig) -> int:
+    if cfg.transcode.threads > 0:
+        return cfg.transcode.threads
+    return max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
+
+
+def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: int,
+                counter: Any = None) -> dict:
+    """Cut every clip of one shard and publish the shard. Runs in a worker process."""
+    started = time.time()
+    writer = ShardWriter(out_dir, task.index)
+    failures: list[dict] = []
+    try:
+        for clip in task.clips:
+            info = VideoInfo(**clip.info)
+            try:
+                media = cut_clip(clip.video_path, info, clip.start, clip.end, tcfg, threads=threads)
+            except (TranscodeError, ProbeError, OSError) as exc:
+                failures.append({"input": clip.video_path, "clip_id": clip.clip_id, "stage": "transcode",
+                                 "span": [clip.start, clip.end], "reason": str(exc)})
+            else:
+                meta = {
+                    "key": clip.key,
+                    "clip_id": clip.clip_id,
+                    "video_id": clip.video_id,
+                    "source": clip.video_path,
+                    "span": [clip.start, clip.end],
+                    "source_frames": [media.first_source_frame, media.first_source_frame + media.num_frames],
+                    "fps": media.fps,
+                    "num_frames": media.num_frames,
+                    "width": media.width,
+                    "height": media.height,
+                    "keyint": media.keyint,
+                    "proxy": ({"width": media.proxy_width, "height": media.proxy_height}
+                              if media.proxy is not None else None),
+                    "transcript_source": clip.transcript_source,
+                    "source_info": {k: clip.info[k] for k in ("width", "height", "fps_fraction", "codec", "duration")},
+                }
+                files: dict[str, bytes | str] = {"mp4": media.mp4, "txt": clip.text,
+                                                 "json": json.dumps(meta, sort_keys=True)}
+                if media.proxy is not None:
+                    files["proxy.mp4"] = media.proxy
+                writer.write(clip.key, files, {
+                    "clip_id": clip.clip_id, "video_id": clip.video_id, "source": clip.video_path,
+                    "start": clip.start, "end": clip.end, "duration": media.num_frames / _rate(media.fps),
+                    "num_frames": media.num_frames, "fps": media.fps, "width": media.width,
+                    "height": media.height, "text": clip.text, "transcript_source": clip.transcript_source,
+                })
+            if counter is not None:
+                with counter.get_lock():
+                    counter.value += 1
+        stats = {"shard": task.index, "planned": len(task.clips), "successes": len(writer.rows),
+                 "failed": len(failures), "failures": failures, "seconds": round(time.time() - started, 3)}
+        writer.close(stats)
+    except BaseException:
+        writer.abort()
+        raise
+    return stats
+
+
+def _rate(fraction: str) -> float:
+    num, _, den = fraction.partition("/")
+    return float(num) / float(den or 1)
+
+
+_COUNTER = None
+
+
+def _init_worker(counter) -> None:
+    global _COUNTER
+    _COUNTER = counter
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _run_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: int) -> dict:
+    return write_shard(task, out_dir, tcfg, threads, _COUNTER)
+
+
+def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> dict:
+    """Run the whole build; returns the report (also written to OUT/build_report.json)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temporaries(out)
+    if removed:
+        log.info("removed %d partial files left by an earlier, interrupted build", removed)
+    save_config(cfg, out / "build_config.yaml")
+    started = time.time()
+    shards, problems, counts = plan_build(inputs, cfg, progress=progress)
+    todo = [s for s in shards if not shard_is_finished(out, s.index)]
+    skipped = len(shards) - len(todo)
+    if skipped:
+        log.info("%d of %d shards are already finished; building the other %d", skipped, len(shards), len(todo))
+    threads = _encoder_threads(cfg)
+    ctx = mp.get_context("fork")
+    counter = ctx.Value("l", 0)
+    total = sum(len(s.clips) for s in todo)
+    with tqdm(total=total, desc="cut+encode", unit="clip", disable=not progress) as bar:
+        if cfg.workers <= 1:
+            _init_worker(counter)
+            for task in todo:
+                write_shard(task, str(out), cfg.transcode, threads, counter)
+                bar.update(counter.value - bar.n)
+        else:
+            with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(counter,)) as pool:
+                pending = {pool.submit(_run_shard, t, str(out), cfg.transcode, threads) for t in todo}
+                while pending:
+                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        fut.result()  # a crashed worker is a bug, not bad input: surface it
+                    bar.update(counter.value - bar.n)
+    failures = [asdict(p) for p in problems]
+    written = 0
+    shard_files = []
+    for shard in shards:
+        stats = read_shard_stats(out, shard.index)
+        written += stats["successes"]
+        failures.extend(stats["failures"])
+        shard_files.append(f"{shard.index:05d}.tar")
+    report = {
+        **counts,
+        "clips_written": written,
+        "clips_failed": sum(1 for f in failures if f.get("stage") == "transcode"),
+        "problems": len(failures),
+        "shards": shard_files,
+        "shards_skipped_as_finished": skipped,
+        "seconds": round(time.time() - started, 2),
+        "config": to_dict(cfg),
+        "failures": failures,
+    }
+    atomic_write_json(out / "build_report.json", report)
+    if written == 0:
+        raise BuildFailed(f"no clip could be written ({len(failures)} problems; see {out / 'build_report.json'})")
+    return report

@@ -1,0 +1,549 @@
+"""Discover what to ingest: folders of videos with transcripts, clip manifests, HD-VILA-100M JSONL.
+
+Nothing here opens a video; discovery only checks that files exist. Every input that cannot be used
+becomes an `InputProblem` with a plain-words reason, and the remaining inputs go on.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import SentenceConfig
+from .transcripts import TranscriptError, cues_to_sentences, parse_timestamp, read_transcript
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "TRANSCRIPT_EXTENSIONS",
+    "ClipRequest",
+    "VideoJob",
+    "InputProblem",
+    "discover_inputs",
+    "plan_clips",
+]
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
+TRANSCRIPT_EXTENSIONS = (".srt", ".vtt", ".json")  # preference order when several sit beside a video
+MANIFEST_EXTENSIONS = (".jsonl", ".csv", ".parquet")
+MIN_CLIP_SECONDS = 0.5
+
+_COLUMNS = {
+    "video": ("video", "video_path", "path"),
+    "start": ("start", "start_time"),
+    "end": ("end", "end_time"),
+    "text": ("text", "caption", "sentence"),
+    "clip_id": ("clip_id",),
+    "video_id": ("video_id",),
+}
+_REQUIRED = ("video", "start", "end", "text")
+
+
+@dataclass
+class ClipRequest:
+    start: float
+    end: float
+    text: str
+    clip_id: str | None = None
+
+
+@dataclass
+class VideoJob:
+    video_path: str  # absolute
+    video_id: str  # stable id (file stem, manifest id, or HD-VILA video_id)
+    transcript_path: str | None = None  # folder input: spans come from cues_to_sentences later
+    clips: list[ClipRequest] | None = None  # manifest / HD-VILA input: explicit spans
+    transcript_source: str = ""  # "srt" | "vtt" | "json" | "manifest" | "hdvila100m"
+
+
+@dataclass
+class InputProblem:
+    input: str  # the path, row or clip id concerned
+    stage: str  # "discover" (here), "transcript" or "plan" (plan_clips)
+    reason: str  # human readable
+
+
+class _Problems(list):
+    def add(self, input: str, reason: str, stage: str = "discover") -> None:
+        self.append(InputProblem(str(input), stage, reason))
+
+
+def _seconds(value: float) -> str:
+    """Short human form of a time: 12, 1.5, 3.25."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
+
+
+# ---------------------------------------------------------------------------------------------- folders
+
+def _transcript_beside(video: Path, siblings: dict[str, str]) -> str | None:
+    """`siblings` maps lower-cased file names in the video's folder to their real names."""
+    stem = video.stem
+    for ext in TRANSCRIPT_EXTENSIONS:
+        name = siblings.get(f"{stem}{ext}".lower())
+        if name is not None and name.startswith(stem):  # the stem itself must match case-sensitively
+            return str(video.parent / name)
+    # yt-dlp names subtitles "<stem>.<language>.vtt"; take one only when no exact match exists
+    for ext in (".srt", ".vtt"):
+        tagged = sorted(
+            real
+            for lower, real in siblings.items()
+            if real.startswith(stem + ".") and lower.endswith(ext) and _is_language_tag(real[len(stem) + 1 : -len(ext)])
+        )
+        if tagged:
+            english = [name for name in tagged if name[len(stem) + 1 :].lower().startswith("en")]
+            return str(video.parent / (english or tagged)[0])
+    return None
+
+
+def _is_language_tag(tag: str) -> bool:
+    base, _, region = tag.partition("-")
+    return 2 <= len(base) <= 3 and base.isalpha() and (not region or region.isalnum())
+
+
+def _discover_folder(folder: Path, problems: _Problems) -> list[VideoJob]:
+    jobs: list[VideoJob] = []
+    videos: list[Path] = []
+    siblings_by_dir: dict[Path, dict[str, str]] = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        root_path = Path(root)
+        siblings_by_dir[root_path] = {name.lower(): name for name in sorted(files)}
+        videos.extend(root_path / name for name in sorted(files) if _is_video(root_path / name))
+    if not videos:
+        problems.add(folder, f"no video files ({', '.join(VIDEO_EXTENSIONS)}) found in the folder")
+        return jobs
+    # ids are the path inside the folder, so day1/intro.mp4 and day2/intro.mp4 stay distinct
+    relative_ids = [video.relative_to(folder).with_suffix("").as_posix().replace("/", "__") for video in videos]
+    repeated = {vid for vid in relative_ids if relative_ids.count(vid) > 1}
+    for video, video_id in zip(videos, relative_ids):
+        if video_id in repeated:  # intro.mp4 next to intro.mkv
+            video_id = f"{video_id}_{video.suffix.lower().lstrip('.')}"
+        job = _transcript_job(video, video_id, siblings_by_dir[video.parent], problems)
+        if job is not None:
+            jobs.append(job)
+    return jobs
+
+
+def _transcript_job(video: Path, video_id: str, siblings: dict[str, str], problems: _Problems) -> VideoJob | None:
+    transcript = _transcript_beside(video, siblings)
+    if transcript is None:
+        looked = ", ".join(f"{video.stem}{ext}" for ext in TRANSCRIPT_EXTENSIONS)
+        problems.add(video, f"no transcript beside the video (looked for {looked})")
+        return None
+    return VideoJob(
+        video_path=os.path.abspath(video),
+        video_id=video_id,
+        transcript_path=os.path.abspath(transcript),
+        transcript_source=Path(transcript).suffix.lower().lstrip("."),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- manifests
+
+def _read_text(path: Path, problems: _Problems) -> str | None:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        problems.add(path, f"cannot read the file: {exc.strerror or exc}")
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        problems.add(path, f"not valid UTF-8: first bad byte at byte offset {exc.start}")
+        return None
+
+
+def _jsonl_records(path: Path, text: str, problems: _Problems) -> Iterator[tuple[int, Any]]:
+    """(row number, parsed object) for each non-blank line; bad lines become problems."""
+    row = 0
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            yield row, json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.add(f"{path} row {row}", f"invalid JSON on line {line_number}: {exc.msg}")
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (
+        isinstance(value, float) and math.isnan(value)
+    )
+
+
+def _field(row: dict[str, Any], name: str) -> Any:
+    for alias in _COLUMNS[name]:
+        if alias in row and not _blank(row[alias]):
+            return row[alias]
+    return None
+
+
+def _missing_columns(columns: list[str]) -> list[str]:
+    present = {column.strip().lower() for column in columns}
+    return [name for name in _REQUIRED if not present.intersection(_COLUMNS[name])]
+
+
+def _manifest_rows(path: Path, problems: _Problems) -> Iterator[tuple[int, Any]] | None:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            problems.add(path, f"cannot read the parquet file: {exc}")
+            return None
+        missing = _missing_columns(table.column_names)
+        if missing:
+            problems.add(path, _missing_columns_reason(missing))
+            return None
+        return enumerate(table.to_pylist(), start=1)
+    text = _read_text(path, problems)
+    if text is None:
+        return None
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = _missing_columns(reader.fieldnames or [])
+        if missing:
+            problems.add(path, _missing_columns_reason(missing))
+            return None
+        return enumerate(reader, start=1)
+    return _jsonl_records(path, text, problems)
+
+
+def _missing_columns_reason(missing: list[str]) -> str:
+    wanted = "; ".join(f"{name}: {' | '.join(_COLUMNS[name])}" for name in missing)
+    return f"manifest lacks required column(s) ({wanted})"
+
+
+def _resolve_video(raw: str, base: Path) -> str:
+    path = Path(raw).expanduser()
+    return os.path.abspath(path if path.is_absolute() else base / path)
+
+
+def _parse_span(start_value: Any, end_value: Any) -> tuple[float, float]:
+    """(start, end) in seconds; raises ValueError with the reason."""
+    try:
+        start = parse_timestamp(start_value)
+    except TranscriptError as exc:
+        raise ValueError(f"bad start time: {exc}") from None
+    try:
+        end = parse_timestamp(end_value)
+    except TranscriptError as exc:
+        raise ValueError(f"bad end time: {exc}") from None
+    if end <= start:
+        raise ValueError(f"end ({_seconds(end)} s) is not after start ({_seconds(start)} s)")
+    return start, end
+
+
+@dataclass
+class _Group:
+    video_id: str | None
+    clips: list[ClipRequest]
+    rows: int
+
+
+def _discover_manifest(
+    path: Path, rows: Iterator[tuple[int, Any]], video_root: str | None, problems: _Problems
+) -> list[VideoJob]:
+    base = Path(video_root).expanduser() if video_root else path.parent
+    groups: dict[str, _Group] = {}
+    any_rows = False
+    for number, record in rows:
+        any_rows = True
+        where = f"{path} row {number}"
+        if not isinstance(record, dict):
+            problems.add(where, "row is not an object with video, start, end and text")
+            continue
+        row = {str(key).strip().lower(): value for key, value in record.items()}
+        missing = [name for name in _REQUIRED if _field(row, name) is None]
+        if missing:
+            problems.add(where, f"missing {', '.join(missing)}")
+            continue
+        try:
+            start, end = _parse_span(_field(row, "start"), _field(row, "end"))
+        except ValueError as exc:
+            problems.add(where, str(exc))
+            continue
+        text = _field(row, "text")
+        if not isinstance(text, str):
+            problems.add(where, f"text must be a string, got {type(text).__name__}")
+            continue
+        video = _field(row, "video")
+        if not isinstance(video, str):
+            problems.add(where, f"video path must be a string, got {type(video).__name__}")
+            continue
+        clip_id = _field(row, "clip_id")
+        video_id = _field(row, "video_id")
+        group = groups.setdefault(_resolve_video(video, base), _Group(None, [], 0))
+        if group.video_id is None and video_id is not None:
+            group.video_id = str(video_id).strip()
+        clip_id = None if clip_id is None else str(clip_id).strip()
+        group.clips.append(ClipRequest(start, end, " ".join(text.split()), clip_id))
+        group.rows += 1
+    if not any_rows:
+        problems.add(path, "manifest has no rows")
+    jobs = []
+    for video_path, group in groups.items():
+        if not os.path.isfile(video_path):
+            state = "is a directory, not a video file" if os.path.isdir(video_path) else "video file not found"
+            problems.add(video_path, f"{state} (used by {group.rows} row(s) of {path.name})")
+            continue
+        jobs.append(
+            VideoJob(
+                video_path=video_path,
+                video_id=group.video_id or Path(video_path).stem,
+                clips=sorted(group.clips, key=lambda clip: (clip.start, clip.end)),
+                transcript_source="manifest",
+            )
+        )
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------- HD-VILA-100M
+
+class _ClipTexts:
+    """The optional clip_text sidecar ({"clip_id", "text"} per line), read once on first use."""
+
+    def __init__(self, path: str | None, problems: _Problems):
+        self.path = path
+        self.problems = problems
+        self._texts: dict[str, str] | None = None
+
+    def get(self, clip_id: str | None) -> str | None:
+        if self.path is None or clip_id is None:
+            return None
+        if self._texts is None:
+            self._texts = self._load()
+        return self._texts.get(clip_id)
+
+    def _load(self) -> dict[str, str]:
+        path = Path(self.path).expanduser()
+        if not path.is_file():
+            self.problems.add(path, "clip_text file not found")
+            return {}
+        text = _read_text(path, self.problems)
+        if text is None:
+            return {}
+        texts: dict[str, str] = {}
+        for row, record in _jsonl_records(path, text, self.problems):
+            if not isinstance(record, dict):
+                record = {}
+            clip_id = record.get("clip_id")
+            caption = _field({str(key).lower(): value for key, value in record.items()}, "text")
+            if _blank(clip_id) or not isinstance(caption, str):
+                self.problems.add(f"{path} row {row}", "expected an object with clip_id and text")
+                continue
+            texts[str(clip_id)] = " ".join(caption.split())
+        return texts
+
+
+def _find_video(root: Path, video_id: str) -> Path | None:
+    for ext in VIDEO_EXTENSIONS:
+        for candidate in (root / f"{video_id}{ext}", root / f"{video_id}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _discover_hdvila(
+    path: Path, rows: Iterator[tuple[int, Any]], video_root: str | None, clip_texts: _ClipTexts, problems: _Problems
+) -> list[VideoJob]:
+    root = Path(video_root).expanduser() if video_root else path.parent
+    entries_by_video: dict[str, list[tuple[str, Any]]] = {}
+    for number, record in rows:
+        where = f"{path} row {number}"
+        video_id = record.get("video_id") if isinstance(record, dict) else None
+        if _blank(video_id) or not isinstance(video_id, str):
+            problems.add(where, "missing video_id")
+            continue
+        clips = record.get("clip")
+        if not isinstance(clips, list):
+            problems.add(where, "'clip' must be a list of {clip_id, span}")
+            continue
+        entries = entries_by_video.setdefault(video_id.strip(), [])
+        entries.extend((f"{where} clip {k}", entry) for k, entry in enumerate(clips, start=1))
+    jobs = []
+    for video_id, entries in entries_by_video.items():
+        video = _find_video(root, video_id)
+        if video is None:
+            problems.add(
+                video_id,
+                f"video file not found: looked for {root / video_id}{{{','.join(VIDEO_EXTENSIONS)}}}",
+            )
+            continue
+        clips = []
+        for where, entry in entries:
+            if not isinstance(entry, dict):
+                problems.add(where, "clip entry must be an object with clip_id and span")
+                continue
+            clip_id = None if _blank(entry.get("clip_id")) else str(entry["clip_id"]).strip()
+            label = clip_id or where
+            span = entry.get("span")
+            if not isinstance(span, (list, tuple)) or len(span) != 2:
+                problems.add(label, "span must be [start, end]")
+                continue
+            try:
+                start, end = _parse_span(*span)
+            except ValueError as exc:
+                problems.add(label, str(exc))
+                continue
+            text = entry.get("text")
+            text = " ".join(text.split()) if isinstance(text, str) else ""
+            text = text or clip_texts.get(clip_id) or ""
+            if not text:
+                problems.add(label, "no text for this clip (no 'text' key and no entry in the clip_text file)")
+                continue
+            clips.append(ClipRequest(start, end, text, clip_id))
+        if clips:
+            jobs.append(
+                VideoJob(
+                    video_path=os.path.abspath(video),
+                    video_id=video_id,
+                    clips=sorted(clips, key=lambda clip: (clip.start, clip.end)),
+                    transcript_source="hdvila100m",
+                )
+            )
+    return jobs
+
+
+def _is_hdvila(path: Path) -> bool:
+    """HD-VILA-100M lines carry a "clip" list; look at the first line that parses."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                return isinstance(record, dict) and "clip" in record
+    except OSError:
+        return False
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+def discover_inputs(
+    inputs: list[str], video_root: str | None = None, clip_text: str | None = None
+) -> tuple[list[VideoJob], list[InputProblem]]:
+    """Jobs for every usable video in `inputs` (folders, manifests, HD-VILA-100M JSONL), plus problems."""
+    problems = _Problems()
+    clip_texts = _ClipTexts(clip_text, problems)
+    jobs: list[VideoJob] = []
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        suffix = path.suffix.lower()
+        if not path.exists():
+            problems.add(raw, "input does not exist")
+        elif path.is_dir():
+            jobs.extend(_discover_folder(path, problems))
+        elif _is_video(path):  # a single video: same as a folder holding only it
+            siblings = {name.lower(): name for name in sorted(os.listdir(path.parent))}
+            job = _transcript_job(path, path.stem, siblings, problems)
+            if job is not None:
+                jobs.append(job)
+        elif suffix in MANIFEST_EXTENSIONS:
+            if suffix == ".jsonl" and _is_hdvila(path):
+                text = _read_text(path, problems)
+                if text is not None:
+                    records = _jsonl_records(path, text, problems)
+                    jobs.extend(_discover_hdvila(path, records, video_root, clip_texts, problems))
+            else:
+                rows = _manifest_rows(path, problems)
+                if rows is not None:
+                    jobs.extend(_discover_manifest(path, rows, video_root, problems))
+        else:
+            problems.add(
+                raw, "unsupported input: expected a folder, a video file, or a .jsonl, .csv or .parquet manifest"
+            )
+    return _unique_ids(jobs, problems), list(problems)
+
+
+def _unique_ids(jobs: list[VideoJob], problems: _Problems) -> list[VideoJob]:
+    """Clip ids derive from video ids, so two different videos must never share one."""
+    owner: dict[str, str] = {}
+    seen_paths: set[str] = set()
+    unique = []
+    for job in jobs:
+        if job.video_path in seen_paths:
+            problems.add(job.video_path, "video already listed by an earlier input; skipped this one")
+            continue
+        if job.video_id in owner:
+            # same name in two inputs: suffix a hash of the path so the id stays stable across runs
+            digest = hashlib.sha1(job.video_path.encode("utf-8")).hexdigest()[:8]
+            job.video_id = f"{job.video_id}-{digest}"
+        owner[job.video_id] = job.video_path
+        seen_paths.add(job.video_path)
+        unique.append(job)
+    return unique
+
+
+def plan_clips(
+    job: VideoJob, info_duration: float, cfg: SentenceConfig
+) -> tuple[list[ClipRequest], list[InputProblem]]:
+    """Final spans of a job for a video of `info_duration` seconds, each with a clip_id, plus problems."""
+    problems = _Problems()
+    if not info_duration or not math.isfinite(info_duration) or info_duration <= 0:
+        problems.add(job.video_path, f"video duration {info_duration!r} is not positive", stage="plan")
+        return [], list(problems)
+    planned: list[tuple[int, ClipRequest]] = []
+    if job.clips is not None:
+        for index, clip in enumerate(job.clips):
+            label = clip.clip_id or f"{job.video_id}_{index:04d}"
+            span = f"span [{_seconds(clip.start)}, {_seconds(clip.end)}]"
+            if clip.end <= clip.start:
+                problems.add(label, f"{span} does not end after it starts", stage="plan")
+            elif clip.end <= 0 or clip.start >= info_duration:
+                problems.add(label, f"{span} is outside the video (duration {_seconds(info_duration)} s)", stage="plan")
+            else:
+                start, end = max(clip.start, 0.0), min(clip.end, info_duration)
+                if end - start < MIN_CLIP_SECONDS:
+                    problems.add(
+                        label,
+                        f"{span} is shorter than {MIN_CLIP_SECONDS} s once clipped to the video "
+                        f"(duration {_seconds(info_duration)} s)",
+                        stage="plan",
+                    )
+                else:
+                    planned.append((index, ClipRequest(start, end, clip.text, clip.clip_id)))
+    elif job.transcript_path is not None:
+        try:
+            cues = read_transcript(job.transcript_path)
+        except TranscriptError as exc:
+            problems.add(job.transcript_path, str(exc), stage="transcript")
+            return [], list(problems)
+        sentences = cues_to_sentences(cues, cfg, video_duration=info_duration)
+        if not sentences:
+            problems.add(
+                job.transcript_path,
+                f"no sentence spans fall inside the video (duration {_seconds(info_duration)} s)",
+                stage="transcript",
+            )
+        planned = [(i, ClipRequest(s.start, s.end, s.text)) for i, s in enumerate(sentences)]
+    else:
+        problems.add(job.video_path, "job has neither a transcript nor explicit clips", stage="plan")
+
+    clips: list[ClipRequest] = []
+    used: set[str] = set()
+    for index, clip in planned:
+        clip_id = clip.clip_id or f"{job.video_id}_{index:04d}"
+        if clip_id in used:  # ids name output files; a repeat would overwrite a clip
+            problems.add(clip_id, "duplicate clip id in this video; kept the first", stage="plan")
+            continue
+        used.add(clip_id)
+        clips.append(ClipRequest(clip.start, clip.end, clip.text, clip_id))
+    return clips, list(problems)

@@ -1,0 +1,329 @@
+"""Webdataset loading: shard lists -> node/worker split -> tar samples -> decoded, tokenized training samples.
+
+Two sample kinds share one pipeline:
+- "clip": HD-VILA segments (high-res keyframes + low-res neighbours) and the tokenized caption;
+- "frames": random frames (or short frame sequences) at one resolution, for diffusion and GAN training.
+
+Decoding runs inside DataLoader workers. With `decode_timeout > 0` each sample is decoded in a watchdog
+child process, so a decoder stuck in C code (decord can spin forever holding the GIL) is killed, the sample
+is skipped and counted, and the worker lives on. Every skip is counted by reason; the counts travel with the
+samples to the main process (see LoaderStats).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..decoders import DecodeError, DecodeTimeout, IsolatedRunner, open_video
+from ..logs import get_logger
+from .sampling import ClipSamplingConfig, FrameSamplingConfig, apply_crop, plan_clip, plan_frames
+
+log = get_logger(__name__)
+
+
+@dataclass
+class LoaderConfig:
+    shards: list[str] = field(default_factory=list)  # paths, globs, brace patterns, pipe: URLs
+    batch_size: int = 8  # per rank
+    num_workers: int = 2
+    resampled: bool = False  # sample shards with replacement; epoch length fixed by epoch_samples
+    epoch_samples: int = 0  # resampled mode: samples per rank per epoch (required there)
+    shuffle_shards: bool = True
+    shuffle_buffer: int = 64  # samples; 0 keeps shard order
+    seed: int = 0
+    backend: str = "decord"
+    decode_timeout: float = 30.0  # seconds per sample; 0 decodes in the worker without a watchdog
+    decode_threads: int = 1
+    max_text_len: int = 40
+    tokenizer: str | None = None  # folder; None = the committed default vocabulary
+    drop_last: bool = True
+
+
+def expand_shards(spec: str | Iterable[str]) -> list[str]:
+    """Expand comma lists, brace patterns ({000..009}) and globs; keep `pipe:`/URL entries as given."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for item in items:
+        for part in wds.shardlists.expand_urls(item) if "{" in item else [item]:
+            if part.startswith("pipe:") or "://" in part:
+                urls.append(part)
+            elif any(ch in part for ch in "*?["):
+                matched = sorted(glob.glob(part))
+                if not matched:
+                    raise FileNotFoundError(f"no shard matches {part!r}")
+                urls.extend(matched)
+            else:
+                urls.append(part)
+    if not urls:
+        raise ValueError(f"empty shard list from {spec!r}")
+    return urls
+
+
+# ---------------------------------------------------------------------------------------------------------
+# decoding (module-level functions so that the watchdog child can run them)
+
+def _native_meta(mp4: bytes, meta: dict, backend: str) -> tuple[int, int, int]:
+    if all(k in meta for k in ("num_frames", "height", "width")):
+        return int(meta["num_frames"]), int(meta["height"]), int(meta["width"])
+    with open_video(mp4, backend=backend) as reader:
+        return reader.num_frames, reader.height, reader.width
+
+
+def decode_clip(mp4: bytes, proxy: bytes | None, meta: dict, cfg: ClipSamplingConfig, backend: str,
+                seed: int, threads: int = 1) -> dict[str, np.ndarray]:
+    """HD-VILA sample: hr [S, H, W, 3] keyframes and lr [S, T-1, h, w, 3] neighbours, uint8."""
+    num_frames, height, width = _native_meta(mp4, meta, backend)
+    rng = np.random.default_rng(seed)
+    plan = plan_clip(num_frames, height, width, cfg, rng)
+    with open_video(mp4, backend=backend, size=plan.hr_canvas, num_frames_hint=num_frames,
+                    threads=threads) as reader:
+        hr = reader.get_frames(plan.keyframes.tolist())
+    neighbours = plan.neighbours
+    if neighbours.size:
+        lr_source = proxy if proxy is not None else mp4
+        with open_video(lr_source, backend=backend, size=plan.lr_canvas, num_frames_hint=num_frames,
+                        threads=threads) as reader:
+            lr = reader.get_frames(neighbours.reshape(-1).tolist())
+        lr = apply_crop(lr, plan.lr_crop, plan.flip).reshape(*neighbours.shape, *plan.lr_crop[2:], 3)
+    else:
+        lr = np.zeros((cfg.n_segments, 0, *plan.lr_crop[2:], 3), np.uint8)
+    return {"hr": apply_crop(hr, plan.hr_crop, plan.flip), "lr": lr, "frame_indices": plan.indices}
+
+
+def decode_frames(mp4: bytes, proxy: bytes | None, meta: dict, cfg: FrameSamplingConfig, backend: str,
+                  seed: int, threads: int = 1) -> dict[str, np.ndarray]:
+    """Frame mode: [F, H, W, 3] uint8 frames at cfg.size; reads the proxy when it is big enough."""
+    num_frames, height, width = _native_meta(mp4, meta, backend)
+    rng = np.random.default_rng(seed)
+    plan = plan_frames(num_frames, height, width, cfg, rng)
+    source = mp4
+    pmeta = meta.get("proxy") or {}
+    if proxy is not None and min(pmeta.get("height", 0), pmeta.get("width", 0)) >= min(plan.canvas):
+        source = proxy  # decoding the small stream is much cheaper
+    with open_video(source, backend=backend, size=plan.canvas, num_frames_hint=num_frames,
+                    threads=threads) as reader:
+        frames = reader.get_frames(plan.indices.tolist())
+    return {"frames": apply_crop(frames, plan.crop, plan.flip), "frame_indices": plan.indices}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# per-worker state: counters and the watchdog
+
+_WORKER: dict[str, Any] = {"stats": Counter(), "runner": None, "tokenizer": None, "uid": None}
+
+
+def _worker_uid() -> str:
+    if _WORKER["uid"] is None or _WORKER.get("pid") != os.getpid():
+        _WORKER.update(uid=f"{os.getpid()}-{random.getrandbits(32):08x}", pid=os.getpid(),
+                       stats=Counter(), runner=None)
+    return _WORKER["uid"]
+
+
+def _count(reason: str) -> None:
+    _worker_uid()
+    _WORKER["stats"][reason] += 1
+
+
+def _runner(timeout: float) -> IsolatedRunner | None:
+    if timeout <= 0:
+        return None
+    _worker_uid()
+    if _WORKER["runner"] is None:
+        _WORKER["runner"] = IsolatedRunner(timeout=timeout)
+    return _WORKER["runner"]
+
+
+def _tar_handler(exc: Exception) -> bool:
+    """webdataset handler: count a broken tar member or shard and go on."""
+    _count(f"tar_error:{type(exc).__name__}")
+    log.warning("skipping unreadable shard data: %s", exc)
+    return True
+
+
+class LoaderStats:
+    """Sums the per-worker counters that ride along with each batch (latest snapshot per worker wins)."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, dict[str, int]] = {}
+
+    def update(self, batch: dict) -> None:
+        for uid, counts in batch.get("__stats__", []):
+            self._latest[uid] = counts
+
+    def totals(self) -> dict[str, int]:
+        total: Counter = Counter()
+        for counts in self._latest.values():
+            total.update(counts)
+        return dict(sorted(total.items()))
+
+    @property
+    def skipped(self) -> int:
+        return sum(v for k, v in self.totals().items() if k != "ok")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the dataset
+
+
+def _seed_of(*parts: Any) -> int:
+    return zlib.crc32(json.dumps(parts).encode())
+
+
+class ShardedVideoDataset(IterableDataset):
+    """An iterable over decoded samples of webdataset shards, split explicitly over ranks and workers.
+
+    Non-resampled: each epoch, shards are shuffled with (seed, epoch), every rank takes shards
+    rank::world_size, every worker takes its slice of those; each sample is seen exactly once per epoch
+    (when there are at least world_size * num_workers shards). Resampled: each (rank, worker) draws shards
+    with replacement from its own seeded stream and stops after its share of `epoch_samples`.
+    """
+
+    def __init__(self, cfg: LoaderConfig, kind: str, sampling: ClipSamplingConfig | FrameSamplingConfig,
+                 rank: int | None = None, world_size: int | None = None):
+        if kind not in ("clip", "frames"):
+            raise ValueError(f"kind must be 'clip' or 'frames', got {kind!r}")
+        if cfg.resampled and cfg.epoch_samples <= 0:
+            raise ValueError("resampled loading needs epoch_samples > 0 (samples per rank per epoch)")
+        self.cfg = cfg
+        self.kind = kind
+        self.sampling = sampling
+        self.urls = expand_shards(cfg.shards)
+        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        if not cfg.resampled and len(self.urls) < self.world_size:
+            raise ValueError(f"{len(self.urls)} shards cannot be split over {self.world_size} ranks")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating each epoch (workers are re-created per epoch unless persistent)."""
+        self.epoch = int(epoch)
+
+    # --- stages
+    def _shards(self, worker: int, num_workers: int) -> Iterator[dict]:
+        if self.cfg.resampled:
+            rng = random.Random(_seed_of(self.cfg.seed, self.epoch, self.rank, worker))
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        urls = list(self.urls)
+        if self.cfg.shuffle_shards:
+            random.Random(_seed_of(self.cfg.seed, self.epoch)).shuffle(urls)
+        mine = urls[self.rank::self.world_size]
+        for url in mine[worker::num_workers]:
+            yield {"url": url}
+
+    def _shuffle(self, samples: Iterator[dict], worker: int) -> Iterator[dict]:
+        size = self.cfg.shuffle_buffer
+        if size <= 1:
+            yield from samples
+            return
+        rng = random.Random(_seed_of(self.cfg.seed, self.epoch, self.rank, worker, "samples"))
+        buffer: list[dict] = []
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= size:
+                yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _decode(self, raw: dict) -> dict | None:
+        key = raw.get("__key__", "?")
+        mp4 = raw.get("mp4")
+        if mp4 is None:
+            _count("missing_mp4")
+            return None
+        try:
+            meta = json.loads(raw["json"]) if "json" in raw else {}
+            text = raw["txt"].decode("utf-8").strip() if "txt" in raw else ""
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            _count("bad_metadata")
+            return None
+        seed = _seed_of(self.cfg.seed, self.epoch, key, raw.get("__url__", ""))
+        fn: Callable = decode_clip if self.kind == "clip" else decode_frames
+        args = (mp4, raw.get("proxy.mp4"), meta, self.sampling, self.cfg.backend, seed, self.cfg.decode_threads)
+        try:
+            runner = _runner(self.cfg.decode_timeout)
+            arrays = runner.call(fn, *args) if runner is not None else fn(*args)
+        except DecodeTimeout:
+            _count("decode_timeout")
+            log.warning("sample %s: decoding timed out after %.0f s; skipped", key, self.cfg.decode_timeout)
+            return None
+        except (DecodeError, ValueError, IndexError) as exc:
+            _count("decode_error")
+            log.warning("sample %s: %s; skipped", key, exc)
+            return None
+        sample: dict[str, Any] = {"__key__": key, "text": text, "meta": meta}
+        for name, arr in arrays.items():
+            sample[name] = torch.from_numpy(arr)
+        if self.kind == "clip":
+            tok = _WORKER["tokenizer"]
+            if tok is None:
+                from ..tokenizer import load_tokenizer
+
+                tok = _WORKER["tokenizer"] = load_tokenizer(self.cfg.tokenizer)
+            enc = tok([text], max_len=self.cfg.max_text_len)
+            sample["input_ids"] = torch.from_numpy(enc["input_ids"][0])
+            sample["attention_mask"] = torch.from_numpy(enc["attention_mask"][0])
+        _count("ok")
+        return sample
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        uid = _worker_uid()
+        pipeline = wds.DataPipeline(
+            lambda: self._shards(worker, num_workers),
+            wds.tarfile_to_samples(handler=_tar_handler),
+            lambda src: self._shuffle(src, worker),
+            lambda src: (s for s in map(self._decode, src) if s is not None),
+        )
+        limit = None
+        if self.cfg.resampled:
+            per_worker, extra = divmod(self.cfg.epoch_samples, num_workers)
+            limit = per_worker + (1 if worker < extra else 0)
+        for i, sample in enumerate(pipeline):
+            if limit is not None and i >= limit:
+                break
+            sample["__stats__"] = (uid, dict(_WORKER["stats"]))
+            yield sample
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack tensors; keep keys, texts and metadata as lists; carry the worker counters along."""
+    batch: dict[str, Any] = {
+        "__key__": [s["__key__"] for s in samples],
+        "text": [s["text"] for s in samples],
+        "meta": [s["meta"] for s in samples],
+        "__stats__": [s["__stats__"] for s in samples if "__stats__" in s],
+    }
+    for name in ("hr", "lr", "frames", "frame_indices", "input_ids", "attention_mask"):
+        if name in samples[0]:
+            batch[name] = torch.stack([s[name] for s in samples])
+    return batch
+
+
+def make_loader(cfg: LoaderConfig, kind: str, sampling: ClipSamplingConfig | FrameSamplingConfig,
+                rank: int | None = None, world_size: int | None = None) -> tuple[DataLoader, ShardedVideoDataset]:
+    """A DataLoader over the shards (decoding in its worker processes) and the dataset (for set_epoch)."""
+    dataset = ShardedVideoDataset(cfg, kind, sampling, rank=rank, world_size=world_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        collate_fn=collate,
+        drop_last=cfg.drop_last,
+        persistent_workers=False,  # fresh workers per epoch pick up set_epoch()
+        prefetch_factor=2 if cfg.num_workers > 0 else None,
+        multiprocessing_context="fork" if cfg.num_workers > 0 else None,
+    )
+    return loader, dataset

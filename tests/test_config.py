@@ -1,0 +1,64 @@
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from data_tools.config import ConfigError, dump_config, load_config, save_config
+from data_tools.ingest.config import BuildConfig
+
+
+@dataclass
+class Train:
+    max_steps: int = 10
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    name: str | None = None
+
+
+@dataclass
+class Root:
+    train: Train = field(default_factory=Train)
+    shards: list[str] = field(default_factory=list)
+    bf16: bool = False
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 100\n  lr: 3.0e-4\nshards: [a.tar]\n")
+    cfg = load_config(Root, path, ["train.max_steps=20", "bf16=true", "train.betas=[0.8, 0.9]", "train.name=x"])
+    assert cfg.train.max_steps == 20
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.train.betas == (0.8, 0.9)
+    assert cfg.shards == ["a.tar"] and cfg.bf16 is True and cfg.train.name == "x"
+
+
+def test_int_given_for_float_and_null_for_optional():
+    cfg = load_config(Root, None, ["train.lr=1", "train.name=null"])
+    assert isinstance(cfg.train.lr, float) and cfg.train.name is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_step=3", "did you mean 'max_steps'"),
+    ("train.max_steps=abc", "expected an integer"),
+    ("bf16=3", "expected true/false"),
+    ("train.betas=[1]", "expected 2 items"),
+    ("noequals", "key=value"),
+])
+def test_bad_overrides_are_clear(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Root, None, [override])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(BuildConfig, None, ["workers=3", "transcode.fps=6", "sentences.max_duration=12.5"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(BuildConfig, tmp_path / "run" / "config.yaml")
+    assert again == cfg
+    assert yaml.safe_load(dump_config(cfg))["transcode"]["fps"] == 6
+
+
+def test_repo_build_yaml_matches_dataclass_defaults():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    assert load_config(BuildConfig, repo / "configs" / "data" / "build.yaml") == BuildConfig()

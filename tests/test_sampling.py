@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from data_tools.loading.sampling import (
+    ClipSamplingConfig, FrameSamplingConfig, apply_crop, cover_size, plan_clip, plan_frames, segment_indices,
+)
+
+
+def test_eval_segments_evenly_spaced_with_full_rate():
+    idx = segment_indices(335, n_segments=2, num_frm=7, sample_rate=12, rng=None)
+    assert idx.shape == (2, 7)
+    assert np.all(np.diff(idx, axis=1) == 12)
+    centres = idx[:, 3]
+    # evenly spaced centres over the valid range [36, 298]
+    assert centres[0] < centres[1] and 36 <= centres.min() and centres.max() <= 298
+    assert abs((centres[0] - 36) - (298 - centres[1])) <= 1
+
+
+def test_random_segments_stay_in_range_and_sorted():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        idx = segment_indices(100, 3, 7, 12, rng)
+        assert idx.min() >= 0 and idx.max() <= 99
+        assert np.all(np.diff(idx[:, 3]) >= 0)
+        assert np.all(np.diff(idx, axis=1) == 12)
+
+
+def test_rate_shrinks_for_short_clips_and_repeats_when_tiny():
+    idx = segment_indices(40, 1, 7, 12, None)
+    assert np.all(np.diff(idx, axis=1) == 6)  # (40 - 1) // 6
+    tiny = segment_indices(4, 2, 7, 12, None)
+    assert tiny.min() >= 0 and tiny.max() <= 3
+
+
+def test_even_num_frm_rejected():
+    with pytest.raises(ValueError, match="odd"):
+        segment_indices(100, 1, 6, 2, None)
+
+
+def test_clip_plan_lr_crop_is_hr_crop_over_factor():
+    cfg = ClipSamplingConfig(hr_size=(640, 1024), lr_factor=4, hflip_prob=1.0)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        plan = plan_clip(300, 720, 1280, cfg, rng)
+        assert plan.hr_canvas == (720, 1280) and plan.lr_canvas == (180, 320)
+        y, x, h, w = plan.hr_crop
+        assert (plan.lr_crop[0] * 4, plan.lr_crop[1] * 4) == (y, x)
+        assert y + h <= 720 and x + w <= 1280 and y % 4 == 0 and x % 4 == 0
+        assert plan.flip
+    assert plan.keyframes.shape == (2,) and plan.neighbours.shape == (2, 6)
+
+
+def test_small_sources_are_covered_not_cropped_out_of_bounds():
+    assert cover_size(144, 176, (640, 1024)) == (838, 1024)
+    plan = plan_clip(120, 144, 176, ClipSamplingConfig(), np.random.default_rng(0))
+    y, x, h, w = plan.hr_crop
+    assert y + h <= plan.hr_canvas[0] and x + w <= plan.hr_canvas[1]
+    ly, lx, lh, lw = plan.lr_crop
+    assert ly + lh <= plan.lr_canvas[0] and lx + lw <= plan.lr_canvas[1]
+
+
+def test_frame_plan_and_crop_flip():
+    cfg = FrameSamplingConfig(num_frames=3, stride=2, size=(32, 32), hflip_prob=1.0)
+    plan = plan_frames(50, 72, 128, cfg, np.random.default_rng(1))
+    assert np.all(np.diff(plan.indices) == 2) and plan.canvas == (32, 57)
+    frames = np.arange(3 * 32 * 57 * 3, dtype=np.uint8).reshape(3, 32, 57, 3)
+    out = apply_crop(frames, plan.crop, plan.flip)
+    y, x, h, w = plan.crop
+    np.testing.assert_array_equal(out, frames[:, y:y + h, x:x + w][:, :, ::-1])
+    with pytest.raises(ValueError, match="does not fit"):
+        apply_crop(frames, (0, 50, 32, 32), False)
