@@ -117,6 +117,9 @@ def decode_frames(mp4: bytes, proxy: bytes | None, meta: dict, cfg: FrameSamplin
     return {"frames": apply_crop(frames, plan.crop, plan.flip), "frame_indices": plan.indices}
 
 
+SAMPLE_DECODERS: dict[str, Callable] = {"clip": decode_clip, "frames": decode_frames}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # per-worker state: counters and the watchdog
 
@@ -190,9 +193,11 @@ class ShardedVideoDataset(IterableDataset):
     """
 
     def __init__(self, cfg: LoaderConfig, kind: str, sampling: ClipSamplingConfig | FrameSamplingConfig,
-                 rank: int | None = None, world_size: int | None = None):
-        if kind not in ("clip", "frames"):
-            raise ValueError(f"kind must be 'clip' or 'frames', got {kind!r}")
+                 rank: int | None = None, world_size: int | None = None, decode_fn: Callable | None = None):
+        if kind not in SAMPLE_DECODERS:
+            raise ValueError(f"kind must be one of {sorted(SAMPLE_DECODERS)}, got {kind!r}")
+        # decode_fn(mp4, proxy, meta, sampling, backend, seed, threads) -> dict of arrays; default by kind
+        self.decode_fn = decode_fn or SAMPLE_DECODERS[kind]
         if cfg.resampled and cfg.epoch_samples <= 0:
             raise ValueError("resampled loading needs epoch_samples > 0 (samples per rank per epoch)")
         self.cfg = cfg
@@ -249,7 +254,7 @@ class ShardedVideoDataset(IterableDataset):
             _count("bad_metadata")
             return None
         seed = _seed_of(self.cfg.seed, self.epoch, key, raw.get("__url__", ""))
-        fn: Callable = decode_clip if self.kind == "clip" else decode_frames
+        fn = self.decode_fn
         args = (mp4, raw.get("proxy.mp4"), meta, self.sampling, self.cfg.backend, seed, self.cfg.decode_threads)
         try:
             runner = _runner(self.cfg.decode_timeout)
@@ -313,9 +318,10 @@ def collate(samples: list[dict]) -> dict:
 
 
 def make_loader(cfg: LoaderConfig, kind: str, sampling: ClipSamplingConfig | FrameSamplingConfig,
-                rank: int | None = None, world_size: int | None = None) -> tuple[DataLoader, ShardedVideoDataset]:
+                rank: int | None = None, world_size: int | None = None,
+                decode_fn: Callable | None = None) -> tuple[DataLoader, ShardedVideoDataset]:
     """A DataLoader over the shards (decoding in its worker processes) and the dataset (for set_epoch)."""
-    dataset = ShardedVideoDataset(cfg, kind, sampling, rank=rank, world_size=world_size)
+    dataset = ShardedVideoDataset(cfg, kind, sampling, rank=rank, world_size=world_size, decode_fn=decode_fn)
     loader = DataLoader(
         dataset,
         batch_size=cfg.batch_size,

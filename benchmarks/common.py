@@ -1,0 +1,71 @@
+"""Shared set-up for the data benchmarks: a 720p corpus (Big Buck Bunny + synthetic clips) built into shards."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from data_tools.config import load_config
+from data_tools.corpus import real_corpus_videos
+from data_tools.ingest.build import build_shards
+from data_tools.ingest.config import BuildConfig
+from data_tools.ingest.transcripts import format_srt
+from data_tools.synth import SynthConfig, synthesize_corpus
+
+# HD-VILA-100M clips average 13.4 s; the synthetic 720p clips use that length.
+SYNTH_720P = ["height=720", "width=1280", "fps=25", "events_per_video=2", "event_seconds=13.4",
+              "num_heldout_videos=0"]
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def source_corpus(root: Path, num_synth_videos: int) -> list[str]:
+    """Folders to ingest: BBB 720p with one sentence over the whole clip, and synthetic 720p videos."""
+    real = root / "real"
+    if not real.exists():
+        real.mkdir(parents=True)
+        bbb = real_corpus_videos()["bigbuckbunny"]
+        os.symlink(bbb, real / "bigbuckbunny.mp4")
+        (real / "bigbuckbunny.srt").write_text(format_srt([(0.0, 5.28, "A big rabbit wakes up in a meadow.")]))
+    synth = root / "synth"
+    if not (synth / "metadata.jsonl").exists():
+        cfg = load_config(SynthConfig, None, SYNTH_720P + [f"num_videos={num_synth_videos}"])
+        synthesize_corpus(synth, cfg)
+    return [str(real), str(synth / "train")]
+
+
+def build_corpus_shards(root: Path, num_synth_videos: int, overrides: list[str], workers: int = 2) -> Path:
+    out = root / ("shards-" + "-".join(o.replace("=", "_").replace(".", "_") for o in overrides) if overrides
+                  else "shards")
+    if not (out / "build_report.json").exists():
+        cfg = load_config(BuildConfig, None, ["sentences.min_duration=2.0", f"workers={workers}"] + overrides)
+        build_shards(source_corpus(root, num_synth_videos), out, cfg)
+    return out
+
+
+def ffmpeg_null_decode_seconds(paths: list[str], processes: int) -> float:
+    """Wall time of `ffmpeg -threads 1 -i clip -f null -` over all clips, `processes` at a time."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from data_tools.media import ffmpeg_exe
+
+    def run(path: str) -> None:
+        subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", "1", "-i", path, "-map", "0:v:0",
+                        "-f", "null", "-"], check=True)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(processes) as pool:
+        list(pool.map(run, paths))
+    return time.perf_counter() - start
