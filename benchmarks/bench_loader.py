@@ -23,7 +23,7 @@ import torch
 
 from common import build_corpus_shards, ffmpeg_null_decode_seconds, machine_line
 from data_tools.io import atomic_write_json, atomic_write_text
-from data_tools.loading.pipeline import LoaderConfig, LoaderStats, make_loader
+from data_tools.loading.pipeline import LoaderConfig, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig, apply_crop, plan_clip
 
 HDVILA = ClipSamplingConfig()  # paper defaults: 2 x 7 frames, rate 12, 640x1024 keyframe, 160x256 neighbours
@@ -90,14 +90,12 @@ def run_loader(shards: Path, workers: int, samples: int, decode_fn=None, backend
                shard_glob="*.tar") -> dict:
     cfg = LoaderConfig(shards=[str(shards / shard_glob)], batch_size=8, num_workers=workers, resampled=True,
                        epoch_samples=samples, backend=backend, shuffle_buffer=16, decode_timeout=30.0)
-    loader, _ = make_loader(cfg, "clip", HDVILA, decode_fn=decode_fn)
-    stats = LoaderStats()
+    loader, dataset = make_loader(cfg, "clip", HDVILA, decode_fn=decode_fn)
     done = 0
     with RssMonitor() as monitor:
         started = time.perf_counter()
         first_batch_at = None
         for batch in loader:
-            stats.update(batch)
             done += len(batch["__key__"])
             monitor.progress = done
             if first_batch_at is None:
@@ -106,7 +104,7 @@ def run_loader(shards: Path, workers: int, samples: int, decode_fn=None, backend
     assert batch["hr"].shape[1:] == (2, 640, 1024, 3) and batch["lr"].shape[1:] == (2, 6, 160, 256, 3)
     steady = (done - first_count) / (ended - first_batch_at)
     return {"workers": workers, "samples": done, "clips_per_s": round(steady, 2),
-            "clips_per_s_incl_startup": round(done / (ended - started), 2), "loader_counts": stats.totals(),
+            "clips_per_s_incl_startup": round(done / (ended - started), 2), "loader_counts": dataset.counts(),
             "rss": monitor.summary(done)}
 
 

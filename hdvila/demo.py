@@ -24,7 +24,7 @@ def run_demo(out: str | Path, quiet: bool = False) -> int:
     from data_tools.ingest.build import build_shards
     from data_tools.ingest.config import BuildConfig
     from data_tools.inspect import summarize_shards
-    from data_tools.loading.pipeline import LoaderConfig, LoaderStats, make_loader
+    from data_tools.loading.pipeline import LoaderConfig, make_loader
     from data_tools.loading.sampling import ClipSamplingConfig
     from data_tools.synth import SynthConfig, synthesize_corpus
 
@@ -51,11 +51,9 @@ def run_demo(out: str | Path, quiet: bool = False) -> int:
     loader_cfg = LoaderConfig(shards=[str(out / "shards" / "train" / "*.tar")], batch_size=4, num_workers=2,
                               shuffle_buffer=16)
     sampling = ClipSamplingConfig(hr_size=(224, 320), lr_factor=4)
-    loader, _ = make_loader(loader_cfg, "clip", sampling)
-    stats = LoaderStats()
+    loader, dataset = make_loader(loader_cfg, "clip", sampling)
     t0, clips = time.time(), 0
     for batch in loader:
-        stats.update(batch)
         clips += len(batch["__key__"])
     rate = clips / max(1e-9, time.time() - t0)
 
@@ -66,6 +64,6 @@ def run_demo(out: str | Path, quiet: bool = False) -> int:
     print(f"durations (s):  {json.dumps(summary['duration_s'])}; resolutions: {summary['resolutions']}")
     print(f"contact sheet:  {summary.get('contact_sheet')}")
     print(f"loader:         {clips} clips, hr {tuple(batch['hr'].shape[1:])}, lr {tuple(batch['lr'].shape[1:])}, "
-          f"{rate:.1f} clips/s; counts {stats.totals()}")
+          f"{rate:.1f} clips/s; counts {dataset.counts()}")
     print(f"done in {time.time() - started:.0f} s; everything is under {out}")
     return 0

@@ -6,17 +6,17 @@ Two sample kinds share one pipeline:
 
 Decoding runs inside DataLoader workers. With `decode_timeout > 0` each sample is decoded in a watchdog
 child process, so a decoder stuck in C code (decord can spin forever holding the GIL) is killed, the sample
-is skipped and counted, and the worker lives on. Every skip is counted by reason; the counts travel with the
-samples to the main process (see LoaderStats).
+is skipped and counted, and the worker lives on. Every skip is counted by reason in counters shared with
+the main process (`dataset.counts()`).
 """
 from __future__ import annotations
 
 import glob
 import json
+import multiprocessing as mp
 import os
 import random
 import zlib
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -121,58 +121,27 @@ SAMPLE_DECODERS: dict[str, Callable] = {"clip": decode_clip, "frames": decode_fr
 
 
 # ---------------------------------------------------------------------------------------------------------
-# per-worker state: counters and the watchdog
+# per-worker state: the watchdog and the tokenizer, created lazily inside each worker process
 
-_WORKER: dict[str, Any] = {"stats": Counter(), "runner": None, "tokenizer": None, "uid": None}
+_WORKER: dict[str, Any] = {"runner": None, "tokenizer": None, "pid": None}
 
-
-def _worker_uid() -> str:
-    if _WORKER["uid"] is None or _WORKER.get("pid") != os.getpid():
-        _WORKER.update(uid=f"{os.getpid()}-{random.getrandbits(32):08x}", pid=os.getpid(),
-                       stats=Counter(), runner=None)
-    return _WORKER["uid"]
+# Why a sample was skipped (or "ok"); one shared counter per (worker, reason).
+SKIP_REASONS = ("ok", "decode_error", "decode_timeout", "tar_error", "missing_mp4", "bad_metadata")
 
 
-def _count(reason: str) -> None:
-    _worker_uid()
-    _WORKER["stats"][reason] += 1
+def _worker_state() -> dict[str, Any]:
+    if _WORKER["pid"] != os.getpid():  # a fresh worker process: drop what the parent had
+        _WORKER.update(runner=None, tokenizer=None, pid=os.getpid())
+    return _WORKER
 
 
 def _runner(timeout: float) -> IsolatedRunner | None:
     if timeout <= 0:
         return None
-    _worker_uid()
-    if _WORKER["runner"] is None:
-        _WORKER["runner"] = IsolatedRunner(timeout=timeout)
-    return _WORKER["runner"]
-
-
-def _tar_handler(exc: Exception) -> bool:
-    """webdataset handler: count a broken tar member or shard and go on."""
-    _count(f"tar_error:{type(exc).__name__}")
-    log.warning("skipping unreadable shard data: %s", exc)
-    return True
-
-
-class LoaderStats:
-    """Sums the per-worker counters that ride along with each batch (latest snapshot per worker wins)."""
-
-    def __init__(self) -> None:
-        self._latest: dict[str, dict[str, int]] = {}
-
-    def update(self, batch: dict) -> None:
-        for uid, counts in batch.get("__stats__", []):
-            self._latest[uid] = counts
-
-    def totals(self) -> dict[str, int]:
-        total: Counter = Counter()
-        for counts in self._latest.values():
-            total.update(counts)
-        return dict(sorted(total.items()))
-
-    @property
-    def skipped(self) -> int:
-        return sum(v for k, v in self.totals().items() if k != "ok")
+    state = _worker_state()
+    if state["runner"] is None:
+        state["runner"] = IsolatedRunner(timeout=timeout)
+    return state["runner"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -209,6 +178,31 @@ class ShardedVideoDataset(IterableDataset):
         if not cfg.resampled and len(self.urls) < self.world_size:
             raise ValueError(f"{len(self.urls)} shards cannot be split over {self.world_size} ranks")
         self.epoch = 0
+        # Shared counters, written by the worker processes (one writer per slot), read by the trainer.
+        self._slots = max(1, cfg.num_workers)
+        self._counters = mp.get_context("fork").RawArray("q", self._slots * len(SKIP_REASONS))
+
+    def counts(self) -> dict[str, int]:
+        """Samples decoded ("ok") and skipped by reason, summed over workers and epochs so far."""
+        totals = {reason: 0 for reason in SKIP_REASONS}
+        for slot in range(self._slots):
+            for r, reason in enumerate(SKIP_REASONS):
+                totals[reason] += self._counters[slot * len(SKIP_REASONS) + r]
+        return totals
+
+    def skipped(self) -> int:
+        return sum(v for k, v in self.counts().items() if k != "ok")
+
+    def _count(self, reason: str) -> None:
+        info = get_worker_info()
+        slot = info.id if info is not None else 0
+        self._counters[slot * len(SKIP_REASONS) + SKIP_REASONS.index(reason)] += 1
+
+    def _tar_handler(self, exc: Exception) -> bool:
+        """webdataset handler: count a broken tar member or shard and go on."""
+        self._count("tar_error")
+        log.warning("skipping unreadable shard data: %s", exc)
+        return True
 
     def set_epoch(self, epoch: int) -> None:
         """Call before iterating each epoch (workers are re-created per epoch unless persistent)."""
@@ -245,13 +239,13 @@ class ShardedVideoDataset(IterableDataset):
         key = raw.get("__key__", "?")
         mp4 = raw.get("mp4")
         if mp4 is None:
-            _count("missing_mp4")
+            self._count("missing_mp4")
             return None
         try:
             meta = json.loads(raw["json"]) if "json" in raw else {}
             text = raw["txt"].decode("utf-8").strip() if "txt" in raw else ""
         except (UnicodeDecodeError, json.JSONDecodeError):
-            _count("bad_metadata")
+            self._count("bad_metadata")
             return None
         seed = _seed_of(self.cfg.seed, self.epoch, key, raw.get("__url__", ""))
         fn = self.decode_fn
@@ -260,35 +254,35 @@ class ShardedVideoDataset(IterableDataset):
             runner = _runner(self.cfg.decode_timeout)
             arrays = runner.call(fn, *args) if runner is not None else fn(*args)
         except DecodeTimeout:
-            _count("decode_timeout")
+            self._count("decode_timeout")
             log.warning("sample %s: decoding timed out after %.0f s; skipped", key, self.cfg.decode_timeout)
             return None
         except (DecodeError, ValueError, IndexError) as exc:
-            _count("decode_error")
+            self._count("decode_error")
             log.warning("sample %s: %s; skipped", key, exc)
             return None
         sample: dict[str, Any] = {"__key__": key, "text": text, "meta": meta}
         for name, arr in arrays.items():
             sample[name] = torch.from_numpy(arr)
         if self.kind == "clip":
-            tok = _WORKER["tokenizer"]
-            if tok is None:
+            state = _worker_state()
+            if state["tokenizer"] is None:
                 from ..tokenizer import load_tokenizer
 
-                tok = _WORKER["tokenizer"] = load_tokenizer(self.cfg.tokenizer)
+                state["tokenizer"] = load_tokenizer(self.cfg.tokenizer)
+            tok = state["tokenizer"]
             enc = tok([text], max_len=self.cfg.max_text_len)
             sample["input_ids"] = torch.from_numpy(enc["input_ids"][0])
             sample["attention_mask"] = torch.from_numpy(enc["attention_mask"][0])
-        _count("ok")
+        self._count("ok")
         return sample
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        uid = _worker_uid()
         pipeline = wds.DataPipeline(
             lambda: self._shards(worker, num_workers),
-            wds.tarfile_to_samples(handler=_tar_handler),
+            wds.tarfile_to_samples(handler=self._tar_handler),
             lambda src: self._shuffle(src, worker),
             lambda src: (s for s in map(self._decode, src) if s is not None),
         )
@@ -299,17 +293,15 @@ class ShardedVideoDataset(IterableDataset):
         for i, sample in enumerate(pipeline):
             if limit is not None and i >= limit:
                 break
-            sample["__stats__"] = (uid, dict(_WORKER["stats"]))
             yield sample
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack tensors; keep keys, texts and metadata as lists; carry the worker counters along."""
+    """Stack tensors; keep keys, texts and metadata as lists."""
     batch: dict[str, Any] = {
         "__key__": [s["__key__"] for s in samples],
         "text": [s["text"] for s in samples],
         "meta": [s["meta"] for s in samples],
-        "__stats__": [s["__stats__"] for s in samples if "__stats__" in s],
     }
     for name in ("hr", "lr", "frames", "frame_indices", "input_ids", "attention_mask"):
         if name in samples[0]:
