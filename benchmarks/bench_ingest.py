@@ -69,8 +69,6 @@ def main() -> None:
     res = {
         "machine": machine_line(),
         "clips": n,
-        "source_seconds": round(sum(json.loads(l)["end"] - json.loads(l)["start"] for l in
-                                    (work / "synth" / "metadata.jsonl").read_text().splitlines()) + 5.28, 1),
         "workers": cfg.workers,
         "bare_ffmpeg_s": [round(s, 2) for s in bare],
         "hdvila_build_s": [round(s, 2) for s in ours],
@@ -85,7 +83,7 @@ def main() -> None:
 Command: `python benchmarks/bench_ingest.py` (writes this page and `ingest.json`).
 Machine: {res['machine']}; no GPU.
 
-Inputs: Big Buck Bunny 720p plus {args.synth_videos} synthetic 720p videos (2 sentences of 13.4 s each);
+Inputs: Big Buck Bunny 720p plus {args.synth_videos} synthetic textured 720p videos (2 sentences of 13.4 s each);
 {res['clips']} clips. Both sides run {res['workers']} processes with one encoder thread each, and the same
 ffmpeg arguments (frame-accurate seek, 720p H.264 veryfast CRF 23, 1 s GOP, plus the 180p proxy stream).
 Best of {args.repeats} interleaved runs.

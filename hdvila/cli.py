@@ -1,7 +1,7 @@
 """The `hdvila` command. Subcommands import their packages lazily so `hdvila --help` stays fast.
 
     hdvila data build INPUT... --out DIR [--workers N] [--config FILE] [key=value ...]
-    hdvila data synth --out DIR [--num-videos N] [--seed S] [key=value ...]
+    hdvila data synth --out DIR [--num-videos N] [--seed S] [key=value ...]    (e.g. height=96 width=128)
     hdvila data inspect SHARDS [--sheet PNG]
     hdvila data train-tokenizer --texts PATH... --out DIR [--vocab-size N]
     hdvila demo [--out DIR]
@@ -38,6 +38,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     from data_tools.ingest.config import BuildConfig
 
     inputs, overrides = _split_overrides(args.inputs)
+    overrides += args.overrides
     if not inputs:
         raise SystemExit("hdvila data build: give at least one input (folder, manifest or HD-VILA-100M JSONL)")
     if args.workers is not None:
@@ -57,7 +58,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from data_tools.config import load_config, save_config
     from data_tools.synth import SynthConfig, synthesize_corpus
 
-    _, overrides = _split_overrides(args.overrides)
+    overrides = list(args.overrides)
     if args.num_videos is not None:
         overrides.append(f"num_videos={args.num_videos}")
     if args.seed is not None:
@@ -72,7 +73,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from data_tools.inspect import summarize_shards
 
-    summary = summarize_shards(args.shards, sheet_path=args.sheet, max_tiles=args.tiles, progress=not args.quiet)
+    summary = summarize_shards(args.shards, sheet_path=args.sheet or None, max_tiles=args.tiles,
+                               progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -114,12 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-videos", type=int, default=None)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--config", default=None)
-    s.add_argument("overrides", nargs="*", help="dotted key=value, e.g. height=96 width=128")
     s.set_defaults(func=cmd_data_synth)
 
     i = dsub.add_parser("inspect", help="counts, durations, resolutions and a contact sheet")
     i.add_argument("shards", nargs="+", help="shard paths, globs or brace patterns")
-    i.add_argument("--sheet", default=None, help="write a PNG contact sheet here")
+    i.add_argument("--sheet", default="contact_sheet.png", help="PNG contact sheet path ('' to skip)")
     i.add_argument("--tiles", type=int, default=12)
     i.set_defaults(func=cmd_data_inspect)
 
@@ -138,7 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides (dotted key=value) may come anywhere, also after options; argparse leaves them over.
+    args, extra = parser.parse_known_args(argv)
+    leftover = [e for e in extra if not _OVERRIDE.match(e)]
+    if leftover and hasattr(args, "inputs") and not any(e.startswith("-") for e in leftover):
+        args.inputs.extend(leftover)
+        leftover = []
+    if leftover:
+        parser.error(f"unrecognized arguments: {' '.join(leftover)}")
+    args.overrides = getattr(args, "overrides", []) + [e for e in extra if _OVERRIDE.match(e)]
     setup_logging(args.log_level)
     from data_tools.config import ConfigError
 

@@ -1,0 +1,1 @@
+"""Text-video retrieval: metrics now; FAISS indexing, search and finetuning build on them."""
