@@ -1,0 +1,169 @@
+"""Hybrid video encoder: HR keyframe backbone + LR neighbour backbone + divided space-time Transformer.
+
+Per segment (hdvila.md 1.2):
+- keyframe -> full backbone; stage-5 map -> 1x1 conv to d -> 2x2 max-pool -> GELU;
+- neighbours -> second backbone cut after stage 4 -> 1x1 conv to d -> GELU;
+- the keyframe's stage-4 map, pooled to the LR grid, goes through the same LR projection and takes the
+  middle time slot; the Transformer over T x H x W keeps the middle step, which is concatenated with the
+  keyframe's stage-5 feature -> 1x1 conv -> GELU: H*W visual tokens.
+The grids are aligned with adaptive pooling to the LR grid, so stride-32 CNNs and stride-16 ViTs both fit.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VideoEncoderConfig
+from .temporal import DividedSpaceTimeTransformer
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def create_backbone(name: str, out_indices: tuple[int, ...], img_size: tuple[int, int],
+                    kwargs: dict | None = None, pretrained_path: str | None = None) -> nn.Module:
+    """A randomly initialised timm feature extractor returning the maps at `out_indices` (NCHW).
+
+    timm prunes the modules after the last requested index, so a backbone cut after stage 4 holds no stage 5.
+    Models that take `img_size` (ViTs) get the input size; others reject the keyword and are built without.
+    """
+    kwargs = dict(kwargs or {})
+    common = dict(pretrained=False, features_only=True, out_indices=tuple(out_indices))
+    if "img_size" in kwargs:
+        model = timm.create_model(name, **common, **kwargs)
+    else:
+        try:
+            model = timm.create_model(name, **common, img_size=tuple(img_size), **kwargs)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            model = timm.create_model(name, **common, **kwargs)
+    if pretrained_path:
+        load_backbone_weights(model, pretrained_path)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, or of a .pth/.pt/.bin file loaded with weights_only (no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy a whole-model timm/torchvision checkpoint into a feature extractor.
+
+    Extra keys (classifier, pruned stages) are ignored; every tensor the extractor holds must be found
+    with the same shape (a BatchNorm's num_batches_tracked may be absent).
+    """
+    source = read_state_dict(path)
+    target = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    missing = []
+    for key, tensor in target.items():
+        # FeatureGetterNet (ViTs) wraps the model as `.model`; FeatureListNet keeps the original names.
+        candidates = (key, key.removeprefix("model."), key.replace("_", ".", 1))
+        found = next((source[c] for c in candidates if c in source), None)
+        if found is None:
+            if not key.endswith("num_batches_tracked"):
+                missing.append(key)
+            continue
+        if found.shape != tensor.shape:
+            raise ValueError(f"{path}: {key} has shape {tuple(found.shape)}, the backbone needs {tuple(tensor.shape)}")
+        loaded[key] = found
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} backbone tensors, e.g. {missing[:3]}")
+    model.load_state_dict(loaded, strict=False)
+    log.info("loaded %d backbone tensors from %s", len(loaded), path)
+
+
+class HybridVideoEncoder(nn.Module):
+    def __init__(self, cfg: VideoEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        lr_weights = cfg.lr_pretrained_path or cfg.pretrained_path
+        self.hr_backbone = create_backbone(cfg.backbone, tuple(cfg.hr_out_indices), cfg.hr_size,
+                                           cfg.backbone_kwargs, cfg.pretrained_path)
+        self.lr_backbone = create_backbone(cfg.lr_backbone or cfg.backbone, (cfg.lr_out_index,), cfg.lr_size,
+                                           cfg.backbone_kwargs, lr_weights)
+        hr4_channels, hr5_channels = self.hr_backbone.feature_info.channels()
+        (lr4_channels,) = self.lr_backbone.feature_info.channels()
+        if hr4_channels != lr4_channels:
+            raise ValueError(f"the keyframe's stage-4 map ({hr4_channels} ch) must fit the LR projection "
+                             f"({lr4_channels} ch): pick backbones with equal stage-4 widths")
+        d = cfg.d
+        self.hr_proj = nn.Conv2d(hr5_channels, d, 1)
+        self.lr_proj = nn.Conv2d(lr4_channels, d, 1)
+        self.fuse = nn.Conv2d(2 * d, d, 1)
+        self.act = nn.GELU()
+        self.reduction = self.lr_backbone.feature_info.reduction()[0]
+        self.grid = cfg.nominal_grid(self.reduction)
+        self.temporal = DividedSpaceTimeTransformer(d, cfg.temporal_depth, cfg.temporal_heads,
+                                                    cfg.temporal_mlp_ratio, cfg.drop_path, self.grid, cfg.num_frm)
+        # x * scale + shift == (x / 255 - mean) / std on the 0-255 scale, in one fused pass
+        std = torch.tensor(IMAGENET_STD) * 255.0
+        mean = torch.tensor(IMAGENET_MEAN) * 255.0
+        self.register_buffer("pixel_scale", (1.0 / std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
+        if cfg.channels_last:
+            self.hr_backbone.to(memory_format=torch.channels_last)
+            self.lr_backbone.to(memory_format=torch.channels_last)
+
+    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> float [N, 3, H, W], ImageNet-normalised; the permuted view is channels_last."""
+        x = frames.permute(0, 3, 1, 2).to(self.pixel_scale.dtype)
+        return torch.addcmul(self.pixel_shift, x, self.pixel_scale)
+
+    def grid_for(self, hr_hw: tuple[int, int]) -> tuple[int, int]:
+        """LR grid for a keyframe size (used when there are no neighbours to measure it on)."""
+        step = self.cfg.lr_factor * self.reduction
+        return -(-hr_hw[0] // step), -(-hr_hw[1] // step)
+
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """hr uint8 [B, S, H, W, 3], lr uint8 [B, S, T-1, h, w, 3] -> tokens [B, S, gh*gw, d] and (gh, gw)."""
+        b, s = hr.shape[:2]
+        neighbours = lr.shape[2]
+        if neighbours % 2:
+            raise ValueError(f"expected an even number of neighbours around the keyframe, got {neighbours}")
+        hr4, hr5 = self.hr_backbone(self.normalise(hr.flatten(0, 1)))
+        if neighbours:
+            (lr4,) = self.lr_backbone(self.normalise(lr.flatten(0, 2)))
+            grid = (lr4.shape[-2], lr4.shape[-1])
+        else:
+            grid = self.grid_for((hr.shape[2], hr.shape[3]))
+        if hr4.shape[-2:] != grid:
+            hr4 = F.adaptive_avg_pool2d(hr4, grid)
+        key_slot = self.act(self.lr_proj(hr4)).unsqueeze(1)  # [B*S, 1, d, gh, gw]
+        if neighbours:
+            lr_slots = self.act(self.lr_proj(lr4)).view(b * s, neighbours, -1, *grid)
+            half = neighbours // 2
+            stack = torch.cat([lr_slots[:, :half], key_slot, lr_slots[:, half:]], dim=1)
+        else:
+            stack = key_slot
+        middle = self.temporal(stack, keep_step=neighbours // 2)  # [B*S, N, d]
+        middle = middle.transpose(1, 2).reshape(b * s, -1, *grid)
+
+        key = F.max_pool2d(self.hr_proj(hr5), 2, ceil_mode=True)  # ceil: odd stage-5 maps keep their edge
+        if key.shape[-2:] != grid:
+            key = F.adaptive_max_pool2d(key, grid)
+        key = self.act(key)
+        tokens = self.act(self.fuse(torch.cat([middle, key.to(middle.dtype)], dim=1)))
+        return tokens.flatten(2).transpose(1, 2).reshape(b, s, grid[0] * grid[1], -1), grid
