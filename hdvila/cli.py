@@ -4,6 +4,8 @@
     hdvila data synth --out DIR [--num-videos N] [--seed S] [key=value ...]    (e.g. height=96 width=128)
     hdvila data inspect SHARDS [--sheet PNG]
     hdvila data train-tokenizer --texts PATH... --out DIR [--vocab-size N]
+    hdvila pretrain --config configs/pretrain/<size>.yaml [--resume] [key=value ...]
+        also: torchrun --nproc_per_node N -m hdvila.cli pretrain ...; deepspeed --module hdvila.cli pretrain ...
     hdvila demo [--out DIR]
 """
 from __future__ import annotations
@@ -88,6 +90,19 @@ def cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from data_tools.config import load_config
+    from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
+
+    overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
+    cfg = load_config(PretrainConfig, args.config, overrides)
+    summary = run_pretrain(cfg, resume=args.resume)
+    if summary is not None:
+        shown = {k: v for k, v in summary.items() if k != "config"}
+        print(json.dumps(shown, indent=2, default=str))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hdvila.demo import run_demo
 
@@ -98,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hdvila", description="HD-VILA video-language platform")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    # the `deepspeed` launcher passes --local_rank; LOCAL_RANK in the environment says the same
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="ingest, synthesize and inspect video-text shards")
@@ -130,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, default=8000)
     t.add_argument("--min-frequency", type=int, default=2)
     t.set_defaults(func=cmd_data_train_tokenizer)
+
+    p = sub.add_parser("pretrain", help="HD-VILA pretraining under DeepSpeed (single process, torchrun or deepspeed)")
+    p.add_argument("--config", required=True, help="configs/pretrain/<size>.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
+    p.set_defaults(func=cmd_pretrain)
 
     d = sub.add_parser("demo", help="the main job end to end on the built-in corpus")
     d.add_argument("--out", default="runs/demo")

@@ -387,3 +387,13 @@ def test_runner_spawn_start_method(pal_clip):
             r.timeout = 1.0
             r.call(time.sleep, 10)
         assert r.call(len, [1]) == 1
+
+
+def test_decord_widths_its_scaler_breaks_on_still_decode_correctly(tmp_path):
+    """decord 0.6 fails to scale to some widths (24, 48 px); the reader falls back to PyAV for them."""
+    path = tmp_path / "clip.mp4"
+    make_indexed_clip(path, num_frames=30, size=(72, 96), fps=25, keyint=10)
+    with open_video(path.read_bytes(), backend="decord", size=(18, 24)) as reader:
+        frames = reader.get_frames([3, 17, 4])
+    assert frames.shape == (3, 18, 24, 3)
+    assert [read_frame_index(f) for f in frames] == [3, 17, 4]

@@ -69,3 +69,12 @@ def test_frame_plan_and_crop_flip():
     np.testing.assert_array_equal(out, frames[:, y:y + h, x:x + w][:, :, ::-1])
     with pytest.raises(ValueError, match="does not fit"):
         apply_crop(frames, (0, 50, 32, 32), False)
+
+
+def test_canvas_short_side_scales_down_but_still_covers_the_crop():
+    assert cover_size(240, 320, (128, 192), short_side=144) == (144, 192)
+    assert cover_size(720, 1280, (640, 1024), short_side=720) == (720, 1280)
+    # a short side too small for the crop is raised until the crop fits
+    assert cover_size(240, 320, (128, 192), short_side=96) == (144, 192)
+    plan = plan_clip(100, 240, 320, ClipSamplingConfig(hr_size=(128, 192), canvas_short_side=144), None)
+    assert plan.hr_canvas == (144, 192) and plan.lr_canvas == (36, 48)

@@ -39,6 +39,8 @@ class DecordReader(BaseReader):
             raise DecodeError(f"decord cannot open {self.label}: {short_message(exc)}") from None
         self.num_frames = min(count, num_frames_hint) if num_frames_hint else count
         self._shape = size  # native size is only known after decoding a frame
+        self._source, self._size, self._threads = source, size, threads
+        self._fallback = None
 
     def _native_shape(self) -> tuple[int, int]:
         if self._shape is None:
@@ -55,9 +57,18 @@ class DecordReader(BaseReader):
         return self._native_shape()[1]
 
     def _decode_sorted(self, indices: list[int]) -> np.ndarray:
+        if self._fallback is not None:
+            return self._fallback.get_frames(indices)
         try:
             frames = _to_numpy(self._vr.get_batch(indices))
         except Exception as exc:  # DECORDError, RuntimeError, IndexError from decord's own checks
+            if self._size is not None and "must exactly match" in str(exc):
+                # decord 0.6's scaler breaks on some output widths (e.g. 24 or 48 px: "DECORDArrayCopyFromTo:
+                # The size must exactly match"); PyAV scales the same frames correctly.
+                from .pyav_backend import open_reader as open_pyav
+
+                self._fallback = open_pyav(self._source, self._size, self.num_frames, self._threads)
+                return self._fallback.get_frames(indices)
             raise DecodeError(f"decord failed on {self.label} frames {indices[:8]}: {short_message(exc)}") from None
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != len(indices):
             raise DecodeError(f"decord returned {frames.dtype} {frames.shape} for {len(indices)} frames of {self.label}")
@@ -68,6 +79,8 @@ class DecordReader(BaseReader):
     def close(self) -> None:
         if not self._closed:
             self._vr = None  # decord frees its handle in __del__
+            if self._fallback is not None:
+                self._fallback.close()
         super().close()
 
 

@@ -23,6 +23,9 @@ class ClipSamplingConfig:
     lr_factor: int = 4  # neighbours are hr_size / lr_factor (160 x 256 by default)
     hflip_prob: float = 0.0
     random: bool = True  # train: random positions and crop; eval: evenly spaced, centre crop
+    # Short side the decoder scales frames to before cropping; None keeps the native size (720p for a
+    # 640x1024 crop, as HD-VILA did). Frames smaller than the crop are always scaled up to cover it.
+    canvas_short_side: int | None = None
 
 
 @dataclass
@@ -63,10 +66,15 @@ def segment_indices(num_frames: int, n_segments: int, num_frm: int, sample_rate:
     return np.clip(centres[:, None] + offsets[None, :], 0, num_frames - 1).astype(np.int64)
 
 
-def cover_size(height: int, width: int, crop: tuple[int, int]) -> tuple[int, int]:
-    """Smallest size at the frame's aspect ratio that covers `crop`; the native size when it already does."""
+def cover_size(height: int, width: int, crop: tuple[int, int], short_side: int | None = None) -> tuple[int, int]:
+    """Frame size at its aspect ratio with the short side at `short_side` (default: native), never smaller
+    than what covers `crop`."""
     scale = max(crop[0] / height, crop[1] / width)
-    if scale <= 1.0:
+    if short_side is not None:
+        scale = max(scale, short_side / min(height, width))
+    elif scale <= 1.0:
+        return height, width
+    if abs(scale - 1.0) < 1e-9:
         return height, width
     return max(crop[0], math.ceil(height * scale)), max(crop[1], math.ceil(width * scale))
 
@@ -107,7 +115,7 @@ def plan_clip(num_frames: int, height: int, width: int, cfg: ClipSamplingConfig,
         raise ValueError(f"hr_size {cfg.hr_size} must be divisible by lr_factor {f}")
     use_rng = rng if cfg.random else None
     indices = segment_indices(num_frames, cfg.n_segments, cfg.num_frm, cfg.sample_rate, use_rng)
-    canvas = cover_size(height, width, cfg.hr_size)
+    canvas = cover_size(height, width, cfg.hr_size, cfg.canvas_short_side)
     y, x = crop_offset(canvas, cfg.hr_size, f, use_rng)
     flip = bool(use_rng is not None and cfg.hflip_prob > 0 and use_rng.random() < cfg.hflip_prob)
     return ClipPlan(

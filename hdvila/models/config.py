@@ -32,7 +32,7 @@ class VideoEncoderConfig:
     hr_size: tuple[int, int] = (640, 1024)  # keyframe (height, width)
     lr_factor: int = 4  # neighbours are hr_size / lr_factor
     norm_eval: bool = False  # keep every BatchNorm in eval mode while training (running stats frozen)
-    channels_last: bool = True  # backbones run in channels_last memory format
+    channels_last: bool = True  # backbone activations in channels_last (NHWC) memory format
     pretrained_path: str | None = None  # local .safetensors/.pth for the HR backbone (timm key names)
     lr_pretrained_path: str | None = None  # for the LR backbone; None = pretrained_path
 

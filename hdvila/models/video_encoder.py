@@ -123,14 +123,14 @@ class HybridVideoEncoder(nn.Module):
         mean = torch.tensor(IMAGENET_MEAN) * 255.0
         self.register_buffer("pixel_scale", (1.0 / std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
-        if cfg.channels_last:
-            self.hr_backbone.to(memory_format=torch.channels_last)
-            self.lr_backbone.to(memory_format=torch.channels_last)
+        # Weights stay contiguous: DeepSpeed flattens and broadcasts parameters as plain byte views, which
+        # channels_last weights are not. A channels_last input alone makes the convolutions run in NHWC.
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> float [N, 3, H, W], ImageNet-normalised; the permuted view is channels_last."""
         x = frames.permute(0, 3, 1, 2).to(self.pixel_scale.dtype)
-        return torch.addcmul(self.pixel_shift, x, self.pixel_scale)
+        x = torch.addcmul(self.pixel_shift, x, self.pixel_scale)
+        return x.contiguous(memory_format=torch.channels_last if self.cfg.channels_last else torch.contiguous_format)
 
     def grid_for(self, hr_hw: tuple[int, int]) -> tuple[int, int]:
         """LR grid for a keyframe size (used when there are no neighbours to measure it on)."""

@@ -1,0 +1,114 @@
+"""Process-group set-up that works the same alone, under `torchrun` and under the `deepspeed` launcher.
+
+Both launchers export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init_distributed` reads
+them. Without a launcher it makes a world of one on gloo, on a port the OS picks at 127.0.0.1, and exports
+the same variables because DeepSpeed insists on LOCAL_RANK. Backend: NCCL with CUDA, gloo on CPU.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def pick_device() -> torch.device:
+    """This rank's accelerator (cuda:LOCAL_RANK) or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prebuild_deepspeed_ops() -> None:
+    """Build (or load the cached build of) the shared-memory comm op DeepSpeed's CPU backend JIT-compiles.
+
+    DeepSpeed builds it inside its communication backend on first use; two ranks compiling into the same
+    cache folder at once can crash, so `init_distributed` lets local rank 0 build it first. Tests call this
+    once per session for the same reason. A no-op where the accelerator has no such op (CUDA).
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return
+    builder.load(verbose=False)
+
+
+def _single_process_group(backend: str, timeout: datetime.timedelta) -> None:
+    # Port 0: the OS picks a free port when the store binds, so concurrent runs cannot collide.
+    store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, timeout=timeout)
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port))
+    dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> None:
+    """Initialise torch.distributed (if needed) and DeepSpeed's communication layer on top of it."""
+    import deepspeed
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    backend = backend or default_backend()
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(pick_device())
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            os.environ.setdefault("LOCAL_RANK", "0")
+            dist.init_process_group(backend, init_method="env://", timeout=timeout)
+        else:
+            _single_process_group(backend, timeout)
+        log.info("process group: rank %d of %d on %s", rank(), world_size(), backend)
+    # Local rank 0 compiles DeepSpeed's JIT op alone; the others then load the cached build.
+    if local_rank() == 0:
+        prebuild_deepspeed_ops()
+    barrier()
+    if local_rank() != 0:
+        prebuild_deepspeed_ops()
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), timeout=timeout)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable, plain data) on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -1,0 +1,81 @@
+"""Run metrics: `metrics.jsonl` (one JSON object per logged step, flushed per line) and TensorBoard scalars.
+
+Only rank 0 writes. On resume the records after the resumed step are dropped (a killed run may have logged
+steps its last checkpoint does not cover), and TensorBoard purges them too, so every step appears once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+from pathlib import Path
+from typing import Any
+
+from data_tools.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl; a torn last line (killed writer) is skipped."""
+    records = []
+    path = Path(path)
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: skipping an unreadable line", path)
+    return records
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them visible as strings
+    return value
+
+
+class MetricsWriter:
+    """Appends records to metrics.jsonl and mirrors their numeric entries as TensorBoard scalars."""
+
+    def __init__(self, output_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True):
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.output_dir / METRICS_FILE
+        if resume_step is not None:
+            kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        elif self.path.exists():
+            self.path.unlink()  # a fresh run in an old folder starts a fresh log
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = resume_step + 1 if resume_step is not None else None
+            self._tb = SummaryWriter(log_dir=str(self.output_dir / TENSORBOARD_DIR), purge_step=purge)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            step = int(record["step"])
+            for key, value in record.items():
+                if key != "step" and isinstance(value, numbers.Number) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, float(value), step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
