@@ -15,8 +15,8 @@ from data_tools.logs import get_logger
 
 log = get_logger(__name__)
 
-DEMO_SYNTH = ["num_videos=16", "height=240", "width=320", "events_per_video=2", "event_seconds=6.0",
-              "num_heldout_videos=6"]
+DEMO_SYNTH = ["num_videos=200", "height=240", "width=320", "events_per_video=2", "event_seconds=4.0",
+              "num_heldout_videos=40"]
 
 
 def run_demo(out: str | Path, quiet: bool = False) -> int:

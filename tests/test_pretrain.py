@@ -1,0 +1,103 @@
+"""`hdvila pretrain` end to end on tiny shards: run folder, validation, export, stage 2, torchrun."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from data_tools.config import load_config
+from data_tools.ingest.build import build_shards
+from data_tools.ingest.config import BuildConfig
+from data_tools.synth import SynthConfig, synthesize_corpus
+from hdvila.models import HDVILA
+from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
+from hdvila.train.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    synthesize_corpus(root / "corpus", load_config(SynthConfig, None, [
+        "num_videos=8", "num_heldout_videos=2", "height=72", "width=96", "event_seconds=2.0"]), progress=False)
+    cfg = load_config(BuildConfig, None, ["sentences.min_duration=1.0", "transcode.preset=ultrafast",
+                                          "shards.samples_per_shard=4", "workers=2"])
+    build_shards([str(root / "corpus" / "train")], root / "train", cfg, progress=False)
+    build_shards([str(root / "corpus" / "heldout")], root / "heldout", cfg, progress=False)
+    return root
+
+
+def tiny_overrides(shards: Path, out: Path, **extra) -> list[str]:
+    items = {
+        "data.train_shards": f"[{shards / 'train' / '*.tar'}]",
+        "data.val_shards": f"[{shards / 'heldout' / '*.tar'}]",
+        "data.num_workers": 0, "data.decode_timeout": 0, "data.backend": "pyav",
+        "train.max_steps": 4, "train.batch_size": 2, "train.save_every": 2, "train.val_every": 2,
+        "train.log_every": 1, "train.progress": "false", "output_dir": str(out),
+    }
+    items.update(extra)
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def test_stage1_run_folder_validation_and_export(tiny_shards, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", tiny_overrides(tiny_shards, out))
+    run_pretrain(cfg)
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["train"]["max_steps"] == 4 and resolved["model"] == "hdvila-tiny"
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for r in records:
+        assert {"step", "loss", "vtc", "lr", "samples_per_s"} <= set(r)
+        assert r["loss"] == pytest.approx(r["vtc"])
+    validated = [r for r in records if "val/t2v_R@1" in r]
+    assert [r["step"] for r in validated] == [2, 4]
+    assert validated[-1]["val/clips"] == 4 and validated[-1]["val/chance_R@1"] == pytest.approx(25.0)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step00000004"
+    # the export loads without the trainer and embeds unit vectors
+    model = HDVILA.from_pretrained(out / "pretrained")
+    ids = torch.tensor([[2, 10, 11, 3, 0, 0]])
+    emb, _ = model.encode_text(ids, (ids != 0).long())
+    assert emb.shape == (1, model.config.embed_dim) and emb.norm().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_stage2_trains_only_the_cross_modal_part(tiny_shards, tmp_path):
+    stage1 = tmp_path / "s1"
+    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml",
+                             tiny_overrides(tiny_shards, stage1, **{"train.max_steps": 1, "train.val_every": 0})))
+    stage2 = tmp_path / "s2"
+    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", tiny_overrides(
+        tiny_shards, stage2, recipe="stage2", init_from=str(stage1 / "pretrained"),
+        **{"train.max_steps": 3, "train.val_every": 0, "optim.lr": 1e-2, "optim.warmup_ratio": 0.0})))
+    records = read_metrics(stage2 / "metrics.jsonl")
+    assert all("mlm" in r and "vtc" not in r for r in records)
+    before = HDVILA.from_pretrained(stage1 / "pretrained").state_dict()
+    after = HDVILA.from_pretrained(stage2 / "pretrained").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "stage 2 changed nothing"
+    assert all(k.startswith(("cross.", "mlm_head.", "vtm_head.")) for k in changed), sorted(changed)[:5]
+
+
+def test_same_command_under_torchrun_with_zero2(tiny_shards, tmp_path):
+    from hdvila.train.distributed import prebuild_deepspeed_ops
+
+    prebuild_deepspeed_ops()
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
+           "-m", "hdvila.cli", "--quiet", "pretrain", "--config", str(REPO / "configs" / "pretrain" / "tiny.yaml"),
+           *tiny_overrides(tiny_shards, out, **{"train.max_steps": 2, "train.val_every": 0,
+                                                "train.deepspeed_config": "configs/deepspeed/zero2.json"})]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2]
+    assert (out / "checkpoints" / "step00000002").is_dir() and (out / "pretrained" / "model.safetensors").exists()
+    shards = sorted(p.name for p in (out / "checkpoints" / "step00000002").iterdir())
+    assert sum("optim_states" in name for name in shards) == 2  # one ZeRO partition per rank
