@@ -19,6 +19,7 @@ code. Here:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -156,13 +157,10 @@ def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
     module: nn.Module = engine.module
     params = list(module.parameters())
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    partitioned = any(hasattr(p, "ds_id") for p in params)
-    if partitioned:
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            state = _cpu_copy(module.state_dict()) if rank == 0 else None
-    else:
-        state = _cpu_copy(module.state_dict()) if rank == 0 else None
-    return state
+    partitioned = any(hasattr(p, "ds_id") for p in params)  # ZeRO-3 leaves empty placeholders
+    gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if partitioned else contextlib.nullcontext()
+    with gather:
+        return _cpu_copy(module.state_dict()) if rank == 0 else None
 
 
 def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -96,6 +96,8 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> N
         else:
             _single_process_group(backend, timeout)
         log.info("process group: rank %d of %d on %s", rank(), world_size(), backend)
+    elif dist.get_world_size() == 1:
+        os.environ.setdefault("LOCAL_RANK", "0")  # set up by the caller without a launcher; DeepSpeed asks
     # Local rank 0 compiles DeepSpeed's JIT op alone; the others then load the cached build.
     if local_rank() == 0:
         prebuild_deepspeed_ops()

@@ -232,6 +232,7 @@ class Trainer:
             log.warning("resume requested but %s holds no checkpoint; starting from step 0", self.checkpoint_dir)
         self.metrics = (MetricsWriter(self.output_dir, resume_step=self.step if resumed else None)
                         if self.is_main else None)
+        self._closed = False
 
     # --- engine
 
@@ -266,6 +267,8 @@ class Trainer:
         """Train until cfg.max_steps; returns the last logged record (rank 0) or None."""
         from tqdm import tqdm
 
+        if self._closed:
+            raise RuntimeError("fit() already ran on this Trainer; build a new one with resume=True to go on")
         cfg = self.cfg
         last_record = None
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (self.is_main and cfg.progress),
@@ -456,6 +459,8 @@ class Trainer:
         return export_weights(self.engine, path, metadata={"step": str(self.step)})
 
     def close(self) -> None:
+        """Close metrics.jsonl and TensorBoard (fit() does this when it ends)."""
+        self._closed = True
         if self.metrics is not None:
             self.metrics.close()
 
