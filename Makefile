@@ -27,6 +27,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_ingest.py
+	$(VENV)/bin/hdvila demo --out runs/demo
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

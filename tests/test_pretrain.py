@@ -101,3 +101,14 @@ def test_same_command_under_torchrun_with_zero2(tiny_shards, tmp_path):
     assert (out / "checkpoints" / "step00000002").is_dir() and (out / "pretrained" / "model.safetensors").exists()
     shards = sorted(p.name for p in (out / "checkpoints" / "step00000002").iterdir())
     assert sum("optim_states" in name for name in shards) == 2  # one ZeRO partition per rank
+
+
+def test_bf16_trains_a_batchnorm_model_and_exports_fp32(tiny_shards, tmp_path):
+    out = tmp_path / "bf16"
+    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", tiny_overrides(
+        tiny_shards, out, **{"train.max_steps": 2, "train.val_every": 2, "train.precision": "bf16"})))
+    records = read_metrics(out / "metrics.jsonl")
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    assert "val/t2v_R@1" in records[-1]
+    model = HDVILA.from_pretrained(out / "pretrained")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

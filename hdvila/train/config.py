@@ -27,6 +27,7 @@ class TrainConfig:
     deepspeed_config: str = "configs/deepspeed/zero1.json"  # relative to the working dir or the repo root
     zero_stage: Optional[int] = None  # None = the stage in the JSON
     deterministic: bool = False  # torch.use_deterministic_algorithms and friends
+    compile: bool = False  # torch.compile the module through DeepSpeed's engine.compile()
     progress: bool = True  # tqdm bar on rank 0
     deepspeed_log_level: str = "warning"  # DeepSpeed prints its whole config at INFO
 

@@ -193,6 +193,15 @@ def _set_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def _cast_float_buffers(module: nn.Module, dtype: torch.dtype) -> None:
+    """DeepSpeed's bf16/fp16 modes cast parameters but not buffers; BatchNorm then meets bf16 activations
+    and weights with fp32 running statistics and fails. Give floating-point buffers the parameters' dtype."""
+    for sub in module.modules():
+        for name, buf in list(sub.named_buffers(recurse=False)):
+            if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
+                setattr(sub, name, buf.to(dtype))
+
+
 class Trainer:
     """Runs `objective` on `model` over `data` for `cfg.max_steps` optimizer steps under DeepSpeed.
 
@@ -247,6 +256,10 @@ class Trainer:
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,
                                                lr_scheduler=self.lr_scheduler, config=ds_config)
         install_safe_loader(engine)
+        if self.cfg.precision in ("bf16", "fp16"):
+            _cast_float_buffers(engine.module, torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16)
+        if self.cfg.compile:
+            engine.compile()
         return engine
 
     def _autocast(self) -> contextlib.AbstractContextManager:
