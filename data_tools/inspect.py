@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,7 @@ def summarize_shards(spec, sheet_path: str | Path | None = None, max_tiles: int 
         meta = json.loads(sample["json"]) if "json" in sample else {}
         url = sample.get("__url__", "?")
         per_shard[url] = per_shard.get(url, 0) + 1
-        fps = meta.get("fps", "0/1")
-        num, _, den = str(fps).partition("/")
-        rate = float(num) / float(den or 1) if float(num or 0) else 0.0
+        rate = float(Fraction(str(meta.get("fps", "0"))))
         if rate and meta.get("num_frames"):
             durations.append(meta["num_frames"] / rate)
         resolutions[f"{meta.get('width', '?')}x{meta.get('height', '?')}"] += 1

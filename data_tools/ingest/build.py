@@ -12,6 +12,7 @@ import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,8 @@ def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: i
                     files["proxy.mp4"] = media.proxy
                 writer.write(clip.key, files, {
                     "clip_id": clip.clip_id, "video_id": clip.video_id, "source": clip.video_path,
-                    "start": clip.start, "end": clip.end, "duration": media.num_frames / _rate(media.fps),
+                    "start": clip.start, "end": clip.end,
+                    "duration": media.num_frames / float(Fraction(media.fps)),
                     "num_frames": media.num_frames, "fps": media.fps, "width": media.width,
                     "height": media.height, "text": clip.text, "transcript_source": clip.transcript_source,
                 })
@@ -162,11 +164,6 @@ def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: i
         writer.abort()
         raise
     return stats
-
-
-def _rate(fraction: str) -> float:
-    num, _, den = fraction.partition("/")
-    return float(num) / float(den or 1)
 
 
 _COUNTER = None
