@@ -62,3 +62,16 @@ def test_repo_build_yaml_matches_dataclass_defaults():
 
     repo = Path(__file__).resolve().parent.parent
     assert load_config(BuildConfig, repo / "configs" / "data" / "build.yaml") == BuildConfig()
+
+
+def test_every_shipped_pretrain_config_loads_and_names_a_registered_model():
+    from pathlib import Path
+
+    from hdvila.models import list_models
+    from hdvila.recipes.pretrain import PretrainConfig
+
+    folder = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
+    for path in sorted(folder.glob("*.yaml")):
+        cfg = load_config(PretrainConfig, path)
+        assert cfg.model in list_models(), path
+        assert cfg.recipe in ("stage1", "stage2", "joint")
