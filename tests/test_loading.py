@@ -175,3 +175,23 @@ def test_a_stuck_decoder_is_killed_and_the_worker_survives(shards):
     keys = keys_of(loader)
     assert sorted(keys) == ["00000_0000", "00001_0000", "00001_0001"]
     assert dataset.counts()["decode_timeout"] == 1 and dataset.counts()["ok"] == 3
+
+
+@pytest.mark.parametrize("resampled", [False, True])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_batches_resumes_the_same_stream_without_decoding(shards, resampled, workers):
+    def loader(skip=0):
+        cfg = loader_cfg(shards, batch_size=2, num_workers=workers, resampled=resampled,
+                         epoch_samples=10 if resampled else 0)
+        ld, dataset = make_loader(cfg, "clip", SMALL_CLIP)
+        dataset.set_epoch(1)
+        if skip:
+            ld.skip_batches(skip)
+        return ld, dataset
+
+    full, _ = loader()
+    batches = [b["__key__"] for b in full]
+    for skip in (1, 3):
+        resumed, dataset = loader(skip)
+        assert [b["__key__"] for b in resumed] == batches[skip:]
+        assert dataset.counts()["ok"] == sum(len(b) for b in batches[skip:])  # skipped samples were not decoded

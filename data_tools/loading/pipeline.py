@@ -12,6 +12,7 @@ the main process (`dataset.counts()`).
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -194,6 +195,7 @@ class ShardedVideoDataset(IterableDataset):
         if not cfg.resampled and len(self.urls) < self.world_size:
             raise ValueError(f"{len(self.urls)} shards cannot be split over {self.world_size} ranks")
         self.epoch = 0
+        self._skip_batches = 0
         # Shared counters, written by the worker processes (one writer per slot), read by the trainer.
         self._slots = max(1, cfg.num_workers)
         self._counters = mp.get_context("fork").RawArray("q", self._slots * len(SKIP_REASONS))
@@ -223,6 +225,17 @@ class ShardedVideoDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Call before iterating each epoch (workers are re-created per epoch unless persistent)."""
         self.epoch = int(epoch)
+        self._skip_batches = 0
+
+    def skip_batches(self, batches: int) -> None:
+        """Resume mid-epoch: the next iteration starts at batch `batches` of this epoch, reading the samples
+        before it from the tars but decoding none of them.
+
+        DataLoader takes batch k from worker k % W, and a new DataLoader starts at worker 0, so worker w
+        takes over the stream of worker (w + batches) % W and drops the batches that stream had delivered.
+        Exact when no sample in the skipped part failed to decode (a failure shifts later batches by one).
+        """
+        self._skip_batches = int(batches)
 
     # --- stages
     def _shards(self, worker: int, num_workers: int) -> Iterator[dict]:
@@ -297,20 +310,22 @@ class ShardedVideoDataset(IterableDataset):
         _worker_state()
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        pipeline = wds.DataPipeline(
-            lambda: self._shards(worker, num_workers),
+        # After skip_batches(n), this worker continues the stream that worker (worker + n) % W had.
+        skip = self._skip_batches
+        stream = (worker + skip) % num_workers
+        skipped_batches = skip // num_workers + (1 if stream < skip % num_workers else 0)
+        skip_samples = skipped_batches * self.cfg.batch_size
+        raw = wds.DataPipeline(
+            lambda: self._shards(stream, num_workers),
             wds.tarfile_to_samples(handler=self._tar_handler),
-            lambda src: self._shuffle(src, worker),
-            lambda src: (s for s in map(self._decode, src) if s is not None),
+            lambda src: self._shuffle(src, stream),
         )
-        limit = None
-        if self.cfg.resampled:
+        samples = itertools.islice(iter(raw), skip_samples, None)
+        decoded = (s for s in map(self._decode, samples) if s is not None)
+        if self.cfg.resampled:  # islice stops without decoding a sample past the epoch's share
             per_worker, extra = divmod(self.cfg.epoch_samples, num_workers)
-            limit = per_worker + (1 if worker < extra else 0)
-        for i, sample in enumerate(pipeline):
-            if limit is not None and i >= limit:
-                break
-            yield sample
+            decoded = itertools.islice(decoded, max(0, per_worker + (1 if stream < extra else 0) - skip_samples))
+        yield from decoded
 
 
 def collate(samples: list[dict]) -> dict:
@@ -326,12 +341,19 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
+class VideoDataLoader(DataLoader):
+    """A DataLoader whose `skip_batches(n)` reaches the dataset, so the trainer resumes without decoding."""
+
+    def skip_batches(self, batches: int) -> None:
+        self.dataset.skip_batches(batches)
+
+
 def make_loader(cfg: LoaderConfig, kind: str, sampling: ClipSamplingConfig | FrameSamplingConfig,
                 rank: int | None = None, world_size: int | None = None,
-                decode_fn: Callable | None = None) -> tuple[DataLoader, ShardedVideoDataset]:
+                decode_fn: Callable | None = None) -> tuple[VideoDataLoader, ShardedVideoDataset]:
     """A DataLoader over the shards (decoding in its worker processes) and the dataset (for set_epoch)."""
     dataset = ShardedVideoDataset(cfg, kind, sampling, rank=rank, world_size=world_size, decode_fn=decode_fn)
-    loader = DataLoader(
+    loader = VideoDataLoader(
         dataset,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
