@@ -18,7 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["data_tools*", "hdvila*", "diffusion*", "animation*"]),
-    package_data={"data_tools": ["assets/*/*", "assets/*/*/*"]},
+    package_data={"data_tools": ["assets/*/*", "assets/*/*/*"], "hdvila": ["models/model_configs/*.yaml"]},
     include_package_data=True,
     install_requires=REQUIREMENTS,
     entry_points={"console_scripts": ["hdvila=hdvila.cli:main"]},

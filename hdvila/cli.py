@@ -148,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-frequency", type=int, default=2)
     t.set_defaults(func=cmd_data_train_tokenizer)
 
-    p = sub.add_parser("pretrain", help="HD-VILA pretraining under DeepSpeed (single process, torchrun or deepspeed)")
+    p = sub.add_parser("pretrain", help="HD-VILA pretraining under DeepSpeed (single process, torchrun or deepspeed)",
+                       epilog="Any config key may follow as dotted key=value, e.g. train.max_steps=20 "
+                              "data.train_shards='[shards/*.tar]' output_dir=runs/x")
     p.add_argument("--config", required=True, help="configs/pretrain/<size>.yaml")
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
     p.set_defaults(func=cmd_pretrain)

@@ -224,3 +224,17 @@ def test_killed_build_resumes_to_identical_shards(tmp_path, indexed_video):
     assert not list(killed.glob(".*.tmp"))
     assert tree_digest(killed) == tree_digest(reference)
     assert len(tree_digest(reference)) == 10  # 9 clips, 2 per shard -> 5 shards (tar + parquet)
+
+
+def test_resuming_into_a_folder_of_another_build_is_refused(tmp_path, indexed_video):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.symlink(indexed_video, folder / "video.mp4")
+    (folder / "video.srt").write_text(format_srt([(0.0, 2.0, "One."), (2.0, 4.0, "Two.")]))
+    build_shards([str(folder)], tmp_path / "out", small_cfg(), progress=False)
+    again = build_shards([str(folder)], tmp_path / "out", small_cfg(), progress=False)  # same build: resumes
+    assert again["shards_skipped_as_finished"] == 1
+    other = small_cfg()
+    other.shards.samples_per_shard = 1
+    with pytest.raises(BuildFailed, match="other inputs or settings"):
+        build_shards([str(folder)], tmp_path / "out", other, progress=False)

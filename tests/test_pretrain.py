@@ -133,3 +133,13 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tiny_shards, tmp_path):
     assert sorted(resumed) == [1, 2, 3, 4, 5]
     for step in (4, 5):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("recipe, expected", [("joint", {"vtc", "mlm", "vtm"}), ("stage2", {"mlm", "vtm"})])
+def test_vtm_adds_matching_and_scores_only_the_requested_losses(tiny_shards, tmp_path, recipe, expected):
+    out = tmp_path / recipe
+    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", tiny_overrides(
+        tiny_shards, out, recipe=recipe, vtm="true", export="false",
+        **{"train.max_steps": 1, "train.val_every": 0})))
+    record = read_metrics(out / "metrics.jsonl")[-1]
+    assert {k for k in ("vtc", "mlm", "vtm") if k in record} == expected

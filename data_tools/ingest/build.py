@@ -6,6 +6,7 @@ the job goes on. Finished shards are skipped on a rerun, so a killed build resum
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -19,7 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..config import save_config, to_dict
-from ..io import atomic_write_json, remove_stale_temporaries
+from ..io import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..logs import get_logger
 from ..media import ProbeError, VideoInfo, probe_video
 from .config import BuildConfig, TranscodeConfig
@@ -122,7 +123,9 @@ def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: i
             info = VideoInfo(**clip.info)
             try:
                 media = cut_clip(clip.video_path, info, clip.start, clip.end, tcfg, threads=threads)
-            except (TranscodeError, ProbeError, OSError) as exc:
+            except Exception as exc:  # one bad clip must not cost the shard: report it and go on
+                if not isinstance(exc, (TranscodeError, ProbeError, OSError)):
+                    log.exception("unexpected error on %s [%s, %s]", clip.video_path, clip.start, clip.end)
                 failures.append({"input": clip.video_path, "clip_id": clip.clip_id, "stage": "transcode",
                                  "span": [clip.start, clip.end], "reason": str(exc)})
             else:
@@ -179,6 +182,25 @@ def _run_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: in
     return write_shard(task, out_dir, tcfg, threads, _COUNTER)
 
 
+def build_fingerprint(inputs: list[str], cfg: BuildConfig) -> str:
+    """What decides the shards' content: the inputs and every setting but the parallelism."""
+    settings = to_dict(cfg)
+    settings.pop("workers", None)
+    settings["transcode"].pop("threads", None)
+    blob = json.dumps({"inputs": [str(Path(i).resolve()) for i in inputs], "settings": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_same_build(out: Path, inputs: list[str], cfg: BuildConfig) -> None:
+    """Resuming is only sound into a folder built from the same inputs and settings."""
+    marker = out / "build_fingerprint.txt"
+    fingerprint = build_fingerprint(inputs, cfg)
+    if marker.exists() and marker.read_text().strip() != fingerprint and any(out.glob("*_stats.json")):
+        raise BuildFailed(f"{out} holds shards of a build with other inputs or settings; "
+                          "use another --out, or delete the folder to rebuild")
+    atomic_write_text(marker, fingerprint + "\n")
+
+
 def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> dict:
     """Run the whole build; returns the report (also written to OUT/build_report.json)."""
     out = Path(out_dir)
@@ -186,6 +208,7 @@ def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig
     removed = remove_stale_temporaries(out)
     if removed:
         log.info("removed %d partial files left by an earlier, interrupted build", removed)
+    _check_same_build(out, inputs, cfg)
     save_config(cfg, out / "build_config.yaml")
     started = time.time()
     shards, problems, counts = plan_build(inputs, cfg, progress=progress)
@@ -210,7 +233,9 @@ def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig
                 while pending:
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        fut.result()  # a crashed worker is a bug, not bad input: surface it
+                        if fut.exception() is not None:  # a crashed worker is a bug: stop now, not hours later
+                            pool.shutdown(wait=False, cancel_futures=True)
+                            raise fut.exception()
                     bar.update(counter.value - bar.n)
     failures = [asdict(p) for p in problems]
     written = 0

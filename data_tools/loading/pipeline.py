@@ -52,7 +52,7 @@ class LoaderConfig:
 
 
 def expand_shards(spec: str | Iterable[str]) -> list[str]:
-    """Expand comma lists, brace patterns ({000..009}) and globs; keep `pipe:`/URL entries as given."""
+    """Expand brace patterns ({000..009}) and globs in each entry; keep `pipe:`/URL entries as given."""
     items = [spec] if isinstance(spec, str) else list(spec)
     urls: list[str] = []
     for item in items:
@@ -148,7 +148,8 @@ def _pin_malloc_mmap_threshold(threshold: int = 1 << 20) -> None:
 def _worker_state() -> dict[str, Any]:
     if _WORKER["pid"] != os.getpid():  # a fresh worker process: drop what the parent had
         _WORKER.update(runner=None, tokenizer=None, pid=os.getpid())
-        _pin_malloc_mmap_threshold()
+        if get_worker_info() is not None:  # leave the training process's allocator alone
+            _pin_malloc_mmap_threshold()
     return _WORKER
 
 
@@ -157,7 +158,10 @@ def _runner(timeout: float) -> IsolatedRunner | None:
         return None
     state = _worker_state()
     if state["runner"] is None:
-        state["runner"] = IsolatedRunner(timeout=timeout)
+        # In a DataLoader worker, fork is cheap and safe. In the main (training) process, forking would copy
+        # the trainer (threads, communicators, device state) into the watchdog: start a clean one instead.
+        method = "fork" if get_worker_info() is not None else "spawn"
+        state["runner"] = IsolatedRunner(timeout=timeout, start_method=method)
     return state["runner"]
 
 
@@ -233,7 +237,9 @@ class ShardedVideoDataset(IterableDataset):
 
         DataLoader takes batch k from worker k % W, and a new DataLoader starts at worker 0, so worker w
         takes over the stream of worker (w + batches) % W and drops the batches that stream had delivered.
-        Exact when no sample in the skipped part failed to decode (a failure shifts later batches by one).
+        Exact when every worker still had batches left at that point (always true in resampled mode, where
+        workers get equal shares; in epoch mode it needs shards of equal size spread evenly over workers)
+        and no sample in the skipped part failed to decode (a failure shifts later batches by one).
         """
         self._skip_batches = int(batches)
 
@@ -274,6 +280,8 @@ class ShardedVideoDataset(IterableDataset):
             meta = json.loads(raw["json"]) if "json" in raw else {}
             text = raw["txt"].decode("utf-8").strip() if "txt" in raw else ""
         except (UnicodeDecodeError, json.JSONDecodeError):
+            meta = None
+        if not isinstance(meta, dict):
             self._count("bad_metadata")
             return None
         seed = _seed_of(self.cfg.seed, self.epoch, key, raw.get("__url__", ""))
@@ -286,7 +294,7 @@ class ShardedVideoDataset(IterableDataset):
             self._count("decode_timeout")
             log.warning("sample %s: decoding timed out after %.0f s; skipped", key, self.cfg.decode_timeout)
             return None
-        except (DecodeError, ValueError, IndexError) as exc:
+        except (DecodeError, ValueError, IndexError, TypeError, KeyError, AttributeError) as exc:
             self._count("decode_error")
             log.warning("sample %s: %s; skipped", key, exc)
             return None

@@ -138,6 +138,8 @@ class FramePlan:
 
 def plan_frames(num_frames: int, height: int, width: int, cfg: FrameSamplingConfig,
                 rng: np.random.Generator | None) -> FramePlan:
+    if num_frames <= 0:
+        raise ValueError("clip has no decodable frames")
     use_rng = rng if cfg.random else None
     span = (cfg.num_frames - 1) * cfg.stride + 1
     stride = cfg.stride if span <= num_frames else max(0, (num_frames - 1) // max(1, cfg.num_frames - 1))

@@ -79,11 +79,13 @@ def sampling_config(model_cfg, data: PretrainDataConfig, train: bool) -> ClipSam
 class PretrainObjective:
     """Losses for the recipe's objectives, plus zero-shot text-to-video validation on held-out clips."""
 
-    def __init__(self, objectives: tuple[str, ...], temperature: float, seed: int, val_loader=None):
+    def __init__(self, objectives: tuple[str, ...], temperature: float, seed: int, val_loader=None,
+                 val_max_clips: int | None = None):
         self.objectives = objectives
         self.temperature = temperature
         self.seed = seed
         self.val_loader = val_loader
+        self.val_max_clips = val_max_clips
 
     def prepare_batch(self, batch: dict, device: torch.device) -> dict:
         keep = ("hr", "lr", "input_ids", "attention_mask")
@@ -94,13 +96,17 @@ class PretrainObjective:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 1009 + D.rank())
         module = getattr(model, "module", model)
         outputs = model(batch, self.objectives, generator=generator)
+        if "vtc" not in self.objectives:  # vtm also returns the embeddings; score only what was asked for
+            outputs.pop("video_emb", None)
+            outputs.pop("text_emb", None)
         return module.losses(outputs, self.temperature)
 
     @torch.no_grad()
     def validate(self, model: nn.Module, step: int) -> dict[str, float]:
         if self.val_loader is None:
             return {}
-        return evaluate_retrieval(getattr(model, "module", model), self.val_loader, progress=D.is_main())
+        return evaluate_retrieval(getattr(model, "module", model), self.val_loader, progress=D.is_main(),
+                                  max_clips=self.val_max_clips)
 
 
 @torch.no_grad()
@@ -136,8 +142,9 @@ def caption_positives(captions: list[str]) -> list[list[int]]:
     return [by_text[text.strip().lower()] for text in captions]
 
 
-def evaluate_retrieval(model: HDVILA, loader, progress: bool = False) -> dict[str, float]:
-    video, text, keys, captions = encode_loader(model, loader, progress)
+def evaluate_retrieval(model: HDVILA, loader, progress: bool = False, max_clips: int | None = None
+                       ) -> dict[str, float]:
+    video, text, keys, captions = encode_loader(model, loader, progress, max_clips)
     positives = caption_positives(captions)
     t2v = compute_metrics(text @ video.t(), positives)
     v2t = compute_metrics(video @ text.t(), positives)
@@ -154,7 +161,9 @@ def build_model(cfg: PretrainConfig) -> HDVILA:
     elif Path(cfg.model).is_dir():
         model = HDVILA.from_pretrained(cfg.model)
     else:
-        model = create_model(cfg.model, **cfg.model_overrides)
+        model = create_model(cfg.model, **{**cfg.model_overrides, **({"vtm": True} if cfg.vtm else {})})
+    if cfg.vtm and not model.config.vtm:
+        raise ValueError(f"vtm: true needs a matching head, and {cfg.init_from or cfg.model} was saved without one")
     if cfg.recipe == "stage2":
         model.freeze_stage1()
     return model
@@ -194,7 +203,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any] | 
     model = build_model(cfg)
     objectives = RECIPE_OBJECTIVES[cfg.recipe] + (("vtm",) if cfg.vtm else ())
     loader, dataset, val_loader = make_loaders(cfg, model)
-    objective = PretrainObjective(objectives, model.config.temperature, cfg.train.seed, val_loader)
+    objective = PretrainObjective(objectives, model.config.temperature, cfg.train.seed, val_loader,
+                                  cfg.data.val_max_clips)
     if D.is_main():
         log.info("model %s: %.1fM parameters (%.1fM trainable); recipe %s -> %s", cfg.model,
                  model.num_parameters("full") / 1e6, model.num_parameters("full", trainable_only=True) / 1e6,

@@ -395,6 +395,9 @@ class Trainer:
         state = {
             "rng": capture_rng_state(),
             "epoch_start_rng": self.stream.epoch_start_rng,
+            # each rank's own position: ranks can hold different numbers of batches per epoch
+            "epoch": self.stream.epoch,
+            "batches_in_epoch": self.stream.consumed,
             "window": {"sums": {k: float(v) for k, v in window["sums"].items()},
                        "steps": window["steps"], "samples": window["samples"], "lrs": dict(window["lrs"])},
         }
@@ -448,7 +451,8 @@ class Trainer:
                         client["world_size"], self.world_size)
         if mine is not None and "data_state" in mine and hasattr(self.data_state, "load_state_dict"):
             self.data_state.load_state_dict(mine["data_state"])
-        self.stream.seek(int(client["epoch"]), int(client["batches_in_epoch"]),
+        position = mine if mine is not None and "batches_in_epoch" in mine else client
+        self.stream.seek(int(position["epoch"]), int(position["batches_in_epoch"]),
                          mine["epoch_start_rng"] if mine is not None else None)
         if mine is not None:
             window = mine["window"]
