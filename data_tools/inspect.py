@@ -6,6 +6,7 @@ import textwrap
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import webdataset as wds
@@ -97,3 +98,30 @@ def contact_sheet(items: list[tuple[bytes, dict, str]], path: str | Path, tile_w
         sheet.paste(tile, (4 + c * (tile_width + 4), 4 + r * (cell_h + 4)))
     with atomic_open(path, "wb") as fh:
         sheet.save(fh, format="PNG")
+
+
+def iter_shard_captions(spec) -> Iterator[tuple[str, dict, str]]:
+    """(key, metadata, caption) of every sample, reading only the small .json/.txt members (tarfile seeks
+    over the videos), in shard order."""
+    import tarfile
+
+    for url in expand_shards(spec):
+        pending: dict[str, dict] = {}
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if ext not in ("json", "txt"):
+                    continue
+                entry = pending.setdefault(key, {})
+                raw = tar.extractfile(member).read()
+                try:
+                    entry[ext] = json.loads(raw) if ext == "json" else raw.decode("utf-8").strip()
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    entry[ext] = None
+        for key, entry in pending.items():
+            meta = entry.get("json")
+            text = entry.get("txt")
+            if isinstance(meta, dict) and isinstance(text, str):
+                yield key, meta, text

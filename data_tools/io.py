@@ -17,6 +17,7 @@ def _default_mode() -> int:
 
 
 _FILE_MODE = _default_mode()
+_DIR_MODE = _FILE_MODE | ((_FILE_MODE & 0o444) >> 2)  # r -> r-x, as mkdir under the same umask would give
 
 
 @contextlib.contextmanager
@@ -62,3 +63,31 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
             p.unlink()
             removed += 1
     return removed
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on clean exit it replaces `path` as a whole.
+
+    Readers see either the old folder or the complete new one, never a half-written mix. An exception
+    removes the temporary folder and leaves `path` as it was.
+    """
+    import shutil
+    import uuid
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, _DIR_MODE)  # mkdtemp's 0700 would hide it from other users
+        yield tmp
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -7,6 +7,9 @@ import os
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+QUIET_LIBRARIES = ("faiss.loader",)
+
+
 def setup_logging(level: str | int | None = None) -> None:
     level = level or os.environ.get("HDVILA_LOG_LEVEL", "INFO")
     if isinstance(level, str):
@@ -18,6 +21,9 @@ def setup_logging(level: str | int | None = None) -> None:
         handler._hdvila = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+    # libraries that narrate their start-up at INFO (faiss lists every SIMD build it tries)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def get_logger(name: str) -> logging.Logger:

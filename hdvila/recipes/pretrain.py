@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -17,8 +16,10 @@ from data_tools.loading.pipeline import LoaderConfig, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig
 from data_tools.logs import get_logger
 
+from ..encoder import INFERENCE_FILE, InferenceConfig, inference_yaml
 from ..models import HDVILA, create_model
-from ..retrieval.metrics import compute_metrics
+from ..retrieval.annotations import RetrievalAnnotations
+from ..retrieval.evaluate import EvalConfig, evaluate_embeddings
 from ..train import distributed as D
 from ..train.config import OptimConfig, TrainConfig
 from ..train.trainer import Trainer, move_to_device
@@ -134,25 +135,25 @@ def encode_loader(model: HDVILA, loader, progress: bool = False, max_clips: int 
     return torch.cat(videos), torch.cat(texts), keys, captions
 
 
-def caption_positives(captions: list[str]) -> list[list[int]]:
-    """Clips whose captions are identical are all correct answers for that caption."""
-    by_text: dict[str, list[int]] = {}
-    for i, text in enumerate(captions):
-        by_text.setdefault(text.strip().lower(), []).append(i)
-    return [by_text[text.strip().lower()] for text in captions]
-
-
 def evaluate_retrieval(model: HDVILA, loader, progress: bool = False, max_clips: int | None = None
                        ) -> dict[str, float]:
+    """Zero-shot retrieval on held-out clips: each clip's caption is a query, and clips whose captions are
+    identical are all correct answers (the same scoring as `hdvila retrieval eval` on `dataset: shards`)."""
     video, text, keys, captions = encode_loader(model, loader, progress, max_clips)
-    positives = caption_positives(captions)
-    t2v = compute_metrics(text @ video.t(), positives)
-    v2t = compute_metrics(video @ text.t(), positives)
-    chance = float(np.mean([100.0 * len(p) / len(keys) for p in positives]))
-    out = {f"t2v_{k}": v for k, v in t2v.items()}
-    out.update({f"v2t_{k}": v for k, v in v2t.items()})
-    out.update({"clips": float(len(keys)), "chance_R@1": chance})
+    ann = RetrievalAnnotations(dataset="shards", split="val", video_ids=list(keys), captions=list(captions),
+                               caption_video=list(range(len(keys))))
+    results, _ = evaluate_embeddings(video, text, ann, EvalConfig(same_caption_positive=True))
+    out = {f"{d}_{k}": float(v) for d in ("t2v", "v2t") for k, v in results["plain"][d].items()
+           if k in ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")}
+    out.update({"clips": float(len(keys)), "chance_R@1": float(results["chance"]["t2v"]["R@1"])})
     return out
+
+
+def inference_config(data: PretrainDataConfig) -> InferenceConfig:
+    """How the exported model samples videos and texts at test time: as validation did."""
+    return InferenceConfig(n_segments=data.val_segments, sample_rate=data.sample_rate,
+                           canvas_short_side=data.canvas_short_side, max_text_len=data.max_text_len,
+                           backend=data.backend)
 
 
 def build_model(cfg: PretrainConfig) -> HDVILA:
@@ -220,7 +221,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any] | 
             # a fresh fp32 copy: under ZeRO-3 `model` holds only this rank's partition, under bf16 bf16 weights
             export = HDVILA(model.config, load_weights=False)
             export.load_state_dict({k: v.float() for k, v in state.items()})
-            export.save_pretrained(out / "pretrained", tokenizer=cfg.data.tokenizer)
+            export.save_pretrained(out / "pretrained", tokenizer=cfg.data.tokenizer,
+                                   extra_files={INFERENCE_FILE: inference_yaml(inference_config(cfg.data))})
             log.info("exported %s", out / "pretrained")
     D.barrier()
     if summary is not None:

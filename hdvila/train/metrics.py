@@ -79,3 +79,51 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def plot_training_curves(metrics_path: str | Path, out_path: str | Path, val_keys: tuple[str, ...] = (
+        "val/t2v_R@1", "val/t2v_R@5", "val/t2v_R@10"), chance_key: str | None = "val/chance_R@1") -> Path | None:
+    """PNG of the training loss (and each objective's loss) against steps, beside the validation metrics
+    that were logged; None when the file holds no records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from data_tools.io import atomic_open
+
+    records = read_metrics(metrics_path)
+    if not records:
+        return None
+    loss_keys = ["loss"] + sorted({k for r in records for k in r if k in ("vtc", "mlm", "vtm")} - {"loss"})
+    val_present = [k for k in val_keys if any(k in r for r in records)]
+    fig, axes = plt.subplots(1, 2 if val_present else 1, figsize=(11 if val_present else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    for key in loss_keys:
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points and (key == "loss" or len(loss_keys) > 2):
+            ax.plot(*zip(*points), label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if val_present:
+        ax = axes[0][1]
+        for key in val_present:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot(*zip(*points), marker="o", label=key.removeprefix("val/"))
+        chance = [r[chance_key] for r in records if chance_key and chance_key in r]
+        if chance:
+            ax.axhline(chance[-1], color="k", ls="--", lw=1, label="chance R@1")
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out retrieval (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out_path = Path(out_path)
+    with atomic_open(out_path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,80 @@
+"""A searchable FAISS index of the clips in a set of shards.
+
+    build_clip_index(encoder, ["shards/*.tar"], "runs/index", kind="hnsw")
+    hits = search_clips("runs/index", ["a red circle moves left"], k=10)   # uses the model recorded at build time
+
+The folder holds index.faiss, clips.jsonl (index id -> sample key, source video, span, caption) and
+info.json (model folder, kind, sampling, counts).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from data_tools.logs import get_logger
+
+from .evaluate import ClipIds, EvalConfig, encode_gallery, gallery_loader_config
+from .index import IndexParams, build_index, load_index_folder, save_index_folder, search, set_search_params
+
+log = get_logger(__name__)
+
+
+def build_clip_index(encoder, shards: Sequence[str] | str, out_dir: str | Path, kind: str = "flat",
+                     params: IndexParams | None = None, model_dir: str | Path | None = None,
+                     batch_size: int = 16, num_workers: int = 2, progress: bool = True) -> dict[str, Any]:
+    """Encode every clip of `shards` once and write an index folder; returns its info."""
+    params = params or IndexParams()
+    started = time.perf_counter()
+    cfg = EvalConfig(batch_size=batch_size, num_workers=num_workers)
+    loader_cfg = gallery_loader_config(shards, cfg, encoder.inference.backend, encoder.inference.max_text_len)
+    gallery = encode_gallery(encoder.encode_clips, loader_cfg, encoder.sampling, ClipIds("key"), progress=progress)
+    encoded = time.perf_counter()
+    index = build_index(gallery.embeddings, kind, params)
+    info = {
+        "model": str(Path(model_dir).resolve()) if model_dir else None,
+        "shards": loader_cfg.shards,
+        "params": asdict(params),
+        "inference": asdict(encoder.inference),
+        "loader": gallery.counts,
+        "encode_seconds": round(encoded - started, 2),
+        "build_seconds": round(time.perf_counter() - encoded, 2),
+    }
+    save_index_folder(out_dir, index, gallery.records, info)
+    log.info("indexed %d clips (%s) into %s", index.ntotal, kind, out_dir)
+    return {"kind": kind, "count": int(index.ntotal), "dim": int(index.d), **info}
+
+
+def search_clips(index_dir: str | Path, queries: Sequence[str] | str, k: int = 10, encoder=None,
+                 ef_search: int | None = None, nprobe: int | None = None) -> list[list[dict]]:
+    """Top-k clips per text query: [{rank, score, key, clip_id, video_id, source, span, caption}, ...]."""
+    index, records, info = load_index_folder(index_dir)
+    if encoder is None:
+        from ..encoder import load_pretrained
+
+        if not info.get("model"):
+            raise ValueError(f"{index_dir} records no model folder; pass the model (--model)")
+        encoder = load_pretrained(info["model"])
+    if encoder.embed_dim != index.d:
+        raise ValueError(f"the model embeds into {encoder.embed_dim} dims, the index holds {index.d}-dim vectors: "
+                         "search with the model that built the index")
+    set_search_params(index, ef_search=ef_search, nprobe=nprobe)
+    queries = [queries] if isinstance(queries, str) else list(queries)
+    scores, ids = search(index, encoder.encode_text(queries).numpy(), min(k, index.ntotal))
+    hits = []
+    for row_scores, row_ids in zip(scores, ids):
+        hits.append([{"rank": r + 1, "score": float(s), **records[i]}
+                     for r, (s, i) in enumerate(zip(row_scores, row_ids)) if i >= 0])
+    return hits
+
+
+def format_hits(query: str, hits: list[dict]) -> str:
+    lines = [f"query: {query}", f"{'rank':>4}  {'score':>6}  {'clip':<14}  {'span (s)':<13}  source / caption"]
+    for hit in hits:
+        span = hit.get("span") or []
+        span_text = f"{span[0]:.1f}-{span[1]:.1f}" if len(span) == 2 else "-"
+        source = Path(hit["source"]).name if hit.get("source") else "-"
+        lines.append(f"{hit['rank']:>4}  {hit['score']:>6.3f}  {hit['key']:<14}  {span_text:<13}  {source}")
+        lines.append(f"{'':>4}  {'':>6}  {'':<14}  {'':<13}  \"{hit.get('caption', '')}\"")
+    return "\n".join(lines)
