@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ingest.py
 	$(VENV)/bin/hdvila demo --out runs/demo
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_retrieval.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -165,7 +165,13 @@ def train_main(args: argparse.Namespace) -> None:
         def after_checkpoint(self, step: int, path: Path) -> None:
             if args.hang_after_checkpoint and step == args.hang_after_checkpoint:
                 (Path(args.out) / f"checkpoint_done_{self.rank}").write_text(str(step))
-                time.sleep(3600)  # the test SIGKILLs us here
+                # The test SIGKILLs us here. torchrun starts ranks in their own sessions, so a kill of the
+                # launcher's group can miss them: a rank also leaves once its launcher is gone.
+                launcher = os.getppid()
+                deadline = time.time() + 600
+                while os.getppid() == launcher and time.time() < deadline:
+                    time.sleep(0.2)
+                os._exit(1)
 
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                       seed=args.seed, save_every=args.save_every, log_every=1, precision=args.precision,

@@ -14,7 +14,7 @@ from data_tools.config import load_config
 from data_tools.decoders import open_video, register_backend
 from data_tools.ingest.build import build_shards
 from data_tools.ingest.config import BuildConfig
-from data_tools.loading.pipeline import LoaderConfig, expand_shards, make_loader
+from data_tools.loading.pipeline import LoaderConfig, decode_clip, expand_shards, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig, FrameSamplingConfig
 from data_tools.ingest.transcripts import format_srt
 from data_tools.media.testclips import make_indexed_clip, read_frame_index
@@ -195,3 +195,23 @@ def test_skip_batches_resumes_the_same_stream_without_decoding(shards, resampled
         resumed, dataset = loader(skip)
         assert [b["__key__"] for b in resumed] == batches[skip:]
         assert dataset.counts()["ok"] == sum(len(b) for b in batches[skip:])  # skipped samples were not decoded
+
+
+def test_caption_hook_replaces_texts_and_skips_clips_before_decoding(shards):
+    decoded = []
+
+    def counting_decode(mp4, proxy, meta, sampling, backend, seed, threads):
+        decoded.append(meta["key"])
+        return decode_clip(mp4, proxy, meta, sampling, backend, seed, threads)
+
+    def caption(key, meta, text, seed):
+        # keep only video 1's clips, with an annotation-style caption
+        return f"annotated {text.lower()}" if meta["video_id"] == "video1" else None
+
+    loader, dataset = make_loader(loader_cfg(shards, batch_size=2, num_workers=0, shuffle_buffer=0), "clip",
+                                  SMALL_CLIP, decode_fn=counting_decode, caption_fn=caption)
+    texts = [t for batch in loader for t in batch["text"]]
+    assert sorted(texts) == [f"annotated video 1 part {c}." for c in range(CLIPS_PER_VIDEO)]
+    assert len(decoded) == CLIPS_PER_VIDEO  # the other videos' clips were never decoded
+    counts = dataset.counts()
+    assert counts["ok"] == CLIPS_PER_VIDEO and counts["no_caption"] == (NUM_VIDEOS - 1) * CLIPS_PER_VIDEO

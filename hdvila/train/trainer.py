@@ -375,8 +375,9 @@ class Trainer:
         if callable(counts):
             record.update({f"data/{k}": int(v) for k, v in counts().items()})
         self.metrics.write(record)
-        log.info("step %d/%d loss %.4f lr %.3g %.1f samples/s", self.step, self.cfg.max_steps, record["loss"],
-                 record["lr"], samples_per_s)
+        # the progress bar already shows loss and speed; without it, the log line is the heartbeat
+        log.log(logging.DEBUG if self.cfg.progress else logging.INFO, "step %d/%d loss %.4f lr %.3g %.1f samples/s",
+                self.step, self.cfg.max_steps, record["loss"], record["lr"], samples_per_s)
         return record
 
     def learning_rates(self) -> dict[str, float]:
