@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench bench-diffusion clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ bench: $(STAMP)
 	$(VENV)/bin/hdvila demo --out runs/demo
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_retrieval.py
+
+# the diffusion papers in miniature: ~80 min on 2 cores (docs/results/diffusion.md)
+bench-diffusion: $(STAMP)
+	$(PY) benchmarks/bench_diffusion.py --experiment all --jobs 2
+	$(PY) benchmarks/report_diffusion.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

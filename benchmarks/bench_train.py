@@ -26,7 +26,7 @@ from data_tools.config import load_config
 from data_tools.io import atomic_write_json, atomic_write_text
 from hdvila.models import create_model
 from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
-from hdvila.train.metrics import read_metrics
+from data_tools.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 ARMS = {

@@ -42,7 +42,7 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
     from hdvila.recipes.retrieval import RetrievalConfig, load_encoder, run_eval
     from hdvila.retrieval.clip_index import build_clip_index, format_hits, search_clips
     from hdvila.retrieval.evaluate import markdown_table
-    from hdvila.train.metrics import plot_training_curves
+    from data_tools.training.metrics import plot_training_curves
 
     out = Path(out)
     started = time.time()

@@ -158,8 +158,8 @@ class ShuffledPairs(torch.utils.data.Dataset):
 
 
 def train_main(args: argparse.Namespace) -> None:
-    from hdvila.train import OptimConfig, TrainConfig, Trainer
-    from hdvila.train import distributed as D
+    from data_tools.training import OptimConfig, TrainConfig, Trainer
+    from data_tools.training import distributed as D
 
     class KillableTrainer(Trainer):
         def after_checkpoint(self, step: int, path: Path) -> None:
@@ -195,8 +195,8 @@ def equiv_main(args: argparse.Namespace) -> None:
     """One optimizer step per ZeRO stage on this rank's slice of a global batch; rank 0 saves loss/grads/params."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 
-    from hdvila.train import OptimConfig, TrainConfig, Trainer
-    from hdvila.train import distributed as D
+    from data_tools.training import OptimConfig, TrainConfig, Trainer
+    from data_tools.training import distributed as D
 
     D.init_distributed()
     rank, world = D.rank(), D.world_size()

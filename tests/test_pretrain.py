@@ -15,7 +15,7 @@ from data_tools.ingest.config import BuildConfig
 from data_tools.synth import SynthConfig, synthesize_corpus
 from hdvila.models import HDVILA
 from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
-from hdvila.train.metrics import read_metrics
+from data_tools.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ def test_stage2_trains_only_the_cross_modal_part(tiny_shards, tmp_path):
 
 
 def test_same_command_under_torchrun_with_zero2(tiny_shards, tmp_path):
-    from hdvila.train.distributed import prebuild_deepspeed_ops
+    from data_tools.training.distributed import prebuild_deepspeed_ops
 
     prebuild_deepspeed_ops()
     out = tmp_path / "ddp"

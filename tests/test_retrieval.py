@@ -29,7 +29,7 @@ from hdvila.retrieval.index import (INDEX_KINDS, IndexParams, build_index, load_
 from hdvila.retrieval.metrics import compute_ranks
 from hdvila.retrieval.ranking import (chance_metrics, chunked_ranks, dual_softmax_block, faiss_ranks,
                                       qb_norm_block, ranks_from_embeddings)
-from hdvila.train.metrics import read_metrics
+from data_tools.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -310,3 +310,25 @@ def test_eval_command_on_plain_shards_writes_a_report(finetuned, msrvtt_style_co
     assert "| t2v | chance |" in table and "| v2t | dual softmax |" in table
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert results["data"]["dataset"] == "shards" and results["plain"]["t2v"]["queries"] == len(clips)
+
+
+def test_manifest_command_turns_a_public_layout_into_shards_with_annotation_ids(tmp_path, capsys):
+    from data_tools.media.testclips import make_indexed_clip
+
+    videos = tmp_path / "MSRVTT" / "videos" / "all"
+    videos.mkdir(parents=True)
+    for vid in ("video7020", "video7021"):
+        make_indexed_clip(videos / f"{vid}.mp4", num_frames=40, size=(48, 64), fps=20)
+    (tmp_path / "test.csv").write_text("key,vid_key,video_id,sentence\n"
+                                       "ret0,msr7020,video7020,a woman talks\n"
+                                       "ret1,msr7021,video7021,a car drives\n"
+                                       "ret2,msr7022,video7022,kids play football\n")
+    assert cli_main(["--quiet", "retrieval", "manifest", "--dataset", "msrvtt", "--annotations",
+                     str(tmp_path / "test.csv"), "--videos", str(tmp_path / "MSRVTT"),
+                     "--out", str(tmp_path / "m.jsonl")]) == 0
+    report = json.loads(capsys.readouterr().out.split("\nnext:")[0])
+    assert report["videos_written"] == 2 and report["missing"] == ["video7022"]
+    cfg = load_config(BuildConfig, None, ["transcode.preset=ultrafast", "workers=1"])
+    build_shards([str(tmp_path / "m.jsonl")], tmp_path / "shards", cfg, progress=False)
+    found = {meta["clip_id"]: (meta["span"], text) for _, meta, text in iter_shard_captions(str(tmp_path / "shards" / "*.tar"))}
+    assert found == {"video7020": ([0.0, 2.0], "a woman talks"), "video7021": ([0.0, 2.0], "a car drives")}

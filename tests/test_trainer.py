@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from data_tools.config import load_config
-from hdvila.train import (BatchStream, OptimConfig, ParamGroupConfig, TrainConfig, Trainer, assign_param_groups,
+from data_tools.training import (BatchStream, OptimConfig, ParamGroupConfig, TrainConfig, Trainer, assign_param_groups,
                           build_deepspeed_config, build_param_groups, build_scheduler, lr_factor)
-from hdvila.train.checkpoint import read_latest_tag, safe_torch_load
-from hdvila.train.metrics import MetricsWriter, read_metrics
-from hdvila.train.trainer import cap_bucket_sizes
+from data_tools.training.checkpoint import read_latest_tag, safe_torch_load
+from data_tools.training.metrics import MetricsWriter, read_metrics
+from data_tools.training.trainer import cap_bucket_sizes
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_helpers as H  # noqa: E402
@@ -37,7 +37,7 @@ HELPER = REPO / "tests" / "dist_helpers.py"
 @pytest.fixture(scope="module")
 def deepspeed_ready():
     """Build DeepSpeed's CPU comm op once, before any rank (here or launched) needs it."""
-    from hdvila.train.distributed import prebuild_deepspeed_ops
+    from data_tools.training.distributed import prebuild_deepspeed_ops
 
     prebuild_deepspeed_ops()
 
@@ -293,7 +293,7 @@ class DataState:
 def test_tiny_model_trains_logs_and_exports(tmp_path, deepspeed_ready, caplog):
     trainer, objective, epochs = _regression_trainer(tmp_path, steps=30, log_every=5, val_every=10,
                                                      save_every=20, data_state=DataState())
-    with caplog.at_level(logging.INFO, logger="hdvila.train.trainer"):
+    with caplog.at_level(logging.INFO, logger="data_tools.training.trainer"):
         last = trainer.fit()
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]

@@ -20,9 +20,9 @@ from ..encoder import INFERENCE_FILE, InferenceConfig, inference_yaml
 from ..models import HDVILA, create_model
 from ..retrieval.annotations import RetrievalAnnotations
 from ..retrieval.evaluate import EvalConfig, evaluate_embeddings
-from ..train import distributed as D
-from ..train.config import OptimConfig, TrainConfig
-from ..train.trainer import Trainer, move_to_device
+from data_tools.training import distributed as D
+from data_tools.training.config import OptimConfig, TrainConfig
+from data_tools.training.trainer import Trainer, move_to_device
 
 log = get_logger(__name__)
 
@@ -214,7 +214,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any] | 
                       data_state=dataset, resume=resume)
     summary = trainer.fit()
     if cfg.export:
-        from ..train.checkpoint import consolidated_state_dict
+        from data_tools.training.checkpoint import consolidated_state_dict
 
         state = consolidated_state_dict(trainer.engine)  # collective under ZeRO-3
         if D.is_main() and state is not None:

@@ -30,9 +30,9 @@ from ..retrieval.annotations import RetrievalAnnotations, read_annotations
 from ..retrieval.evaluate import (ClipIds, EvalConfig, annotations_from_gallery, cap_bank, encode_gallery,
                                   evaluate_embeddings, gallery_loader_config, read_bank_file,
                                   write_report)
-from ..train import distributed as D
-from ..train.config import OptimConfig, TrainConfig
-from ..train.trainer import Trainer, move_to_device
+from data_tools.training import distributed as D
+from data_tools.training.config import OptimConfig, TrainConfig
+from data_tools.training.trainer import Trainer, move_to_device
 
 log = get_logger(__name__)
 
@@ -315,7 +315,7 @@ def _with_model(cfg: RetrievalConfig, path: Path) -> RetrievalConfig:
 def export_model(trainer: Trainer, model: HDVILA, cfg: RetrievalConfig, path: Path) -> None:
     """Collective: gather the weights (ZeRO-3 safe) and write a pretrained folder with this config's
     test-time sampling as inference.yaml."""
-    from ..train.checkpoint import consolidated_state_dict
+    from data_tools.training.checkpoint import consolidated_state_dict
 
     state = consolidated_state_dict(trainer.engine)
     if D.is_main() and state is not None:

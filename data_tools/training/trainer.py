@@ -45,8 +45,11 @@ class Objective(Protocol):
 
     Optional hooks, looked up by name:
         prepare_batch(batch, device) -> batch        default: move tensors (also nested) to device
+        after_step(model, step) -> None              after every optimizer step (e.g. an EMA update)
         validate(model, step) -> dict[str, float]    every train.val_every steps on all ranks, under no_grad;
                                                      rank 0's values are logged as "val/<key>"
+        state_dict() -> dict / load_state_dict(d)    the objective's own state (e.g. EMA weights: tensors and
+                                                     plain data), saved in and restored from checkpoints
     """
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, torch.Tensor]:
@@ -291,6 +294,9 @@ class Trainer:
             while self.step < cfg.max_steps:
                 self._train_step()
                 self.step += 1
+                after_step = getattr(self.objective, "after_step", None)
+                if after_step is not None:
+                    after_step(self.engine, self.step)
                 bar.update(1)
                 val = self._maybe_validate()
                 if val is not None or self.step % max(1, cfg.log_every) == 0 or self.step == cfg.max_steps:
@@ -418,6 +424,9 @@ class Trainer:
             "world_size": self.world_size,
             "rank_states": D.all_gather_objects(self._rank_state()),
         }
+        objective_state = getattr(self.objective, "state_dict", None)
+        if callable(objective_state):
+            client_state["objective_state"] = objective_state()
         self.engine.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state=client_state,
                                     save_latest=False)
         path = self.checkpoint_dir / tag
@@ -445,6 +454,8 @@ class Trainer:
         if client.get("format") != CLIENT_STATE_FORMAT:
             raise RuntimeError(f"{path}: unknown client state format {client.get('format')!r}")
         self.step = self.last_saved_step = int(client["step"])
+        if "objective_state" in client and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(client["objective_state"])
         states = client["rank_states"]
         mine = states[self.rank] if int(client["world_size"]) == self.world_size else None
         if mine is None:
