@@ -140,6 +140,19 @@ def test_index_kinds_find_near_duplicates_and_round_trip_on_disk(kind, tmp_path)
     assert not list(tmp_path.glob(".idx.*"))
 
 
+def test_search_params_reach_the_index_and_nprobe_stops_at_nlist():
+    from hdvila.retrieval.index import set_search_params
+
+    gallery = np.random.default_rng(0).normal(size=(800, 8)).astype(np.float32)
+    ivf = build_index(gallery, "ivf", IndexParams(nlist=8, nprobe=2))
+    set_search_params(ivf, nprobe=100)
+    assert ivf.nprobe == 8  # all lists: the search is exact, not an error
+    hnsw = build_index(gallery, "hnsw", IndexParams(hnsw_m=8, ef_construction=64))
+    assert hnsw.hnsw.efConstruction == 64
+    set_search_params(hnsw, ef_search=77)
+    assert hnsw.hnsw.efSearch == 77
+
+
 def test_index_errors():
     with pytest.raises(ValueError, match="unknown index kind"):
         build_index(np.zeros((3, 4), np.float32), "lsh")

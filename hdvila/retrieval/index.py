@@ -109,7 +109,7 @@ def set_search_params(index: Any, ef_search: int | None = None, nprobe: int | No
     if ef_search is not None and isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = int(ef_search)
     if nprobe is not None and isinstance(index, faiss.IndexIVF):
-        index.nprobe = int(nprobe)
+        index.nprobe = min(int(nprobe), index.nlist)
 
 
 def search(index: Any, queries: Any, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
