@@ -277,7 +277,7 @@ def model_fn_for(model: nn.Module, guidance: float, num_classes: int):
 @torch.no_grad()
 def generate(model: nn.Module, cfg: DiffusionConfig, n: int, seed: int, labels: torch.Tensor | None = None,
              batch_size: int = 500, progress: bool = False) -> torch.Tensor:
-    """n samples [n, C, H, W] in [-1, 1] with cfg.sampler, from a fixed seed."""
+    """n samples [n, C, H, W] in [-1, 1] on the CPU, drawn with cfg.sampler from a fixed seed on the model's device."""
     from . import samplers
 
     was_training = model.training
@@ -308,7 +308,7 @@ def generate(model: nn.Module, cfg: DiffusionConfig, n: int, seed: int, labels: 
                               device=device, progress=progress)
             else:
                 raise ValueError(f"sampler.name must be ddim, euler or heun, got {scfg.name!r}")
-            out.append(x.float().clamp(-1, 1))
+            out.append(x.float().clamp(-1, 1).cpu())  # metrics and grids work on CPU
     finally:
         model.train(was_training)
     return torch.cat(out)

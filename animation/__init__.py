@@ -1,0 +1,1 @@
+"""Animation heads: image and video generators (StyleGAN2) for the platform."""
