@@ -259,7 +259,8 @@ class SynthesisLayer(nn.Module):
         super().__init__()
         self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)  # styles start near 1
         self.conv = ModulatedConv2d(in_channels, out_channels, 3, demodulate=True, up=up)
-        self.noise_strength = nn.Parameter(torch.zeros([]))  # 0 at init: noise fades in as training wants it
+        # shape [1], not a 0-d scalar: DeepSpeed broadcasts parameters as bytes, which a 0-d tensor cannot be viewed as
+        self.noise_strength = nn.Parameter(torch.zeros(1))  # 0 at init: noise fades in as training wants it
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.resolution = resolution

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {

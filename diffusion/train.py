@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from data_tools.config import dump_config, from_dict, load_config, save_config, to_dict
+from data_tools.images import ArrayBatches, frames_to_images
 from data_tools.io import atomic_directory, atomic_write_json
 from data_tools.logs import get_logger
 from data_tools.training import distributed as D
@@ -105,37 +106,6 @@ class DiffusionConfig:
 
 # ------------------------------------------------------------------------------------------------ data
 
-class ArrayBatches:
-    """Shuffled mini-batches of an in-memory image tensor; a new seeded order every epoch."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
-        if len(images) < batch_size * world_size:
-            raise ValueError(f"{len(images)} images cannot fill a batch of {batch_size} on {world_size} ranks")
-        self.images, self.labels = images, labels
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.images) // (self.batch_size * self.world_size)
-
-    def __iter__(self):
-        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
-        mine = order[self.rank::self.world_size]
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = mine[start:start + self.batch_size]
-            yield {"images": self.images[idx], "labels": self.labels[idx]}
-
-
-def frames_to_images(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, F, H, W, 3] video frames (the data layer's frame mode) -> float [B*F, 3, H, W] in [-1, 1]."""
-    x = frames.flatten(0, 1).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
-
-
 def make_data(cfg: DiffusionConfig):
     """(training batches, epoch setter, data state, held-out reference images [N, C, H, W] or None)."""
     data = cfg.data
@@ -148,7 +118,7 @@ def make_data(cfg: DiffusionConfig):
         batches = ArrayBatches(images, labels, cfg.train.batch_size, cfg.train.seed, rank, world)
         return batches, batches.set_epoch, None, reference
     if data.kind == "folder":
-        from .datasets import ImageFolderDataset
+        from data_tools.images import ImageFolderDataset
 
         if not data.folder:
             raise ValueError("data.kind: folder needs data.folder")
@@ -158,17 +128,11 @@ def make_data(cfg: DiffusionConfig):
         batches = ArrayBatches(images, labels, cfg.train.batch_size, cfg.train.seed, rank, world)
         return batches, batches.set_epoch, None, images
     if data.kind == "video":
-        from data_tools.loading.pipeline import LoaderConfig, make_loader
-        from data_tools.loading.sampling import FrameSamplingConfig
+        from data_tools.images import video_frame_loader
 
-        if not data.shards:
-            raise ValueError("data.kind: video needs data.shards (built by `hdvila data build`)")
-        size = data.size or cfg_image_size(cfg)
-        loader_cfg = LoaderConfig(shards=data.shards, batch_size=cfg.train.batch_size, num_workers=data.num_workers,
-                                  resampled=True, epoch_samples=data.epoch_samples, seed=cfg.train.seed,
-                                  backend=data.backend, decode_timeout=0 if data.num_workers == 0 else 30.0)
-        loader, dataset = make_loader(loader_cfg, "frames", FrameSamplingConfig(num_frames=1, size=(size, size),
-                                                                                hflip_prob=0.5))
+        loader, dataset = video_frame_loader(data.shards, data.size or cfg_image_size(cfg), cfg.train.batch_size,
+                                             num_workers=data.num_workers, epoch_samples=data.epoch_samples,
+                                             seed=cfg.train.seed, backend=data.backend)
         return loader, dataset.set_epoch, dataset, None
     raise ValueError(f"data.kind must be array, folder or video, got {data.kind!r}")
 
@@ -315,7 +279,7 @@ def generate(model: nn.Module, cfg: DiffusionConfig, n: int, seed: int, labels: 
 
 
 def write_grid(images: torch.Tensor, path: Path) -> Path:
-    from .metrics import save_image_grid
+    from data_tools.images import save_image_grid
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(images, path)

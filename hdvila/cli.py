@@ -232,6 +232,17 @@ def cmd_diffusion_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_animate_train_gan(args: argparse.Namespace) -> int:
+    from animation.gan import GANConfig, run_train_gan
+    from data_tools.config import load_config
+
+    overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
+    summary = run_train_gan(load_config(GANConfig, args.config, overrides), resume=args.resume)
+    if summary is not None:
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2, default=str))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hdvila.demo import run_demo
 
@@ -364,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
             dp.add_argument("--samples", type=int, default=None)
             dp.add_argument("--out", default=None, help="also write the metrics as JSON")
             dp.set_defaults(func=cmd_diffusion_eval)
+
+    an = sub.add_parser("animate", help="StyleGAN2 and the language-guided face animator")
+    ansub = an.add_subparsers(dest="animate_command", required=True)
+    ag = ansub.add_parser("train-gan", help="train a StyleGAN2 on the shared trainer",
+                          epilog="Any config key may follow as dotted key=value, e.g. data.kind=folder data.folder=...")
+    ag.add_argument("--config", required=True, help="configs/animation/<name>.yaml")
+    ag.add_argument("--resume", action="store_true")
+    ag.set_defaults(func=cmd_animate_train_gan)
 
     d = sub.add_parser("demo", help="the main job end to end on the built-in corpus")
     d.add_argument("--out", default="runs/demo")

@@ -7,11 +7,10 @@ import torch
 from PIL import Image
 
 from diffusion import metrics
-from diffusion.datasets import (DATASETS, ImageFolderDataset, from_uint8_images, load_image_dataset,
-                                stratified_split, to_uint8_images)
-from diffusion.metrics import (FeatureClassifier, frechet_distance, frechet_distance_from_stats,
-                               get_feature_classifier, sample_quality, save_image_grid, sliced_wasserstein,
-                               train_feature_classifier)
+from data_tools.distances import frechet_distance, frechet_distance_from_stats, sliced_wasserstein
+from data_tools.images import ImageFolderDataset, from_uint8_images, save_image_grid, to_uint8_images
+from diffusion.datasets import DATASETS, load_image_dataset, stratified_split
+from diffusion.metrics import FeatureClassifier, get_feature_classifier, sample_quality, train_feature_classifier
 
 torch.set_num_threads(1)
 

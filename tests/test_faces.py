@@ -243,7 +243,7 @@ def test_write_face_folder_round_trips(tmp_path):
     np.testing.assert_array_equal(factors, sample_factors(7, 9))
     assert captions == [describe(v) for v in factors]
 
-    from diffusion.datasets import ImageFolderDataset  # the generic loader reads the same faces back
+    from data_tools.images import ImageFolderDataset  # the generic loader reads the same faces back
     loaded = ImageFolderDataset(folder, 32).tensors()
     expected = torch.from_numpy(render_faces(factors, 32)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     torch.testing.assert_close(loaded, expected)

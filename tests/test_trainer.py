@@ -22,7 +22,8 @@ import torch
 
 from data_tools.config import load_config
 from data_tools.training import (BatchStream, OptimConfig, ParamGroupConfig, TrainConfig, Trainer, assign_param_groups,
-                          build_deepspeed_config, build_param_groups, build_scheduler, lr_factor)
+                                 build_deepspeed_config, build_param_groups, build_scheduler, lr_factor)
+from data_tools.training.optim import build_optimizer
 from data_tools.training.checkpoint import read_latest_tag, safe_torch_load
 from data_tools.training.metrics import MetricsWriter, read_metrics
 from data_tools.training.trainer import cap_bucket_sizes
@@ -115,7 +116,7 @@ def test_param_groups_by_pattern_lr_and_no_decay():
     model = Named()
     cfg = OptimConfig(lr=1e-3, weight_decay=0.1, param_groups=[
         ParamGroupConfig(name="text", pattern=r"^text\.", lr_scale=0.1),
-        ParamGroupConfig(name="head", pattern=r"head|logit", lr=5e-3, weight_decay=0.2),
+        ParamGroupConfig(name="head", pattern=r"head|logit", lr=5e-3, weight_decay=0.2, betas=(0.0, 0.99)),
         ParamGroupConfig(name="unused", pattern=r"^nothing"),
     ])
     assignment = assign_param_groups(model, cfg)
@@ -132,6 +133,10 @@ def test_param_groups_by_pattern_lr_and_no_decay():
     assert groups["text"]["lr"] == pytest.approx(1e-4) and groups["text"]["weight_decay"] == 0.1
     assert groups["head"]["lr"] == 5e-3 and groups["head"]["weight_decay"] == 0.2
     assert groups["default"]["lr"] == 1e-3 and groups["default"]["weight_decay"] == 0.1
+    assert groups["head"]["betas"] == groups["head/no_decay"]["betas"] == (0.0, 0.99)
+    assert "betas" not in groups["text"]  # the optimizer's own betas
+    optimizer = build_optimizer(model, cfg)
+    assert [g["betas"] for g in optimizer.param_groups if g["name"] == "head"] == [(0.0, 0.99)]
     assert all(groups[n]["weight_decay"] == 0.0 for n in groups if n.endswith("/no_decay"))
     grouped = [p for g in groups.values() for p in g["params"]]
     assert len(grouped) == len({id(p) for p in grouped}) == 13

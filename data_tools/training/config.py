@@ -41,6 +41,7 @@ class ParamGroupConfig:
     lr: Optional[float] = None  # absolute learning rate
     lr_scale: Optional[float] = None  # or a multiple of OptimConfig.lr
     weight_decay: Optional[float] = None  # None = OptimConfig.weight_decay (never applied to biases/norms)
+    betas: Optional[tuple[float, float]] = None  # Adam betas of this group (e.g. GANs' lazy regularisation)
 
 
 @dataclass

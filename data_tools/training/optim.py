@@ -69,6 +69,7 @@ def build_param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any
     names = _check_group_names(cfg)
     settings = {g.name: _group_settings(g, cfg) for g in cfg.param_groups}
     settings[DEFAULT_GROUP] = (cfg.lr, cfg.weight_decay)
+    betas = {g.name: tuple(g.betas) for g in cfg.param_groups if g.betas is not None}
     assignment = assign_param_groups(model, cfg)
     params = dict(model.named_parameters())
     groups = []
@@ -77,7 +78,10 @@ def build_param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any
         for key, wd in ((group_name, decay), (group_name + NO_DECAY_SUFFIX, 0.0)):
             members = [params[n] for n, g in assignment.items() if g == key]
             if members:
-                groups.append({"name": key, "params": members, "lr": lr, "weight_decay": wd})
+                group = {"name": key, "params": members, "lr": lr, "weight_decay": wd}
+                if group_name in betas:
+                    group["betas"] = betas[group_name]
+                groups.append(group)
     used = {g.removesuffix(NO_DECAY_SUFFIX) for g in assignment.values()}
     for g in cfg.param_groups:
         if g.name not in used:
