@@ -21,7 +21,6 @@ import dataclasses
 import itertools
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +29,7 @@ import numpy as np
 
 from .io import atomic_write_json, atomic_write_text
 from .ingest.transcripts import format_srt
-from .media import ffmpeg_exe
+from .media.encode import encode_rgb24
 
 # --- vocabulary --------------------------------------------------------------------------------------
 
@@ -390,38 +389,8 @@ def render_video(rows: list[dict], cfg: SynthConfig) -> Iterator[np.ndarray]:
 
 def encode_frames(frames: Iterator[np.ndarray], out_path: str | os.PathLike, cfg: SynthConfig) -> None:
     """Pipe rgb24 frames into ffmpeg -> libx264 yuv420p CFR mp4 (faststart), written atomically."""
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    cmd = [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{cfg.width}x{cfg.height}", "-framerate", str(cfg.fps),
-        "-i", "pipe:0", "-an",
-        "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf), "-pix_fmt", "yuv420p",
-        "-g", str(cfg.fps), "-threads", str(cfg.threads),
-        # no wall-clock or version strings in the container, so reruns are byte-identical
-        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
-        "-movflags", "+faststart", "-f", "mp4", str(tmp),
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        try:
-            for frame in frames:
-                proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
-        except BrokenPipeError:
-            pass  # ffmpeg died; its stderr below says why
-        finally:
-            proc.stdin.close()
-        err = proc.stderr.read().decode("utf-8", "replace")
-        rc = proc.wait()
-        if rc != 0:
-            raise RuntimeError(f"ffmpeg failed (exit {rc}) writing {out_path}: {err.strip()[-2000:]}")
-        os.replace(tmp, out_path)
-    except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        tmp.unlink(missing_ok=True)
-        raise
+    encode_rgb24(frames, out_path, width=cfg.width, height=cfg.height, fps=cfg.fps, preset=cfg.preset, crf=cfg.crf,
+                 keyint=cfg.fps, threads=cfg.threads)
 
 
 def srt_text(rows: list[dict]) -> str:

@@ -243,6 +243,46 @@ def cmd_animate_train_gan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hdvila_text_encoder(path: str):
+    """The HD-VILA text encoder as a plain callable for the animation package (which never imports hdvila)."""
+    import hdvila
+
+    model = hdvila.load_pretrained(path)
+    return model.encode_text
+
+
+def cmd_animate_train(args: argparse.Namespace) -> int:
+    from animation.animator import AnimatorConfig, run_train_animator
+    from data_tools.config import load_config
+
+    overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
+    cfg = load_config(AnimatorConfig, args.config, overrides)
+    summary = run_train_animator(cfg, _hdvila_text_encoder(cfg.text_model), resume=args.resume,
+                                 progress=not args.quiet)
+    if summary is not None:
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2, default=str))
+    return 0
+
+
+def cmd_animate_run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from animation.animator import AnimatorConfig, contact_sheet, load_animator, write_animation
+    from data_tools.config import load_config
+    from data_tools.images import save_image_grid
+
+    cfg = load_config(AnimatorConfig, Path(args.model) / "config.yaml")
+    runner = load_animator(args.model, _hdvila_text_encoder(args.text_model or cfg.text_model))
+    with Image.open(args.image) as im:
+        image = np.array(im.convert("RGB"))
+    frames = runner.animate(image, [args.text], frames=args.frames, seed=args.seed)
+    out = write_animation(frames[0], args.out, fps=args.fps)
+    sheet = save_image_grid(contact_sheet(frames), Path(args.out).with_suffix(".png"), nrow=args.frames, scale=2)
+    print(f"wrote {out} ({args.frames} frames) and the contact sheet {sheet}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hdvila.demo import run_demo
 
@@ -383,6 +423,21 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--config", required=True, help="configs/animation/<name>.yaml")
     ag.add_argument("--resume", action="store_true")
     ag.set_defaults(func=cmd_animate_train_gan)
+    at = ansub.add_parser("train", help="train the language-guided motion generator against a frozen StyleGAN2",
+                          epilog="Any config key may follow as dotted key=value")
+    at.add_argument("--config", required=True, help="configs/animation/<name>.yaml")
+    at.add_argument("--resume", action="store_true")
+    at.set_defaults(func=cmd_animate_train)
+    ar = ansub.add_parser("run", help="animate a still face with a sentence: .mp4 or .gif plus a contact sheet")
+    ar.add_argument("--model", required=True, help="an exported animator folder (<output_dir>/animator)")
+    ar.add_argument("--image", required=True, help="a face image (any size; resized to the generator's)")
+    ar.add_argument("--text", required=True, help='e.g. "the person smiles"')
+    ar.add_argument("--frames", type=int, default=16)
+    ar.add_argument("--fps", type=int, default=10)
+    ar.add_argument("--seed", type=int, default=0)
+    ar.add_argument("--out", required=True, help="out.mp4 or out.gif (the contact sheet goes beside it as .png)")
+    ar.add_argument("--text-model", default=None, help="HD-VILA pretrained folder (default: the one it trained with)")
+    ar.set_defaults(func=cmd_animate_run)
 
     d = sub.add_parser("demo", help="the main job end to end on the built-in corpus")
     d.add_argument("--out", default="runs/demo")
