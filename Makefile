@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_retrieval.py
 
-# the diffusion papers in miniature: ~80 min on 2 cores (docs/results/diffusion.md)
+# the diffusion papers in miniature: ~90 min on 2 cores (docs/results/diffusion.md)
 bench-diffusion: $(STAMP)
 	$(PY) benchmarks/bench_diffusion.py --experiment all --jobs 2
 	$(PY) benchmarks/report_diffusion.py

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_tools.config import dump_config, load_config, save_config, to_dict
+from data_tools.config import dump_config, load_config
 from data_tools.images import save_image_grid
 from data_tools.io import atomic_directory
 from data_tools.logs import get_logger
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, TrainConfig
 from data_tools.training.trainer import Trainer
+from data_tools.training.run import run_summary, start_run
 
 from .motion import (MotionGenerator, contrastive_text_loss, endpoint_loss, feature_identity_loss, frame_latents,
                      latent_anchor_loss, single_text_loss, smoothness_loss)
@@ -328,12 +329,7 @@ def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: b
     from .inversion import InversionEncoder, train_inversion_encoder
     from .oracle import get_oracle, get_scorer
 
-    D.init_distributed()
-    out = Path(cfg.output_dir)
-    if D.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    D.seed_everything(cfg.train.seed)
+    out = start_run(cfg)
     generator = load_generator(cfg.gan_dir)
     size = generator.cfg.resolution
     cache = Path(cfg.cache_dir)
@@ -371,7 +367,4 @@ def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: b
         clips = preview_runner.animate(faces, test_sentences, frames=cfg.run_frames)
         save_image_grid(contact_sheet(clips), out / "contact_sheet.png", nrow=cfg.run_frames, scale=2)
     D.barrier()
-    if summary is not None:
-        summary = dict(summary)
-        summary["config"] = to_dict(cfg)
-    return summary
+    return run_summary(summary, cfg)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from data_tools.config import dump_config, from_dict, load_config, save_config, to_dict
+from data_tools.config import dump_config, from_dict, load_config
 from data_tools.distances import sliced_wasserstein
 from data_tools.images import ArrayBatches, ImageFolderDataset, frames_to_images, save_image_grid, video_frame_loader
 from data_tools.io import atomic_directory, atomic_write_json
@@ -33,6 +33,7 @@ from data_tools.logs import get_logger
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, ParamGroupConfig, TrainConfig
 from data_tools.training.trainer import Trainer
+from data_tools.training.run import run_summary, start_run
 
 from .stylegan2 import (Generator, PathLengthPenalty, StyleGAN2Config, create_gan, d_logistic_loss,
                         g_nonsaturating_loss, get_gan_config, lazy_adam_params, mix_styles, r1_penalty)
@@ -289,12 +290,7 @@ def load_gan_config(directory: str | Path) -> GANConfig:
 
 def run_train_gan(cfg: GANConfig, resume: bool = False) -> dict[str, Any] | None:
     """Train, export the generator EMA and the discriminator to output_dir/gan, write samples.png."""
-    D.init_distributed()
-    out = Path(cfg.output_dir)
-    if D.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    D.seed_everything(cfg.train.seed)
+    out = start_run(cfg)
     pair = build_gan(cfg)
     batches, epoch_setter, data_state, reference = make_data(cfg)
     objective = GANObjective(cfg, pair, reference, out)
@@ -310,7 +306,4 @@ def run_train_gan(cfg: GANConfig, resume: bool = False) -> dict[str, Any] | None
         save_grid(sample_images(objective.ema, cfg.eval.grid_images, cfg.eval.seed, cfg.eval.truncation_psi),
                   out / "samples.png")
     D.barrier()
-    if summary is not None:
-        summary = dict(summary)
-        summary["config"] = to_dict(cfg)
-    return summary
+    return run_summary(summary, cfg)

@@ -1,6 +1,6 @@
 """Reproductions in miniature of the two diffusion-training papers, on 8x8 sklearn digits (CPU, no downloads).
 
-    python benchmarks/bench_diffusion.py --experiment all --jobs 2          # ~80 min on 2 cores
+    python benchmarks/bench_diffusion.py --experiment all --jobs 2          # ~90 min on 2 cores
     python benchmarks/bench_diffusion.py --experiment minsnr --seeds 1 --steps 400 --quick
 
 Every run is `hdvila diffusion train --config configs/diffusion/digits-dit.yaml` with overrides, so the
@@ -14,8 +14,8 @@ Experiments:
 - sampling: after `schedule`, how a Laplace-trained model should be sampled: the exported v-prediction models
   (pure Laplace, floored Laplace, cosine; seed 0) evaluated with the shared grid and with grids restricted to
   where the training density lives (SAMPLING_GRIDS). No training.
-- lrsweep: the same six arms at two more learning rates (3e-4, 3e-3), seed 0; the config's 1e-3 is the
-  minsnr experiment's seed 0 (the Min-SNR gain depends on the rate).
+- lrsweep: the same six arms at three more learning rates (3e-4, 3e-3, 1e-2), seed 0; the config's 1e-3 is
+  the minsnr experiment's seed 0 (the Min-SNR gain depends on the rate).
 - schedule: {cosine, Laplace(0, 0.5) with a 10% cosine floor, cosine re-weighted to that Laplace density}
   x {ε, x0, v}, seeds 0..S-1; single-seed extras for v: pure Laplace(0, 0.5), Cauchy(0, 1), shifted cosine
   (μ=1).
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--val-every", type=int, default=200)
-    parser.add_argument("--lrs", default="3e-4,3e-3", help="extra rates; the config's own is the minsnr run")
+    parser.add_argument("--lrs", default="3e-4,3e-3,1e-2", help="extra rates; the config's own is the minsnr run")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="runs/bench-diffusion")
     parser.add_argument("--report", default=str(REPO / "docs" / "results" / "diffusion.json"))

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_tools.config import dump_config, from_dict, load_config, save_config, to_dict
+from data_tools.config import dump_config, from_dict, load_config
 from data_tools.images import ArrayBatches, frames_to_images
 from data_tools.io import atomic_directory, atomic_write_json
 from data_tools.logs import get_logger
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, TrainConfig
 from data_tools.training.trainer import Trainer
+from data_tools.training.run import run_summary, start_run
 
 from .models import DenoiserConfig, create_model, get_model_config
 from .process import add_noise, target_of
@@ -328,12 +329,7 @@ def build_model(cfg: DiffusionConfig) -> nn.Module:
 
 def run_train(cfg: DiffusionConfig, resume: bool = False) -> dict[str, Any] | None:
     """Train, export the EMA model to output_dir/model, write a final sample grid; returns the last record."""
-    D.init_distributed()
-    out = Path(cfg.output_dir)
-    if D.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    D.seed_everything(cfg.train.seed)
+    out = start_run(cfg)
     model = build_model(cfg)
     batches, epoch_setter, data_state, reference = make_data(cfg)
     objective = DiffusionObjective(cfg, model, reference, out)
@@ -347,10 +343,7 @@ def run_train(cfg: DiffusionConfig, resume: bool = False) -> dict[str, Any] | No
         save_model(out / "model", objective.ema.module, cfg)
         write_grid(generate(objective.ema.module, cfg, cfg.eval.grid_images, cfg.eval.seed), out / "samples.png")
     D.barrier()
-    if summary is not None:
-        summary = dict(summary)
-        summary["config"] = to_dict(cfg)
-    return summary
+    return run_summary(summary, cfg)
 
 
 def evaluate_model(directory: str | Path, samples: int | None = None, overrides: dict | None = None

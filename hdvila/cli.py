@@ -98,17 +98,24 @@ def cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
+def _training_config(config_class, args: argparse.Namespace):
+    """--config plus dotted overrides; --quiet also turns the progress bar off."""
     from data_tools.config import load_config
-    from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
 
     overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
-    cfg = load_config(PretrainConfig, args.config, overrides)
-    summary = run_pretrain(cfg, resume=args.resume)
-    if summary is not None:
-        shown = {k: v for k, v in summary.items() if k != "config"}
-        print(json.dumps(shown, indent=2, default=str))
+    return load_config(config_class, args.config, overrides)
+
+
+def _print_summary(summary: dict | None) -> int:
+    if summary is not None:  # ranks other than 0 have none
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2, default=str))
     return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
+
+    return _print_summary(run_pretrain(_training_config(PretrainConfig, args), resume=args.resume))
 
 
 def _retrieval_config(args: argparse.Namespace):
@@ -124,10 +131,7 @@ def _retrieval_config(args: argparse.Namespace):
 def cmd_retrieval_finetune(args: argparse.Namespace) -> int:
     from hdvila.recipes.retrieval import run_finetune
 
-    summary = run_finetune(_retrieval_config(args), resume=args.resume)
-    if summary is not None:
-        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2, default=str))
-    return 0
+    return _print_summary(run_finetune(_retrieval_config(args), resume=args.resume))
 
 
 def cmd_retrieval_eval(args: argparse.Namespace) -> int:
@@ -188,14 +192,9 @@ def cmd_retrieval_search(args: argparse.Namespace) -> int:
 
 
 def cmd_diffusion_train(args: argparse.Namespace) -> int:
-    from data_tools.config import load_config
     from diffusion.train import DiffusionConfig, run_train
 
-    overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
-    summary = run_train(load_config(DiffusionConfig, args.config, overrides), resume=args.resume)
-    if summary is not None:
-        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2, default=str))
-    return 0
+    return _print_summary(run_train(_training_config(DiffusionConfig, args), resume=args.resume))
 
 
 def _sampler_overrides(args: argparse.Namespace) -> dict:
@@ -234,13 +233,8 @@ def cmd_diffusion_eval(args: argparse.Namespace) -> int:
 
 def cmd_animate_train_gan(args: argparse.Namespace) -> int:
     from animation.gan import GANConfig, run_train_gan
-    from data_tools.config import load_config
 
-    overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
-    summary = run_train_gan(load_config(GANConfig, args.config, overrides), resume=args.resume)
-    if summary is not None:
-        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2, default=str))
-    return 0
+    return _print_summary(run_train_gan(_training_config(GANConfig, args), resume=args.resume))
 
 
 def _hdvila_text_encoder(path: str):
@@ -253,15 +247,10 @@ def _hdvila_text_encoder(path: str):
 
 def cmd_animate_train(args: argparse.Namespace) -> int:
     from animation.animator import AnimatorConfig, run_train_animator
-    from data_tools.config import load_config
 
-    overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
-    cfg = load_config(AnimatorConfig, args.config, overrides)
-    summary = run_train_animator(cfg, _hdvila_text_encoder(cfg.text_model), resume=args.resume,
-                                 progress=not args.quiet)
-    if summary is not None:
-        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2, default=str))
-    return 0
+    cfg = _training_config(AnimatorConfig, args)
+    return _print_summary(run_train_animator(cfg, _hdvila_text_encoder(cfg.text_model), resume=args.resume,
+                                             progress=not args.quiet))
 
 
 def cmd_animate_run(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from data_tools.config import save_config, to_dict
 from data_tools.loading.pipeline import LoaderConfig, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig
 from data_tools.logs import get_logger
@@ -23,6 +22,7 @@ from ..retrieval.evaluate import EvalConfig, evaluate_embeddings
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, TrainConfig
 from data_tools.training.trainer import Trainer, move_to_device
+from data_tools.training.run import run_summary, start_run
 
 log = get_logger(__name__)
 
@@ -195,12 +195,7 @@ def make_loaders(cfg: PretrainConfig, model: HDVILA):
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any] | None:
     """Build the model and data, run the shared trainer, export. Returns the trainer's summary."""
-    D.init_distributed()
-    out = Path(cfg.output_dir)
-    if D.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    D.seed_everything(cfg.train.seed)  # the same seed gives the same initial weights on every rank and run
+    out = start_run(cfg)
     model = build_model(cfg)
     objectives = RECIPE_OBJECTIVES[cfg.recipe] + (("vtm",) if cfg.vtm else ())
     loader, dataset, val_loader = make_loaders(cfg, model)
@@ -225,7 +220,4 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any] | 
                                    extra_files={INFERENCE_FILE: inference_yaml(inference_config(cfg.data))})
             log.info("exported %s", out / "pretrained")
     D.barrier()
-    if summary is not None:
-        summary = dict(summary)
-        summary["config"] = to_dict(cfg)
-    return summary
+    return run_summary(summary, cfg)

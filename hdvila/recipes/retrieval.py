@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from data_tools.config import save_config, to_dict
+from data_tools.config import to_dict
 from data_tools.inspect import iter_shard_captions
 from data_tools.loading.pipeline import LoaderConfig, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig
@@ -33,6 +33,7 @@ from ..retrieval.evaluate import (ClipIds, EvalConfig, annotations_from_gallery,
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, TrainConfig
 from data_tools.training.trainer import Trainer, move_to_device
+from data_tools.training.run import start_run
 
 log = get_logger(__name__)
 
@@ -266,13 +267,8 @@ def sampling_for(model: HDVILA, data: RetrievalDataConfig, train: bool) -> ClipS
 
 def run_finetune(cfg: RetrievalConfig, resume: bool = False) -> dict[str, Any] | None:
     """Contrastive finetuning from a pretrained folder; exports output_dir/pretrained and evaluates it."""
-    D.init_distributed()
+    out = start_run(cfg)
     data = cfg.data
-    out = Path(cfg.output_dir)
-    if D.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    D.seed_everything(cfg.train.seed)
     model = build_model(cfg)
     if data.dataset == "shards":
         raise ValueError("finetuning needs annotations: set data.dataset and data.train_annotations")
