@@ -321,7 +321,8 @@ class ShardedVideoDataset(IterableDataset):
         if not isinstance(meta, dict):
             self._count("bad_metadata")
             return None
-        seed = _seed_of(self.cfg.seed, self.epoch, key, raw.get("__url__", ""))
+        # the shard's file name, not its full path: the same shards give the same draws wherever they live
+        seed = _seed_of(self.cfg.seed, self.epoch, key, str(raw.get("__url__", "")).rsplit("/", 1)[-1])
         if self.caption_fn is not None:
             text = self.caption_fn(key, meta, text, seed)
             if text is None:
