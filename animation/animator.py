@@ -349,8 +349,6 @@ def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: b
     _, test_ids = identity_split(cfg.data.identities, cfg.data.test_fraction, cfg.data.seed)
     test_sentences = [s for _, s in action_sentences("test")][::max(1, len(action_sentences("test")) // 8)][:8]
     faces = render_faces(sample_factors(len(test_sentences), np.random.default_rng(1), identities=test_ids), size)
-    preview_runner = FaceAnimator(animator, inversion_encoder, text_encoder, cfg.data.invert_steps)
-
     def preview(model: nn.Module) -> torch.Tensor:
         runner = FaceAnimator(model, inversion_encoder, text_encoder, cfg.data.invert_steps)
         clips = runner.animate(faces, test_sentences, frames=cfg.run_frames)
@@ -364,7 +362,6 @@ def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: b
     summary = trainer.fit()
     if D.is_main():
         save_animator(out / "animator", animator, inversion_encoder, cfg)
-        clips = preview_runner.animate(faces, test_sentences, frames=cfg.run_frames)
-        save_image_grid(contact_sheet(clips), out / "contact_sheet.png", nrow=cfg.run_frames, scale=2)
+        save_image_grid(preview(animator), out / "contact_sheet.png", nrow=cfg.run_frames, scale=2)
     D.barrier()
     return run_summary(summary, cfg)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from data_tools.config import dump_config, from_dict, load_config
+from data_tools.config import dump_config, from_dict
 from data_tools.distances import sliced_wasserstein
 from data_tools.images import ArrayBatches, ImageFolderDataset, frames_to_images, save_image_grid, video_frame_loader
 from data_tools.io import atomic_directory, atomic_write_json
@@ -280,10 +280,6 @@ def load_generator(directory: str | Path, with_discriminator: bool = False):
         return generator
     discriminator.load_state_dict(load_file(str(directory / "discriminator.safetensors")))
     return generator, discriminator.eval()
-
-
-def load_gan_config(directory: str | Path) -> GANConfig:
-    return load_config(GANConfig, Path(directory) / "config.yaml")
 
 
 # ------------------------------------------------------------------------------------------------ run

@@ -151,6 +151,7 @@ class DiffusionObjective:
         self.cfg = cfg
         self.schedule = get_schedule(cfg.schedule.name, **cfg.schedule.params)
         self.weighting = cfg.weighting
+        self.weight_params = self._weight_params()  # built once: importance weights hold schedule objects
         self.ema = torch.optim.swa_utils.AveragedModel(
             copy.deepcopy(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
         self.ema.requires_grad_(False)
@@ -168,7 +169,7 @@ class DiffusionObjective:
         return {"images": images.to(device), "labels": labels.to(device)}
 
     def weights(self, logsnr: torch.Tensor) -> torch.Tensor:
-        return loss_weight(self.weighting.name, logsnr, self.cfg.target, **self._weight_params())
+        return loss_weight(self.weighting.name, logsnr, self.cfg.target, **self.weight_params)
 
     def _weight_params(self) -> dict:
         params = dict(self.weighting.params)
