@@ -16,6 +16,8 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	# optional MTCNN face detector for `hdvila animate crops`; its pins predate this torch, the code runs on it
+	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -2,11 +2,11 @@
 
     hdvila animate train-gan --config configs/animation/faces32-gan.yaml [key=value ...]
 
-The trainer steps one optimizer, so the generator and the discriminator are trained *simultaneously*: one
-forward computes both losses from the same weights, and each loss reaches only its own network (the
-generator's loss goes through a detached copy of D's weights, the discriminator sees detached fakes). One
-backward and one Adam step then update both, each in its own parameter group with StyleGAN2's lazy-
-regularisation learning rate and betas. R1 (every `r1_interval` steps) and path length (every
+The trainer steps one optimizer over both networks, each in its own parameter group with StyleGAN2's lazy-
+regularisation learning rate and betas. By default the steps alternate as in StyleGAN2: even steps train G,
+odd steps D (the other network gets no gradient, so Adam leaves it alone). With `loss.alternate: false` one
+step trains both simultaneously from the same weights. Either way each loss reaches only its own network (the
+generator's loss goes through a detached copy of D's weights, the discriminator sees detached fakes). R1 (every `r1_interval` steps) and path length (every
 `pl_interval` steps) are added scaled by their interval, as in StyleGAN2. An EMA of the generator (half-life
 in thousands of images) samples the validation grids and is what gets exported.
 
@@ -65,6 +65,8 @@ class GANLossConfig:
     pl_batch_shrink: int = 2
     pl_decay: float = 0.01
     style_mixing: float = 0.9
+    # alternate: even steps train G, odd steps D (as StyleGAN2 does); else one simultaneous step trains both
+    alternate: bool = True
 
 
 @dataclass
@@ -84,7 +86,8 @@ class GANConfig:
     output_dir: str = "runs/animation/gan"
     data: GANDataConfig = field(default_factory=GANDataConfig)
     eval: GANEvalConfig = field(default_factory=GANEvalConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    # no gradient clipping: one global norm over G and D together lets D's gradients starve G's
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(grad_clip=0.0))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.0025, betas=(0.0, 0.99), weight_decay=0.0,
                                                                    schedule="constant"))
 
@@ -102,31 +105,33 @@ class GANPair(nn.Module):
         self.path_length = PathLengthPenalty(pl_decay)
 
     def forward(self, real: torch.Tensor, z: torch.Tensor, z_mix: torch.Tensor, *, mixing: float,
-                r1_weight: float, pl_weight: float, pl_batch: int) -> dict[str, torch.Tensor]:
+                r1_weight: float, pl_weight: float, pl_batch: int, train_g: bool = True,
+                train_d: bool = True) -> dict[str, torch.Tensor]:
         G, D = self.generator, self.discriminator
         ws = G.mapping(z)
         if mixing > 0:
             ws = mix_styles(ws, G.mapping(z_mix), mixing)
         fake = G.synthesis(ws, noise_mode="random")
-
-        # generator: D's weights detached, so this loss moves only G
-        frozen = {name: p.detach() for name, p in D.named_parameters()}
-        frozen.update(dict(D.named_buffers()))
-        g_loss = g_nonsaturating_loss(functional_call(D, frozen, (fake,)))
-        # discriminator: fakes detached, so this loss moves only D
-        real = real.detach().requires_grad_(r1_weight > 0)
-        real_logits = D(real)
-        d_loss = d_logistic_loss(real_logits, D(fake.detach()))
-        out = {"g_loss": g_loss, "d_loss": d_loss, "real_score": real_logits.detach().mean()}
-        total = g_loss + d_loss
-        if r1_weight > 0:
-            out["r1"] = r1_penalty(real, real_logits)
-            total = total + r1_weight * out["r1"]
-        if pl_weight > 0:
-            ws_pl = G.mapping(z[:pl_batch])
-            penalty, lengths = self.path_length(G.synthesis(ws_pl, noise_mode="random"), ws_pl)
-            out["pl_penalty"], out["pl_length"] = penalty, lengths.detach().mean()
-            total = total + pl_weight * penalty
+        out, total = {}, real.new_zeros(())
+        if train_g:  # D's weights detached, so this loss moves only G
+            frozen = {name: p.detach() for name, p in D.named_parameters()}
+            frozen.update(dict(D.named_buffers()))
+            out["g_loss"] = g_nonsaturating_loss(functional_call(D, frozen, (fake,)))
+            total = total + out["g_loss"]
+            if pl_weight > 0:
+                ws_pl = G.mapping(z[:pl_batch])
+                penalty, lengths = self.path_length(G.synthesis(ws_pl, noise_mode="random"), ws_pl)
+                out["pl_penalty"], out["pl_length"] = penalty, lengths.detach().mean()
+                total = total + pl_weight * penalty
+        if train_d:  # fakes detached, so this loss moves only D
+            real = real.detach().requires_grad_(r1_weight > 0)
+            real_logits = D(real)
+            out["d_loss"] = d_logistic_loss(real_logits, D(fake.detach()))
+            out["real_score"] = real_logits.detach().mean()
+            total = total + out["d_loss"]
+            if r1_weight > 0:
+                out["r1"] = r1_penalty(real, real_logits)
+                total = total + r1_weight * out["r1"]
         out["loss"] = total
         return out
 
@@ -199,10 +204,17 @@ class GANObjective:
         generator = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step * 1009 + D.rank())
         z = torch.randn(b, z_dim, generator=generator).to(real.device)
         z_mix = torch.randn(b, z_dim, generator=generator).to(real.device)
-        r1 = lc.r1_gamma / 2 * lc.r1_interval if lc.r1_gamma > 0 and step % lc.r1_interval == 0 else 0.0
-        pl = lc.pl_weight * lc.pl_interval if lc.pl_weight > 0 and step % lc.pl_interval == 0 else 0.0
+        # lazy intervals count the steps that train the network concerned
+        train_g = train_d = True
+        phase_step = step
+        if lc.alternate:
+            train_g, train_d, phase_step = step % 2 == 0, step % 2 == 1, step // 2
+        r1 = (lc.r1_gamma / 2 * lc.r1_interval
+              if train_d and lc.r1_gamma > 0 and phase_step % lc.r1_interval == 0 else 0.0)
+        pl = (lc.pl_weight * lc.pl_interval
+              if train_g and lc.pl_weight > 0 and phase_step % lc.pl_interval == 0 else 0.0)
         out = model(real, z, z_mix, mixing=lc.style_mixing, r1_weight=r1, pl_weight=pl,
-                    pl_batch=max(1, b // lc.pl_batch_shrink))
+                    pl_batch=max(1, b // lc.pl_batch_shrink), train_g=train_g, train_d=train_d)
         return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
 
     @torch.no_grad()

@@ -272,6 +272,37 @@ def cmd_animate_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_animate_crops(args: argparse.Namespace) -> int:
+    from animation.face_crops import write_face_crops
+
+    report = write_face_crops(args.source, args.out, args.size, detector=args.detector, align=not args.no_align,
+                              margin=args.margin, every=args.every, max_frames=args.max_frames,
+                              progress=not args.quiet)
+    print(f"wrote {report.crops} crops of {report.frames} frames to {args.out} ({len(report.no_face)} without a "
+          f"face, {len(report.unreadable)} unreadable sources; see crops_report.json)")
+    return 0
+
+
+def cmd_animate_eval(args: argparse.Namespace) -> int:
+    from animation.animator import AnimatorConfig, contact_sheet
+    from animation.evaluate import evaluate_animator
+    from data_tools.config import load_config
+    from data_tools.images import save_image_grid
+    from data_tools.io import atomic_write_json
+
+    cfg = load_config(AnimatorConfig, Path(args.model) / "config.yaml")
+    metrics, clips, _ = evaluate_animator(args.model, _hdvila_text_encoder(args.text_model or cfg.text_model),
+                                          faces=args.faces, frames=args.frames, seed=args.seed)
+    print(json.dumps(metrics, indent=2))
+    if args.out:
+        atomic_write_json(args.out, metrics)
+        # the first face doing every action, one row per sentence
+        sheet = save_image_grid(contact_sheet(clips[:24]), Path(args.out).with_suffix(".png"), nrow=args.frames,
+                                scale=2)
+        print(f"wrote {args.out} and {sheet}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hdvila.demo import run_demo
 
@@ -427,6 +458,27 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--out", required=True, help="out.mp4 or out.gif (the contact sheet goes beside it as .png)")
     ar.add_argument("--text-model", default=None, help="HD-VILA pretrained folder (default: the one it trained with)")
     ar.set_defaults(func=cmd_animate_run)
+    ac = ansub.add_parser("crops", help="face crops (MTCNN detection and alignment, or centre squares) from videos, "
+                                        "shards (.tar) or image folders, for data.kind=folder")
+    ac.add_argument("source", nargs="+", help="video files, webdataset shards or image folders")
+    ac.add_argument("--out", required=True, help="output folder (PNG crops + crops_report.json)")
+    ac.add_argument("--size", type=int, default=64)
+    ac.add_argument("--detector", default="mtcnn", choices=["mtcnn", "none"],
+                    help="mtcnn needs facenet-pytorch (pip install --no-deps facenet-pytorch)")
+    ac.add_argument("--no-align", action="store_true", help="square box crops instead of landmark alignment")
+    ac.add_argument("--margin", type=float, default=0.35, help="space around the face, as a fraction of its size")
+    ac.add_argument("--every", type=int, default=1, help="every n-th video frame")
+    ac.add_argument("--max-frames", type=int, default=None, help="at most this many frames per video")
+    ac.set_defaults(func=cmd_animate_crops)
+    ae = ansub.add_parser("eval", help="held-out identities and sentences on the synthetic faces: text match, "
+                                       "monotone motion, identity error, smoothness (see animation/evaluate.py)")
+    ae.add_argument("--model", required=True, help="an exported animator folder (<output_dir>/animator)")
+    ae.add_argument("--faces", type=int, default=8, help="held-out faces; each is animated with all 24 actions")
+    ae.add_argument("--frames", type=int, default=16)
+    ae.add_argument("--seed", type=int, default=1)
+    ae.add_argument("--out", default=None, help="also write the metrics as JSON (and a contact sheet .png)")
+    ae.add_argument("--text-model", default=None, help="HD-VILA pretrained folder (default: the one it trained with)")
+    ae.set_defaults(func=cmd_animate_eval)
 
     d = sub.add_parser("demo", help="the main job end to end on the built-in corpus")
     d.add_argument("--out", default="runs/demo")

@@ -41,6 +41,28 @@ def test_each_loss_moves_only_its_own_network():
         assert not grads_of(stays), term
 
 
+def test_alternating_steps_train_one_network_each_with_its_own_lazy_regulariser():
+    from animation.gan import GANObjective
+
+    cfg = load_config(GANConfig, CONFIG, ["gan=sg2-tiny16", "loss.r1_interval=2", "loss.pl_interval=2"])
+    assert cfg.loss.alternate and cfg.train.grad_clip == 0
+    torch.manual_seed(0)
+    pair = build_gan(cfg)
+    objective = GANObjective(cfg, pair, None, Path("unused"))
+    batch = {"images": torch.rand(4, 3, 16, 16) * 2 - 1}
+    seen = []
+    for step in range(6):
+        pair.zero_grad(set_to_none=True)
+        out = objective.loss(pair, batch, step)
+        out["loss"].backward()
+        trains_g = step % 2 == 0
+        assert bool(grads_of(pair.generator)) == trains_g and bool(grads_of(pair.discriminator)) != trains_g
+        assert ("g_loss" in out) == trains_g and ("d_loss" in out) != trains_g
+        seen.append(sorted(k for k in out if k in ("r1", "pl_penalty")))
+    # phase steps 0, 1, 2 of each network; the interval 2 regularises phase steps 0 and 2
+    assert seen == [["pl_penalty"], ["r1"], [], [], ["pl_penalty"], ["r1"]]
+
+
 def test_lazy_regularisation_sets_group_lr_and_betas():
     cfg = load_config(GANConfig, CONFIG, [])
     groups = {g.name: g for g in lazy_param_groups(cfg).param_groups}

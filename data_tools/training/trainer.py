@@ -332,16 +332,17 @@ class Trainer:
                 value = torch.as_tensor(value).detach().float().to(self.device)
                 sums[key] = sums[key] + value if key in sums else value
         window = self._window
-        for key, value in sums.items():
+        for key, value in sums.items():  # an objective may log a key on some steps only (GAN phases)
             mean = value / self.cfg.grad_accum
             window["sums"][key] = window["sums"][key] + mean if key in window["sums"] else mean
+            window["counts"][key] = window["counts"].get(key, 0) + 1
         window["steps"] += 1
         window["samples"] += samples
         window["lrs"] = lrs
 
     @staticmethod
     def _empty_window() -> dict[str, Any]:
-        return {"sums": {}, "steps": 0, "samples": 0, "lrs": {}}
+        return {"sums": {}, "counts": {}, "steps": 0, "samples": 0, "lrs": {}}
 
     def _maybe_validate(self) -> dict[str, float] | None:
         hook = getattr(self.objective, "validate", None)
@@ -357,8 +358,7 @@ class Trainer:
         """Mean of each logged scalar over the steps since the last log and over ranks (a collective)."""
         window = self._window
         keys = sorted(window["sums"])
-        steps = max(1, window["steps"])
-        vector = torch.stack([window["sums"][k] / steps for k in keys]
+        vector = torch.stack([window["sums"][k] / window["counts"][k] for k in keys]
                              + [torch.tensor(float(window["samples"]), device=self.device)])
         if self.world_size > 1:
             torch.distributed.all_reduce(vector)
@@ -406,7 +406,7 @@ class Trainer:
             "epoch": self.stream.epoch,
             "batches_in_epoch": self.stream.consumed,
             "window": {"sums": {k: float(v) for k, v in window["sums"].items()},
-                       "steps": window["steps"], "samples": window["samples"], "lrs": dict(window["lrs"])},
+                       "counts": dict(window["counts"]), "steps": window["steps"], "samples": window["samples"], "lrs": dict(window["lrs"])},
         }
         data_state_dict = getattr(self.data_state, "state_dict", None)
         if callable(data_state_dict):
@@ -471,6 +471,8 @@ class Trainer:
             self._window = {
                 "sums": {k: torch.tensor(v, dtype=torch.float32, device=self.device)
                          for k, v in window["sums"].items()},
+                # older checkpoints kept no counts: every key was logged on every step then
+                "counts": {k: int(window.get("counts", {}).get(k, window["steps"])) for k in window["sums"]},
                 "steps": int(window["steps"]), "samples": int(window["samples"]),
                 "lrs": {k: float(v) for k, v in window["lrs"].items()},
             }

@@ -1,0 +1,232 @@
+"""The face animator on the synthetic faces: held-out evaluation with ablations, and `animate run` speed.
+
+    python benchmarks/bench_animation.py --gan-dir runs/animation/faces32-gan/gan \
+        [--text-model runs/demo/pretrain/pretrained] [--steps 600] [--arms full no_smoothness single_text no_text]
+
+Each arm trains the motion generator from configs/animation/faces32-animator.yaml with one change (the frozen
+GAN, the oracle, the scorer and the inversion encoder are shared through the cache), then `animation.evaluate`
+scores it on held-out identities x all 24 actions with held-out sentences. Also frames/s of the `animate run`
+path at 32, 64 and 256 px on this CPU (64 and 256 with untrained weights: speed does not depend on them).
+Writes docs/results/animation.{json,md}, a contact sheet, GIFs and plots. Already-trained arms are reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import machine_line  # noqa: E402
+
+ARMS = {  # name -> (config overrides, what it shows)
+    "full": ([], "every loss at the config's weight"),
+    "no_smoothness": (["loss.smoothness=0"], "smoothness (second difference) loss off"),
+    "single_text": (["loss.contrastive=false"], "1 - cos with its own sentence instead of the contrastive loss"),
+    "no_text": (["loss.text=0"], "no text loss at all: what the regularisers alone do"),
+}
+DOCS = REPO / "docs" / "results"
+
+
+def hdvila_text_encoder(path: str):
+    import hdvila
+
+    return hdvila.load_pretrained(path).encode_text
+
+
+def train_arm(name: str, args, text_encoder) -> Path:
+    from animation.animator import AnimatorConfig, run_train_animator
+    from data_tools.config import load_config
+
+    out = Path(args.out_dir) / name
+    if (out / "animator" / "animator.safetensors").is_file() and not args.retrain:
+        return out / "animator"
+    overrides = ARMS[name][0] + [f"output_dir={out}", f"gan_dir={args.gan_dir}", f"text_model={args.text_model}",
+                                 f"train.max_steps={args.steps}", "train.save_every=0"]
+    cfg = load_config(AnimatorConfig, REPO / "configs" / "animation" / "faces32-animator.yaml", overrides)
+    start = time.perf_counter()
+    run_train_animator(cfg, text_encoder, progress=not args.quiet)
+    (out / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+    return out / "animator"
+
+
+@torch.no_grad()
+def speed(resolution: int, text_encoder, trained: Path | None, frames: int = 16, repeats: int = 3) -> dict:
+    """Seconds for one `animate run` (inversion + text + motion + synthesis) and frames/s of the generation part."""
+    from animation.animator import Animator, AnimatorConfig, FaceAnimator, load_animator
+    from animation.faces import render_faces, sample_factors
+    from animation.inversion import InversionEncoder
+    from animation.stylegan2 import create_gan
+
+    if trained is not None:
+        runner = load_animator(trained, text_encoder)
+    else:
+        torch.manual_seed(0)
+        generator = create_gan({64: "sg2-64", 256: "sg2-256"}[resolution])[0].eval().requires_grad_(False)
+        cfg = AnimatorConfig()
+        animator = Animator(generator, text_encoder(["a face"]).shape[1], cfg)
+        runner = FaceAnimator(animator, InversionEncoder.for_generator(generator, seed=0), text_encoder,
+                              cfg.data.invert_steps)
+    face = render_faces(sample_factors(1, 0), resolution)[0]
+    runner.animate(face, ["the person smiles"], frames=frames)  # warm-up
+    totals, gens = [], []
+    images = runner.prepare_images(face)
+    w_inv = runner.inversion_encoder.encode(images)
+    emb = text_encoder(["the person smiles"]).float()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner.animate(face, ["the person smiles"], frames=frames)
+        totals.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        runner.animator(images, w_inv, emb, frames, decay="linear")
+        gens.append(time.perf_counter() - start)
+    return {"resolution": resolution, "frames": frames, "trained": trained is not None,
+            "invert_steps": runner.invert_steps, "run_seconds": min(totals), "run_frames_per_s": frames / min(totals),
+            "generate_frames_per_s": frames / min(gens)}
+
+
+def plot_trajectories(clips_by_arm: dict, truth, evalset, oracle, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from animation.evaluate import target_trajectories
+
+    curves = {arm: target_trajectories(clips, evalset, oracle) for arm, clips in clips_by_arm.items()}
+    curves["renderer (ground truth)"] = target_trajectories(truth, evalset, oracle)
+    keys = list(next(iter(curves.values())))
+    cols = 5
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for arm, c in curves.items():
+            ax.plot(c[key], label=arm, lw=2 if arm == "full" else 1,
+                    ls="--" if arm.startswith("renderer") else "-")
+        ax.set_title(key, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Oracle reading of each atomic action's target factor over frames (held-out faces and sentences)")
+    fig.supxlabel("frame")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path.with_suffix(".tmp.png"), dpi=90)
+    plt.close(fig)
+    path.with_suffix(".tmp.png").replace(path)
+
+
+ROWS = [  # metric, label, better
+    ("text_match", "text match (nearest expected end state, 1 of 24)", "higher"),
+    ("text_match_shuffled", "same rule, sentences shuffled", "-"),
+    ("direction", "target factor moves the requested way", "higher"),
+    ("target_change", "mean requested-direction change (fraction of range)", "higher"),
+    ("monotone_steps", "frame steps not going backwards (> 2% of range)", "higher"),
+    ("spearman", "Spearman(frame, target factor)", "higher"),
+    ("identity_error", "identity factor drift from frame 0 (fraction of range)", "lower"),
+    ("untouched_drift", "drift of expression factors the action does not name", "lower"),
+    ("smoothness_latent", "smoothness energy: mean ‖Δ²w‖²", "lower"),
+    ("smoothness_pixels", "pixel second difference energy", "lower"),
+    ("acd_identity", "ACD-I: identity-feature distance of consecutive frames", "lower"),
+    ("last_frame_spread", "last-frame spread across sentences (same face)", "higher"),
+    ("frame0_l1", "frame 0 vs input, L1 (fraction of range)", "lower"),
+    ("frame0_identity_error", "frame 0 identity error (oracle, fraction of range)", "lower"),
+]
+
+
+def write_report(result: dict, path: Path) -> None:
+    arms = list(result["arms"])
+    lines = ["# Face animator: held-out evaluation and speed", "",
+             f"Generated by `benchmarks/bench_animation.py` on {result['machine']}. "
+             f"{result['eval']['faces']} held-out faces × 24 actions = {result['eval']['clips']} clips of "
+             f"{result['eval']['frames']} frames, each sentence a held-out paraphrase; factors read by the frozen "
+             "attribute oracle (`animation/evaluate.py` defines every metric). The ground-truth column is the "
+             "renderer's own clip of each action: the ceiling of each metric under this protocol "
+             "(chance for text match: 1/24 = 0.042).", "",
+             f"GAN: `{result['gan_dir']}`; text encoder: HD-VILA `{result['text_model']}`; "
+             f"{result['steps']} training steps per arm.", "",
+             "| metric | better | " + " | ".join(arms) + " | ground truth |",
+             "|---|---|" + "---|" * (len(arms) + 1)]
+    for key, label, better in ROWS:
+        cells = [result["arms"][a]["metrics"].get(key) for a in arms] + [result["ground_truth"].get(key)]
+        lines.append(f"| {label} | {better} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+    lines += ["", "Arms: " + "; ".join(f"**{a}**: {ARMS[a][1]}" for a in arms) + ".", ""]
+    lines += ["Training time per arm (s): " + ", ".join(f"{a} {result['arms'][a].get('train_seconds', '-')}"
+                                                         for a in arms), ""]
+    lines += ["## `animate run` speed", "",
+              "One image, one sentence, 16 frames: the run time includes the inversion (encoder + "
+              f"{result['speed'][0]['invert_steps']} optimisation steps) and the text encoder; generation is the "
+              "motion generator and the synthesis network only.", "",
+              "| resolution | weights | run (s) | run frames/s | generation frames/s |", "|---|---|---|---|---|"]
+    for s in result["speed"]:
+        lines.append(f"| {s['resolution']} px | {'trained' if s['trained'] else 'untrained'} | "
+                     f"{s['run_seconds']:.2f} | {s['run_frames_per_s']:.1f} | {s['generate_frames_per_s']:.1f} |")
+    lines += ["", "![target factor over frames](animation_trajectories.png)", "",
+              "Contact sheet (`full` arm; first held-out face, one row per action, frames left to right):", "",
+              "![contact sheet](animation_contact_sheet.png)", ""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gan-dir", default="runs/animation/faces32-gan/gan")
+    parser.add_argument("--text-model", default="runs/demo/pretrain/pretrained")
+    parser.add_argument("--out-dir", default="runs/animation/bench")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--faces", type=int, default=8)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+    from animation.animator import AnimatorConfig, contact_sheet, write_animation
+    from animation.evaluate import evaluate_animator, ground_truth_clips
+    from animation.oracle import get_oracle
+    from data_tools.config import load_config
+    from data_tools.images import save_image_grid
+    from data_tools.io import atomic_write_json
+
+    text_encoder = hdvila_text_encoder(args.text_model)
+    result = {"machine": machine_line(), "gan_dir": args.gan_dir, "text_model": args.text_model,
+              "steps": args.steps, "arms": {}}
+    clips_by_arm = {}
+    for name in args.arms:
+        model = train_arm(name, args, text_encoder)
+        metrics, clips, evalset = evaluate_animator(model, text_encoder, faces=args.faces)
+        seconds = model.parent / "train_seconds.txt"
+        result["arms"][name] = {"overrides": ARMS[name][0], "metrics": metrics["model"],
+                                "train_seconds": float(seconds.read_text()) if seconds.is_file() else None}
+        result["ground_truth"] = metrics["ground_truth"]
+        result["eval"] = {k: metrics["model"][k] for k in ("faces", "clips", "frames")}
+        clips_by_arm[name] = clips
+        print(name, json.dumps({k: round(v, 3) for k, v in metrics["model"].items()}), flush=True)
+
+    DOCS.mkdir(parents=True, exist_ok=True)
+    first = next(iter(clips_by_arm))
+    save_image_grid(contact_sheet(clips_by_arm[first][:24]), DOCS / "animation_contact_sheet.png",
+                    nrow=clips_by_arm[first].shape[1], scale=2)
+    for i, action in ((0, "smile"), (3, "open_mouth"), (10, "turn_left")):
+        write_animation(clips_by_arm[first][i], DOCS / f"animation_{action}.gif", fps=8)
+    cfg = load_config(AnimatorConfig, Path(args.out_dir) / first / "animator" / "config.yaml")
+    oracle = get_oracle(cfg.cache_dir, size=clips_by_arm[first].shape[-1], **cfg.oracle).eval()
+    plot_trajectories(clips_by_arm, ground_truth_clips(evalset, clips_by_arm[first].shape[1]), evalset, oracle,
+                      DOCS / "animation_trajectories.png")
+
+    result["speed"] = [speed(32, text_encoder, Path(args.out_dir) / first / "animator"),
+                       speed(64, text_encoder, None), speed(256, text_encoder, None)]
+    atomic_write_json(DOCS / "animation.json", result)
+    write_report(result, DOCS / "animation.md")
+    print(f"wrote {DOCS / 'animation.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
