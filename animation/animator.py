@@ -15,6 +15,7 @@ training needs no video: still faces and sentences only.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -335,7 +336,9 @@ def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: b
     cache = Path(cfg.cache_dir)
     oracle = get_oracle(cache, size=size, **cfg.oracle).eval().requires_grad_(False)
     scorer = get_scorer(cache, size=size, **cfg.scorer).eval().requires_grad_(False)
-    encoder_path = cache / f"inversion-{Path(cfg.gan_dir).resolve().parent.name}-{cfg.data.encoder_steps}"
+    # keyed by the generator's weights: a GAN retrained into the same folder gets a fresh encoder
+    digest = hashlib.sha1(Path(cfg.gan_dir, "generator.safetensors").read_bytes()).hexdigest()[:12]
+    encoder_path = cache / f"inversion-{digest}-{cfg.data.encoder_steps}-{cfg.data.seed}"
     if (encoder_path / "config.json").is_file():
         inversion_encoder = InversionEncoder.load(encoder_path)
     else:

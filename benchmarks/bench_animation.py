@@ -30,6 +30,7 @@ ARMS = {  # name -> (config overrides, what it shows)
     "no_smoothness": (["loss.smoothness=0"], "smoothness (second difference) loss off"),
     "single_text": (["loss.contrastive=false"], "1 - cos with its own sentence instead of the contrastive loss"),
     "no_text": (["loss.text=0"], "no text loss at all: what the regularisers alone do"),
+    "no_pixel_norm": (["pixel_norm=false"], "the W+ mapper sees the latent offset itself, not its direction only"),
 }
 DOCS = REPO / "docs" / "results"
 

@@ -97,3 +97,19 @@ def test_animate_run_command_writes_the_animation_and_a_contact_sheet(trained, t
 
         with av.open(str(out)) as container:
             assert sum(1 for _ in container.decode(video=0)) == 6
+
+
+def test_animate_eval_command_scores_held_out_clips(trained, tmp_path, capsys):
+    import json
+
+    root, _, _, _ = trained
+    out = tmp_path / "eval.json"
+    assert cli_main(["--quiet", "animate", "eval", "--model", str(root / "anim" / "animator"), "--faces", "1",
+                     "--frames", "4", "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    model, truth = metrics["model"], metrics["ground_truth"]
+    assert model["clips"] == 24 and model["frames"] == 4
+    for key in ("text_match", "direction", "monotone_steps", "identity_error", "smoothness_latent", "acd_identity"):
+        assert np.isfinite(model[key]) and np.isfinite(truth.get(key, 0.0)), key
+    assert 0 <= model["text_match"] <= 1 and model["chance"] == pytest.approx(1 / 24)
+    assert out.with_suffix(".png").is_file()
