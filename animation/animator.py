@@ -173,7 +173,9 @@ class AnimatorBatches:
 
 
 def prepare_data(cfg: AnimatorConfig, generator: Generator, text_encoder: TextEncoder, scorer, inversion_encoder,
-                 progress: bool = True) -> AnimatorData:
+                 progress: bool = True, inversion_cache: Path | None = None) -> AnimatorData:
+    """Training faces, their inversions (read from / written to `inversion_cache` if given) and the sentences'
+    embeddings by both encoders."""
     from .faces import ACTIONS, action_sentences, identity_split, render_faces, sample_factors
     from .inversion import invert
 
@@ -181,8 +183,20 @@ def prepare_data(cfg: AnimatorConfig, generator: Generator, text_encoder: TextEn
     train_ids, _ = identity_split(data.identities, data.test_fraction, data.seed)
     factors = sample_factors(data.faces, np.random.default_rng(data.seed), identities=train_ids)
     images = torch.from_numpy(render_faces(factors, generator.cfg.resolution)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    w_inv = invert(generator, images, steps=data.invert_steps, init="encoder", encoder=inversion_encoder,
-                   progress=progress).ws
+    if inversion_cache is not None and inversion_cache.is_file():
+        from safetensors.torch import load_file
+
+        w_inv = load_file(str(inversion_cache))["w_inv"]
+    else:
+        w_inv = invert(generator, images, steps=data.invert_steps, init="encoder", encoder=inversion_encoder,
+                       progress=progress).ws
+        if inversion_cache is not None:
+            from safetensors.torch import save
+
+            from data_tools.io import atomic_write_bytes
+
+            inversion_cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(inversion_cache, save({"w_inv": w_inv.contiguous()}))
     pairs = action_sentences("train")
     index = {a.name: i for i, a in enumerate(ACTIONS)}
     sentences = [s for _, s in pairs]
@@ -322,15 +336,23 @@ def write_animation(frames: torch.Tensor, path: str | Path, fps: int = 10, scale
 
 # ------------------------------------------------------------------------------------------------ run
 
-def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: bool = False,
-                       progress: bool = True) -> dict[str, Any] | None:
-    """Train the motion generator and image encoder against the frozen GAN; export to output_dir/animator."""
-    from .faces import action_sentences, identity_split, render_faces, sample_factors
+@dataclass
+class FrozenParts:
+    generator: Generator
+    oracle: nn.Module  # identity features for the loss (and the evaluation's reader)
+    scorer: nn.Module  # the contrastive loss's frozen text-image scorer
+    inversion_encoder: nn.Module
+    data: AnimatorData
+
+
+def prepare_frozen_parts(cfg: AnimatorConfig, text_encoder: TextEncoder, progress: bool = True) -> FrozenParts:
+    """Everything the motion generator trains against, each trained once and cached in cfg.cache_dir: the
+    oracle, the scorer, the inversion encoder (keyed by the generator's weights) and the training faces'
+    inversions. Runs that share a cache (ablations) pay for these once."""
     from .gan import load_generator
     from .inversion import InversionEncoder, train_inversion_encoder
     from .oracle import get_oracle, get_scorer
 
-    out = start_run(cfg)
     generator = load_generator(cfg.gan_dir)
     size = generator.cfg.resolution
     cache = Path(cfg.cache_dir)
@@ -345,7 +367,24 @@ def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: b
         inversion_encoder = train_inversion_encoder(generator, steps=cfg.data.encoder_steps, seed=cfg.data.seed,
                                                     progress=progress)
         inversion_encoder.save(encoder_path)
-    data = prepare_data(cfg, generator, text_encoder, scorer, inversion_encoder, progress=progress)
+    d = cfg.data  # the inversions depend on the generator, the encoder and which faces: all in the name
+    inversions = cache / (f"inverted-{digest}-e{d.encoder_steps}-s{d.seed}-n{d.faces}-i{d.identities}"
+                          f"-t{d.test_fraction:g}-k{d.invert_steps}.safetensors")
+    data = prepare_data(cfg, generator, text_encoder, scorer, inversion_encoder, progress=progress,
+                        inversion_cache=inversions)
+    return FrozenParts(generator, oracle, scorer, inversion_encoder, data)
+
+
+def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: bool = False,
+                       progress: bool = True) -> dict[str, Any] | None:
+    """Train the motion generator and image encoder against the frozen GAN; export to output_dir/animator."""
+    from .faces import action_sentences, identity_split, render_faces, sample_factors
+
+    out = start_run(cfg)
+    parts = prepare_frozen_parts(cfg, text_encoder, progress)
+    generator, oracle, scorer, inversion_encoder, data = (parts.generator, parts.oracle, parts.scorer,
+                                                          parts.inversion_encoder, parts.data)
+    size = generator.cfg.resolution
     animator = Animator(generator, data.text_emb.shape[1], cfg)
 
     # preview: held-out identities with held-out sentences, one row each, the frames along the row

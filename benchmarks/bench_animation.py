@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,9 +29,12 @@ ARMS = {  # name -> (config overrides, what it shows)
     "no_smoothness": (["loss.smoothness=0"], "smoothness (second difference) loss off"),
     "single_text": (["loss.contrastive=false"], "1 - cos with its own sentence instead of the contrastive loss"),
     "no_text": (["loss.text=0"], "no text loss at all: what the regularisers alone do"),
-    "no_pixel_norm": (["pixel_norm=false"], "the W+ mapper sees the latent offset itself, not its direction only"),
+    "reference_pixel_norm": (["pixel_norm=true"], "the reference's PixelNorm at the W+ mapper's input (it sees "
+                                                  "only the direction of z_t - z_0)"),
 }
 DOCS = REPO / "docs" / "results"
+CONFIG = REPO / "configs" / "animation" / "faces32-animator.yaml"
+WEIGHTS = "animator.safetensors"
 
 
 def hdvila_text_encoder(path: str):
@@ -41,20 +43,47 @@ def hdvila_text_encoder(path: str):
     return hdvila.load_pretrained(path).encode_text
 
 
-def train_arm(name: str, args, text_encoder) -> Path:
-    from animation.animator import AnimatorConfig, run_train_animator
+def arm_overrides(name: str, args) -> list[str]:
+    return ARMS[name][0] + [f"output_dir={Path(args.out_dir) / name}", f"gan_dir={args.gan_dir}",
+                            f"text_model={args.text_model}", f"train.max_steps={args.steps}",
+                            "train.save_every=0"] + list(args.set)
+
+
+def train_arms(names: list[str], args, text_encoder) -> None:
+    """Fill the shared caches once (oracle, scorer, inversion encoder, inversions), then train the arms with
+    `hdvila animate train`, `args.jobs` at a time, one thread each. Arms already exported are kept."""
+    import os
+    import subprocess
+
+    from animation.animator import AnimatorConfig, prepare_frozen_parts
     from data_tools.config import load_config
 
-    out = Path(args.out_dir) / name
-    if (out / "animator" / "animator.safetensors").is_file() and not args.retrain:
-        return out / "animator"
-    overrides = ARMS[name][0] + [f"output_dir={out}", f"gan_dir={args.gan_dir}", f"text_model={args.text_model}",
-                                 f"train.max_steps={args.steps}", "train.save_every=0"]
-    cfg = load_config(AnimatorConfig, REPO / "configs" / "animation" / "faces32-animator.yaml", overrides)
-    start = time.perf_counter()
-    run_train_animator(cfg, text_encoder, progress=not args.quiet)
-    (out / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
-    return out / "animator"
+    todo = [n for n in names if args.retrain or not (Path(args.out_dir) / n / "animator" / WEIGHTS).is_file()]
+    if not todo:
+        return
+    prepare_frozen_parts(load_config(AnimatorConfig, CONFIG, arm_overrides(todo[0], args)), text_encoder,
+                         progress=not args.quiet)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    running: list[tuple[str, subprocess.Popen, float]] = []
+    for name in todo + [None] * args.jobs:
+        while running and (len(running) >= args.jobs or name is None):
+            for item in list(running):
+                if item[1].poll() is not None:
+                    running.remove(item)
+                    if item[1].returncode != 0:
+                        raise RuntimeError(f"arm {item[0]} failed; see {Path(args.out_dir) / item[0]}.log")
+                    (Path(args.out_dir) / item[0] / "train_seconds.txt").write_text(
+                        f"{time.perf_counter() - item[2]:.1f}\n")
+            time.sleep(2)
+        if name is None:
+            continue
+        log_path = Path(args.out_dir) / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "hdvila.cli", "--quiet", "animate", "train", "--config", str(CONFIG),
+                   *arm_overrides(name, args)]
+        print("training arm", name, flush=True)
+        running.append((name, subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+                                               env=env, cwd=REPO), time.perf_counter()))
 
 
 @torch.no_grad()
@@ -183,10 +212,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--faces", type=int, default=8)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every arm, e.g. data.faces=512")
+    parser.add_argument("--jobs", type=int, default=2, help="arms trained at once (one thread each)")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(2)
 
     from animation.animator import AnimatorConfig, contact_sheet, write_animation
     from animation.evaluate import evaluate_animator, ground_truth_clips
@@ -199,8 +231,10 @@ def main() -> int:
     result = {"machine": machine_line(), "gan_dir": args.gan_dir, "text_model": args.text_model,
               "steps": args.steps, "arms": {}}
     clips_by_arm = {}
+    train_arms(args.arms, args, text_encoder)
+    torch.set_num_threads(1)
     for name in args.arms:
-        model = train_arm(name, args, text_encoder)
+        model = Path(args.out_dir) / name / "animator"
         metrics, clips, evalset = evaluate_animator(model, text_encoder, faces=args.faces)
         seconds = model.parent / "train_seconds.txt"
         result["arms"][name] = {"overrides": ARMS[name][0], "metrics": metrics["model"],

@@ -113,3 +113,17 @@ def test_animate_eval_command_scores_held_out_clips(trained, tmp_path, capsys):
         assert np.isfinite(model[key]) and np.isfinite(truth.get(key, 0.0)), key
     assert 0 <= model["text_match"] <= 1 and model["chance"] == pytest.approx(1 / 24)
     assert out.with_suffix(".png").is_file()
+
+
+def test_inversions_are_cached_for_the_next_run(trained, monkeypatch):
+    from animation import animator as animator_mod
+    from animation import inversion as inversion_mod
+    from animation.oracle import get_scorer
+
+    root, cfg, text_encoder, _ = trained
+    (cached,) = (root / "cache").glob("inverted-*.safetensors")
+    monkeypatch.setattr(inversion_mod, "invert", lambda *a, **k: pytest.fail("inverted again despite the cache"))
+    generator = load_generator(cfg.gan_dir)
+    data = animator_mod.prepare_data(cfg, generator, text_encoder, get_scorer(cfg.cache_dir, size=16, **cfg.scorer),
+                                     None, progress=False, inversion_cache=cached)
+    assert data.w_inv.shape == (cfg.data.faces, generator.num_ws, generator.w_dim)
