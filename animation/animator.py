@@ -73,6 +73,8 @@ class AnimatorConfig:
     h_dim: int = 96
     residual: float = 0.8
     pixel_norm: bool = True
+    # rescale inference steps so a clip travels as far as a training clip (sum of r_t at `frames`, const decay)
+    match_travel: bool = False
     image_width: int = 32
     cache_dir: str = "runs/animation/cache"  # oracle, scorer, inversion encoder
     oracle: dict = field(default_factory=dict)  # training settings of the frozen attribute oracle (get_oracle)
@@ -110,8 +112,9 @@ class Animator(nn.Module):
         super().__init__()
         self.generator = generator.eval().requires_grad_(False)
         self.image_encoder = FaceImageEncoder(generator.cfg.resolution, text_dim, cfg.image_width)
+        travel = cfg.residual * (cfg.frames - 1) / cfg.frames if cfg.match_travel else None
         self.motion = MotionGenerator(text_dim, generator.num_ws, generator.w_dim, h_dim=cfg.h_dim,
-                                      residual=cfg.residual, pixel_norm=cfg.pixel_norm)
+                                      residual=cfg.residual, pixel_norm=cfg.pixel_norm, travel=travel)
 
     def train(self, mode: bool = True) -> "Animator":
         super().train(mode)

@@ -94,18 +94,28 @@ class LatentRecurrent(nn.Module):
     embedding size D of e_txt and e_img.
     """
 
-    def __init__(self, z_dim: int, h_dim: int = 384, residual: float = 0.8):
+    def __init__(self, z_dim: int, h_dim: int = 384, residual: float = 0.8, travel: Optional[float] = None):
         super().__init__()
         if z_dim < 1 or h_dim < 1:
             raise ValueError(f"z_dim and h_dim must be >= 1, got {z_dim}, {h_dim}")
+        if travel is not None and travel <= 0:
+            raise ValueError(f"travel must be positive or None, got {travel}")
         self.z_dim, self.h_dim, self.residual = z_dim, h_dim, float(residual)
+        self.travel = travel
         self.w1 = EqualLinear(z_dim, h_dim, activation=True)
         self.w2 = EqualLinear(2 * h_dim, z_dim, activation=True)
         self.w3 = EqualLinear(2 * h_dim, h_dim, activation=True)
 
     def step_sizes(self, num_frames: int, decay: str = "const", device=None, dtype=torch.float32) -> Tensor:
-        """r_t = (residual / T) * d(t, T) for t = 1 .. T-1: shape [T - 1]."""
-        return decay_factors(num_frames, decay, device=device, dtype=dtype) * (self.residual / num_frames)
+        """r_t = (residual / T) * d(t, T) for t = 1 .. T-1: shape [T - 1].
+
+        With `travel` set, the same shape is rescaled so that sum_t r_t = travel for any T and decay: a clip
+        covers the same distance however many frames it is rendered with (the reference's PixelNorm mapper
+        ignores |o|; a mapper that sees |o| needs this to infer at T = 16 what it learned at T = 4)."""
+        steps = decay_factors(num_frames, decay, device=device, dtype=dtype) * (self.residual / num_frames)
+        if self.travel is not None and num_frames > 1:
+            steps = steps * (self.travel / steps.sum().clamp_min(1e-12))
+        return steps
 
     def initial_state(self, e_txt: Tensor, e_img: Tensor,
                       generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
@@ -193,9 +203,10 @@ class MotionGenerator(nn.Module):
     Train with decay="const"; sample with decay="linear" (the default of ``sample``) so the motion settles."""
 
     def __init__(self, z_dim: int, num_ws: int, w_dim: int, h_dim: int = 384, residual: float = 0.8,
-                 hidden: Optional[int] = None, final_activation: bool = False, pixel_norm: bool = True):
+                 hidden: Optional[int] = None, final_activation: bool = False, pixel_norm: bool = True,
+                 travel: Optional[float] = None):
         super().__init__()
-        self.recurrent = LatentRecurrent(z_dim, h_dim=h_dim, residual=residual)
+        self.recurrent = LatentRecurrent(z_dim, h_dim=h_dim, residual=residual, travel=travel)
         self.mapper = WPlusMapper(z_dim, num_ws, w_dim, hidden=hidden, final_activation=final_activation,
                                   pixel_norm=pixel_norm)
         self.z_dim, self.num_ws, self.w_dim = z_dim, num_ws, w_dim

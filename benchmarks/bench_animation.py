@@ -29,7 +29,7 @@ ARMS = {  # name -> (config overrides, what it shows)
     "no_smoothness": (["loss.smoothness=0"], "smoothness (second difference) loss off"),
     "single_text": (["loss.contrastive=false"], "1 - cos with its own sentence instead of the contrastive loss"),
     "no_text": (["loss.text=0"], "no text loss at all: what the regularisers alone do"),
-    "reference_pixel_norm": (["pixel_norm=true"], "the reference's PixelNorm at the W+ mapper's input (it sees "
+    "reference_pixel_norm": (["pixel_norm=true", "match_travel=false"], "the reference's PixelNorm at the W+ mapper's input (it sees "
                                                   "only the direction of z_t - z_0)"),
 }
 DOCS = REPO / "docs" / "results"

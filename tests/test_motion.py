@@ -247,3 +247,17 @@ def test_adam_steps_lower_toy_objective_and_keep_first_frame():
     end, dw = objective()
     assert end.item() < 0.5 * start.item()
     assert torch.equal(dw[:, 0], torch.zeros_like(dw[:, 0]))
+
+
+def test_travel_makes_every_clip_length_cover_the_training_distance():
+    plain = LatentRecurrent(Z, h_dim=H, residual=0.8)
+    matched = LatentRecurrent(Z, h_dim=H, residual=0.8, travel=0.8 * 3 / 4)
+    # at the training length and decay nothing changes
+    assert torch.allclose(matched.step_sizes(4, "const"), plain.step_sizes(4, "const"))
+    for frames, decay in ((16, "linear"), (16, "const"), (9, "sqrt")):
+        steps = matched.step_sizes(frames, decay)
+        assert steps.sum().item() == pytest.approx(0.6)
+        shape = plain.step_sizes(frames, decay)
+        assert torch.allclose(steps / steps[0], shape / shape[0])  # same (T - t)/T profile, rescaled
+    with pytest.raises(ValueError):
+        LatentRecurrent(Z, h_dim=H, travel=0.0)
