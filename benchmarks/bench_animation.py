@@ -171,6 +171,10 @@ ROWS = [  # metric, label, better
 ]
 
 
+def _fmt(value: float) -> str:
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.1e}"
+
+
 def write_report(result: dict, path: Path) -> None:
     arms = list(result["arms"])
     lines = ["# Face animator: held-out evaluation and speed", "",
@@ -186,7 +190,7 @@ def write_report(result: dict, path: Path) -> None:
              "|---|---|" + "---|" * (len(arms) + 1)]
     for key, label, better in ROWS:
         cells = [result["arms"][a]["metrics"].get(key) for a in arms] + [result["ground_truth"].get(key)]
-        lines.append(f"| {label} | {better} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+        lines.append(f"| {label} | {better} | " + " | ".join("-" if c is None else _fmt(c) for c in cells) + " |")
     lines += ["", "Arms: " + "; ".join(f"**{a}**: {ARMS[a][1]}" for a in arms) + ".", ""]
     lines += ["Training time per arm (s): " + ", ".join(f"{a} {result['arms'][a].get('train_seconds', '-')}"
                                                          for a in arms), ""]
@@ -217,7 +221,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at once (one thread each)")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="re-render the markdown from the JSON")
     args = parser.parse_args()
+    if args.report_only:
+        write_report(json.loads((DOCS / "animation.json").read_text()), DOCS / "animation.md")
+        return 0
     torch.set_num_threads(2)
 
     from animation.animator import AnimatorConfig, contact_sheet, write_animation
