@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test demo bench bench-diffusion clean
+.PHONY: venv test demo bench bench-diffusion bench-animation clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_retrieval.py
 
 # the diffusion papers in miniature: ~90 min on 2 cores (docs/results/diffusion.md)
+# the faces32 GAN (~75 min on one core), then the animator ablations and speed (~40 min); needs `make demo` first
+bench-animation: $(STAMP)
+	$(VENV)/bin/hdvila animate train-gan --config configs/animation/faces32-gan.yaml
+	$(PY) benchmarks/report_gan.py --run runs/animation/faces32-gan
+	$(PY) benchmarks/bench_animation.py --gan-dir runs/animation/faces32-gan/gan
+
 bench-diffusion: $(STAMP)
 	$(PY) benchmarks/bench_diffusion.py --experiment all --jobs 2
 	$(PY) benchmarks/report_diffusion.py

@@ -1,7 +1,7 @@
 """The face animator on the synthetic faces: held-out evaluation with ablations, and `animate run` speed.
 
     python benchmarks/bench_animation.py --gan-dir runs/animation/faces32-gan/gan \
-        [--text-model runs/demo/pretrain/pretrained] [--steps 600] [--arms full no_smoothness single_text no_text]
+        [--text-model runs/demo/pretrain/pretrained] [--steps 1500] [--arms full no_smoothness ...]
 
 Each arm trains the motion generator from configs/animation/faces32-animator.yaml with one change (the frozen
 GAN, the oracle, the scorer and the inversion encoder are shared through the cache), then `animation.evaluate`
@@ -213,7 +213,7 @@ def main() -> int:
     parser.add_argument("--gan-dir", default="runs/animation/faces32-gan/gan")
     parser.add_argument("--text-model", default="runs/demo/pretrain/pretrained")
     parser.add_argument("--out-dir", default="runs/animation/bench")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--faces", type=int, default=8)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
