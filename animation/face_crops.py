@@ -157,13 +157,27 @@ def crop_faces(frames: Sequence[np.ndarray], size: int, detector: FaceDetector |
     return out
 
 
-def _video_frames(source, label: str, every: int, max_frames: int | None, backend: str) -> Iterator[np.ndarray]:
+def _video_frames(source, every: int, max_frames: int | None, backend: str) -> Iterator[np.ndarray]:
     from data_tools.decoders.base import open_video
 
     with open_video(source, backend=backend) as reader:
         indices = list(range(0, reader.num_frames, max(1, every)))[:max_frames]
         for start in range(0, len(indices), 32):
             yield from reader.get_frames(indices[start:start + 32])
+
+
+def _source_items(path: Path) -> Iterator[tuple[str, Path | bytes | str]]:
+    """(label, image path | video bytes | video path), one at a time: a shard's members are read as they come."""
+    if path.is_dir():
+        for image in sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")):
+            yield str(image), image
+    elif path.suffix == ".tar":
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.isfile() and Path(member.name).suffix.lower() in VIDEO_SUFFIXES:
+                    yield f"{path}:{member.name}", tar.extractfile(member).read()
+    else:
+        yield str(path), str(path)
 
 
 def iter_sources(sources: Iterable[str | Path], every: int = 1, max_frames: int | None = None,
@@ -173,32 +187,20 @@ def iter_sources(sources: Iterable[str | Path], every: int = 1, max_frames: int 
     from PIL import Image
 
     for source in sources:
-        path = Path(source)
-        items: list[tuple[str, object]] = []
-        if path.is_dir():
-            for image in sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")):
-                items.append((str(image), image))
-        elif path.suffix == ".tar":
-            with tarfile.open(path) as tar:
-                for member in tar.getmembers():
-                    if member.isfile() and Path(member.name).suffix.lower() in VIDEO_SUFFIXES:
-                        items.append((f"{path}:{member.name}", tar.extractfile(member).read()))
-        else:
-            items.append((str(path), str(path)))
-        for label, item in items:
+        for label, item in _source_items(Path(source)):
             try:
                 if isinstance(item, Path):
                     with Image.open(item) as im:
-                        frames = [np.asarray(im.convert("RGB"))]
+                        frames, step = [np.asarray(im.convert("RGB"))], 1
                 else:
-                    frames = list(_video_frames(item, label, every, max_frames, backend))
+                    frames, step = list(_video_frames(item, every, max_frames, backend)), every
             except Exception as exc:  # one bad file is a report entry, not the end of the job
                 if report is None:
                     raise
                 report.unreadable.append(f"{label}: {type(exc).__name__}: {exc}"[:300])
                 continue
             for i, frame in enumerate(frames):
-                yield f"{label}#{i * (every if not isinstance(item, Path) else 1)}", frame
+                yield f"{label}#{i * step}", frame
 
 
 def write_face_crops(sources: Sequence[str | Path], out_dir: str | Path, size: int = 64, *,

@@ -112,3 +112,14 @@ def test_carphone_crops_train_a_gan_and_feed_animate_run_smoke(tmp_path):
     real = ImageFolderDataset(tmp_path / "faces", 16, channels=3).tensors()[:2]
     result = invert(generator, real, steps=20)
     assert torch.isfinite(result.ws).all() and result.errors.mean() < result.init_errors.mean()
+
+
+def test_video_members_of_a_shard_are_cropped(tmp_path):
+    import tarfile
+
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        tar.add(real_corpus_videos()["carphone"], arcname="clip0.mp4")
+        tar.add(real_corpus_videos()["carphone"], arcname="clip1.mp4")
+    report = write_face_crops([shard], tmp_path / "out", size=24, detector=None, every=40, progress=False)
+    assert report.frames == report.crops == 6 and not report.unreadable
