@@ -37,9 +37,18 @@ def test_int_given_for_float_and_null_for_optional():
     assert isinstance(cfg.train.lr, float) and cfg.train.name is None
 
 
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 (PyYAML) reads 5e-3 as a string; a float field still takes it
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 5e-3\n")
+    assert load_config(Root, path, []).train.lr == pytest.approx(5e-3)
+    assert load_config(Root, None, ["train.lr=2e-4"]).train.lr == pytest.approx(2e-4)
+
+
 @pytest.mark.parametrize("override, message", [
-    ("train.max_step=3", "did you mean 'max_steps'"),
-    ("train.max_steps=abc", "expected an integer"),
+    ("train.max_step=3", "'train.max_step'.*did you mean 'max_steps'"),
+    ("train.max_steps=abc", "train.max_steps: expected an integer"),
+    ("train.lr=fast", "train.lr: expected a number"),
     ("bf16=3", "expected true/false"),
     ("train.betas=[1]", "expected 2 items"),
     ("noequals", "key=value"),
