@@ -261,6 +261,10 @@ class FaceAnimator:
     def resolution(self) -> int:
         return self.animator.generator.cfg.resolution
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.animator.generator.parameters()).device
+
     def prepare_images(self, images) -> torch.Tensor:
         """uint8 [N, H, W, 3] / [H, W, 3] arrays or float [N, 3, H, W] tensors -> float [N, 3, R, R] in [-1, 1]."""
         from data_tools.images import from_uint8_images, resize_images
@@ -272,18 +276,21 @@ class FaceAnimator:
     @torch.no_grad()
     def animate(self, images, texts: Sequence[str], frames: int = 16, decay: str = "linear", seed: int = 0
                 ) -> torch.Tensor:
-        """Frames [N, T, 3, R, R] in [-1, 1] for N images and N sentences; frame 0 is each image's inversion."""
+        """Frames [N, T, 3, R, R] in [-1, 1], on the CPU, for N images and N sentences; frame 0 is each image's
+        inversion. The work runs on the animator's device; the seeded draws are made on the CPU, so a seed gives
+        the same motion on any device."""
         from .inversion import invert
 
-        images = self.prepare_images(images)
+        images = self.prepare_images(images).to(self.device)
         if len(texts) != len(images):
             raise ValueError(f"{len(images)} images but {len(texts)} sentences")
         with torch.enable_grad():
             w_inv = invert(self.animator.generator, images, steps=self.invert_steps, init="encoder",
                            encoder=self.inversion_encoder).ws
-        out, _, _ = self.animator(images, w_inv, self.text_encoder(list(texts)).float(), frames, decay=decay,
+        text_emb = self.text_encoder(list(texts)).float().to(self.device)
+        out, _, _ = self.animator(images, w_inv, text_emb, frames, decay=decay,
                                   generator=torch.Generator().manual_seed(seed))
-        return out.clamp(-1, 1)
+        return out.clamp(-1, 1).cpu()
 
 
 def save_animator(directory: str | Path, animator: Animator, inversion_encoder, cfg: AnimatorConfig) -> Path:
@@ -299,7 +306,9 @@ def save_animator(directory: str | Path, animator: Animator, inversion_encoder, 
     return Path(directory)
 
 
-def load_animator(directory: str | Path, text_encoder: TextEncoder) -> FaceAnimator:
+def load_animator(directory: str | Path, text_encoder: TextEncoder, device: str | torch.device = "cpu"
+                  ) -> FaceAnimator:
+    """An exported animator on `device`; the text encoder runs wherever the caller put it."""
     from safetensors.torch import load_file
 
     from .gan import load_generator
@@ -315,7 +324,8 @@ def load_animator(directory: str | Path, text_encoder: TextEncoder) -> FaceAnima
     missing, unexpected = animator.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=False)
     if unexpected or any(not k.startswith("generator.") for k in missing):
         raise ValueError(f"{directory}: weights do not match the animator (missing {missing}, unexpected {unexpected})")
-    return FaceAnimator(animator, InversionEncoder.load(directory / "inversion"), text_encoder, cfg.data.invert_steps)
+    return FaceAnimator(animator.to(device), InversionEncoder.load(directory / "inversion", device=device),
+                        text_encoder, cfg.data.invert_steps)
 
 
 def contact_sheet(frames: torch.Tensor) -> torch.Tensor:

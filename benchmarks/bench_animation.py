@@ -87,38 +87,51 @@ def train_arms(names: list[str], args, text_encoder) -> None:
 
 
 @torch.no_grad()
-def speed(resolution: int, text_encoder, trained: Path | None, frames: int = 16, repeats: int = 3) -> dict:
-    """Seconds for one `animate run` (inversion + text + motion + synthesis) and frames/s of the generation part."""
+def speed(resolution: int, text_encoder, trained: Path | None, frames: int = 16, repeats: int = 3,
+          device: str = "cpu", batch: int = 64) -> dict:
+    """Seconds for one `animate run` (inversion + text + motion + synthesis) and frames/s of the generation part,
+    for one clip and for `batch` clips at once."""
     from animation.animator import Animator, AnimatorConfig, FaceAnimator, load_animator
     from animation.faces import render_faces, sample_factors
     from animation.inversion import InversionEncoder
     from animation.stylegan2 import create_gan
 
     if trained is not None:
-        runner = load_animator(trained, text_encoder)
+        runner = load_animator(trained, text_encoder, device=device)
     else:
         torch.manual_seed(0)
         generator = create_gan({64: "sg2-64", 256: "sg2-256"}[resolution])[0].eval().requires_grad_(False)
         cfg = AnimatorConfig()
-        animator = Animator(generator, text_encoder(["a face"]).shape[1], cfg)
-        runner = FaceAnimator(animator, InversionEncoder.for_generator(generator, seed=0), text_encoder,
+        animator = Animator(generator, text_encoder(["a face"]).shape[1], cfg).to(device)
+        runner = FaceAnimator(animator, InversionEncoder.for_generator(generator, seed=0).to(device), text_encoder,
                               cfg.data.invert_steps)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     face = render_faces(sample_factors(1, 0), resolution)[0]
     runner.animate(face, ["the person smiles"], frames=frames)  # warm-up
-    totals, gens = [], []
-    images = runner.prepare_images(face)
+    images = runner.prepare_images(face).to(device)
     w_inv = runner.inversion_encoder.encode(images)
-    emb = text_encoder(["the person smiles"]).float()
+    emb = text_encoder(["the person smiles"]).float().to(device)
+
+    def generation_seconds(n: int) -> float:
+        sync()
+        start = time.perf_counter()
+        runner.animator(images.expand(n, -1, -1, -1), w_inv.expand(n, -1, -1), emb.expand(n, -1), frames,
+                        decay="linear")
+        sync()
+        return time.perf_counter() - start
+
+    totals, gens, batched = [], [], []
+    generation_seconds(batch)  # warm-up at the batch size
     for _ in range(repeats):
         start = time.perf_counter()
-        runner.animate(face, ["the person smiles"], frames=frames)
+        runner.animate(face, ["the person smiles"], frames=frames)  # returns CPU frames: synchronised
         totals.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        runner.animator(images, w_inv, emb, frames, decay="linear")
-        gens.append(time.perf_counter() - start)
-    return {"resolution": resolution, "frames": frames, "trained": trained is not None,
+        gens.append(generation_seconds(1))
+        batched.append(generation_seconds(batch))
+    return {"resolution": resolution, "frames": frames, "trained": trained is not None, "device": device,
             "invert_steps": runner.invert_steps, "run_seconds": min(totals), "run_frames_per_s": frames / min(totals),
-            "generate_frames_per_s": frames / min(gens)}
+            "generate_frames_per_s": frames / min(gens), "batch": batch,
+            "batch_generate_frames_per_s": batch * frames / min(batched)}
 
 
 def plot_trajectories(clips_by_arm: dict, truth, evalset, oracle, path: Path) -> None:
@@ -175,6 +188,37 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.1e}"
 
 
+def _speed_table(rows: list[dict]) -> list[str]:
+    batch = next((r["batch"] for r in rows if "batch" in r), None)
+    lines = ["| resolution | weights | run (s) | run frames/s | generation frames/s | generation frames/s, "
+             f"{batch or '-'} clips at once |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        batched = r.get("batch_generate_frames_per_s")
+        lines.append(f"| {r['resolution']} px | {'trained' if r['trained'] else 'untrained'} | "
+                     f"{r['run_seconds']:.2f} | {r['run_frames_per_s']:.1f} | {r['generate_frames_per_s']:.1f} | "
+                     + ("-" if batched is None else f"{batched:.1f}") + " |")
+    return lines
+
+
+def speed_rows(args, text_encoder) -> list[dict]:
+    trained = Path(args.out_dir) / args.arms[0] / "animator"
+    return [speed(32, text_encoder, trained, device=args.device), speed(64, text_encoder, None, device=args.device),
+            speed(256, text_encoder, None, device=args.device)]
+
+
+class SavedTextEmbedding:
+    """Stand-in text encoder for machines without the HD-VILA stack: every sentence gets one embedding saved
+    with --save-text-embedding (speed does not depend on which sentence)."""
+
+    def __init__(self, path: str):
+        from safetensors.torch import load_file
+
+        self.embedding = load_file(path)["embedding"]
+
+    def __call__(self, sentences):
+        return self.embedding.expand(len(sentences), -1).clone()
+
+
 def write_report(result: dict, path: Path) -> None:
     arms = list(result["arms"])
     lines = ["# Face animator: held-out evaluation and speed", "",
@@ -198,10 +242,13 @@ def write_report(result: dict, path: Path) -> None:
               "One image, one sentence, 16 frames: the run time includes the inversion (encoder + "
               f"{result['speed'][0]['invert_steps']} optimisation steps) and the text encoder; generation is the "
               "motion generator and the synthesis network only.", "",
-              "| resolution | weights | run (s) | run frames/s | generation frames/s |", "|---|---|---|---|---|"]
-    for s in result["speed"]:
-        lines.append(f"| {s['resolution']} px | {'trained' if s['trained'] else 'untrained'} | "
-                     f"{s['run_seconds']:.2f} | {s['run_frames_per_s']:.1f} | {s['generate_frames_per_s']:.1f} |")
+              *_speed_table(result["speed"])]
+    gpu = DOCS / "animation_speed_cuda.json"
+    if gpu.is_file():
+        g = json.loads(gpu.read_text())
+        lines += ["", f"On a GPU ({g['machine']}; `--speed-only --device cuda`). The sentence's HD-VILA embedding "
+                  "was computed beforehand and read from a file there, so run time excludes the text encoder:", "",
+                  *_speed_table(g["speed"])]
     lines += ["", "![target factor over frames](animation_trajectories.png)", "",
               "Contact sheet (`full` arm; first held-out face, one row per action, frames left to right):", "",
               "![contact sheet](animation_contact_sheet.png)", ""]
@@ -222,11 +269,39 @@ def main() -> int:
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="re-render the markdown from the JSON")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only the speed table, on --device, to docs/results/animation_speed_<device>.json")
+    parser.add_argument("--device", default="cpu", help="device of the speed runs (cpu, cuda)")
+    parser.add_argument("--save-text-embedding", metavar="FILE",
+                        help="write the HD-VILA embedding of the speed sentence to FILE (.safetensors) and stop")
+    parser.add_argument("--text-embedding", metavar="FILE",
+                        help="speed runs read the sentence's embedding from FILE instead of running HD-VILA")
     args = parser.parse_args()
     if args.report_only:
         write_report(json.loads((DOCS / "animation.json").read_text()), DOCS / "animation.md")
         return 0
     torch.set_num_threads(2)
+    if args.save_text_embedding:
+        from safetensors.torch import save_file
+
+        emb = hdvila_text_encoder(args.text_model)(["the person smiles"]).float()[:1].contiguous()
+        save_file({"embedding": emb}, args.save_text_embedding)
+        return 0
+    if args.speed_only:
+        from data_tools.io import atomic_write_json
+
+        text_encoder = (SavedTextEmbedding(args.text_embedding) if args.text_embedding
+                        else hdvila_text_encoder(args.text_model))
+        machine = machine_line()
+        if torch.device(args.device).type == "cuda":
+            machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}; host {machine}"
+        rows = speed_rows(args, text_encoder)
+        out = DOCS / f"animation_speed_{torch.device(args.device).type}.json"
+        atomic_write_json(out, {"machine": machine, "speed": rows})
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        print(f"wrote {out}")
+        return 0
 
     from animation.animator import AnimatorConfig, contact_sheet, write_animation
     from animation.evaluate import evaluate_animator, ground_truth_clips
@@ -263,8 +338,7 @@ def main() -> int:
     plot_trajectories(clips_by_arm, ground_truth_clips(evalset, clips_by_arm[first].shape[1]), evalset, oracle,
                       DOCS / "animation_trajectories.png")
 
-    result["speed"] = [speed(32, text_encoder, Path(args.out_dir) / first / "animator"),
-                       speed(64, text_encoder, None), speed(256, text_encoder, None)]
+    result["speed"] = speed_rows(args, text_encoder)
     atomic_write_json(DOCS / "animation.json", result)
     write_report(result, DOCS / "animation.md")
     print(f"wrote {DOCS / 'animation.md'}")

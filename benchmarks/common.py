@@ -6,12 +6,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-from data_tools.config import load_config
-from data_tools.corpus import real_corpus_videos
-from data_tools.ingest.build import build_shards
-from data_tools.ingest.config import BuildConfig
-from data_tools.ingest.transcripts import format_srt
-from data_tools.media.testclips import make_indexed_clip
+# the ingest stack (webdataset, PyAV, ffmpeg) is imported where it is used: machine_line alone must work on a
+# bare GPU machine
 
 # HD-VILA-100M clips average 13.4 s; each synthetic source holds two sentences of that length.
 CLIP_SECONDS = 13.4
@@ -34,6 +30,10 @@ def machine_line() -> str:
 
 def source_corpus(root: Path, num_synth_videos: int) -> list[str]:
     """Folders to ingest: BBB 720p with one sentence over the whole clip, and textured synthetic 720p videos."""
+    from data_tools.corpus import real_corpus_videos
+    from data_tools.ingest.transcripts import format_srt
+    from data_tools.media.testclips import make_indexed_clip
+
     real = root / "real"
     if not real.exists():
         real.mkdir(parents=True)
@@ -54,6 +54,10 @@ def source_corpus(root: Path, num_synth_videos: int) -> list[str]:
 
 
 def build_corpus_shards(root: Path, num_synth_videos: int, overrides: list[str], workers: int = 2) -> Path:
+    from data_tools.config import load_config
+    from data_tools.ingest.build import build_shards
+    from data_tools.ingest.config import BuildConfig
+
     out = root / ("shards-" + "-".join(o.replace("=", "_").replace(".", "_") for o in overrides) if overrides
                   else "shards")
     if not (out / "build_report.json").exists():

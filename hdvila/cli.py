@@ -257,12 +257,15 @@ def cmd_animate_run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    import torch
+
     from animation.animator import AnimatorConfig, contact_sheet, load_animator, write_animation
     from data_tools.config import load_config
     from data_tools.images import save_image_grid
 
     cfg = load_config(AnimatorConfig, Path(args.model) / "config.yaml")
-    runner = load_animator(args.model, _hdvila_text_encoder(args.text_model or cfg.text_model))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    runner = load_animator(args.model, _hdvila_text_encoder(args.text_model or cfg.text_model), device=device)
     with Image.open(args.image) as im:
         image = np.array(im.convert("RGB"))
     frames = runner.animate(image, [args.text], frames=args.frames, seed=args.seed)
@@ -457,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--seed", type=int, default=0)
     ar.add_argument("--out", required=True, help="out.mp4 or out.gif (the contact sheet goes beside it as .png)")
     ar.add_argument("--text-model", default=None, help="HD-VILA pretrained folder (default: the one it trained with)")
+    ar.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
     ar.set_defaults(func=cmd_animate_run)
     ac = ansub.add_parser("crops", help="face crops (MTCNN detection and alignment, or centre squares) from videos, "
                                         "shards (.tar) or image folders, for data.kind=folder")

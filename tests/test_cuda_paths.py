@@ -1,0 +1,123 @@
+"""CPU/GPU agreement of the models' CUDA paths: the same weights and seeds give the same numbers on both.
+
+Skipped without a GPU (CI has none); run on a GPU machine with `pytest tests/test_cuda_paths.py`. TF32 is
+switched off so that fp32 means fp32 on both sides.
+"""
+import copy
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+@pytest.fixture(autouse=True)
+def strict_fp32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _close(gpu: torch.Tensor, cpu: torch.Tensor, atol: float = 2e-4, rtol: float = 1e-3) -> None:
+    assert gpu.device.type == "cuda" or cpu.device.type == "cpu"
+    torch.testing.assert_close(gpu.detach().float().cpu(), cpu.detach().float(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("name", ["sg2-tiny16", "sg2-faces32"])
+def test_stylegan2_matches_cpu(name):
+    """The CUDA path (FIR filters as shifted slices) computes what the CPU path (depthwise convs) does."""
+    from animation.stylegan2 import create_gan
+
+    torch.manual_seed(0)
+    G, D = create_gan(name)
+    G.eval(), D.eval()
+    z = torch.randn(4, G.z_dim)
+    with torch.no_grad():
+        ws = G.mapping(z, truncation_psi=0.7)
+        img = G.synthesis(ws, noise_mode="const")
+        score = D(img)
+    Gc, Dc = copy.deepcopy(G).cuda(), copy.deepcopy(D).cuda()
+    with torch.no_grad():
+        ws_c = Gc.mapping(z.cuda(), truncation_psi=0.7)
+        img_c = Gc.synthesis(ws_c, noise_mode="const")
+        score_c = Dc(img_c)
+    _close(ws_c, ws)
+    _close(img_c, img)
+    _close(score_c, score, atol=1e-3)
+
+
+def test_gan_regularisers_and_gradients_match_cpu():
+    from animation.stylegan2 import PathLengthPenalty, create_gan, r1_penalty
+
+    torch.manual_seed(0)
+    G, D = create_gan("sg2-tiny16")
+    real = torch.randn(4, 3, 16, 16)
+    ws = G.mapping(torch.randn(4, G.z_dim)).detach()
+    results = {}
+    for device in ("cpu", "cuda"):
+        g, d = copy.deepcopy(G).to(device), copy.deepcopy(D).to(device)
+        x = real.to(device).requires_grad_(True)
+        r1 = r1_penalty(x, d(x))
+        torch.manual_seed(1)  # the path-length probe noise
+        w = ws.to(device).requires_grad_(True)
+        pl, _ = PathLengthPenalty().to(device)(g.synthesis(w, noise_mode="const"), w)
+        (r1 + pl).backward()
+        results[device] = (r1, pl, next(d.parameters()).grad)
+    for cuda_value, cpu_value in zip(results["cuda"], results["cpu"]):
+        assert torch.isfinite(cuda_value).all()
+    _close(results["cuda"][0], results["cpu"][0], atol=1e-4)
+    assert results["cuda"][1] > 0
+
+
+def test_animator_on_gpu_matches_cpu():
+    """`animate run --device cuda`: the same frames as on the CPU, frame 0 the inversion, frames back on the CPU."""
+    from animation.animator import Animator, AnimatorConfig, FaceAnimator
+    from animation.faces import render_faces, sample_factors
+    from animation.inversion import InversionEncoder
+    from animation.stylegan2 import create_gan
+
+    torch.manual_seed(0)
+    G = create_gan("sg2-tiny16")[0].eval().requires_grad_(False)
+    cfg = AnimatorConfig(h_dim=16, pixel_norm=False)
+    animator = Animator(G, 8, cfg)
+    encoder = InversionEncoder.for_generator(G, seed=0)
+
+    def text_encoder(sentences):
+        return torch.stack([torch.randn(8, generator=torch.Generator().manual_seed(len(s))) for s in sentences])
+
+    faces = render_faces(sample_factors(2, 0), 16)
+    texts = ["the person smiles", "she opens her mouth"]
+    cpu = FaceAnimator(animator, encoder, text_encoder, invert_steps=5).animate(faces, texts, frames=6)
+    gpu_runner = FaceAnimator(copy.deepcopy(animator).cuda(), copy.deepcopy(encoder).cuda(), text_encoder, 5)
+    gpu = gpu_runner.animate(faces, texts, frames=6)
+    assert gpu.device.type == "cpu" and gpu.shape == cpu.shape == (2, 6, 3, 16, 16)
+    _close(gpu, cpu, atol=2e-3)
+    assert (gpu[:, -1] - gpu[:, 0]).abs().amax() > 0  # it moves
+
+
+@pytest.mark.parametrize("config", ["configs/diffusion/digits-dit.yaml", "configs/diffusion/digits-unet.yaml"])
+def test_diffusion_loss_and_sampler_match_cpu(config, tmp_path):
+    if "unet" in config:
+        pytest.importorskip("diffusers")
+    from data_tools.config import load_config
+    from diffusion.train import DiffusionConfig, DiffusionObjective, build_model, generate
+
+    cfg = load_config(DiffusionConfig, config, ["sampler.steps=8"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    images = torch.rand(8, model.config.channels, model.config.image_size, model.config.image_size) * 2 - 1
+    batch = {"images": images, "labels": torch.arange(8) % max(1, model.config.num_classes)}
+    out = {}
+    for device in ("cpu", "cuda"):
+        m = copy.deepcopy(model).to(device)
+        objective = DiffusionObjective(cfg, m, None, tmp_path)
+        terms = objective.loss(m, objective.prepare_batch(batch, torch.device(device)), step=3)
+        terms["loss"].backward()
+        grad = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+        samples = generate(m, cfg, 6, seed=5)
+        out[device] = (terms["loss"], grad, samples)
+    _close(out["cuda"][0], out["cpu"][0], atol=1e-4)
+    _close(out["cuda"][1], out["cpu"][1], atol=1e-3, rtol=1e-2)
+    assert out["cuda"][2].device.type == "cpu"
+    _close(out["cuda"][2], out["cpu"][2], atol=2e-3, rtol=1e-2)
