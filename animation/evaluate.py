@@ -220,11 +220,30 @@ def animate_eval_set(face_animator, evalset: EvalSet, frames: int = 16, decay: s
     return torch.cat(clips), torch.cat(offsets)
 
 
+def reconstructed_clips(face_animator, clips: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Every frame of clips [N, T, 3, R, R] inverted into the animator's GAN (its encoder + its optimisation
+    steps, as `animate` does for the input) and rendered back: what the frozen generator can show of them."""
+    from .inversion import invert
+
+    generator = face_animator.animator.generator
+    flat = clips.flatten(0, 1).to(face_animator.device)
+    out = []
+    for start in range(0, len(flat), batch_size):
+        with torch.enable_grad():
+            ws = invert(generator, flat[start:start + batch_size], steps=face_animator.invert_steps, init="encoder",
+                        encoder=face_animator.inversion_encoder, progress=False).ws
+        out.append(generator.synthesis(ws, noise_mode="const").clamp(-1, 1).cpu())
+    return torch.cat(out).view_as(clips)
+
+
 def evaluate_animator(model_dir, text_encoder, *, faces: int = 8, frames: int = 16, seed: int = 1,
-                      decay: str = "linear", with_ceiling: bool = True) -> tuple[dict, torch.Tensor, EvalSet]:
+                      decay: str = "linear", with_ceiling: bool = True, with_gan_ceiling: bool = False
+                      ) -> tuple[dict, torch.Tensor, EvalSet]:
     """Load an exported animator, animate the held-out evaluation set, return (metrics, clips, eval set).
     metrics["model"] holds the animator's numbers; metrics["ground_truth"] the same metrics on the
-    renderer's perfect clips (the ceiling of each metric under this protocol)."""
+    renderer's perfect clips (the ceiling of each metric under this protocol); with `with_gan_ceiling`,
+    metrics["gan_ceiling"] those of the perfect clips inverted into the frozen GAN frame by frame (what a
+    perfect motion over this generator could reach: the oracle reads the GAN's rendering of each state)."""
     from pathlib import Path
 
     from data_tools.config import load_config
@@ -239,6 +258,10 @@ def evaluate_animator(model_dir, text_encoder, *, faces: int = 8, frames: int = 
                             test_fraction=cfg.data.test_fraction, identity_seed=cfg.data.seed, seed=seed)
     clips, dw = animate_eval_set(runner, evalset, frames, decay=decay, seed=seed)
     metrics = {"model": clip_metrics(clips, evalset, oracle, dw, seed=seed)}
+    if with_ceiling or with_gan_ceiling:
+        truth = ground_truth_clips(evalset, frames)
     if with_ceiling:
-        metrics["ground_truth"] = clip_metrics(ground_truth_clips(evalset, frames), evalset, oracle, seed=seed)
+        metrics["ground_truth"] = clip_metrics(truth, evalset, oracle, seed=seed)
+    if with_gan_ceiling:
+        metrics["gan_ceiling"] = clip_metrics(reconstructed_clips(runner, truth), evalset, oracle, seed=seed)
     return metrics, clips, evalset

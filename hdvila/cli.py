@@ -295,7 +295,8 @@ def cmd_animate_eval(args: argparse.Namespace) -> int:
 
     cfg = load_config(AnimatorConfig, Path(args.model) / "config.yaml")
     metrics, clips, _ = evaluate_animator(args.model, _hdvila_text_encoder(args.text_model or cfg.text_model),
-                                          faces=args.faces, frames=args.frames, seed=args.seed)
+                                          faces=args.faces, frames=args.frames, seed=args.seed,
+                                          with_gan_ceiling=args.gan_ceiling)
     print(json.dumps(metrics, indent=2))
     if args.out:
         atomic_write_json(args.out, metrics)
@@ -481,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--frames", type=int, default=16)
     ae.add_argument("--seed", type=int, default=1)
     ae.add_argument("--out", default=None, help="also write the metrics as JSON (and a contact sheet .png)")
+    ae.add_argument("--gan-ceiling", action="store_true",
+                    help="also score the renderer's clips inverted into the GAN frame by frame (what the frozen "
+                         "generator can show; slower)")
     ae.add_argument("--text-model", default=None, help="HD-VILA pretrained folder (default: the one it trained with)")
     ae.set_defaults(func=cmd_animate_eval)
 
