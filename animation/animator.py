@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from data_tools.config import dump_config, load_config
@@ -62,6 +63,10 @@ class AnimatorDataConfig:
     seed: int = 0
     encoder_steps: int = 1500  # inversion encoder, trained once on the generator's own samples
     invert_steps: int = 30  # optimisation steps after the encoder
+    # Gaussian noise of about this norm on each unit sentence embedding the motion generator sees in training:
+    # a few hundred training sentences are points; noise makes the motion a smooth function of the embedding,
+    # so held-out paraphrases (nearby points) move the face alike. The scorer's side stays clean.
+    text_noise: float = 0.0
 
 
 @dataclass
@@ -150,8 +155,10 @@ class AnimatorBatches:
     """Each batch: B faces and B sentences of distinct actions (when B <= the number of actions), so the
     contrastive loss has true negatives; a new seeded draw every epoch."""
 
-    def __init__(self, data: AnimatorData, batch_size: int, seed: int, steps_per_epoch: int = 100):
+    def __init__(self, data: AnimatorData, batch_size: int, seed: int, steps_per_epoch: int = 100,
+                 text_noise: float = 0.0):
         self.data, self.batch_size, self.seed, self.steps = data, batch_size, seed, steps_per_epoch
+        self.text_noise = text_noise
         self.epoch = 0
         self.actions = sorted(set(data.sentence_action.tolist()))
 
@@ -170,8 +177,12 @@ class AnimatorBatches:
             actions = [self.actions[int(order[i % len(order)])] for i in range(self.batch_size)]
             sentence = torch.stack([by_action[a][torch.randint(len(by_action[a]), (1,), generator=gen)][0]
                                     for a in actions])
+            text = self.data.text_emb[sentence]
+            if self.text_noise > 0:
+                text = F.normalize(text, dim=-1)
+                text = text + (self.text_noise / text.shape[1] ** 0.5) * torch.randn(text.shape, generator=gen)
             yield {"images": self.data.images[faces], "w_inv": self.data.w_inv[faces],
-                   "text_emb": self.data.text_emb[sentence], "scorer_emb": self.data.scorer_emb[sentence],
+                   "text_emb": text, "scorer_emb": self.data.scorer_emb[sentence],
                    "action": torch.tensor(actions)}
 
 
@@ -411,7 +422,7 @@ def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: b
         return contact_sheet(clips)
 
     objective = AnimatorObjective(cfg, oracle, scorer, out, preview)
-    batches = AnimatorBatches(data, cfg.train.batch_size, cfg.train.seed)
+    batches = AnimatorBatches(data, cfg.train.batch_size, cfg.train.seed, text_noise=cfg.data.text_noise)
     trainer = Trainer(cfg.train, cfg.optim, animator, objective, batches, out, epoch_setter=batches.set_epoch,
                       resume=resume)
     summary = trainer.fit()

@@ -237,13 +237,15 @@ def reconstructed_clips(face_animator, clips: torch.Tensor, batch_size: int = 51
 
 
 def evaluate_animator(model_dir, text_encoder, *, faces: int = 8, frames: int = 16, seed: int = 1,
-                      decay: str = "linear", with_ceiling: bool = True, with_gan_ceiling: bool = False
-                      ) -> tuple[dict, torch.Tensor, EvalSet]:
+                      decay: str = "linear", with_ceiling: bool = True, with_gan_ceiling: bool = False,
+                      sentences: str = "test") -> tuple[dict, torch.Tensor, EvalSet]:
     """Load an exported animator, animate the held-out evaluation set, return (metrics, clips, eval set).
     metrics["model"] holds the animator's numbers; metrics["ground_truth"] the same metrics on the
     renderer's perfect clips (the ceiling of each metric under this protocol); with `with_gan_ceiling`,
     metrics["gan_ceiling"] those of the perfect clips inverted into the frozen GAN frame by frame (what a
-    perfect motion over this generator could reach: the oracle reads the GAN's rendering of each state)."""
+    perfect motion over this generator could reach: the oracle reads the GAN's rendering of each state).
+    `sentences="train"` phrases the actions with training sentences instead of held-out paraphrases (the faces
+    stay held out): the gap between the two is how far the motion generalises across phrasings."""
     from pathlib import Path
 
     from data_tools.config import load_config
@@ -255,7 +257,8 @@ def evaluate_animator(model_dir, text_encoder, *, faces: int = 8, frames: int = 
     runner = load_animator(model_dir, text_encoder)
     oracle = get_oracle(cfg.cache_dir, size=runner.resolution, **cfg.oracle).eval()
     evalset = make_eval_set(runner.resolution, faces, identities=cfg.data.identities,
-                            test_fraction=cfg.data.test_fraction, identity_seed=cfg.data.seed, seed=seed)
+                            test_fraction=cfg.data.test_fraction, identity_seed=cfg.data.seed, seed=seed,
+                            split=sentences)
     clips, dw = animate_eval_set(runner, evalset, frames, decay=decay, seed=seed)
     metrics = {"model": clip_metrics(clips, evalset, oracle, dw, seed=seed)}
     if with_ceiling or with_gan_ceiling:

@@ -296,7 +296,7 @@ def cmd_animate_eval(args: argparse.Namespace) -> int:
     cfg = load_config(AnimatorConfig, Path(args.model) / "config.yaml")
     metrics, clips, _ = evaluate_animator(args.model, _hdvila_text_encoder(args.text_model or cfg.text_model),
                                           faces=args.faces, frames=args.frames, seed=args.seed,
-                                          with_gan_ceiling=args.gan_ceiling)
+                                          with_gan_ceiling=args.gan_ceiling, sentences=args.sentences)
     print(json.dumps(metrics, indent=2))
     if args.out:
         atomic_write_json(args.out, metrics)
@@ -482,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--frames", type=int, default=16)
     ae.add_argument("--seed", type=int, default=1)
     ae.add_argument("--out", default=None, help="also write the metrics as JSON (and a contact sheet .png)")
+    ae.add_argument("--sentences", default="test", choices=("test", "train"),
+                    help="held-out paraphrases (default) or the training sentences (the faces stay held out)")
     ae.add_argument("--gan-ceiling", action="store_true",
                     help="also score the renderer's clips inverted into the GAN frame by frame (what the frozen "
                          "generator can show; slower)")

@@ -130,3 +130,25 @@ def test_inversions_are_cached_for_the_next_run(trained, monkeypatch):
     data = animator_mod.prepare_data(cfg, generator, text_encoder, get_scorer(cfg.cache_dir, size=16, **cfg.scorer),
                                      None, progress=False, inversion_cache=cached)
     assert data.w_inv.shape == (cfg.data.faces, generator.num_ws, generator.w_dim)
+
+
+def test_text_noise_perturbs_the_motion_input_only():
+    from animation.animator import AnimatorBatches, AnimatorData
+
+    gen = torch.Generator().manual_seed(0)
+    data = AnimatorData(images=torch.zeros(6, 3, 16, 16), w_inv=torch.zeros(6, 4, 8), sentences=["s"] * 48,
+                        sentence_action=torch.arange(48) % 24, text_emb=torch.randn(48, 64, generator=gen) * 3,
+                        scorer_emb=torch.randn(48, 16, generator=gen))
+
+    def first_batch(noise, epoch=0):
+        batches = AnimatorBatches(data, batch_size=8, seed=1, steps_per_epoch=1, text_noise=noise)
+        batches.set_epoch(epoch)
+        return next(iter(batches))
+
+    clean, noisy = first_batch(0.0), first_batch(0.5)
+    assert torch.equal(clean["action"], noisy["action"]) and torch.equal(clean["scorer_emb"], noisy["scorer_emb"])
+    # noise of norm ~0.5 on the unit embedding (the motion generator normalises its input anyway)
+    delta = noisy["text_emb"] - torch.nn.functional.normalize(clean["text_emb"], dim=-1)
+    assert delta.norm(dim=-1).mean().item() == pytest.approx(0.5, rel=0.25)
+    assert torch.equal(first_batch(0.5)["text_emb"], noisy["text_emb"])  # seeded
+    assert not torch.equal(first_batch(0.5, epoch=1)["text_emb"], noisy["text_emb"])
