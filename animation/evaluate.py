@@ -7,7 +7,8 @@ action phrased by a *held-out sentence* (a paraphrase never seen in training). T
 Metrics (`clip_metrics`):
 - text match: the action whose expected end state (`faces.apply_action` on the oracle's reading of frame 0) is
   nearest the oracle's reading of the last frame, over expression factors in units of their range; accuracy is
-  compared with chance (1/24), with the same rule on shuffled sentences, and with the ceiling the rule reaches
+  compared with chance (1/24) (with a one-sided binomial p-value), with the same rule on shuffled sentences, and
+  with the ceiling the rule reaches
   on the renderer's own ground-truth end frames (some actions leave some faces unchanged, so even a perfect
   animator stays below 100%);
 - direction: the fraction of (clip, target factor) pairs with a requested change > 0.1 of the range whose
@@ -101,6 +102,13 @@ def _nearest_action_accuracy(end: np.ndarray, candidates: np.ndarray, requested:
     return float((hit / nearest.sum(axis=1)).mean())
 
 
+def _above_chance_p_value(accuracy: float, clips: int) -> float:
+    """One-sided binomial p-value of at least this many hits among `clips` if each hit has chance 1/24."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(int(round(accuracy * clips)), clips, 1 / len(ACTIONS), alternative="greater").pvalue)
+
+
 def _spearman(x: np.ndarray) -> np.ndarray:
     """Spearman correlation of each row of x [M, T] with 0..T-1 (0 for constant rows)."""
     from scipy.stats import rankdata
@@ -157,6 +165,7 @@ def clip_metrics(clips: torch.Tensor, evalset: EvalSet, oracle, dw: torch.Tensor
         "text_match": _nearest_action_accuracy(last, candidates, requested),
         "text_match_shuffled": _nearest_action_accuracy(last, candidates, shuffled),
         "chance": 1 / len(ACTIONS),
+        "text_match_p_value": _above_chance_p_value(_nearest_action_accuracy(last, candidates, requested), n),
         "direction": float((np.sign(last[rows, cols] - first[rows, cols]) == sign).mean()) if len(rows) else 0.0,
         "scored_factor_changes": int(len(rows)),
         "monotone_steps": float((steps >= -BACKSTEP_TOLERANCE).mean()) if len(rows) else 0.0,

@@ -168,6 +168,7 @@ def plot_trajectories(clips_by_arm: dict, truth, evalset, oracle, path: Path) ->
 
 ROWS = [  # metric, label, better
     ("text_match", "text match (nearest expected end state, 1 of 24)", "higher"),
+    ("text_match_p_value", "p-value of the text match against chance (one-sided binomial)", "lower"),
     ("text_match_shuffled", "same rule, sentences shuffled", "-"),
     ("direction", "target factor moves the requested way", "higher"),
     ("target_change", "mean requested-direction change (fraction of range)", "higher"),
@@ -269,7 +270,7 @@ def main() -> int:
     parser.add_argument("--text-model", default="runs/demo/pretrain/pretrained")
     parser.add_argument("--out-dir", default="runs/animation/bench")
     parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--faces", type=int, default=8)
+    parser.add_argument("--faces", type=int, default=16)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every arm, e.g. data.faces=512")

@@ -35,6 +35,7 @@ def test_ground_truth_clips_score_high_and_still_clips_score_chance(setup):
     still = clip_metrics(evalset.images[evalset.clip_faces()][:, None].repeat(1, 6, 1, 1, 1), evalset, oracle)
     assert good["text_match"] > 0.6 > 0.2 > still["text_match"]
     assert good["text_match_shuffled"] < 0.25
+    assert good["text_match_p_value"] < 1e-6 and still["text_match_p_value"] > 0.05
     assert good["direction"] > 0.9 and still["direction"] == 0.0
     assert good["spearman"] > 0.8 and still["spearman"] == 0.0
     assert good["target_change"] > 0.2 and still["target_change"] == 0.0
