@@ -91,9 +91,10 @@ def train_arms(names: list[str], args, text_encoder) -> None:
 
 @torch.no_grad()
 def speed(resolution: int, text_encoder, trained: Path | None, frames: int = 16, repeats: int = 3,
-          device: str = "cpu", batch: int = 64) -> dict:
+          device: str = "cpu", batch: int | None = None) -> dict:
     """Seconds for one `animate run` (inversion + text + motion + synthesis) and frames/s of the generation part,
-    for one clip and for `batch` clips at once."""
+    for one clip and for `batch` clips at once (default 64 on a GPU, 4 on the CPU)."""
+    batch = batch or (64 if torch.device(device).type == "cuda" else 4)
     from animation.animator import Animator, AnimatorConfig, FaceAnimator, load_animator
     from animation.faces import render_faces, sample_factors
     from animation.inversion import InversionEncoder
@@ -381,7 +382,6 @@ def main() -> int:
               "steps": args.steps, "arms": {}}
     clips_by_arm = {}
     train_arms(args.arms, args, text_encoder)
-    torch.set_num_threads(1)
     for name in args.arms:
         model = Path(args.out_dir) / name / "animator"
         first_arm = name == args.arms[0]
