@@ -17,8 +17,8 @@ Metrics (`clip_metrics`):
   2% of the range, and the mean Spearman correlation between frame index and the (sign-adjusted) factor;
 - identity error: mean |identity factor(frame t) - identity factor(frame 0)| in units of the range, and the
   same for the expression factors the action does not touch (drift);
-- smoothness energy: mean squared second difference of the W+ offsets (the smoothness loss itself) and of the
-  frames' pixels;
+- smoothness energy: mean squared second difference of the W+ offsets (the smoothness loss itself), the same
+  divided by the mean squared first difference (size-free), and the frames' pixels' second difference;
 - ACD-I: mean distance between the oracle's normalised identity features of consecutive frames (MoCoGAN's
   average content distance, with the oracle's identity head as the face embedding);
 - last-frame spread: mean pairwise distance between the expression readings of one face's last frames under
@@ -186,6 +186,10 @@ def clip_metrics(clips: torch.Tensor, evalset: EvalSet, oracle, dw: torch.Tensor
     if dw is not None:
         second = dw[:, 2:] - 2 * dw[:, 1:-1] + dw[:, :-2]
         out["smoothness_latent"] = float(second.square().mean()) if dw.shape[1] >= 3 else 0.0
+        # the same relative to the squared velocity: a clip that moves further is not penalised for its size
+        velocity = (dw[:, 1:] - dw[:, :-1]).square().mean()
+        out["smoothness_relative"] = float(second.square().mean() / velocity) if dw.shape[1] >= 3 and velocity > 0 \
+            else 0.0
         out["offset_norm"] = float(dw[:, -1].flatten(1).norm(dim=1).mean())
     return out
 
@@ -251,8 +255,9 @@ def evaluate_animator(model_dir, text_encoder, *, faces: int = 8, frames: int = 
     """Load an exported animator, animate the held-out evaluation set, return (metrics, clips, eval set).
     metrics["model"] holds the animator's numbers; metrics["ground_truth"] the same metrics on the
     renderer's perfect clips (the ceiling of each metric under this protocol); with `with_gan_ceiling`,
-    metrics["gan_ceiling"] those of the perfect clips inverted into the frozen GAN frame by frame (what a
-    perfect motion over this generator could reach: the oracle reads the GAN's rendering of each state).
+    metrics["gan_ceiling"] those of the perfect clips inverted into the frozen GAN frame by frame (how much of
+    each true state the generator reproduces; a reference rather than a strict bound, since a motion can
+    exaggerate a state past its reconstruction).
     `sentences="train"` phrases the actions with training sentences instead of held-out paraphrases (the faces
     stay held out): the gap between the two is how far the motion generalises across phrasings."""
     from pathlib import Path

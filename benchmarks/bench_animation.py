@@ -7,7 +7,7 @@ Each arm trains the motion generator from configs/animation/faces32-animator.yam
 GAN, the oracle, the scorer and the inversion encoder are shared through the cache), then `animation.evaluate`
 scores it on held-out identities x all 24 actions with held-out sentences (and again with training sentences).
 References beside the arms: per-clip latent optimisation against the scorer (no motion generator), the GAN
-ceiling (the renderer's clips inverted into the GAN) and the renderer's clips themselves. Also frames/s of the
+reconstruction (the renderer's clips inverted into the GAN) and the renderer's clips themselves. Also frames/s of the
 `animate run` path at 32, 64 and 256 px on this CPU (64 and 256 with untrained weights: speed does not depend on
 them); on a GPU machine: `--speed-only --device cuda [--text-embedding FILE]`.
 Writes docs/results/animation.{json,md}, a contact sheet, GIFs and plots. Already-trained arms are reused.
@@ -273,12 +273,13 @@ def write_report(result: dict, path: Path) -> None:
              "(chance for text match: 1/24 = 0.042).", "",
              f"GAN: `{result['gan_dir']}`; text encoder: HD-VILA `{result['text_model']}`; "
              f"{result['steps']} training steps per arm.", "",
-             "The GAN-ceiling column is the same renderer clips inverted into the frozen GAN frame by frame (the "
-             "animator's own inversion): the best any motion over this generator can show the oracle. The latent-"
+             "The GAN-reconstruction column is the same renderer clips inverted into the frozen GAN frame by frame "
+             "(the animator's own inversion): how much of each true state this generator reproduces (a reference, "
+             "not a strict bound: a motion can exaggerate a state past its reconstruction). The latent-"
              "optimisation column has no motion generator: each clip's W+ offset is optimised directly against the "
              "frozen scorer (60 Adam steps, 1 - cos + mean Δw²) and the frames follow the straight line to it: "
              "what the training signal can reach when nothing has to generalise.", "",
-             "| metric | better | " + " | ".join(arms) + " | latent optimisation | GAN ceiling | ground truth |",
+             "| metric | better | " + " | ".join(arms) + " | latent optimisation | GAN reconstruction | ground truth |",
              "|---|---|" + "---|" * (len(arms) + 3)]
     references = [result.get("latent_reference", {}), result.get("gan_ceiling", {}), result["ground_truth"]]
     for key, label, better in ROWS:

@@ -485,8 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--sentences", default="test", choices=("test", "train"),
                     help="held-out paraphrases (default) or the training sentences (the faces stay held out)")
     ae.add_argument("--gan-ceiling", action="store_true",
-                    help="also score the renderer's clips inverted into the GAN frame by frame (what the frozen "
-                         "generator can show; slower)")
+                    help="also score the renderer's clips inverted into the GAN frame by frame (how much of each "
+                         "true state the frozen generator reproduces; slower)")
     ae.add_argument("--text-model", default=None, help="HD-VILA pretrained folder (default: the one it trained with)")
     ae.set_defaults(func=cmd_animate_eval)
 

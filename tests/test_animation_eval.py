@@ -56,3 +56,5 @@ def test_backwards_and_jerky_clips_are_caught(setup):
     dw = torch.linspace(0, 1, 6)[None, :, None, None].repeat(len(truth), 1, 2, 3)
     assert clip_metrics(truth, evalset, oracle, dw)["smoothness_latent"] < 1e-10  # constant velocity
     assert clip_metrics(truth, evalset, oracle, dw[:, order])["smoothness_latent"] > 0.01
+    relative = clip_metrics(truth, evalset, oracle, dw[:, order])["smoothness_relative"]
+    assert clip_metrics(truth, evalset, oracle, 5 * dw[:, order])["smoothness_relative"] == pytest.approx(relative)
