@@ -160,12 +160,13 @@ def clip_metrics(clips: torch.Tensor, evalset: EvalSet, oracle, dw: torch.Tensor
         e = torch.from_numpy(last_ex[faces == k])
         spread.append(torch.pdist(e).mean().item())
 
+    text_match = _nearest_action_accuracy(last, candidates, requested)
     out = {
         "clips": n, "frames": t, "faces": evalset.faces, "actions": len(ACTIONS),
-        "text_match": _nearest_action_accuracy(last, candidates, requested),
+        "text_match": text_match,
         "text_match_shuffled": _nearest_action_accuracy(last, candidates, shuffled),
         "chance": 1 / len(ACTIONS),
-        "text_match_p_value": _above_chance_p_value(_nearest_action_accuracy(last, candidates, requested), n),
+        "text_match_p_value": _above_chance_p_value(text_match, n),
         "direction": float((np.sign(last[rows, cols] - first[rows, cols]) == sign).mean()) if len(rows) else 0.0,
         "scored_factor_changes": int(len(rows)),
         "monotone_steps": float((steps >= -BACKSTEP_TOLERANCE).mean()) if len(rows) else 0.0,
@@ -249,6 +250,12 @@ def reconstructed_clips(face_animator, clips: torch.Tensor, batch_size: int = 51
     return torch.cat(out).view_as(clips)
 
 
+def animator_eval_set(cfg, resolution: int, faces: int, seed: int = 1, sentences: str = "test") -> EvalSet:
+    """The evaluation set for an animator trained with AnimatorConfig `cfg`: its held-out identities."""
+    return make_eval_set(resolution, faces, identities=cfg.data.identities, test_fraction=cfg.data.test_fraction,
+                         identity_seed=cfg.data.seed, seed=seed, split=sentences)
+
+
 def evaluate_animator(model_dir, text_encoder, *, faces: int = 8, frames: int = 16, seed: int = 1,
                       decay: str = "linear", with_ceiling: bool = True, with_gan_ceiling: bool = False,
                       sentences: str = "test") -> tuple[dict, torch.Tensor, EvalSet]:
@@ -270,9 +277,7 @@ def evaluate_animator(model_dir, text_encoder, *, faces: int = 8, frames: int = 
     cfg = load_config(AnimatorConfig, Path(model_dir) / "config.yaml")
     runner = load_animator(model_dir, text_encoder)
     oracle = get_oracle(cfg.cache_dir, size=runner.resolution, **cfg.oracle).eval()
-    evalset = make_eval_set(runner.resolution, faces, identities=cfg.data.identities,
-                            test_fraction=cfg.data.test_fraction, identity_seed=cfg.data.seed, seed=seed,
-                            split=sentences)
+    evalset = animator_eval_set(cfg, runner.resolution, faces, seed, sentences)
     clips, dw = animate_eval_set(runner, evalset, frames, decay=decay, seed=seed)
     metrics = {"model": clip_metrics(clips, evalset, oracle, dw, seed=seed)}
     if with_ceiling or with_gan_ceiling:

@@ -94,11 +94,12 @@ def speed(resolution: int, text_encoder, trained: Path | None, frames: int = 16,
           device: str = "cpu", batch: int | None = None) -> dict:
     """Seconds for one `animate run` (inversion + text + motion + synthesis) and frames/s of the generation part,
     for one clip and for `batch` clips at once (default 64 on a GPU, 4 on the CPU)."""
-    batch = batch or (64 if torch.device(device).type == "cuda" else 4)
     from animation.animator import Animator, AnimatorConfig, FaceAnimator, load_animator
     from animation.faces import render_faces, sample_factors
     from animation.inversion import InversionEncoder
     from animation.stylegan2 import create_gan
+
+    batch = batch or (64 if torch.device(device).type == "cuda" else 4)
 
     if trained is not None:
         runner = load_animator(trained, text_encoder, device=device)
@@ -138,13 +139,13 @@ def speed(resolution: int, text_encoder, trained: Path | None, frames: int = 16,
             "batch_generate_frames_per_s": batch * frames / min(batched)}
 
 
-def latent_optimisation_reference(model: Path, text_encoder, faces: int, frames: int = 16, steps: int = 60, lr: float = 0.02,
-                                  l2: float = 1.0, seed: int = 1) -> dict:
+def latent_optimisation_reference(model: Path, text_encoder, faces: int, frames: int = 16, steps: int = 60,
+                                  lr: float = 0.02, l2: float = 1.0, seed: int = 1) -> dict:
     """No motion generator: for every evaluation clip, one W+ offset optimised directly against the frozen scorer
     (1 - cos with the clip's held-out sentence + l2 * mean Δw², Adam), frames along the straight line to it.
     It asks what the training signal (scorer + GAN) can reach at all when nothing has to generalise."""
     from animation.animator import AnimatorConfig, load_animator
-    from animation.evaluate import clip_metrics, make_eval_set
+    from animation.evaluate import animator_eval_set, clip_metrics
     from animation.inversion import invert
     from animation.oracle import get_oracle, get_scorer
     from data_tools.config import load_config
@@ -154,8 +155,7 @@ def latent_optimisation_reference(model: Path, text_encoder, faces: int, frames:
     generator = runner.animator.generator
     oracle = get_oracle(cfg.cache_dir, size=runner.resolution, **cfg.oracle).eval()
     scorer = get_scorer(cfg.cache_dir, size=runner.resolution, **cfg.scorer).eval()
-    evalset = make_eval_set(runner.resolution, faces, identities=cfg.data.identities,
-                            test_fraction=cfg.data.test_fraction, identity_seed=cfg.data.seed, seed=seed)
+    evalset = animator_eval_set(cfg, runner.resolution, faces, seed)
     images = runner.prepare_images(evalset.images)
     w_inv = invert(generator, images, steps=runner.invert_steps, init="encoder", encoder=runner.inversion_encoder,
                    progress=False).ws.detach()[torch.from_numpy(evalset.clip_faces())]

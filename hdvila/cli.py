@@ -257,14 +257,13 @@ def cmd_animate_run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    import torch
-
     from animation.animator import AnimatorConfig, contact_sheet, load_animator, write_animation
     from data_tools.config import load_config
+    from data_tools.training.distributed import pick_device
     from data_tools.images import save_image_grid
 
     cfg = load_config(AnimatorConfig, Path(args.model) / "config.yaml")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = pick_device() if args.device == "auto" else args.device
     runner = load_animator(args.model, _hdvila_text_encoder(args.text_model or cfg.text_model), device=device)
     with Image.open(args.image) as im:
         image = np.array(im.convert("RGB"))
