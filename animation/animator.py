@@ -27,7 +27,7 @@ from torch import nn
 
 from data_tools.config import dump_config, load_config
 from data_tools.images import save_image_grid
-from data_tools.io import atomic_directory
+from data_tools.files import atomic_directory
 from data_tools.logs import get_logger
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, TrainConfig
@@ -207,7 +207,7 @@ def prepare_data(cfg: AnimatorConfig, generator: Generator, text_encoder: TextEn
         if inversion_cache is not None:
             from safetensors.torch import save
 
-            from data_tools.io import atomic_write_bytes
+            from data_tools.files import atomic_write_bytes
 
             inversion_cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(inversion_cache, save({"w_inv": w_inv.contiguous()}))

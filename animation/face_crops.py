@@ -20,8 +20,9 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from data_tools.io import atomic_write_bytes, atomic_write_text
+from data_tools.files import atomic_write_bytes, atomic_write_text
 from data_tools.logs import get_logger
+from data_tools.media import VIDEO_EXTENSIONS
 
 log = get_logger(__name__)
 
@@ -29,7 +30,7 @@ log = get_logger(__name__)
 # the widely used 112 x 112 face-recognition template, divided by 112.
 TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
                      [70.7299, 92.2041]], np.float64) / 112.0
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+
 
 
 @dataclass
@@ -174,7 +175,7 @@ def _source_items(path: Path) -> Iterator[tuple[str, Path | bytes | str]]:
     elif path.suffix == ".tar":
         with tarfile.open(path) as tar:
             for member in tar:
-                if member.isfile() and Path(member.name).suffix.lower() in VIDEO_SUFFIXES:
+                if member.isfile() and Path(member.name).suffix.lower() in VIDEO_EXTENSIONS:
                     yield f"{path}:{member.name}", tar.extractfile(member).read()
     else:
         yield str(path), str(path)

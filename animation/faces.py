@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_tools.io import atomic_write_bytes, atomic_write_text
+from data_tools.files import atomic_write_bytes, atomic_write_text
 
 
 @dataclass

@@ -28,7 +28,7 @@ from torch.func import functional_call
 from data_tools.config import dump_config, from_dict
 from data_tools.distances import sliced_wasserstein
 from data_tools.images import ArrayBatches, ImageFolderDataset, frames_to_images, save_image_grid, video_frame_loader
-from data_tools.io import atomic_directory, atomic_write_json
+from data_tools.files import atomic_directory, atomic_write_json
 from data_tools.logs import get_logger
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, ParamGroupConfig, TrainConfig

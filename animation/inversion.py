@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from data_tools.io import atomic_open, atomic_write_json
+from data_tools.files import atomic_open, atomic_write_json
 
 from .stylegan2 import Generator, mix_styles
 

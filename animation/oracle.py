@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data_tools.io import atomic_directory
+from data_tools.files import atomic_directory
 
 from .faces import (ACTION_BY_NAME, ACTIONS, EXPRESSION_FACTORS, FACTOR_NAMES, FACTOR_RANGES, IDENTITY_FACTORS,
                     action_sentences, apply_action, identity_split, render_faces, sample_factors)

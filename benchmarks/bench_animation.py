@@ -344,7 +344,7 @@ def main() -> int:
         save_file({"embedding": emb}, args.save_text_embedding)
         return 0
     if args.latent_reference:
-        from data_tools.io import atomic_write_json
+        from data_tools.files import atomic_write_json
 
         torch.set_num_threads(2)
         result = json.loads((DOCS / "animation.json").read_text())
@@ -356,7 +356,7 @@ def main() -> int:
         print(json.dumps({k: round(v, 4) for k, v in result["latent_reference"].items()}))
         return 0
     if args.speed_only:
-        from data_tools.io import atomic_write_json
+        from data_tools.files import atomic_write_json
 
         text_encoder = (SavedTextEmbedding(args.text_embedding) if args.text_embedding
                         else hdvila_text_encoder(args.text_model))
@@ -376,7 +376,7 @@ def main() -> int:
     from animation.oracle import get_oracle
     from data_tools.config import load_config
     from data_tools.images import save_image_grid
-    from data_tools.io import atomic_write_json
+    from data_tools.files import atomic_write_json
 
     text_encoder = hdvila_text_encoder(args.text_model)
     result = {"machine": machine_line(), "gan_dir": args.gan_dir, "text_model": args.text_model,

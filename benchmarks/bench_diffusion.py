@@ -225,7 +225,7 @@ def main() -> None:
         previous_arms.update(table)  # experiments run separately accumulate in one report
         report["arms"] = previous_arms
         report["sampling"] = sampling if sampling is not None else previous.get("sampling")
-    from data_tools.io import atomic_write_json
+    from data_tools.files import atomic_write_json
 
     atomic_write_json(path, report)
     print(f"wrote {path}; render with benchmarks/report_diffusion.py")

@@ -20,7 +20,7 @@ from data_tools.config import load_config
 from data_tools.ingest.build import build_shards, plan_build
 from data_tools.ingest.config import BuildConfig
 from data_tools.ingest.transcode import build_command
-from data_tools.io import atomic_write_json, atomic_write_text
+from data_tools.files import atomic_write_json, atomic_write_text
 from data_tools.media import VideoInfo
 
 

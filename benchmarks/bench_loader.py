@@ -22,7 +22,7 @@ import psutil
 import torch
 
 from common import build_corpus_shards, ffmpeg_null_decode_seconds, machine_line
-from data_tools.io import atomic_write_json, atomic_write_text
+from data_tools.files import atomic_write_json, atomic_write_text
 from data_tools.loading.pipeline import LoaderConfig, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig, apply_crop, plan_clip
 

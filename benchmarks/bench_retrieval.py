@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from common import machine_line
-from data_tools.io import atomic_write_json, atomic_write_text
+from data_tools.files import atomic_write_json, atomic_write_text
 from hdvila.retrieval.index import IndexParams, build_index, default_nlist, search, set_search_params
 
 REPO = Path(__file__).resolve().parent.parent

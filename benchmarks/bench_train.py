@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import machine_line
 from data_tools.config import load_config
-from data_tools.io import atomic_write_json, atomic_write_text
+from data_tools.files import atomic_write_json, atomic_write_text
 from hdvila.models import create_model
 from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
 from data_tools.training.metrics import read_metrics

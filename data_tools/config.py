@@ -16,7 +16,7 @@ from typing import Any, Iterable, TypeVar, Union
 
 import yaml
 
-from .io import atomic_write_text
+from .files import atomic_write_text
 
 T = TypeVar("T")
 
@@ -164,17 +164,21 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-        _deep_update(data, loaded)
+        deep_update(data, loaded)
     apply_overrides(data, overrides)
     return from_dict(cls, data)
 
 
-def _deep_update(base: dict, new: dict) -> None:
+def deep_update(base: dict, new: dict, replace_keys: Iterable[str] = ()) -> dict:
+    """Merge `new` into `base` in place, recursing into mappings present in both; returns `base`.
+    Mappings under `replace_keys` (free-form keyword dicts) are replaced whole rather than merged."""
+    replace_keys = frozenset(replace_keys)
     for key, value in new.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in replace_keys:
+            deep_update(base[key], value, replace_keys)
         else:
             base[key] = value
+    return base
 
 
 def dump_config(cfg: Any) -> str:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .io import atomic_open
+from .files import atomic_open
 
 log = logging.getLogger(__name__)
 

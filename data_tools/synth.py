@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .io import atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text
 from .ingest.transcripts import format_srt
 from .media.encode import encode_rgb24
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data_tools.distances import frechet_distance, sliced_wasserstein
-from data_tools.io import atomic_open, atomic_write_json
+from data_tools.files import atomic_open, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +219,11 @@ def train_feature_classifier(images: ArrayLike, labels: ArrayLike, hidden: Seque
 
 def classifier_cache_key(dataset_name: str, size: int | None = None, hidden: Sequence[int] = (128,),
                          arch: str = "auto", epochs: int | None = None, seed: int = 0) -> str:
-    from diffusion.datasets import DATASETS
+    from data_tools.image_datasets import IMAGE_DATASETS as DATASETS
 
     if dataset_name not in DATASETS:
         raise ValueError(f"unknown image dataset {dataset_name!r}; available: {', '.join(sorted(DATASETS))}")
-    info = DATASETS[dataset_name]
+    info = DATASETS.get(dataset_name)
     px = size or info.native_size
     arch = _choose_arch(arch, (info.channels, px, px))
     epochs = DEFAULT_EPOCHS.get(dataset_name, 30) if epochs is None else epochs
@@ -239,7 +239,7 @@ def get_feature_classifier(dataset_name: str, cache_dir: str | Path, *, size: in
     held-out test split. The cache entry is keyed by data set, resolution, architecture, width, epochs and
     seed, so a change in any of them trains a new classifier instead of silently reusing an old one.
     """
-    from diffusion.datasets import load_image_dataset
+    from data_tools.image_datasets import load_image_dataset
 
     key = classifier_cache_key(dataset_name, size, hidden, arch, epochs, seed)
     path = Path(cache_dir) / key

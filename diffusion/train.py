@@ -23,7 +23,7 @@ from torch import nn
 
 from data_tools.config import dump_config, from_dict, load_config
 from data_tools.images import ArrayBatches, frames_to_images
-from data_tools.io import atomic_directory, atomic_write_json
+from data_tools.files import atomic_directory, atomic_write_json
 from data_tools.logs import get_logger
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, TrainConfig
@@ -112,7 +112,7 @@ def make_data(cfg: DiffusionConfig):
     data = cfg.data
     rank, world = D.rank(), D.world_size()
     if data.kind == "array":
-        from .datasets import load_image_dataset
+        from data_tools.image_datasets import load_image_dataset
 
         images, labels = load_image_dataset(data.name, split="train", size=data.size, seed=data.split_seed)
         reference, _ = load_image_dataset(data.name, split="test", size=data.size, seed=data.split_seed)
@@ -350,7 +350,7 @@ def run_train(cfg: DiffusionConfig, resume: bool = False) -> dict[str, Any] | No
 def evaluate_model(directory: str | Path, samples: int | None = None, overrides: dict | None = None
                    ) -> dict[str, float]:
     """FD / SWD of an exported model's samples against the held-out split of its dataset."""
-    from .datasets import load_image_dataset
+    from data_tools.image_datasets import load_image_dataset
     from .metrics import get_feature_classifier, sample_quality
 
     model, cfg = load_model(directory)

@@ -36,7 +36,7 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
     from data_tools.corpus import real_corpus_folder
     from data_tools.ingest.build import build_shards
     from data_tools.ingest.config import BuildConfig
-    from data_tools.inspect import summarize_shards
+    from data_tools.shard_summary import summarize_shards
     from data_tools.synth import SynthConfig, synthesize_corpus
     from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
     from hdvila.recipes.retrieval import RetrievalConfig, load_encoder, run_eval

@@ -1,4 +1,4 @@
-"""diffusion.datasets (packaged image sets, image folders) and diffusion.metrics (FD, SWD, classifier, grids)."""
+"""data_tools.image_datasets (packaged image sets, image folders) and diffusion.metrics (FD, SWD, classifier, grids)."""
 import logging
 
 import numpy as np
@@ -9,7 +9,7 @@ from PIL import Image
 from diffusion import metrics
 from data_tools.distances import frechet_distance, frechet_distance_from_stats, sliced_wasserstein
 from data_tools.images import ImageFolderDataset, from_uint8_images, save_image_grid, to_uint8_images
-from diffusion.datasets import DATASETS, load_image_dataset, stratified_split
+from data_tools.image_datasets import IMAGE_DATASETS as DATASETS, load_image_dataset, stratified_split
 from diffusion.metrics import FeatureClassifier, get_feature_classifier, sample_quality, train_feature_classifier
 
 torch.set_num_threads(1)
@@ -113,7 +113,7 @@ def test_image_folder(tmp_path, caplog):
     _save(tmp_path / "3.bmp", np.full((8, 8), 50, np.uint8))
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     (tmp_path / "notes.txt").write_text("ignored")
-    with caplog.at_level(logging.WARNING, logger="diffusion.datasets"):
+    with caplog.at_level(logging.WARNING, logger="data_tools.image_datasets"):
         ds = ImageFolderDataset(tmp_path, size=8, channels=3)
     assert len(ds) == 3 and ds.skipped == 1
     assert ds.skipped_paths == [tmp_path / "b" / "broken.png"]

@@ -12,7 +12,7 @@ import hdvila
 from data_tools.config import load_config
 from data_tools.ingest.build import build_shards
 from data_tools.ingest.config import BuildConfig
-from data_tools.inspect import iter_shard_captions
+from data_tools.shard_summary import iter_shard_captions
 from data_tools.loading.pipeline import clip_from_frames, decode_clip
 from data_tools.loading.sampling import ClipSamplingConfig
 from data_tools.decoders import open_video

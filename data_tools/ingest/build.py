@@ -20,7 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..config import save_config, to_dict
-from ..io import atomic_write_json, atomic_write_text, remove_stale_temporaries
+from ..files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ..logs import get_logger
 from ..media import ProbeError, VideoInfo, probe_video
 from .config import BuildConfig, TranscodeConfig

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from ..io import atomic_open, atomic_write_json
+from ..files import atomic_open, atomic_write_json
 
 # Fixed member mtime: shards built twice from the same inputs are byte-identical.
 MEMBER_MTIME = 0.0

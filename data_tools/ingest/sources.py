@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..files import TextFileError, read_utf8_text
+from ..media import VIDEO_EXTENSIONS
 from .config import SentenceConfig
 from .transcripts import TranscriptError, cues_to_sentences, parse_timestamp, read_transcript
 
@@ -29,7 +31,6 @@ __all__ = [
     "plan_clips",
 ]
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 TRANSCRIPT_EXTENSIONS = (".srt", ".vtt", ".json")  # preference order when several sit beside a video
 MANIFEST_EXTENSIONS = (".jsonl", ".csv", ".parquet")
 MIN_CLIP_SECONDS = 0.5
@@ -152,14 +153,9 @@ def _transcript_job(video: Path, video_id: str, siblings: dict[str, str], proble
 
 def _read_text(path: Path, problems: _Problems) -> str | None:
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        problems.add(path, f"cannot read the file: {exc.strerror or exc}")
-        return None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        problems.add(path, f"not valid UTF-8: first bad byte at byte offset {exc.start}")
+        return read_utf8_text(path)
+    except TextFileError as exc:
+        problems.add(path, str(exc).removeprefix(f"{path}: "))
         return None
 
 

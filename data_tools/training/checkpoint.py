@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_tools.io import atomic_write_bytes, atomic_write_text
+from data_tools.files import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 Precision = Literal["fp32", "bf16", "fp16"]
-Schedule = Literal["linear", "cosine", "constant"]
+Schedule = Literal["linear", "cosine", "constant", "step"]  # step: x0.1 at 50% and at 75% of the decay
 
 
 @dataclass
@@ -46,7 +46,7 @@ class ParamGroupConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["adamw", "sgd"] = "adamw"
+    name: Literal["adamw", "adam", "sgd"] = "adamw"  # adam: L2 weight decay in the gradient, as torch.optim.Adam
     lr: float = 1e-4
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)

@@ -12,7 +12,7 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-from data_tools.io import atomic_write_text
+from data_tools.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path, val_key
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from data_tools.io import atomic_open
+    from data_tools.files import atomic_open
 
     records = read_metrics(metrics_path)
     if not records:

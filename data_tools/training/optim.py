@@ -97,6 +97,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                  weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
@@ -112,7 +114,8 @@ def lr_factor(step: int, *, max_steps: int, warmup: int, schedule: str, min_lr_r
     """Multiplier of the peak lr for the update made at optimizer step `step` (0-based).
 
     Warmup ramps linearly from 1/warmup to 1 over the first `warmup` updates (never 0, so no update is
-    wasted); then linear or cosine decay from 1 to `min_lr_ratio` at `max_steps`, or constant.
+    wasted); then linear or cosine decay from 1 to `min_lr_ratio` at `max_steps`, a step decay (x0.1 at half
+    and at three quarters of the decay), or constant.
     """
     if step < warmup:
         return (step + 1) / warmup
@@ -123,6 +126,8 @@ def lr_factor(step: int, *, max_steps: int, warmup: int, schedule: str, min_lr_r
         shape = 1.0 - progress
     elif schedule == "cosine":
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule == "step":
+        shape = 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
     else:
         raise ValueError(f"unknown schedule {schedule!r}")
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import save_config, to_dict
 from . import distributed as D
 
@@ -24,3 +26,9 @@ def start_run(cfg: Any) -> Path:
 def run_summary(summary: dict | None, cfg: Any) -> dict[str, Any] | None:
     """The trainer's last record plus the whole config (None on ranks that have no summary)."""
     return None if summary is None else {**summary, "config": to_dict(cfg)}
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator keyed by (seed, optimizer step, rank): what an objective draws its noise from, so a resumed
+    run draws the same numbers at the same step and every rank draws different ones."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + D.rank())

@@ -266,7 +266,7 @@ class HDVILA(nn.Module):
         the old folder or the complete new one."""
         from safetensors.torch import save_file
 
-        from data_tools.io import atomic_directory
+        from data_tools.files import atomic_directory
         from data_tools.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
         tokenizer_dir = None

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from data_tools.config import to_dict
-from data_tools.inspect import iter_shard_captions
+from data_tools.shard_summary import iter_shard_captions
 from data_tools.loading.pipeline import LoaderConfig, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig
 from data_tools.logs import get_logger

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from data_tools.ingest.sources import MIN_CLIP_SECONDS
-from data_tools.io import atomic_open
+from data_tools.files import TextFileError, atomic_open, read_utf8_text
+from data_tools.media import VIDEO_EXTENSIONS
 from data_tools.logs import get_logger
 from data_tools.media.probe import ProbeError, probe_video
 
@@ -44,7 +45,6 @@ log = get_logger(__name__)
 
 PARAGRAPH_DATASETS = ("didemo", "activitynet")  # their benchmarks query with a whole video's description
 MSRVTT_VIDEO_SPLITS = ("train", "validate", "test")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 JSONL_ID_KEYS = ("video_id", "clip_name", "video", "clip_id")
 JSONL_TEXT_KEYS = ("caption", "text", "sentence", "sentences")
 
@@ -145,18 +145,10 @@ def _kind(value: Any) -> str:
 
 
 def _read_text(path: Path) -> str:
-    if path.is_dir():
-        raise AnnotationError(f"{path}: is a folder, not an annotation file")
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise AnnotationError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{path}: not UTF-8 text (first bad byte at offset {exc.start})") from None
+        return read_utf8_text(path)
+    except TextFileError as exc:
+        raise AnnotationError(str(exc)) from None
 
 
 def _jsonl_objects(path: Path, text: str) -> list[tuple[int, dict]]:

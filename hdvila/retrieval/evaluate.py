@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data_tools.io import atomic_open, atomic_write_json, atomic_write_text
+from data_tools.files import atomic_open, atomic_write_json, atomic_write_text
 from data_tools.loading.pipeline import LoaderConfig, expand_shards, make_loader
 from data_tools.logs import get_logger
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from data_tools.io import atomic_directory
+from data_tools.files import atomic_directory
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 INDEX_FILE = "index.faiss"

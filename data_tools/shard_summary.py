@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from .decoders import DecodeError, open_video
-from .io import atomic_open
+from .files import atomic_open
 from .loading.pipeline import expand_shards
 
 

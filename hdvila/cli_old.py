@@ -81,7 +81,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from data_tools.inspect import summarize_shards
+    from data_tools.shard_summary import summarize_shards
 
     summary = summarize_shards(args.shards, sheet_path=args.sheet or None, max_tiles=args.tiles,
                                progress=not args.quiet)
@@ -221,7 +221,7 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_diffusion_eval(args: argparse.Namespace) -> int:
-    from data_tools.io import atomic_write_json
+    from data_tools.files import atomic_write_json
     from diffusion.train import evaluate_model
 
     metrics = evaluate_model(args.model, args.samples, _sampler_overrides(args))
@@ -290,7 +290,7 @@ def cmd_animate_eval(args: argparse.Namespace) -> int:
     from animation.evaluate import evaluate_animator
     from data_tools.config import load_config
     from data_tools.images import save_image_grid
-    from data_tools.io import atomic_write_json
+    from data_tools.files import atomic_write_json
 
     cfg = load_config(AnimatorConfig, Path(args.model) / "config.yaml")
     metrics, clips, _ = evaluate_animator(args.model, _hdvila_text_encoder(args.text_model or cfg.text_model),

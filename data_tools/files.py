@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename."""
+"""File helpers of the whole platform: atomic writes (temporary name in the same folder, fsync, rename) and
+reading UTF-8 text with a readable error."""
 from __future__ import annotations
 
 import contextlib
@@ -91,3 +92,24 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class TextFileError(ValueError):
+    """A text file that cannot be read as UTF-8; the message names the file and the reason."""
+
+
+def read_utf8_text(path: str | os.PathLike) -> str:
+    """The file's text (UTF-8, a byte-order mark dropped), or TextFileError saying why not."""
+    path = Path(path)
+    if path.is_dir():
+        raise TextFileError(f"{path}: is a folder, not a file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TextFileError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise TextFileError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TextFileError(f"{path}: not valid UTF-8: first bad byte at byte offset {exc.start}") from None
