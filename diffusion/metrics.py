@@ -1,4 +1,4 @@
-"""Offline sample-quality metrics for the small image sets in `diffusion.datasets`.
+"""Offline sample-quality metrics for the small image sets in `data_tools.image_datasets`.
 
 No pretrained network ships inside any package we can install (see shared/reference/data.md), so the
 Inception-based FID is out of reach. Instead the project trains its own fixed feature classifier per data
@@ -7,24 +7,28 @@ fitted to its penultimate activations: an FID analogue ("digits-FD", diffusion.m
 Wasserstein distance in pixel space needs no network at all and backs it up.
 
 Numbers from different classifiers (data set, resolution, architecture, seed, epochs) are not comparable;
-`get_feature_classifier` keys its cache by all of them.
+`get_feature_classifier` keys its cache (`data_tools.cache.cached`) by all of them. A classifier is saved as a
+shared pretrained folder (kind "diffusion-feature-classifier"); folders of the older layout
+(weights.safetensors + config.json with weights_sha256) still load through a registered legacy reader.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from data_tools.cache import cache_key, cached
 from data_tools.distances import frechet_distance, sliced_wasserstein
-from data_tools.files import atomic_open, atomic_write_json
+from data_tools.pretrained import LEGACY_FORMATS, PretrainedFolder, PretrainedMixin
+from data_tools.training.config import OptimConfig
+from data_tools.training.small_fit import SmallFitConfig, fit_small, seeded, shuffled_batches, steps_for_epochs
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +37,15 @@ ArrayLike = np.ndarray | torch.Tensor
 # Training recipe per data set for get_feature_classifier; measured to reach >= 97% test accuracy.
 DEFAULT_EPOCHS = {"digits": 60, "mnist5k": 15}
 CONV_CHANNELS = (16, 32)
-FORMAT_VERSION = 1
+PRETRAINED_KIND = "diffusion-feature-classifier"
+CACHE_VERSION = 2  # 1: the hand-written loop and its own folder layout
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Feature classifier
 
 
-class FeatureClassifier(nn.Module):
+class FeatureClassifier(PretrainedMixin, nn.Module):
     """A small classifier whose last hidden layer (after its ReLU) is the feature space for the FD.
 
     arch "mlp": flatten -> [Linear -> ReLU] per entry of `hidden` -> Linear(num_classes).
@@ -85,10 +90,15 @@ class FeatureClassifier(nn.Module):
     def test_accuracy(self) -> float | None:
         return self.meta.get("test_accuracy")
 
-    def config(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "in_shape": list(self.in_shape),
-                "num_classes": self.num_classes, "hidden": list(self.hidden), "arch": self.arch,
-                "meta": self.meta}
+    pretrained_kind = PRETRAINED_KIND
+
+    def pretrained_config(self) -> dict[str, Any]:
+        return {"in_shape": list(self.in_shape), "num_classes": self.num_classes, "hidden": list(self.hidden),
+                "arch": self.arch}
+
+    @classmethod
+    def from_pretrained_config(cls, config: dict[str, Any], meta: dict[str, Any]) -> "FeatureClassifier":
+        return cls(config["in_shape"], config["num_classes"], config["hidden"], config["arch"], meta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
@@ -128,37 +138,26 @@ class FeatureClassifier(nn.Module):
         labels = torch.as_tensor(labels)
         return float((self.predict(x) == labels).float().mean())
 
-    # -- persistence: safetensors weights + JSON config, no pickle ----------------------------------------
 
-    def save(self, path: str | Path) -> Path:
-        """Write `path/weights.safetensors` then `path/config.json` (each atomically).
+def read_classifier_v0(path: Path) -> PretrainedFolder | None:
+    """The feature-classifier folder written before the shared format: weights.safetensors + config.json
+    (format_version 1, in_shape, num_classes, hidden, arch, meta, weights_sha256)."""
+    path = Path(path)
+    if not ((path / "weights.safetensors").is_file() and (path / "config.json").is_file()):
+        return None
+    try:
+        record = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or record.get("format_version") != 1 or "weights_sha256" not in record:
+        return None
+    config = {key: record[key] for key in ("in_shape", "num_classes", "hidden", "arch")}
+    return PretrainedFolder(path, PRETRAINED_KIND, config, dict(record.get("meta") or {}),
+                            weights={"model": path / "weights.safetensors"},
+                            checksums={"model": record["weights_sha256"]})
 
-        The config records the weights' sha256, so `load` notices a config paired with other weights (a crash
-        between the two writes of a re-save).
-        """
-        from safetensors.torch import save as st_save
 
-        path = Path(path)
-        blob = st_save({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()})
-        with atomic_open(path / "weights.safetensors", "wb") as fh:
-            fh.write(blob)
-        atomic_write_json(path / "config.json", {**self.config(), "weights_sha256": hashlib.sha256(blob).hexdigest()})
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FeatureClassifier":
-        from safetensors.torch import load as st_load
-
-        path = Path(path)
-        cfg = json.loads((path / "config.json").read_text())
-        if cfg.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported classifier format {cfg.get('format_version')!r}")
-        blob = (path / "weights.safetensors").read_bytes()
-        if cfg.get("weights_sha256") != hashlib.sha256(blob).hexdigest():
-            raise ValueError(f"{path}: weights.safetensors does not match config.json (interrupted save?)")
-        model = cls(cfg["in_shape"], cfg["num_classes"], cfg["hidden"], cfg["arch"], cfg.get("meta"))
-        model.load_state_dict(st_load(blob))
-        return model.eval()
+LEGACY_FORMATS.register("diffusion-feature-classifier-v0", read_classifier_v0)
 
 
 def _choose_arch(arch: str, in_shape: Sequence[int]) -> str:
@@ -185,76 +184,74 @@ def train_feature_classifier(images: ArrayLike, labels: ArrayLike, hidden: Seque
         raise ValueError(f"expected images [N, C, H, W] and labels [N], got {tuple(x.shape)} and {tuple(y.shape)}")
     num_classes = int(y.max()) + 1
     arch = _choose_arch(arch, x.shape[1:])
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        # enable_grad: callers may sit under no_grad (the trainer's validation does)
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.manual_seed(seed)
-            model = FeatureClassifier(x.shape[1:], num_classes, hidden, arch)
-            gen = torch.Generator().manual_seed(seed)
-            opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-            model.train()
-            for _ in range(epochs):
-                order = torch.randperm(x.shape[0], generator=gen)
-                for i in range(0, x.shape[0], batch_size):
-                    idx = order[i: i + batch_size]
-                    loss = F.cross_entropy(model(x[idx]), y[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            model.eval()
-            model.meta.update(meta or {})
-            model.meta.update({"seed": seed, "epochs": epochs, "train_accuracy": model.accuracy(x, y)})
-            if test_images is not None and test_labels is not None:
-                model.meta["test_accuracy"] = model.accuracy(test_images, test_labels)
-    finally:
-        torch.set_num_threads(old_threads)
+    cfg = SmallFitConfig(steps=steps_for_epochs(x.shape[0], batch_size, epochs), seed=seed, threads=threads,
+                         optim=OptimConfig(name="adam", lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
+                                           schedule="constant", warmup_steps=0),
+                         desc="feature classifier")
+    with seeded(seed, threads):
+        model = FeatureClassifier(x.shape[1:], num_classes, hidden, arch)
+    batches = shuffled_batches(x.shape[0], batch_size, torch.Generator().manual_seed(seed))
+
+    def loss_fn(net: nn.Module, step: int) -> torch.Tensor:
+        idx = next(batches)
+        return F.cross_entropy(net(x[idx]), y[idx])
+
+    fit_small(model, loss_fn, cfg)
+    model.meta.update(meta or {})
+    model.meta.update({"seed": seed, "epochs": epochs, "train_accuracy": model.accuracy(x, y)})
+    if test_images is not None and test_labels is not None:
+        model.meta["test_accuracy"] = model.accuracy(test_images, test_labels)
     log.info("feature classifier (%s, hidden=%s, %d epochs, seed %d): train acc %.4f, test acc %s",
              arch, list(hidden), epochs, seed, model.meta["train_accuracy"],
              f"{model.meta['test_accuracy']:.4f}" if "test_accuracy" in model.meta else "n/a")
     return model
 
 
+def _cache_settings(dataset_name: str, size: int | None, hidden: Sequence[int], arch: str, epochs: int | None,
+                    seed: int) -> dict[str, Any]:
+    """Every setting the classifier depends on, resolved (native size, chosen arch, default epochs)."""
+    from data_tools.image_datasets import IMAGE_DATASETS
+
+    info = IMAGE_DATASETS.get(dataset_name)
+    px = size or info.native_size
+    return {"dataset": dataset_name, "size": px, "arch": _choose_arch(arch, (info.channels, px, px)),
+            "hidden": [int(h) for h in hidden], "seed": seed,
+            "epochs": DEFAULT_EPOCHS.get(dataset_name, 30) if epochs is None else epochs}
+
+
 def classifier_cache_key(dataset_name: str, size: int | None = None, hidden: Sequence[int] = (128,),
                          arch: str = "auto", epochs: int | None = None, seed: int = 0) -> str:
-    from data_tools.image_datasets import IMAGE_DATASETS as DATASETS
-
-    if dataset_name not in DATASETS:
-        raise ValueError(f"unknown image dataset {dataset_name!r}; available: {', '.join(sorted(DATASETS))}")
-    info = DATASETS.get(dataset_name)
-    px = size or info.native_size
-    arch = _choose_arch(arch, (info.channels, px, px))
-    epochs = DEFAULT_EPOCHS.get(dataset_name, 30) if epochs is None else epochs
-    return f"{dataset_name}-{px}px-{arch}-h{'x'.join(map(str, hidden))}-e{epochs}-seed{seed}-v{FORMAT_VERSION}"
+    """The cache entry's folder name: `fd-classifier-<dataset>-size<px>-seed<seed>-<settings digest>-v<version>`."""
+    settings = _cache_settings(dataset_name, size, hidden, arch, epochs, seed)
+    return cache_key(f"fd-classifier-{dataset_name}", settings, CACHE_VERSION, readable=("size", "seed"))
 
 
 def get_feature_classifier(dataset_name: str, cache_dir: str | Path, *, size: int | None = None,
                            hidden: Sequence[int] = (128,), arch: str = "auto", epochs: int | None = None,
                            seed: int = 0) -> FeatureClassifier:
-    """The fixed classifier for a packaged data set: loaded from `cache_dir` or trained once and saved.
+    """The fixed classifier for a registered image set: loaded from `cache_dir` or trained once and saved.
 
     Trains on the data set's train split (same `seed` for split and training) and reports accuracy on the
     held-out test split. The cache entry is keyed by data set, resolution, architecture, width, epochs and
-    seed, so a change in any of them trains a new classifier instead of silently reusing an old one.
+    seed, so a change in any of them trains a new classifier instead of silently reusing an old one; a
+    damaged entry is trained again. (Entries of the older cache, named `<dataset>-<px>px-...-v1`, are not
+    looked up: they are simply rebuilt under the new key.)
     """
-    from data_tools.image_datasets import load_image_dataset
-
+    settings = _cache_settings(dataset_name, size, hidden, arch, epochs, seed)
     key = classifier_cache_key(dataset_name, size, hidden, arch, epochs, seed)
-    path = Path(cache_dir) / key
-    if (path / "config.json").exists():
-        try:
-            return FeatureClassifier.load(path)
-        except Exception as exc:  # a damaged cache entry is rebuilt rather than fatal
-            log.warning("feature classifier cache %s unreadable (%s); retraining", path, exc)
-    x_tr, y_tr = load_image_dataset(dataset_name, "train", size=size, seed=seed)
-    x_te, y_te = load_image_dataset(dataset_name, "test", size=size, seed=seed)
-    epochs = DEFAULT_EPOCHS.get(dataset_name, 30) if epochs is None else epochs
-    model = train_feature_classifier(x_tr, y_tr, hidden, epochs, seed, arch=arch, test_images=x_te,
-                                     test_labels=y_te, meta={"dataset": dataset_name, "cache_key": key})
-    model.save(path)
-    return model
+
+    def build() -> FeatureClassifier:
+        from data_tools.image_datasets import load_image_dataset
+
+        x_tr, y_tr = load_image_dataset(dataset_name, "train", size=size, seed=seed)
+        x_te, y_te = load_image_dataset(dataset_name, "test", size=size, seed=seed)
+        return train_feature_classifier(x_tr, y_tr, hidden, settings["epochs"], seed, arch=arch, test_images=x_te,
+                                        test_labels=y_te, meta={"dataset": dataset_name, "cache_key": key})
+
+    return cached(cache_dir, f"fd-classifier-{dataset_name}", settings, build=build,
+                  load=lambda path: FeatureClassifier.from_pretrained(path).eval(),
+                  save=lambda model, path: model.save_pretrained(path), version=CACHE_VERSION,
+                  readable=("size", "seed"))
 
 
 # ---------------------------------------------------------------------------------------------------------

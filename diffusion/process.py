@@ -17,19 +17,30 @@ Logsnr tensors are per sample ([B]); `broadcast` lines them up with [B, ...] dat
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 # from sigmoid(±λ) directly: sqrt(1 − α²) would cancel to 0 for large λ (float32 already at λ ≈ 17)
 from .schedules import alpha_sigma
 
-__all__ = ["TARGETS", "alpha_sigma", "broadcast", "add_noise", "target_of", "predict_x0_eps", "convert"]
+__all__ = ["TARGETS", "alpha_sigma", "broadcast", "add_noise", "target_of", "predict_x0_eps", "convert",
+           "check_target", "cosine_time"]
 
-TARGETS = ("eps", "x0", "v")
+TARGETS = ("eps", "x0", "v")  # the one list of prediction targets (configs, weightings and samplers check it)
 
 
-def _check_target(target: str) -> None:
+def check_target(target: str) -> None:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+
+
+def cosine_time(logsnr: torch.Tensor) -> torch.Tensor:
+    """c(λ) = (2/π) atan(e^{−λ/2}): the time at which the cosine schedule (α = cos(πt/2)) has logSNR λ, in (0, 1).
+    The inverse of `diffusion.samplers.cosine_logsnr`; the denoisers' noise-level input. Keeps a floating dtype."""
+    if not logsnr.is_floating_point():
+        logsnr = logsnr.float()
+    return (2.0 / math.pi) * torch.atan(torch.exp(-0.5 * logsnr))
 
 
 def broadcast(logsnr: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +67,7 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, logsnr: torch.Tensor) -> to
 
 def target_of(x0: torch.Tensor, noise: torch.Tensor, logsnr: torch.Tensor, target: str) -> torch.Tensor:
     """The regression target for (x0, ε) at λ: ε, x0 or v = α ε − σ x0."""
-    _check_target(target)
+    check_target(target)
     if target == "eps":
         return noise
     if target == "x0":
@@ -71,7 +82,7 @@ def predict_x0_eps(prediction: torch.Tensor, x_t: torch.Tensor, logsnr: torch.Te
 
     See the module docstring for which conversions divide by α or σ.
     """
-    _check_target(target)
+    check_target(target)
     alpha, sigma = alpha_sigma(broadcast(logsnr, x_t))
     if target == "eps":
         eps = prediction
@@ -88,8 +99,8 @@ def predict_x0_eps(prediction: torch.Tensor, x_t: torch.Tensor, logsnr: torch.Te
 def convert(prediction: torch.Tensor, x_t: torch.Tensor, logsnr: torch.Tensor, source: str,
             dest: str) -> torch.Tensor:
     """Re-express a prediction of `source` as a prediction of `dest` (ε, x0 or v) at the same (x_t, λ)."""
-    _check_target(source)
-    _check_target(dest)
+    check_target(source)
+    check_target(dest)
     if source == dest:
         return prediction
     x0, eps = predict_x0_eps(prediction, x_t, logsnr, source)

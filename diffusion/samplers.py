@@ -21,11 +21,15 @@ The grid is chosen at sampling time, independently of the schedule the model was
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .process import TARGETS, alpha_sigma, predict_x0_eps
+from data_tools.registry import Registry
+from data_tools.training.small_fit import progress_range
+
+from .process import alpha_sigma, check_target, cosine_time, predict_x0_eps
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 GRID_KINDS = ("cosine", "linear", "schedule")
@@ -36,11 +40,6 @@ GRID_KINDS = ("cosine", "linear", "schedule")
 def cosine_logsnr(t: torch.Tensor) -> torch.Tensor:
     """λ(t) = −2 log tan(πt/2) of the cosine schedule (α = cos(πt/2)); t = 0 clean, t = 1 noise."""
     return -2.0 * torch.log(torch.tan(0.5 * math.pi * t))
-
-
-def cosine_time(logsnr: torch.Tensor) -> torch.Tensor:
-    """Inverse of `cosine_logsnr`: t = (2/π) atan(e^{−λ/2})."""
-    return (2.0 / math.pi) * torch.atan(torch.exp(-0.5 * logsnr))
 
 
 def _schedule_logsnr(schedule: Any) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -153,8 +152,7 @@ def _start(shape, generator, x_init, device) -> torch.Tensor:
 def _denoiser(model_fn: ModelFn, target: str, cond: Any, clip_x0: Optional[tuple[float, float]]):
     """(x, λ) -> (x0_hat, eps_hat) from the model; with clip_x0 the x0 estimate is clipped and ε recomputed from it,
     so the pair stays consistent (x = α x0 + σ ε) and the samplers see one well-defined clipped denoiser."""
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    check_target(target)
 
     def denoise(x: torch.Tensor, logsnr: float) -> tuple[torch.Tensor, torch.Tensor]:
         lam = torch.full((x.shape[0],), logsnr, dtype=x.dtype, device=x.device)
@@ -169,14 +167,6 @@ def _denoiser(model_fn: ModelFn, target: str, cond: Any, clip_x0: Optional[tuple
         return x0, eps
 
     return denoise
-
-
-def _steps(n: int, progress: bool, desc: str):
-    if not progress:
-        return range(n)
-    from tqdm.auto import tqdm
-
-    return tqdm(range(n), desc=desc, leave=False)
 
 
 def _finish(denoise, x: torch.Tensor, logsnr_last: float) -> torch.Tensor:
@@ -203,7 +193,7 @@ def ddim_sample(model_fn: ModelFn, shape: Sequence[int], grid: torch.Tensor | Se
     lams = _as_grid(grid)
     denoise = _denoiser(model_fn, target, cond, clip_x0)
     x = _start(shape, generator, x_init, device)
-    for i in _steps(len(lams) - 1, progress, "ddim"):
+    for i in progress_range(len(lams) - 1, progress, "ddim"):
         lam, lam_next = lams[i], lams[i + 1]
         x0, eps = denoise(x, lam)
         alpha_next, sigma_next = _coefficients(lam_next)
@@ -223,7 +213,7 @@ def euler_sample(model_fn: ModelFn, shape: Sequence[int], grid: torch.Tensor | S
     lams = _as_grid(grid)
     denoise = _denoiser(model_fn, target, cond, clip_x0)
     x = _start(shape, generator, x_init, device)
-    for i in _steps(len(lams) - 1, progress, "euler"):
+    for i in progress_range(len(lams) - 1, progress, "euler"):
         x0, eps = denoise(x, lams[i])
         alpha_next, sigma_next = _coefficients(lams[i + 1])
         x = alpha_next * x0 + sigma_next * eps
@@ -245,7 +235,7 @@ def heun_sample(model_fn: ModelFn, shape: Sequence[int], grid: torch.Tensor | Se
     lams = _as_grid(grid)
     denoise = _denoiser(model_fn, target, cond, clip_x0)
     x = _start(shape, generator, x_init, device)
-    for i in _steps(len(lams) - 1, progress, "heun"):
+    for i in progress_range(len(lams) - 1, progress, "heun"):
         lam, lam_next = lams[i], lams[i + 1]
         alpha_next, sigma_next = _coefficients(lam_next)
         x0, eps = denoise(x, lam)
@@ -287,3 +277,36 @@ def guided(model_fn: ModelFn, scale: float, null_cond: Any) -> ModelFn:
         return unconditional + scale * (conditional - unconditional)
 
     return fn
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler: `sampler(model_fn, shape, grid, target, eta=0.0, generator=, cond=, clip_x0=,
+    device=, progress=)`. Only stochastic samplers take a non-zero η."""
+
+    fn: Callable[..., torch.Tensor]
+    stochastic: bool = False
+    description: str = ""
+
+    def check_eta(self, eta: float) -> None:
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        if eta and not self.stochastic:
+            raise ValueError(f"eta={eta}: this sampler integrates the deterministic probability-flow ODE; only a "
+                             f"stochastic sampler ({', '.join(n for n, s in SAMPLERS.items() if s.stochastic)}) "
+                             "takes eta")
+
+    def __call__(self, model_fn: ModelFn, shape: Sequence[int], grid, target: str, eta: float = 0.0,
+                 **kwargs: Any) -> torch.Tensor:
+        self.check_eta(eta)
+        if self.stochastic:
+            kwargs["eta"] = eta
+        return self.fn(model_fn, shape, grid, target, **kwargs)
+
+
+SAMPLERS: Registry[Sampler] = Registry("sampler")
+SAMPLERS.register("ddim", Sampler(ddim_sample, stochastic=True, description="DDIM, any eta (1 = DDPM posterior)"))
+SAMPLERS.register("euler", Sampler(euler_sample, description="Euler on the PF-ODE (= DDIM, eta 0)"))
+SAMPLERS.register("heun", Sampler(heun_sample, description="Heun on the PF-ODE, 2N + 1 calls"))

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from data_tools.registry import Registry
+
 # t is kept this far from 0 and 1 so every λ(t) is finite; logsnr() then clamps to [logsnr_min, logsnr_max].
 T_EPS = 1e-7
 DEFAULT_LOGSNR_MIN = -15.0
@@ -449,21 +451,11 @@ class MixtureSchedule(Schedule):
 
 
 # --- registry -----------------------------------------------------------------------------------------------
-SCHEDULES: dict[str, type[Schedule]] = {
-    cls.name: cls
-    for cls in (
-        CosineSchedule,
-        ShiftedCosineSchedule,
-        ScaledCosineSchedule,
-        LaplaceSchedule,
-        CauchySchedule,
-        EDMSchedule,
-        LinearBetaSchedule,
-        ScaledLinearBetaSchedule,
-        SquaredCosCapV2Schedule,
-        MixtureSchedule,
-    )
-}
+SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
+for _cls in (CosineSchedule, ShiftedCosineSchedule, ScaledCosineSchedule, LaplaceSchedule, CauchySchedule,
+             EDMSchedule, LinearBetaSchedule, ScaledLinearBetaSchedule, SquaredCosCapV2Schedule, MixtureSchedule):
+    SCHEDULES.register(_cls.name, _cls)
+del _cls
 
 
 def get_schedule(name: str, **params: Any) -> Schedule:
@@ -473,14 +465,13 @@ def get_schedule(name: str, **params: Any) -> Schedule:
     floor = float(params.pop("floor", 0.0))
     floor_schedule = params.pop("floor_schedule", "cosine")
     floor_params = params.pop("floor_params", {})
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
+    cls = SCHEDULES.get(name)  # RegistryError (a ValueError) with the closest name for a typo
     if not 0 <= floor < 1:
         raise ValueError(f"floor must be in [0, 1), got {floor}")
     if floor == 0:
-        return SCHEDULES[name](**params)
+        return cls(**params)
     clamp = {key: params.pop(key) for key in ("logsnr_min", "logsnr_max") if key in params}
-    main = SCHEDULES[name](**params)
+    main = cls(**params)
     floor_component = _build_schedule(floor_schedule, floor_params)
     return MixtureSchedule([main, floor_component], [1 - floor, floor], **clamp)
 

@@ -13,38 +13,44 @@ Weights are computed from λ in log space, so none overflows or divides by zero 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
-from diffusion.schedules import Schedule, _build_schedule, importance_weight
+from data_tools.registry import Registry
 
-TARGETS = ("eps", "x0", "v")
-# each weighting with the parameters it accepts
-_WEIGHTING_PARAMS: dict[str, frozenset[str]] = {
-    "constant": frozenset(),
-    "min_snr": frozenset({"gamma"}),
-    "soft_min_snr": frozenset({"gamma"}),
-    "snr": frozenset(),
-    "trunc_snr": frozenset(),
-    "importance": frozenset({"sample_schedule", "target_schedule", "sample_params", "target_params"}),
-}
-WEIGHTINGS = tuple(_WEIGHTING_PARAMS)
+from .process import TARGETS, check_target as _check_target
+from .schedules import Schedule, _build_schedule, importance_weight
+
 DEFAULT_GAMMA = 5.0  # Min-SNR's default everywhere (Hang et al. 2023)
 
 
-def _check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise ValueError(f"unknown prediction target {target!r}; known: {', '.join(TARGETS)}")
+@dataclass(frozen=True)
+class Weighting:
+    """A registered loss weighting: either an x0-space weight given as log w_x0(λ, **params) (the same for every
+    target), or a weight defined directly in the target's space, target_weight(λ, **params)."""
+
+    params: frozenset[str] = frozenset()
+    log_x0: Optional[Callable[..., Tensor]] = None
+    target_weight: Optional[Callable[..., Tensor]] = None
 
 
-def _check_weighting(name: str, params: dict[str, Any]) -> None:
-    if name not in _WEIGHTING_PARAMS:
-        raise ValueError(f"unknown loss weighting {name!r}; known: {', '.join(WEIGHTINGS)}")
-    unknown = set(params) - _WEIGHTING_PARAMS[name]
+WEIGHTINGS: Registry[Weighting] = Registry("loss weighting")
+
+
+def get_weighting(name: str, params: dict[str, Any] | None = None) -> Weighting:
+    """The registered weighting `name`, after checking that it takes `params` (RegistryError for a typo)."""
+    weighting = WEIGHTINGS.get(name)
+    unknown = set(params or {}) - weighting.params
     if unknown:
         raise ValueError(f"loss weighting {name!r} does not take {sorted(unknown)}")
+    return weighting
+
+
+def _check_weighting(name: str, params: dict[str, Any]) -> Weighting:
+    return get_weighting(name, params)
 
 
 def _check_gamma(gamma: float) -> None:
@@ -114,15 +120,6 @@ def _log_trunc_snr(logsnr: Tensor) -> Tensor:
     return torch.clamp(logsnr, min=0.0)  # max(SNR, 1)
 
 
-# x0-space weights that do not depend on the target, as log w_x0(λ)
-_LOG_X0_WEIGHTS: dict[str, Callable[..., Tensor]] = {
-    "min_snr": _log_min_snr,
-    "soft_min_snr": _log_soft_min_snr,
-    "snr": _log_snr,
-    "trunc_snr": _log_trunc_snr,
-}
-
-
 def _importance_ratio(
     logsnr: Tensor,
     sample_schedule: Schedule | str | dict[str, Any] | None = None,
@@ -137,6 +134,16 @@ def _importance_ratio(
     return importance_weight(logsnr, sample, target)
 
 
+WEIGHTINGS.register("constant", Weighting(target_weight=torch.ones_like))
+WEIGHTINGS.register("min_snr", Weighting(frozenset({"gamma"}), log_x0=_log_min_snr))
+WEIGHTINGS.register("soft_min_snr", Weighting(frozenset({"gamma"}), log_x0=_log_soft_min_snr))
+WEIGHTINGS.register("snr", Weighting(log_x0=_log_snr))
+WEIGHTINGS.register("trunc_snr", Weighting(log_x0=_log_trunc_snr))
+WEIGHTINGS.register("importance", Weighting(
+    frozenset({"sample_schedule", "target_schedule", "sample_params", "target_params"}),
+    target_weight=_importance_ratio))
+
+
 def loss_weight(name: str, logsnr: Tensor | float, target: str, **params: Any) -> Tensor | float:
     """Weight for a loss on `target` ("eps", "x0" or "v") at logSNR λ.
 
@@ -147,14 +154,12 @@ def loss_weight(name: str, logsnr: Tensor | float, target: str, **params: Any) -
     target_params for names). gamma defaults to 5.
     """
     _check_target(target)
-    _check_weighting(name, params)
+    weighting = _check_weighting(name, params)
     lam, as_number = _as_tensor(logsnr)
-    if name == "constant":
-        weight = torch.ones_like(lam)
-    elif name == "importance":
-        weight = _importance_ratio(lam, **params)
+    if weighting.log_x0 is None:
+        weight = weighting.target_weight(lam, **params)
     else:
-        weight = torch.exp(_LOG_X0_WEIGHTS[name](lam, **params) - _log_target_factor(lam, target))
+        weight = torch.exp(weighting.log_x0(lam, **params) - _log_target_factor(lam, target))
     return _returned(weight, as_number)
 
 
@@ -164,10 +169,10 @@ def x0_space_weight(name: str, logsnr: Tensor | float, target: str, **params: An
     It depends on the target only for "constant" and "importance"; the others are defined in x0 space.
     """
     _check_target(target)
-    _check_weighting(name, params)
+    weighting = _check_weighting(name, params)
     lam, as_number = _as_tensor(logsnr)
-    if name in _LOG_X0_WEIGHTS:
-        weight = torch.exp(_LOG_X0_WEIGHTS[name](lam, **params))
+    if weighting.log_x0 is not None:
+        weight = torch.exp(weighting.log_x0(lam, **params))
     else:
         target_weight = loss_weight(name, lam, target, **params)
         weight = target_weight * torch.exp(_log_target_factor(lam, target))
@@ -177,6 +182,8 @@ def x0_space_weight(name: str, logsnr: Tensor | float, target: str, **params: An
 __all__ = [
     "TARGETS",
     "WEIGHTINGS",
+    "Weighting",
+    "get_weighting",
     "importance_weight",
     "loss_weight",
     "min_snr_weight",

@@ -96,12 +96,15 @@ def test_animator_on_gpu_matches_cpu():
     assert (gpu[:, -1] - gpu[:, 0]).abs().amax() > 0  # it moves
 
 
-@pytest.mark.parametrize("config", ["configs/diffusion/digits-dit.yaml", "configs/diffusion/digits-unet.yaml"])
+@pytest.mark.parametrize("config", ["diffusion/digits-dit", "diffusion/digits-unet"])
 def test_diffusion_loss_and_sampler_match_cpu(config, tmp_path):
     if "unet" in config:
         pytest.importorskip("diffusers")
+    import hdvila  # noqa: F401  (registers the packaged recipe configs)
     from data_tools.config import load_config
-    from diffusion.train import DiffusionConfig, DiffusionObjective, build_model, generate
+    from diffusion.config import DiffusionConfig
+    from diffusion.pipeline import generate
+    from diffusion.train import DiffusionObjective, build_model
 
     cfg = load_config(DiffusionConfig, config, ["sampler.steps=8"])
     torch.manual_seed(0)

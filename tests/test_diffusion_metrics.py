@@ -253,16 +253,16 @@ def test_classifier_deterministic_and_save_load(digits, tmp_path):
     fa = a.features(x_te)
     assert torch.equal(fa, b.features(x_te))
     assert not torch.allclose(fa, c.features(x_te))
-    a.save(tmp_path / "clf")
-    loaded = FeatureClassifier.load(tmp_path / "clf")
+    a.save_pretrained(tmp_path / "clf")
+    loaded = FeatureClassifier.from_pretrained(tmp_path / "clf")
     assert torch.equal(loaded.features(x_te), fa)
     assert torch.equal(loaded.predict(x_te), a.predict(x_te))
     assert loaded.meta["seed"] == 0 and loaded.arch == "mlp"
     # weights swapped under the config are refused
-    c.save(tmp_path / "other")
-    (tmp_path / "clf" / "weights.safetensors").write_bytes((tmp_path / "other" / "weights.safetensors").read_bytes())
+    c.save_pretrained(tmp_path / "other")
+    (tmp_path / "clf" / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match="does not match"):
-        FeatureClassifier.load(tmp_path / "clf")
+        FeatureClassifier.from_pretrained(tmp_path / "clf")
     with pytest.raises(ValueError, match="resize"):
         a.features(torch.zeros(2, 1, 16, 16))
 
@@ -270,7 +270,8 @@ def test_classifier_deterministic_and_save_load(digits, tmp_path):
 def test_get_feature_classifier_caches(tmp_path, monkeypatch):
     first = get_feature_classifier("digits", tmp_path, epochs=2)
     entries = [p.name for p in tmp_path.iterdir()]
-    assert entries == ["digits-8px-mlp-h128-e2-seed0-v1"]
+    assert entries == [metrics.classifier_cache_key("digits", epochs=2)]
+    assert entries[0].startswith("fd-classifier-digits-size8-seed0-") and entries[0].endswith("-v2")
     assert 0 < first.test_accuracy <= 1 and first.meta["dataset"] == "digits"
 
     def no_training(*args, **kwargs):

@@ -8,12 +8,13 @@ import torch
 
 from data_tools.config import load_config
 from data_tools.training.metrics import read_metrics
+from diffusion.config import DiffusionConfig
 from diffusion.models import create_model, list_models
-from diffusion.train import DiffusionConfig, generate, load_model, run_train
+from diffusion.pipeline import generate, load_model
+from diffusion.train import run_train
 from hdvila.cli import main as cli_main
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "configs" / "diffusion" / "digits-dit.yaml"
+CONFIG = "diffusion/digits-dit"
 
 
 def tiny_overrides(out: Path, **extra) -> list[str]:
@@ -109,7 +110,7 @@ def test_video_shards_feed_frames_through_the_shared_data_layer(tmp_path):
     build_shards([str(tmp_path / "corpus" / "train")], tmp_path / "shards", load_config(BuildConfig, None, [
         "sentences.min_duration=1.0", "transcode.preset=ultrafast", "workers=1"]), progress=False)
     out = tmp_path / "run"
-    cfg = load_config(DiffusionConfig, REPO / "configs" / "diffusion" / "bbb-frames.yaml", [
+    cfg = load_config(DiffusionConfig, "diffusion/bbb-frames", [
         f"output_dir={out}", f"data.shards=[{tmp_path / 'shards' / '*.tar'}]", "data.num_workers=0",
         "data.size=16", "data.epoch_samples=16", "model_overrides={image_size: 16}", "train.max_steps=3",
         "train.batch_size=4", "train.save_every=0", "train.log_every=1", "train.progress=false",

@@ -9,39 +9,45 @@ from hdvila.cli import print_summary, training_config
 
 
 def cmd_diffusion_train(args: argparse.Namespace) -> int:
-    from diffusion.train import DiffusionConfig, run_train
+    from diffusion.config import DiffusionConfig
+    from diffusion.train import run_train
 
     return print_summary(run_train(training_config(DiffusionConfig, args), resume=args.resume))
 
 
-def _sampler_overrides(args: argparse.Namespace) -> dict:
-    values = {"name": args.sampler, "steps": args.steps, "grid": args.grid, "eta": args.eta,
-              "guidance": args.guidance, "logsnr_min": args.logsnr_min, "logsnr_max": args.logsnr_max}
-    return {k: v for k, v in values.items() if v is not None}
+# sampling flag -> the run-config key it overrides
+SAMPLER_FLAGS = {"sampler": "sampler.name", "steps": "sampler.steps", "grid": "sampler.grid", "eta": "sampler.eta",
+                 "guidance": "sampler.guidance", "logsnr_min": "sampler.logsnr_min",
+                 "logsnr_max": "sampler.logsnr_max"}
+
+
+def sampling_overrides(args: argparse.Namespace) -> list[str]:
+    """The sampling flags as dotted overrides of the exported run config (`--steps 25` -> `sampler.steps=25`),
+    then any dotted key=value given on the command line; the config system validates them all."""
+    flags = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in SAMPLER_FLAGS.items()
+             if getattr(args, flag) is not None]
+    return flags + list(getattr(args, "overrides", []))
 
 
 def cmd_diffusion_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from diffusion.train import generate, load_model, write_grid
+    from diffusion.pipeline import DiffusionPipeline, write_grid
 
-    model, cfg = load_model(args.model)
-    for key, value in _sampler_overrides(args).items():
-        setattr(cfg.sampler, key, value)
-    labels = None
-    if args.label is not None:
-        labels = torch.full((args.n,), args.label, dtype=torch.long)
-    images = generate(model, cfg, args.n, args.seed, labels=labels, progress=not args.quiet)
-    print(f"wrote {write_grid(images, Path(args.out))} ({args.n} samples, {cfg.sampler.name} "
-          f"{cfg.sampler.steps} steps on a {cfg.sampler.grid} grid)")
+    pipe = DiffusionPipeline.from_pretrained(args.model).with_overrides(sampling_overrides(args))
+    labels = None if args.label is None else torch.full((args.n,), args.label, dtype=torch.long)
+    images = pipe.sample(args.n, args.seed, labels=labels, progress=not args.quiet)
+    scfg = pipe.config.sampler
+    print(f"wrote {write_grid(images, Path(args.out))} ({args.n} samples, {scfg.name} {scfg.steps} steps on a "
+          f"{scfg.grid} grid)")
     return 0
 
 
 def cmd_diffusion_eval(args: argparse.Namespace) -> int:
     from data_tools.files import atomic_write_json
-    from diffusion.train import evaluate_model
+    from diffusion.pipeline import evaluate_model
 
-    metrics = evaluate_model(args.model, args.samples, _sampler_overrides(args))
+    metrics = evaluate_model(args.model, args.samples, sampling_overrides(args), progress=not args.quiet)
     print(json.dumps(metrics, indent=2))
     if args.out:
         atomic_write_json(args.out, metrics)
@@ -58,12 +64,15 @@ def add_parser(subparsers) -> None:
     dt.add_argument("--resume", action="store_true")
     dt.set_defaults(func=cmd_diffusion_train)
     for name, helptext in (("sample", "write a PNG grid of samples"), ("eval", "FD and SWD against held-out data")):
-        dp = dfsub.add_parser(name, help=helptext)
+        dp = dfsub.add_parser(name, help=helptext, epilog="The flags override the exported run config's sampler "
+                              "section; any run-config key may follow as dotted key=value, e.g. sampler.eta=0.5. "
+                              "Both are validated like a config file.")
         dp.add_argument("--model", required=True, help="an exported model folder (<output_dir>/model)")
-        dp.add_argument("--sampler", choices=("ddim", "euler", "heun"), default=None)
+        dp.add_argument("--sampler", default=None, help="a registered sampler: ddim, euler, heun")
         dp.add_argument("--steps", type=int, default=None)
-        dp.add_argument("--grid", choices=("cosine", "linear", "schedule"), default=None,
-                        help="spacing of the logSNR grid; schedule = quantiles of the training density")
+        dp.add_argument("--grid", default=None,
+                        help="spacing of the logSNR grid: cosine, linear, or schedule (quantiles of the training "
+                             "density)")
         dp.add_argument("--logsnr-min", type=float, default=None, help="where sampling starts (noisy end)")
         dp.add_argument("--logsnr-max", type=float, default=None, help="where sampling stops (clean end)")
         dp.add_argument("--eta", type=float, default=None)
