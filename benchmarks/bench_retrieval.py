@@ -40,6 +40,7 @@ import numpy as np
 
 from common import machine_line
 from data_tools.files import atomic_write_json, atomic_write_text
+from data_tools.training.metrics import save_figure
 from hdvila.retrieval.index import IndexParams, build_index, default_nlist, search, set_search_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -421,10 +422,7 @@ def plot(res: dict, path: Path) -> None:
     axes[0][0].legend(fontsize=8, loc="lower left")
     fig.suptitle("Speed vs recall; labels: efSearch (HNSW) / nprobe (IVF)", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def _yes(flag: bool) -> str:

@@ -103,7 +103,7 @@ class DiffusionObjective:
 
     def load_state_dict(self, state: dict) -> None:
         ema = state["ema"]
-        if "n_averaged" in ema:  # a checkpoint of the torch swa_utils average used before
+        if "n_averaged" in ema:  # a checkpoint of the torch AveragedModel this objective used before
             ema = {k.removeprefix("module."): v for k, v in ema.items() if k != "n_averaged"}
         self.ema.load_state_dict(ema)
 

@@ -22,6 +22,7 @@ log = get_logger(__name__)
 DEMO_SYNTH = ["num_videos=200", "height=240", "width=320", "events_per_video=2", "event_seconds=4.0",
               "num_heldout_videos=40"]
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+VAL_CURVES = ("val/t2v_R@1", "val/t2v_R@5", "val/t2v_R@10")  # the pretraining validation's recall, in %
 
 
 def _config_path(*parts: str) -> Path:
@@ -38,6 +39,7 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
     from data_tools.ingest.config import BuildConfig
     from data_tools.shard_summary import summarize_shards
     from data_tools.synth import SynthConfig, synthesize_corpus
+    from hdvila.models.hdvila import OBJECTIVES
     from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
     from hdvila.recipes.retrieval import RetrievalConfig, load_encoder, run_eval
     from hdvila.retrieval.clip_index import build_clip_index, format_hits, search_clips
@@ -79,7 +81,10 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
     pretrain_seconds = time.time() - t0
     model_dir = out / "pretrain" / "pretrained"
     plots = out / "plots"
-    curves = plot_training_curves(out / "pretrain" / "metrics.jsonl", plots / "training.png")
+    curves = plot_training_curves(out / "pretrain" / "metrics.jsonl", plots / "training.png",
+                                  loss_keys=("loss",) + OBJECTIVES, val_keys=VAL_CURVES,
+                                  val_label="held-out retrieval (%)", chance_key="val/chance_t2v_R@1",
+                                  chance_label="chance R@1", val_ylim=(0, 100))
 
     print("[5/6] zero-shot text-to-video retrieval on the held-out clips (FAISS, exact inner product)")
     ret_cfg = load_config(RetrievalConfig, _config_path("retrieval", "demo.yaml"), [

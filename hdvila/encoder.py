@@ -10,9 +10,14 @@
 Videos are sampled as in evaluation: `n_segments` evenly spaced segments, each one high-res keyframe plus
 low-res neighbours, centre crop (settings in the folder's inference.yaml, written at export). Paths and
 bytes are decoded by the data layer's decoders; frame arrays are resized in memory.
+
+A pretrained folder is the shared format (data_tools.pretrained, kind "hdvila": config.json + model.safetensors)
+with tokenizer/ and inference.yaml as extra files; folders of the older layout (config.yaml + model.safetensors)
+load too, and `hdvila pretrained migrate DIR` rewrites them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +27,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data_tools.config import dump_config, from_dict, load_config
+from data_tools.config import dump_config, load_config
 from data_tools.loading.pipeline import clip_from_frames, decode_clip
 from data_tools.loading.sampling import ClipSamplingConfig
+from data_tools.pretrained import CONFIG_FILE, read_pretrained
 from data_tools.tokenizer import DEFAULT_TOKENIZER_DIR, CaptionTokenizer, load_tokenizer
 
 from .models import HDVILA
+from .models.hdvila import LEGACY_WEIGHTS_FILE, PRETRAINED_KIND, TOKENIZER_DIR
 
 INFERENCE_FILE = "inference.yaml"
 
@@ -42,10 +49,6 @@ class InferenceConfig:
     canvas_short_side: int | None = None
     max_text_len: int = 40
     backend: str = "decord"
-
-
-def inference_yaml(cfg: InferenceConfig) -> str:
-    return dump_config(cfg)
 
 
 class VideoTextEncoder:
@@ -66,6 +69,13 @@ class VideoTextEncoder:
             raise ValueError(f"tokenizer has {self.tokenizer.vocab_size} tokens, the model "
                              f"{model.config.text.vocab_size}")
         self.inference = inference or InferenceConfig()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Half-precision weights (a bf16 training engine's module) run under autocast; fp32 runs as is."""
+        dtype = next(self.model.parameters()).dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     @property
     def embed_dim(self) -> int:
@@ -96,7 +106,9 @@ class VideoTextEncoder:
         out = []
         for start in tqdm(range(0, len(texts), batch_size), desc="encode text", disable=not progress, leave=False):
             enc = self.tokenize(texts[start:start + batch_size])
-            emb, _ = self.model.encode_text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+            with self._autocast():
+                emb, _ = self.model.encode_text(enc["input_ids"].to(self.device),
+                                                enc["attention_mask"].to(self.device))
             out.append(emb.float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
@@ -116,7 +128,8 @@ class VideoTextEncoder:
     @torch.no_grad()
     def encode_clips(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """Embeddings of a batch already sampled: hr [B, S, H, W, 3], lr [B, S, T-1, h, w, 3] uint8."""
-        emb, _ = self.model.encode_video(hr.to(self.device), lr.to(self.device))
+        with self._autocast():
+            emb, _ = self.model.encode_video(hr.to(self.device), lr.to(self.device))
         return emb.float().cpu()
 
     @torch.no_grad()
@@ -139,25 +152,28 @@ class VideoTextEncoder:
     # --- files
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """config.yaml + model.safetensors + tokenizer/ + inference.yaml, written atomically."""
+        """The model's pretrained folder with tokenizer/ and inference.yaml, written as a whole."""
         tokenizer = self.tokenizer_dir
         if tokenizer is None:
             raise ValueError("this encoder's tokenizer object has no folder to copy; pass tokenizer_dir=")
         return self.model.save_pretrained(directory, tokenizer=tokenizer,
-                                          extra_files={INFERENCE_FILE: inference_yaml(self.inference)})
+                                          extra_files={INFERENCE_FILE: dump_config(self.inference)})
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> VideoTextEncoder:
+        """A folder of the current format or of the older layout (config.yaml + model.safetensors)."""
         directory = Path(directory)
-        if not (directory / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{directory} is not a pretrained folder (no model.safetensors); "
+        if directory.is_dir() and not any((directory / name).is_file() for name in (CONFIG_FILE, LEGACY_WEIGHTS_FILE)):
+            raise FileNotFoundError(f"{directory} is not a pretrained folder (no {CONFIG_FILE}); "
                                     "`hdvila pretrain` and `hdvila retrieval finetune` export one")
-        model = HDVILA.from_pretrained(directory)
-        tokenizer_dir = directory / "tokenizer"
-        inference_path = directory / INFERENCE_FILE
+        folder = read_pretrained(directory, PRETRAINED_KIND)
+        model = HDVILA.from_pretrained_config(folder.config, folder.meta)
+        model.load_pretrained_weights(folder, "cpu")
+        tokenizer_dir = folder.file(TOKENIZER_DIR)
+        tokenizer_dir = tokenizer_dir if tokenizer_dir.is_dir() else None
+        inference_path = folder.file(INFERENCE_FILE)
         inference = load_config(InferenceConfig, inference_path) if inference_path.is_file() else InferenceConfig()
-        return cls(model, tokenizer_dir if tokenizer_dir.is_dir() else None, inference, device,
-                   tokenizer_dir=tokenizer_dir if tokenizer_dir.is_dir() else None)
+        return cls(model, tokenizer_dir, inference, device, tokenizer_dir=tokenizer_dir)
 
 
 def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu") -> VideoTextEncoder:
@@ -165,7 +181,3 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
     encoder with `encode_text(list_of_str)` and `encode_video(list_of_paths_or_frames)`. CPU by default;
     nothing is downloaded and nothing is unpickled."""
     return VideoTextEncoder.from_pretrained(path, device)
-
-
-def inference_from_dict(values: dict) -> InferenceConfig:
-    return from_dict(InferenceConfig, values)

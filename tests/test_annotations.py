@@ -246,7 +246,7 @@ def test_inconsistent_hand_built_annotations_are_rejected():
 ERROR_CASES = {
     "missing file": ("msrvtt", "nothing_here.json", None, {}, "file not found"),
     "invalid json": ("activitynet", "val_1.json", '{"v_a": {"timestamps": [[0, 1]],', {}, "invalid JSON at line 1"),
-    "not utf-8": ("lsmdc", "bad.csv", b"\xff\xfe\x00garbage\tx", {}, "not UTF-8"),
+    "not utf-8": ("lsmdc", "bad.csv", b"\xff\xfe\x00garbage\tx", {}, "not valid UTF-8"),
     "msrvtt json without sentences": ("msrvtt", "info.json", {"videos": []}, {}, "'videos' and 'sentences'"),
     "msrvtt sentence of unknown video": (
         "msrvtt", "data.json", {"videos": [{"video_id": "video0", "split": "train"}],

@@ -18,7 +18,9 @@ from hdvila.models import (
     register_model_config,
     sample_hard_negatives,
 )
-from hdvila.models.registry import _REGISTRY
+from data_tools.pretrained import migrate_pretrained, read_pretrained
+from data_tools.registry import RegistryError
+from hdvila.models.registry import HDVILA_MODELS
 
 TINY = "hdvila-tiny"
 
@@ -133,15 +135,31 @@ def test_registry_overrides_and_errors():
         get_model_config(TINY, video={"dim": 32})
     with pytest.raises(KeyError):
         get_model_config("hdvila-nope")
+    with pytest.raises(RegistryError, match=r"unknown HD-VILA model 'hdvila-tny' \(did you mean 'hdvila-tiny'\?\)"):
+        create_model("hdvila-tny")
+    assert list_models() == HDVILA_MODELS.list() and TINY in HDVILA_MODELS
     try:
         register_model_config("hdvila-test-registered", {"video": {"num_frm": 5}, "text": {"hidden": 128}})
         cfg = get_model_config("hdvila-test-registered")
         assert cfg.name == "hdvila-test-registered" and cfg.video.num_frm == 5 and cfg.text.hidden == 128
+        with pytest.raises(RegistryError, match="already registered"):  # no silent shadowing
+            register_model_config("hdvila-test-registered", {"video": {"num_frm": 3}})
+        register_model_config("hdvila-test-registered", {"video": {"num_frm": 3}}, replace=True)
+        assert get_model_config("hdvila-test-registered").video.num_frm == 3
         with pytest.raises(ValueError):  # even frame counts have no middle keyframe
             register_model_config("hdvila-test-bad", {"video": {"num_frm": 4}})
+        assert "hdvila-test-bad" not in HDVILA_MODELS
     finally:
-        _REGISTRY.pop("hdvila-test-registered", None)
-        _REGISTRY.pop("hdvila-test-bad", None)
+        for name in ("hdvila-test-registered", "hdvila-test-bad"):
+            if name in HDVILA_MODELS:
+                HDVILA_MODELS.unregister(name)
+
+
+def test_backbone_kwargs_are_replaced_not_merged():
+    assert get_model_config(TINY).video.backbone_kwargs == {"stem_width": 16, "channels": [16, 32, 64, 128]}
+    cfg = get_model_config(TINY, video={"backbone_kwargs": {"stem_width": 8}})
+    assert cfg.video.backbone_kwargs == {"stem_width": 8}  # an override replaces the free-form mapping whole
+    assert get_model_config(TINY, video={"d": 32}).video.backbone_kwargs == get_model_config(TINY).video.backbone_kwargs
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -438,13 +456,25 @@ def test_save_and_load_round_trip(tmp_path, monkeypatch):
     target = tmp_path / "export"
     model.save_pretrained(target)
     model.save_pretrained(target)  # replacing an existing export works too
-    assert sorted(p.name for p in target.iterdir()) == ["config.yaml", "model.safetensors", "tokenizer"]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
     assert (target / "tokenizer" / "tokenizer.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no temporary folders left behind
+    folder = read_pretrained(target)
+    assert folder.kind == "hdvila" and folder.legacy is None and folder.files == ["tokenizer"]
 
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("from_pretrained must not unpickle"))
     loaded = HDVILA.from_pretrained(target).eval()
     assert loaded.config == model.config
+    assert_same_outputs(model, loaded)
+
+    bad = tiny(text={"vocab_size": 7000})
+    with pytest.raises(ValueError, match="tokenizer"):
+        bad.save_pretrained(tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def assert_same_outputs(model: HDVILA, loaded: HDVILA) -> None:
+    """Every output of the two models (embeddings, tokens, cross-modal heads) is bit-identical."""
     batch = make_batch(model)
     with torch.no_grad():
         for m in (model, loaded):
@@ -455,10 +485,68 @@ def test_save_and_load_round_trip(tmp_path, monkeypatch):
     for a, b in zip(model.outputs, loaded.outputs):
         assert torch.equal(a, b)
 
-    bad = tiny(text={"vocab_size": 7000})
-    with pytest.raises(ValueError, match="tokenizer"):
-        bad.save_pretrained(tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()
+
+def write_legacy_folder(model: HDVILA, directory) -> None:
+    """An export as the code before the shared pretrained format wrote it: config.yaml (the resolved config),
+    model.safetensors, a copy of the tokenizer and inference.yaml, no checksums."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from data_tools.config import save_config
+    from data_tools.tokenizer import DEFAULT_TOKENIZER_DIR
+
+    directory.mkdir(parents=True)
+    save_config(model.config, directory / "config.yaml")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt", "name": model.config.name})
+    shutil.copytree(DEFAULT_TOKENIZER_DIR, directory / "tokenizer")
+    (directory / "inference.yaml").write_text("n_segments: 3\nsample_rate: 6\n", encoding="utf-8")
+
+
+def test_legacy_folder_loads_and_migrates(tmp_path):
+    import hdvila
+
+    model = tiny(vtm=True).eval()
+    old = tmp_path / "old"
+    write_legacy_folder(model, old)
+    folder = read_pretrained(old, "hdvila")
+    assert folder.legacy == "hdvila-v0" and folder.checksums == {"model": None}
+    assert sorted(folder.files) == ["inference.yaml", "tokenizer"]
+    assert_same_outputs(model, HDVILA.from_pretrained(old).eval())
+    encoder = hdvila.load_pretrained(old)
+    assert encoder.inference.n_segments == 3 and encoder.inference.sample_rate == 6
+    assert encoder.tokenizer_dir == old / "tokenizer"
+
+    migrated = migrate_pretrained(old, tmp_path / "new")
+    assert sorted(p.name for p in migrated.iterdir()) == ["config.json", "inference.yaml", "model.safetensors",
+                                                          "tokenizer"]
+    folder = read_pretrained(migrated, "hdvila")
+    assert folder.legacy is None and folder.checksums["model"] is not None
+    assert_same_outputs(model, HDVILA.from_pretrained(migrated).eval())
+    again = hdvila.load_pretrained(migrated)
+    assert again.inference == encoder.inference
+    assert torch.equal(again.encode_text(["a red circle moves left"]), encoder.encode_text(["a red circle moves left"]))
+
+    migrate_pretrained(old)  # in place
+    assert (old / "config.json").is_file() and not (old / "config.yaml").exists()
+    assert_same_outputs(model, HDVILA.from_pretrained(old).eval())
+
+
+def test_legacy_reader_leaves_other_layouts_alone(tmp_path):
+    from safetensors.torch import save_file
+
+    from data_tools.pretrained import PretrainedError
+    from hdvila.models.hdvila import read_legacy_folder
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("model: {depth: 2}\ntrain: {steps: 3}\n", encoding="utf-8")
+    save_file({"w": torch.zeros(2)}, str(other / "model.safetensors"))
+    assert read_legacy_folder(other) is None
+    assert read_legacy_folder(tmp_path) is None
+    with pytest.raises(PretrainedError):  # no reader, or another package's reader claims it
+        HDVILA.from_pretrained(other)
 
 
 def test_backbone_weights_from_local_files(tmp_path):

@@ -16,7 +16,6 @@ from data_tools.shard_summary import iter_shard_captions
 from data_tools.loading.pipeline import clip_from_frames, decode_clip
 from data_tools.loading.sampling import ClipSamplingConfig
 from data_tools.decoders import open_video
-from data_tools.synth import SynthConfig, synthesize_corpus
 from hdvila.cli import main as cli_main
 from hdvila.encoder import InferenceConfig, VideoTextEncoder
 from hdvila.models import create_model
@@ -30,6 +29,8 @@ from hdvila.retrieval.metrics import compute_ranks
 from hdvila.retrieval.ranking import (chance_metrics, chunked_ranks, dual_softmax_block, faiss_ranks,
                                       qb_norm_block, ranks_from_embeddings)
 from data_tools.training.metrics import read_metrics
+
+from corpus_helpers import tiny_corpus_shards
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -225,11 +226,7 @@ def msrvtt_style_corpus(tmp_path_factory):
     """Synthetic clips in shards plus annotation files in the MSR-VTT layouts: the training json (two
     captions per clip) and a JSFusion test CSV (one caption per clip) over the same clips."""
     root = tmp_path_factory.mktemp("retrieval")
-    synthesize_corpus(root / "corpus", load_config(SynthConfig, None, [
-        "num_videos=8", "num_heldout_videos=2", "height=72", "width=96", "event_seconds=2.0"]), progress=False)
-    cfg = load_config(BuildConfig, None, ["sentences.min_duration=1.0", "transcode.preset=ultrafast",
-                                          "shards.samples_per_shard=4", "workers=2"])
-    build_shards([str(root / "corpus" / "train")], root / "shards", cfg, progress=False)
+    tiny_corpus_shards(root, {"train": root / "shards"})
     clips = [(meta["clip_id"], text) for _, meta, text in iter_shard_captions(str(root / "shards" / "*.tar"))]
     data = {"videos": [{"video_id": cid, "split": "train"} for cid, _ in clips],
             "sentences": [{"caption": text, "video_id": cid, "sen_id": 2 * i} for i, (cid, text) in enumerate(clips)]

@@ -259,6 +259,44 @@ def test_metrics_writer_truncates_on_resume(tmp_path):
         (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
 
 
+def test_training_curves_plot_the_keys_the_caller_names(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from data_tools.training.metrics import plot_training_curves, save_figure
+
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    for step in range(1, 5):
+        record = {"step": step, "loss": 3.0 / step, "rec": 2.0 / step, "adv": 1.0 / step, "lr": 0.1}
+        if step % 2 == 0:
+            record.update({"val/acc": 10.0 * step, "val/f1": 5.0 * step, "val/chance": 50.0})
+        writer.write(record)
+    writer.close()
+    assert plot_training_curves(tmp_path / "missing.jsonl", tmp_path / "none.png") is None
+
+    drawn: list[str] = []
+    original = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, label=None, **kwargs):
+        drawn.append(label)
+        return original(self, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    out = plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "plots" / "a.png",
+                               loss_keys=("loss", "rec", "adv", "absent"), val_keys=("val/acc",),
+                               val_label="accuracy (%)", chance_key="val/chance")
+    assert out == tmp_path / "plots" / "a.png" and out.stat().st_size > 5_000
+    assert drawn == ["loss", "rec", "adv", "acc"]
+    drawn.clear()  # defaults: the total loss, and every logged val/ key but the chance level
+    plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "b.png", chance_key="val/chance")
+    assert drawn == ["loss", "acc", "f1"]
+
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    assert save_figure(fig, tmp_path / "fig.svg").read_text().lstrip().startswith("<?xml")
+    assert not plt.get_fignums()  # closed
+
+
 # --- the loop in this process (world of one)
 
 

@@ -1,5 +1,8 @@
 """Run metrics: `metrics.jsonl` (one JSON object per logged step, flushed per line) and TensorBoard scalars.
 
+`plot_training_curves` draws a run's losses and validation metrics (the caller names its keys), `save_figure`
+writes any matplotlib figure atomically.
+
 Only rank 0 writes. On resume the records after the resumed step are dropped (a killed run may have logged
 steps its last checkpoint does not cover), and TensorBoard purges them too, so every step appears once.
 """
@@ -10,9 +13,9 @@ import logging
 import math
 import numbers
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from data_tools.files import atomic_write_text
+from data_tools.files import atomic_open, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +84,47 @@ class MetricsWriter:
             self._tb = None
 
 
-def plot_training_curves(metrics_path: str | Path, out_path: str | Path, val_keys: tuple[str, ...] = (
-        "val/t2v_R@1", "val/t2v_R@5", "val/t2v_R@10"), chance_key: str | None = "val/chance_R@1") -> Path | None:
-    """PNG of the training loss (and each objective's loss) against steps, beside the validation metrics
-    that were logged; None when the file holds no records."""
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure atomically (format from the suffix, PNG without one) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(metrics_path: str | Path, out_path: str | Path, loss_keys: Sequence[str] = ("loss",),
+                         val_keys: Sequence[str] | None = None, val_label: str = "validation",
+                         chance_key: str | None = None, chance_label: str = "chance",
+                         val_ylim: tuple[float, float] | None = None) -> Path | None:
+    """PNG of the training losses against steps, beside the validation metrics that were logged; None when
+    the file holds no records.
+
+    `loss_keys`: the total first, then its components (plotted when two or more of them were logged: a single
+    component is the total). `val_keys`: the validation metrics to plot (default: every logged "val/..." key
+    but `chance_key`), on an axis labelled `val_label`. `chance_key`: a metric drawn as a dashed level line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from data_tools.files import atomic_open
-
     records = read_metrics(metrics_path)
     if not records:
         return None
-    loss_keys = ["loss"] + sorted({k for r in records for k in r if k in ("vtc", "mlm", "vtm")} - {"loss"})
-    val_present = [k for k in val_keys if any(k in r for r in records)]
+    logged = {k for r in records for k in r}
+    total, components = loss_keys[0], [k for k in loss_keys[1:] if k in logged and k != loss_keys[0]]
+    plotted_losses = [total] + (components if len(components) > 1 else [])
+    if val_keys is None:
+        val_keys = sorted(k for k in logged if k.startswith("val/") and k != chance_key
+                          and any(isinstance(r.get(k), numbers.Number) for r in records))
+    val_present = [k for k in val_keys if k in logged]
     fig, axes = plt.subplots(1, 2 if val_present else 1, figsize=(11 if val_present else 6, 4), squeeze=False)
     ax = axes[0][0]
-    for key in loss_keys:
+    for key in plotted_losses:
         points = [(r["step"], r[key]) for r in records if key in r]
-        if points and (key == "loss" or len(loss_keys) > 2):
+        if points:
             ax.plot(*zip(*points), label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
@@ -115,15 +138,12 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path, val_key
             ax.plot(*zip(*points), marker="o", label=key.removeprefix("val/"))
         chance = [r[chance_key] for r in records if chance_key and chance_key in r]
         if chance:
-            ax.axhline(chance[-1], color="k", ls="--", lw=1, label="chance R@1")
+            ax.axhline(chance[-1], color="k", ls="--", lw=1, label=chance_label)
         ax.set_xlabel("step")
-        ax.set_ylabel("held-out retrieval (%)")
-        ax.set_ylim(0, 100)
+        ax.set_ylabel(val_label)
+        if val_ylim is not None:
+            ax.set_ylim(*val_ylim)
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    out_path = Path(out_path)
-    with atomic_open(out_path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)

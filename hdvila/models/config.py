@@ -9,7 +9,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_tools.config import from_dict, to_dict
+from data_tools.config import deep_update, from_dict, to_dict
+
+# free-form keyword mappings: an override replaces them whole instead of merging into them
+REPLACE_KEYS = ("backbone_kwargs",)
 
 
 @dataclass
@@ -101,15 +104,5 @@ class HDVILAConfig:
 def config_from_dict(data: dict | None) -> HDVILAConfig:
     """Defaults updated by a (possibly partial, nested) mapping; keys and types are checked."""
     merged = to_dict(HDVILAConfig())
-    deep_update(merged, data or {})
+    deep_update(merged, data or {}, replace_keys=REPLACE_KEYS)
     return from_dict(HDVILAConfig, merged)
-
-
-def deep_update(base: dict, new: dict) -> dict:
-    """Merge `new` into `base` in place, recursing into mappings present in both."""
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "backbone_kwargs":
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base

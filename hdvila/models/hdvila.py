@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from data_tools.config import load_config, save_config
+from data_tools.config import to_dict
+from data_tools.pretrained import (DEFAULT_WEIGHTS, LEGACY_FORMATS, ExtraFile, PretrainedFolder,
+                                   PretrainedMixin)
 
-from .config import HDVILAConfig
+from .config import HDVILAConfig, config_from_dict
 from .losses import contrastive_loss
 from .mlm import IGNORE_INDEX, mask_tokens
 from .text import CrossModalEncoder, MLMHead, TextEncoder, bert_config, init_bert_weights, load_hf_bert
@@ -49,8 +51,8 @@ PARTS: dict[str, tuple[str, ...]] = {
     "full": STAGE1_MODULES + STAGE2_MODULES + HEAD_MODULES,
 }
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
+PRETRAINED_KIND = "hdvila"
+TOKENIZER_DIR = "tokenizer"  # the tokenizer folder inside a pretrained folder
 
 
 def aggregate_segments(x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +75,9 @@ def sample_hard_negatives(logits: torch.Tensor, generator: torch.Generator | Non
     return video_for_text.to(logits.device), text_for_video.to(logits.device)
 
 
-class HDVILA(nn.Module):
+class HDVILA(PretrainedMixin, nn.Module):
+    pretrained_kind = PRETRAINED_KIND
+
     def __init__(self, config: HDVILAConfig, load_weights: bool = True):
         """`load_weights=False` skips the local backbone/BERT weights named in the config (from_pretrained
         overwrites every tensor anyway, and the files may not exist where a saved model is loaded)."""
@@ -259,42 +263,60 @@ class HDVILA(nn.Module):
     # ------------------------------------------------------------------------------------------------
     # export
 
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: str | os.PathLike | bool | None = None,
-                        extra_files: dict[str, str] | None = None) -> Path:
-        """Write config.yaml, model.safetensors, tokenizer/ (a copy of `tokenizer`, default the committed
-        one; False for none) and any `extra_files` (name -> text) into `directory`, atomically: readers see
-        the old folder or the complete new one."""
-        from safetensors.torch import save_file
+    def pretrained_config(self) -> dict[str, Any]:
+        return to_dict(self.config)
 
-        from data_tools.files import atomic_directory
+    @classmethod
+    def from_pretrained_config(cls, config: dict[str, Any], meta: dict[str, Any]) -> HDVILA:
+        # the local backbone/BERT files the config names are not needed: the folder's weights replace them
+        return cls(config_from_dict(config), load_weights=False)
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: str | os.PathLike | bool | None = None, *,
+                        meta: Mapping[str, Any] | None = None, extra_files: Mapping[str, ExtraFile] | None = None,
+                        dtype: torch.dtype | None = None) -> Path:
+        """A pretrained folder (data_tools.pretrained: config.json, model.safetensors) with tokenizer/ (a copy of
+        `tokenizer`, default the committed one; False for none) and any `extra_files` (name -> text, bytes or
+        a file), written as a whole: readers see the old folder or the complete new one."""
         from data_tools.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
 
-        tokenizer_dir = None
+        files: dict[str, ExtraFile] = dict(extra_files or {})
         if tokenizer is not False:
             tokenizer_dir = Path(DEFAULT_TOKENIZER_DIR if tokenizer in (None, True) else tokenizer)
             vocab = load_tokenizer(tokenizer_dir).vocab_size
             if vocab != self.config.text.vocab_size:
                 raise ValueError(f"tokenizer {tokenizer_dir} has {vocab} tokens, the model {self.config.text.vocab_size}; "
                                  "pass the model's tokenizer folder (or tokenizer=False)")
-        with atomic_directory(directory) as tmp:
-            save_config(self.config, tmp / CONFIG_FILE)
-            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "name": self.config.name})
-            if tokenizer_dir is not None:
-                shutil.copytree(tokenizer_dir, tmp / "tokenizer")
-            for name, text in (extra_files or {}).items():
-                (tmp / name).write_text(text, encoding="utf-8")
-        return Path(directory)
+            files[TOKENIZER_DIR] = tokenizer_dir
+        return super().save_pretrained(directory, meta=meta, extra_files=files, dtype=dtype)
 
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> HDVILA:
-        """Load a save_pretrained folder (safetensors only: nothing is unpickled)."""
-        from safetensors.torch import load_file
 
-        directory = Path(directory)
-        config = load_config(HDVILAConfig, directory / CONFIG_FILE)
-        model = cls(config, load_weights=False)
-        state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
-        model.load_state_dict(state, strict=True)
-        return model.to(map_location)
+# ------------------------------------------------------------------------------------------------------
+# folders written before the shared pretrained format: config.yaml + model.safetensors [+ tokenizer/,
+# inference.yaml], no checksums
 
+LEGACY_CONFIG_FILE = "config.yaml"
+LEGACY_WEIGHTS_FILE = "model.safetensors"
+LEGACY_EXTRA_FILES = (TOKENIZER_DIR, "inference.yaml")  # inference.yaml: hdvila.encoder.INFERENCE_FILE
+
+
+def read_legacy_folder(path: Path) -> PretrainedFolder | None:
+    """The old HD-VILA export layout, or None when `path` is not one (another package's old layout, say)."""
+    config_path, weights_path = path / LEGACY_CONFIG_FILE, path / LEGACY_WEIGHTS_FILE
+    if not (config_path.is_file() and weights_path.is_file()):
+        return None
+    try:
+        data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not {"video", "text", "embed_dim"} <= set(data):
+        return None
+    try:
+        config = to_dict(config_from_dict(data))
+    except ValueError:  # ConfigError included: not an HD-VILA config after all
+        return None
+    files = [name for name in LEGACY_EXTRA_FILES if (path / name).exists()]
+    return PretrainedFolder(path, PRETRAINED_KIND, config, {}, {DEFAULT_WEIGHTS: weights_path},
+                            {DEFAULT_WEIGHTS: None}, files)
+
+
+LEGACY_FORMATS.register("hdvila-v0", read_legacy_folder)

@@ -9,20 +9,19 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from data_tools.loading.pipeline import LoaderConfig, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig
 from data_tools.logs import get_logger
-
-from ..encoder import INFERENCE_FILE, InferenceConfig, inference_yaml
-from ..models import HDVILA, create_model
-from ..retrieval.annotations import RetrievalAnnotations
-from ..retrieval.evaluate import EvalConfig, evaluate_embeddings
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, TrainConfig
+from data_tools.training.run import run_summary, start_run, step_generator
 from data_tools.training.trainer import Trainer, move_to_device
-from data_tools.training.run import run_summary, start_run
+
+from ..encoder import InferenceConfig
+from ..models import HDVILA, create_model
+from ..retrieval.evaluate import EvalConfig, gallery_loader_config
+from .common import evaluate_on_shards, export_pretrained, validation_metrics
 
 log = get_logger(__name__)
 
@@ -64,29 +63,30 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-def sampling_config(model_cfg, data: PretrainDataConfig, train: bool) -> ClipSamplingConfig:
-    return ClipSamplingConfig(
-        n_segments=data.n_segments if train else data.val_segments,
-        num_frm=model_cfg.video.num_frm,
-        sample_rate=data.sample_rate,
-        hr_size=tuple(model_cfg.video.hr_size),
-        lr_factor=model_cfg.video.lr_factor,
-        hflip_prob=data.hflip_prob if train else 0.0,
-        random=train,
-        canvas_short_side=data.canvas_short_side,
-    )
+def train_sampling(model_cfg, data: PretrainDataConfig) -> ClipSamplingConfig:
+    """Training clips: random segments and flips. Validation samples as the exported model will
+    (`inference_config`: val_segments evenly spaced, centre crop)."""
+    return ClipSamplingConfig(n_segments=data.n_segments, num_frm=model_cfg.video.num_frm,
+                              sample_rate=data.sample_rate, hr_size=tuple(model_cfg.video.hr_size),
+                              lr_factor=model_cfg.video.lr_factor, hflip_prob=data.hflip_prob, random=True,
+                              canvas_short_side=data.canvas_short_side)
 
 
 class PretrainObjective:
-    """Losses for the recipe's objectives, plus zero-shot text-to-video validation on held-out clips."""
+    """Losses for the recipe's objectives, plus zero-shot text-to-video validation on held-out clips (each
+    clip's caption is a query; clips whose captions are identical are all correct answers, the scoring of
+    `hdvila retrieval eval` on `dataset: shards`)."""
 
-    def __init__(self, objectives: tuple[str, ...], temperature: float, seed: int, val_loader=None,
-                 val_max_clips: int | None = None):
+    def __init__(self, objectives: tuple[str, ...], temperature: float, seed: int,
+                 val_loader: LoaderConfig | None = None, tokenizer: str | None = None,
+                 inference: InferenceConfig | None = None, val_max_clips: int = 0):
         self.objectives = objectives
         self.temperature = temperature
         self.seed = seed
         self.val_loader = val_loader
-        self.val_max_clips = val_max_clips
+        self.tokenizer = tokenizer
+        self.inference = inference or InferenceConfig()
+        self.val_eval = EvalConfig(same_caption_positive=True, max_videos=val_max_clips, plot=False)
 
     def prepare_batch(self, batch: dict, device: torch.device) -> dict:
         keep = ("hr", "lr", "input_ids", "attention_mask")
@@ -94,9 +94,8 @@ class PretrainObjective:
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, torch.Tensor]:
         # MLM masking draws from a generator keyed by (seed, step, rank): resumable and rank-distinct.
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 1009 + D.rank())
         module = getattr(model, "module", model)
-        outputs = model(batch, self.objectives, generator=generator)
+        outputs = model(batch, self.objectives, generator=step_generator(self.seed, step))
         if "vtc" not in self.objectives:  # vtm also returns the embeddings; score only what was asked for
             outputs.pop("video_emb", None)
             outputs.pop("text_emb", None)
@@ -106,47 +105,8 @@ class PretrainObjective:
     def validate(self, model: nn.Module, step: int) -> dict[str, float]:
         if self.val_loader is None:
             return {}
-        return evaluate_retrieval(getattr(model, "module", model), self.val_loader, progress=D.is_main(),
-                                  max_clips=self.val_max_clips)
-
-
-@torch.no_grad()
-def encode_loader(model: HDVILA, loader, progress: bool = False, max_clips: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """Video and text embeddings of every clip the loader yields (in order), with keys and captions."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    videos, texts, keys, captions = [], [], [], []
-    try:
-        for batch in tqdm(loader, desc="encode", unit="batch", disable=not progress, leave=False):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                v, _ = model.encode_video(batch["hr"].to(device), batch["lr"].to(device))
-                t, _ = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            videos.append(v.float().cpu())
-            texts.append(t.float().cpu())
-            keys.extend(batch["__key__"])
-            captions.extend(batch["text"])
-            if max_clips and len(keys) >= max_clips:
-                break
-    finally:
-        model.train(was_training)
-    return torch.cat(videos), torch.cat(texts), keys, captions
-
-
-def evaluate_retrieval(model: HDVILA, loader, progress: bool = False, max_clips: int | None = None
-                       ) -> dict[str, float]:
-    """Zero-shot retrieval on held-out clips: each clip's caption is a query, and clips whose captions are
-    identical are all correct answers (the same scoring as `hdvila retrieval eval` on `dataset: shards`)."""
-    video, text, keys, captions = encode_loader(model, loader, progress, max_clips)
-    ann = RetrievalAnnotations(dataset="shards", split="val", video_ids=list(keys), captions=list(captions),
-                               caption_video=list(range(len(keys))))
-    results, _ = evaluate_embeddings(video, text, ann, EvalConfig(same_caption_positive=True))
-    out = {f"{d}_{k}": float(v) for d in ("t2v", "v2t") for k, v in results["plain"][d].items()
-           if k in ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")}
-    out.update({"clips": float(len(keys)), "chance_R@1": float(results["chance"]["t2v"]["R@1"])})
-    return out
+        return validation_metrics(model, self.tokenizer, self.inference, lambda encoder: evaluate_on_shards(
+            encoder, self.val_loader, self.val_eval, progress=D.is_main()))
 
 
 def inference_config(data: PretrainDataConfig) -> InferenceConfig:
@@ -170,7 +130,8 @@ def build_model(cfg: PretrainConfig) -> HDVILA:
     return model
 
 
-def make_loaders(cfg: PretrainConfig, model: HDVILA):
+def make_loaders(cfg: PretrainConfig, model: HDVILA) -> tuple[Any, Any, LoaderConfig | None]:
+    """The training loader and dataset, and the held-out gallery's loader config (None without val_shards)."""
     data = cfg.data
     if not data.train_shards:
         raise ValueError("data.train_shards is empty: point it at shards built by `hdvila data build`")
@@ -180,16 +141,13 @@ def make_loaders(cfg: PretrainConfig, model: HDVILA):
                              shuffle_buffer=data.shuffle_buffer, seed=cfg.train.seed, backend=data.backend,
                              decode_timeout=data.decode_timeout, max_text_len=data.max_text_len,
                              tokenizer=data.tokenizer)
-    loader, dataset = make_loader(train_cfg, "clip", sampling_config(model.config, data, True))
+    loader, dataset = make_loader(train_cfg, "clip", train_sampling(model.config, data))
     val_loader = None
     if data.val_shards:
-        val_cfg = LoaderConfig(shards=data.val_shards, batch_size=data.val_batch_size, num_workers=0,
-                               resampled=False, shuffle_shards=False, shuffle_buffer=0, seed=0,
-                               backend=data.backend, decode_timeout=data.decode_timeout,
-                               max_text_len=data.max_text_len, tokenizer=data.tokenizer, drop_last=False)
-        # every rank scores the whole held-out set, so ZeRO-3 ranks run their forwards in lockstep
-        val_loader, _ = make_loader(val_cfg, "clip", sampling_config(model.config, data, False), rank=0,
-                                    world_size=1)
+        # one pass in shard order, in the main process; every rank scores the whole held-out set, so ZeRO-3
+        # ranks run their forwards in lockstep
+        val_loader = gallery_loader_config(data.val_shards, EvalConfig(batch_size=data.val_batch_size, num_workers=0),
+                                           data.backend, data.max_text_len, data.tokenizer, data.decode_timeout)
     return loader, dataset, val_loader
 
 
@@ -200,7 +158,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any] | 
     objectives = RECIPE_OBJECTIVES[cfg.recipe] + (("vtm",) if cfg.vtm else ())
     loader, dataset, val_loader = make_loaders(cfg, model)
     objective = PretrainObjective(objectives, model.config.temperature, cfg.train.seed, val_loader,
-                                  cfg.data.val_max_clips)
+                                  cfg.data.tokenizer, inference_config(cfg.data), cfg.data.val_max_clips)
     if D.is_main():
         log.info("model %s: %.1fM parameters (%.1fM trainable); recipe %s -> %s", cfg.model,
                  model.num_parameters("full") / 1e6, model.num_parameters("full", trainable_only=True) / 1e6,
@@ -209,15 +167,6 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any] | 
                       data_state=dataset, resume=resume)
     summary = trainer.fit()
     if cfg.export:
-        from data_tools.training.checkpoint import consolidated_state_dict
-
-        state = consolidated_state_dict(trainer.engine)  # collective under ZeRO-3
-        if D.is_main() and state is not None:
-            # a fresh fp32 copy: under ZeRO-3 `model` holds only this rank's partition, under bf16 bf16 weights
-            export = HDVILA(model.config, load_weights=False)
-            export.load_state_dict({k: v.float() for k, v in state.items()})
-            export.save_pretrained(out / "pretrained", tokenizer=cfg.data.tokenizer,
-                                   extra_files={INFERENCE_FILE: inference_yaml(inference_config(cfg.data))})
-            log.info("exported %s", out / "pretrained")
+        export_pretrained(trainer, model.config, out / "pretrained", cfg.data.tokenizer, inference_config(cfg.data))
     D.barrier()
     return run_summary(summary, cfg)

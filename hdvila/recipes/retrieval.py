@@ -10,7 +10,7 @@ caption being its query (zero-shot on a held-out split).
 """
 from __future__ import annotations
 
-import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -18,22 +18,20 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from data_tools.config import to_dict
-from data_tools.shard_summary import iter_shard_captions
 from data_tools.loading.pipeline import LoaderConfig, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig
 from data_tools.logs import get_logger
-
-from ..encoder import INFERENCE_FILE, InferenceConfig, VideoTextEncoder, inference_yaml
-from ..models import HDVILA, create_model
-from ..retrieval.annotations import RetrievalAnnotations, read_annotations
-from ..retrieval.evaluate import (ClipIds, EvalConfig, annotations_from_gallery, cap_bank, encode_gallery,
-                                  evaluate_embeddings, gallery_loader_config, read_bank_file,
-                                  write_report)
+from data_tools.shard_summary import iter_shard_captions
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, TrainConfig
+from data_tools.training.run import run_summary, start_run
 from data_tools.training.trainer import Trainer, move_to_device
-from data_tools.training.run import start_run
+
+from ..encoder import InferenceConfig, VideoTextEncoder
+from ..models import HDVILA, create_model
+from ..retrieval.annotations import RetrievalAnnotations, read_annotations
+from ..retrieval.evaluate import ClipIds, EvalConfig, cap_bank, gallery_loader_config, read_bank_file, write_report
+from .common import Evaluation, evaluate_on_shards, export_pretrained, validation_metrics
 
 log = get_logger(__name__)
 
@@ -141,7 +139,7 @@ class RetrievalEvaluator:
         field_name = cfg.data.id_field if self.test_ann is not None else "key"
         self.clip_ids = ClipIds(field_name, self.test_ann.video_ids if self.test_ann is not None else None)
         self.loader_cfg = gallery_loader_config(cfg.data.test_shards, cfg.eval, cfg.data.backend,
-                                                cfg.data.max_text_len, None)
+                                                cfg.data.max_text_len, None, cfg.data.decode_timeout)
         self._bank_texts: list[str] | None = None
         self._bank_source: str | None = None
 
@@ -165,47 +163,9 @@ class RetrievalEvaluator:
         return self._bank_texts, self._bank_source
 
     @torch.no_grad()
-    def __call__(self, encoder: VideoTextEncoder) -> tuple[dict[str, Any], dict, RetrievalAnnotations]:
-        cfg = self.cfg
-        started = time.perf_counter()
-        gallery = encode_gallery(encoder.encode_clips, self.loader_cfg, encoder.sampling, self.clip_ids,
-                                 cfg.eval.max_videos, self.progress)
-        if self.test_ann is None:
-            ann = annotations_from_gallery(gallery)
-        else:
-            ann = self.test_ann.subset(gallery.video_ids)
-            missing = len(self.test_ann.video_ids) - len(ann.video_ids)
-            if missing and not cfg.eval.max_videos:
-                log.warning("%d of %d annotated test videos are not in the shards; evaluating on the %d found",
-                            missing, len(self.test_ann.video_ids), len(ann.video_ids))
-            order = {vid: i for i, vid in enumerate(gallery.video_ids)}
-            keep = [order[v] for v in ann.video_ids]  # gallery rows in annotation order
-            gallery.embeddings = gallery.embeddings[keep]
-            gallery.records = [gallery.records[i] for i in keep]
-            gallery.video_ids = [gallery.video_ids[i] for i in keep]
-        text_emb = encoder.encode_text(ann.captions, progress=self.progress)
-        bank_emb, bank_source = None, None
-        if cfg.eval.qb_norm:
-            texts, bank_source = self.bank()
-            bank_emb = encoder.encode_text(texts, progress=self.progress)
-        results, ranks = evaluate_embeddings(gallery.embeddings, text_emb, ann, cfg.eval, bank_emb, bank_source)
-        results["data"] = {"dataset": cfg.data.dataset, "videos": len(ann.video_ids), "captions": len(ann.captions),
-                           "annotated_videos": len(self.test_ann.video_ids) if self.test_ann else len(ann.video_ids),
-                           "loader": gallery.counts, "duplicate_clips": gallery.duplicates,
-                           "test_segments": encoder.inference.n_segments,
-                           "seconds": round(time.perf_counter() - started, 1)}
-        return results, ranks, ann
-
-
-def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """{"t2v_R@1": ..., "v2t_MdR": ..., "chance_t2v_R@1": ...} for the trainer's val/ log."""
-    out = {}
-    for method, prefix in (("plain", ""), ("dual_softmax", "dsl_"), ("qb_norm", "qbnorm_")):
-        for direction, values in results.get(method, {}).items():
-            for name in ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR"):
-                out[f"{prefix}{direction}_{name}"] = float(values[name])
-    out["chance_t2v_R@1"] = float(results["chance"]["t2v"]["R@1"])
-    return out
+    def __call__(self, encoder: VideoTextEncoder) -> Evaluation:
+        return evaluate_on_shards(encoder, self.loader_cfg, self.cfg.eval, self.clip_ids, self.test_ann, self.bank,
+                                  self.cfg.data.dataset, self.progress)
 
 
 def run_eval(cfg: RetrievalConfig, out_dir: str | Path | None = None, progress: bool = True,
@@ -242,12 +202,7 @@ class RetrievalObjective:
     def validate(self, model: nn.Module, step: int) -> dict[str, float]:
         if self.evaluator is None:
             return {}
-        module = getattr(model, "module", model)
-        device = next(module.parameters()).device
-        encoder = VideoTextEncoder(module, tokenizer_for(self.cfg), inference_config(self.cfg), device)
-        results, _, _ = self.evaluator(encoder)
-        module.train()
-        return flat_metrics(results)
+        return validation_metrics(model, tokenizer_for(self.cfg), inference_config(self.cfg), self.evaluator)
 
 
 def build_model(cfg: RetrievalConfig) -> HDVILA:
@@ -257,11 +212,11 @@ def build_model(cfg: RetrievalConfig) -> HDVILA:
     return create_model(cfg.model)
 
 
-def sampling_for(model: HDVILA, data: RetrievalDataConfig, train: bool) -> ClipSamplingConfig:
-    return ClipSamplingConfig(n_segments=data.train_segments if train else data.test_segments,
-                              num_frm=data.num_frm or model.config.video.num_frm, sample_rate=data.sample_rate,
-                              hr_size=tuple(model.config.video.hr_size), lr_factor=model.config.video.lr_factor,
-                              hflip_prob=data.hflip_prob if train else 0.0, random=train,
+def train_sampling(model: HDVILA, data: RetrievalDataConfig) -> ClipSamplingConfig:
+    """Training clips: random segments and flips (evaluation samples as `inference_config` says)."""
+    return ClipSamplingConfig(n_segments=data.train_segments, num_frm=data.num_frm or model.config.video.num_frm,
+                              sample_rate=data.sample_rate, hr_size=tuple(model.config.video.hr_size),
+                              lr_factor=model.config.video.lr_factor, hflip_prob=data.hflip_prob, random=True,
                               canvas_short_side=data.canvas_short_side)
 
 
@@ -281,7 +236,7 @@ def run_finetune(cfg: RetrievalConfig, resume: bool = False) -> dict[str, Any] |
                               shuffle_buffer=data.shuffle_buffer, seed=cfg.train.seed, backend=data.backend,
                               decode_timeout=data.decode_timeout, max_text_len=data.max_text_len,
                               tokenizer=tokenizer_for(cfg))
-    loader, dataset = make_loader(loader_cfg, "clip", sampling_for(model, data, True),
+    loader, dataset = make_loader(loader_cfg, "clip", train_sampling(model, data),
                                   caption_fn=AnnotationCaptions(train_ann, data.id_field))
     evaluator = RetrievalEvaluator(cfg, progress=D.is_main()) if cfg.train.val_every > 0 and data.test_shards else None
     if D.is_main():
@@ -291,32 +246,11 @@ def run_finetune(cfg: RetrievalConfig, resume: bool = False) -> dict[str, Any] |
                       out, epoch_setter=dataset.set_epoch, data_state=dataset, resume=resume)
     summary = trainer.fit()
     if cfg.export:
-        export_model(trainer, model, cfg, out / "pretrained")
+        export_pretrained(trainer, model.config, out / "pretrained", tokenizer_for(cfg), inference_config(cfg))
     D.barrier()
-    if summary is not None:
-        summary = dict(summary)
-        summary["config"] = to_dict(cfg)
-        if cfg.export and data.test_shards and D.is_main():
-            final = run_eval(_with_model(cfg, out / "pretrained"), out / "eval", progress=cfg.train.progress)
-            summary["eval"] = {k: final[k] for k in ("plain", "chance", "files") if k in final}
+    summary = run_summary(summary, cfg)
+    if summary is not None and cfg.export and data.test_shards and D.is_main():
+        final = run_eval(dataclasses.replace(cfg, model=str(out / "pretrained")), out / "eval",
+                         progress=cfg.train.progress)
+        summary["eval"] = {k: final[k] for k in ("plain", "chance", "files") if k in final}
     return summary
-
-
-def _with_model(cfg: RetrievalConfig, path: Path) -> RetrievalConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, model=str(path))
-
-
-def export_model(trainer: Trainer, model: HDVILA, cfg: RetrievalConfig, path: Path) -> None:
-    """Collective: gather the weights (ZeRO-3 safe) and write a pretrained folder with this config's
-    test-time sampling as inference.yaml."""
-    from data_tools.training.checkpoint import consolidated_state_dict
-
-    state = consolidated_state_dict(trainer.engine)
-    if D.is_main() and state is not None:
-        export = HDVILA(model.config, load_weights=False)
-        export.load_state_dict({k: v.float() for k, v in state.items()})
-        export.save_pretrained(path, tokenizer=tokenizer_for(cfg),
-                               extra_files={INFERENCE_FILE: inference_yaml(inference_config(cfg))})
-        log.info("exported %s", path)

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data_tools.files import atomic_open, atomic_write_json, atomic_write_text
+from data_tools.files import atomic_write_json, atomic_write_text
 from data_tools.loading.pipeline import LoaderConfig, expand_shards, make_loader
 from data_tools.logs import get_logger
+from data_tools.training.metrics import save_figure
 
 from .annotations import RetrievalAnnotations
 from .index import INDEX_KINDS, IndexParams, build_index
@@ -81,12 +82,15 @@ class ClipIds:
 
 
 def gallery_loader_config(shards: Sequence[str] | str, cfg: EvalConfig, backend: str = "decord",
-                          max_text_len: int = 40, tokenizer: str | None = None) -> LoaderConfig:
+                          max_text_len: int = 40, tokenizer: str | None = None,
+                          decode_timeout: float | None = None) -> LoaderConfig:
+    """One pass over the shards in order; a worker per shard at most, so each sample is read exactly once.
+    `decode_timeout` None keeps the loader's default."""
     urls = expand_shards(shards)
-    # one pass in shard order; a worker per shard at most, so each sample is read exactly once
+    timeout = {} if decode_timeout is None else {"decode_timeout": decode_timeout}
     return LoaderConfig(shards=urls, batch_size=cfg.batch_size, num_workers=min(cfg.num_workers, len(urls)),
                         resampled=False, shuffle_shards=False, shuffle_buffer=0, seed=0, backend=backend,
-                        max_text_len=max_text_len, tokenizer=tokenizer, drop_last=False)
+                        max_text_len=max_text_len, tokenizer=tokenizer, drop_last=False, **timeout)
 
 
 @torch.no_grad()
@@ -268,11 +272,7 @@ def plot_recall_curves(ranks: dict[str, dict[str, np.ndarray]], results: dict[st
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(out_dir: str | Path, results: dict[str, Any], ranks: dict[str, dict[str, np.ndarray]],

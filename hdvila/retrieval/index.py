@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,3 @@ def load_index_folder(directory: str | Path) -> tuple[Any, list[dict], dict]:
         raise ValueError(f"{directory}: {len(records)} records for {index.ntotal} vectors")
     return index, records, info
 
-
-def params_dict(params: IndexParams) -> dict:
-    return asdict(params)
