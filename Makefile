@@ -36,7 +36,7 @@ bench: $(STAMP)
 # the diffusion papers in miniature: ~90 min on 2 cores (docs/results/diffusion.md)
 # the faces32 GAN (~75 min on one core), then the animator ablations and speed (~40 min); needs `make demo` first
 bench-animation: $(STAMP)
-	$(VENV)/bin/hdvila animate train-gan --config configs/animation/faces32-gan.yaml
+	$(VENV)/bin/hdvila animate train-gan --config animation/faces32-gan
 	$(PY) benchmarks/report_gan.py --run runs/animation/faces32-gan
 	$(PY) benchmarks/bench_animation.py --gan-dir runs/animation/faces32-gan/gan
 

@@ -1,7 +1,7 @@
 """HD-VILA platform: video-language pretraining with generation heads."""
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 REQUIREMENTS = [
@@ -17,8 +17,14 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["data_tools*", "hdvila*", "diffusion*", "animation*"]),
-    package_data={"data_tools": ["assets/*/*", "assets/*/*/*"], "hdvila": ["models/model_configs/*.yaml"]},
+    # namespace packages too, so data folders without __init__.py (assets/corpus, configs/pretrain, ...) are
+    # packages of their own and their files install as package data
+    packages=find_namespace_packages(include=["data_tools*", "hdvila*", "diffusion*", "animation*"],
+                                     exclude=["*.__pycache__"]),
+    package_data={
+        "data_tools": ["assets/**/*", "training/deepspeed/*.json"],
+        "hdvila": ["models/model_configs/*.yaml", "configs/**/*.yaml"],
+    },
     include_package_data=True,
     install_requires=REQUIREMENTS,
     entry_points={"console_scripts": ["hdvila=hdvila.cli:main"]},

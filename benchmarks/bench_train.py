@@ -37,7 +37,7 @@ ARMS = {
 
 
 def flops_per_sample(size: str, batch: int) -> float:
-    cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain" / f"{size}.yaml")
+    cfg = load_config(PretrainConfig, f"pretrain/{size}")
     model = create_model(cfg.model)
     v = model.config.video
     s, t = cfg.data.n_segments, v.num_frm
@@ -62,7 +62,7 @@ def run_arm(size: str, arm: str, steps: int, work: Path) -> dict:
         f"data.num_workers={settings['workers']}",
         f"model_overrides={{video: {{channels_last: {str(settings['channels_last']).lower()}}}}}",
     ]
-    cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain" / f"{size}.yaml", overrides)
+    cfg = load_config(PretrainConfig, f"pretrain/{size}", overrides)
     started = time.perf_counter()
     run_pretrain(cfg)
     records = read_metrics(out / "metrics.jsonl")[1:]  # the first window holds start-up and compilation

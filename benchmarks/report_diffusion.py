@@ -166,7 +166,7 @@ def main() -> None:
              f"- Command: `{report['command']}` then `python benchmarks/report_diffusion.py`",
              f"- Machine: {report['machine']}; the last invocation took {report['minutes']} min (finished runs "
              "are reused, so a rerun only trains what is missing)",
-             f"- Every run: `hdvila diffusion train --config configs/diffusion/digits-dit.yaml` + overrides: 8x8 "
+             f"- Every run: `hdvila diffusion train --config diffusion/digits-dit` + overrides: 8x8 "
              f"sklearn digits (1,438 train / 359 held-out), a 1M-parameter DiT, batch 128, {report['steps']} steps, "
              "Adam lr 1e-3 unless swept, EMA 0.995.",
              f"- Evaluation every {report['val_every']} steps, identical for all arms: 1,000 samples from the EMA "

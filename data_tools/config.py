@@ -1,7 +1,8 @@
 """Typed configs: YAML files -> nested dataclasses, dotted `key=value` overrides, resolved copy per run.
 
-Every command's config is a dataclass tree. `load_config(Cls, "configs/x.yaml", ["train.max_steps=20"])`
-reads the YAML, applies the overrides (values parsed as YAML, so `a.b=[1,2]` and `a.c=null` work), checks
+Every command's config is a dataclass tree. `load_config(Cls, "pretrain/small", ["train.max_steps=20"])`
+reads the YAML (a file path, or a name looked up in the roots given to `register_config_root`; hdvila registers
+its packaged `hdvila/configs`), applies the overrides (values parsed as YAML, so `a.b=[1,2]` and `a.c=null` work), checks
 every key and type, and returns an instance. `save_config(cfg, run_dir / "config.yaml")` writes the resolved
 config atomically.
 """
@@ -154,13 +155,54 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
+_CONFIG_ROOTS: list[Path] = []
+
+
+def register_config_root(path: str | Path) -> None:
+    """Add a folder of YAML configs whose files `resolve_config` finds by name (`pretrain/small`)."""
+    path = Path(path).resolve()
+    if path not in _CONFIG_ROOTS:
+        _CONFIG_ROOTS.append(path)
+
+
+def find_named_file(name_or_path: str | Path, roots: Iterable[Path], suffixes: tuple[str, ...]) -> Path:
+    """An existing file path as it is; otherwise `name` or `name<suffix>` under the first root holding it.
+    A miss raises FileNotFoundError naming the closest names found under the roots."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    roots = list(roots)
+    text = str(name_or_path)
+    candidates = [text] if text.endswith(suffixes) else [text + suffix for suffix in suffixes]
+    if not path.is_absolute():
+        for root in roots:
+            for candidate in candidates:
+                if (root / candidate).is_file():
+                    return root / candidate
+    names = sorted({f.relative_to(root).with_suffix("").as_posix()
+                    for root in roots if root.is_dir() for f in root.rglob("*") if f.suffix in suffixes})
+    close = difflib.get_close_matches(str(Path(text).with_suffix("")) if text.endswith(suffixes) else text,
+                                      names, n=5, cutoff=0.4)
+    where = ", ".join(str(r) for r in roots) or "no registered folders"
+    hint = f"; close names: {', '.join(close)}" if close else (f"; known names: {', '.join(names)}" if names else "")
+    raise FileNotFoundError(f"{name_or_path}: no such file, nor a name under {where}{hint}")
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """The YAML for a config name (`pretrain/small` or `pretrain/small.yaml`, looked up in the registered roots)
+    or a path to an existing file (which wins). A miss raises ConfigError listing close names."""
+    try:
+        return find_named_file(name_or_path, _CONFIG_ROOTS, (".yaml", ".yml"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config not found: {exc}") from None
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
-    """Defaults of `cls`, updated by the YAML at `path`, updated by the dotted overrides."""
+    """Defaults of `cls`, updated by the YAML at `path` (a file or a config name, see `resolve_config`),
+    updated by the dotted overrides."""
     data: dict = to_dict(cls())
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = resolve_config(path)
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")

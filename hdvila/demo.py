@@ -21,16 +21,7 @@ log = get_logger(__name__)
 
 DEMO_SYNTH = ["num_videos=200", "height=240", "width=320", "events_per_video=2", "event_seconds=4.0",
               "num_heldout_videos=40"]
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 VAL_CURVES = ("val/t2v_R@1", "val/t2v_R@5", "val/t2v_R@10")  # the pretraining validation's recall, in %
-
-
-def _config_path(*parts: str) -> Path:
-    """The shipped config, also when the package is installed outside the repository."""
-    path = REPO_CONFIGS.joinpath(*parts)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the demo from a checkout of the repository")
-    return path
 
 
 def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = None) -> int:
@@ -75,7 +66,7 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
                       f"train.save_every={pretrain_steps}"]
     if quiet:
         overrides.append("train.progress=false")
-    pre_cfg = load_config(PretrainConfig, _config_path("pretrain", "small.yaml"), overrides)
+    pre_cfg = load_config(PretrainConfig, "pretrain/small", overrides)
     t0 = time.time()
     run_pretrain(pre_cfg)
     pretrain_seconds = time.time() - t0
@@ -87,7 +78,7 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
                                   chance_label="chance R@1", val_ylim=(0, 100))
 
     print("[5/6] zero-shot text-to-video retrieval on the held-out clips (FAISS, exact inner product)")
-    ret_cfg = load_config(RetrievalConfig, _config_path("retrieval", "demo.yaml"), [
+    ret_cfg = load_config(RetrievalConfig, "retrieval/demo", [
         f"model={model_dir}", f"output_dir={out}", f"data.train_shards=[{train_glob}]",
         f"data.test_shards=[{heldout_glob}]"])
     encoder = load_encoder(ret_cfg)

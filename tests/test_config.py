@@ -67,20 +67,44 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_repo_build_yaml_matches_dataclass_defaults():
-    from pathlib import Path
+    import hdvila  # noqa: F401  (registers the packaged recipe configs)
 
-    repo = Path(__file__).resolve().parent.parent
-    assert load_config(BuildConfig, repo / "configs" / "data" / "build.yaml") == BuildConfig()
+    assert load_config(BuildConfig, "data/build") == BuildConfig()
 
 
 def test_every_shipped_pretrain_config_loads_and_names_a_registered_model():
-    from pathlib import Path
-
+    from hdvila import CONFIGS
     from hdvila.models import list_models
     from hdvila.recipes.pretrain import PretrainConfig
 
-    folder = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
+    folder = CONFIGS / "pretrain"
     for path in sorted(folder.glob("*.yaml")):
         cfg = load_config(PretrainConfig, path)
         assert cfg.model in list_models(), path
         assert cfg.recipe in ("stage1", "stage2", "joint")
+
+
+def test_config_names_resolve_in_registered_roots_and_paths_win(tmp_path, monkeypatch):
+    from data_tools import config as config_module
+    from data_tools.config import register_config_root, resolve_config
+
+    monkeypatch.setattr(config_module, "_CONFIG_ROOTS", [])
+    (tmp_path / "root" / "pretrain").mkdir(parents=True)
+    (tmp_path / "root" / "pretrain" / "small.yaml").write_text("workers: 3\n")
+    register_config_root(tmp_path / "root")
+    named = tmp_path / "root" / "pretrain" / "small.yaml"
+    assert resolve_config("pretrain/small") == named.resolve() == resolve_config("pretrain/small.yaml")
+    assert load_config(BuildConfig, "pretrain/small").workers == 3
+    own = tmp_path / "own.yaml"
+    own.write_text("workers: 5\n")
+    assert resolve_config(own) == own and load_config(BuildConfig, str(own)).workers == 5
+    with pytest.raises(ConfigError, match="close names: pretrain/small"):
+        resolve_config("pretrain/smal")
+
+
+def test_deepspeed_config_names_resolve_to_the_shipped_jsons():
+    from data_tools.training.trainer import DEEPSPEED_CONFIGS, resolve_deepspeed_config
+
+    assert resolve_deepspeed_config("zero2") == DEEPSPEED_CONFIGS / "zero2.json"
+    with pytest.raises(FileNotFoundError, match="zero3"):
+        resolve_deepspeed_config("zero4")

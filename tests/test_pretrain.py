@@ -39,7 +39,7 @@ def tiny_overrides(shards: Path, out: Path, **extra) -> list[str]:
 
 def test_stage1_run_folder_validation_and_export(tiny_shards, tmp_path):
     out = tmp_path / "run"
-    cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", tiny_overrides(tiny_shards, out))
+    cfg = load_config(PretrainConfig, "pretrain/tiny", tiny_overrides(tiny_shards, out))
     run_pretrain(cfg)
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["train"]["max_steps"] == 4 and resolved["model"] == "hdvila-tiny"
@@ -62,10 +62,10 @@ def test_stage1_run_folder_validation_and_export(tiny_shards, tmp_path):
 
 def test_stage2_trains_only_the_cross_modal_part(tiny_shards, tmp_path):
     stage1 = tmp_path / "s1"
-    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml",
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny",
                              tiny_overrides(tiny_shards, stage1, **{"train.max_steps": 1, "train.val_every": 0})))
     stage2 = tmp_path / "s2"
-    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", tiny_overrides(
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny", tiny_overrides(
         tiny_shards, stage2, recipe="stage2", init_from=str(stage1 / "pretrained"),
         **{"train.max_steps": 3, "train.val_every": 0, "optim.lr": 1e-2, "optim.warmup_ratio": 0.0})))
     records = read_metrics(stage2 / "metrics.jsonl")
@@ -84,9 +84,9 @@ def test_same_command_under_torchrun_with_zero2(tiny_shards, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
-           "-m", "hdvila.cli", "--quiet", "pretrain", "--config", str(REPO / "configs" / "pretrain" / "tiny.yaml"),
+           "-m", "hdvila.cli", "--quiet", "pretrain", "--config", "pretrain/tiny",
            *tiny_overrides(tiny_shards, out, **{"train.max_steps": 2, "train.val_every": 0,
-                                                "train.deepspeed_config": "configs/deepspeed/zero2.json"})]
+                                                "train.deepspeed_config": "zero2"})]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = read_metrics(out / "metrics.jsonl")
@@ -98,7 +98,7 @@ def test_same_command_under_torchrun_with_zero2(tiny_shards, tmp_path):
 
 def test_bf16_trains_a_batchnorm_model_and_exports_fp32(tiny_shards, tmp_path):
     out = tmp_path / "bf16"
-    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", tiny_overrides(
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny", tiny_overrides(
         tiny_shards, out, **{"train.max_steps": 2, "train.val_every": 2, "train.precision": "bf16"})))
     records = read_metrics(out / "metrics.jsonl")
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
@@ -114,13 +114,13 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tiny_shards, tmp_path):
               "data.epoch_samples": 40, "data.num_workers": 2, "optim.schedule": "constant",
               "optim.warmup_ratio": 0.0}
     full = tmp_path / "full"
-    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", tiny_overrides(
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny", tiny_overrides(
         tiny_shards, full, **{**common, "train.max_steps": 5})))
     part = tmp_path / "part"
     overrides = tiny_overrides(tiny_shards, part, **{**common, "train.max_steps": 5})
-    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml",
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny",
                              overrides + ["train.max_steps=3", "train.save_every=3"]))
-    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", overrides), resume=True)
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny", overrides), resume=True)
     expected = {r["step"]: r["loss"] for r in read_metrics(full / "metrics.jsonl")}
     resumed = {r["step"]: r["loss"] for r in read_metrics(part / "metrics.jsonl")}
     assert sorted(resumed) == [1, 2, 3, 4, 5]
@@ -131,7 +131,7 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tiny_shards, tmp_path):
 @pytest.mark.parametrize("recipe, expected", [("joint", {"vtc", "mlm", "vtm"}), ("stage2", {"mlm", "vtm"})])
 def test_vtm_adds_matching_and_scores_only_the_requested_losses(tiny_shards, tmp_path, recipe, expected):
     out = tmp_path / recipe
-    run_pretrain(load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", tiny_overrides(
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny", tiny_overrides(
         tiny_shards, out, recipe=recipe, vtm="true", export="false",
         **{"train.max_steps": 1, "train.val_every": 0})))
     record = read_metrics(out / "metrics.jsonl")[-1]

@@ -32,7 +32,6 @@ from data_tools.training.metrics import read_metrics
 
 from corpus_helpers import tiny_corpus_shards
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def tied_vectors(n, dim, seed, duplicates=0):
@@ -263,7 +262,7 @@ def finetuned(msrvtt_style_corpus, tmp_path_factory):
     root, clips = msrvtt_style_corpus
     work = tmp_path_factory.mktemp("finetune")
     tiny_encoder().save_pretrained(work / "init")
-    cfg = load_config(RetrievalConfig, REPO / "configs" / "retrieval" / "msrvtt.yaml",
+    cfg = load_config(RetrievalConfig, "retrieval/msrvtt",
                       finetune_overrides(root, work / "run", work / "init"))
     summary = run_finetune(cfg)
     return work / "run", summary, clips
@@ -314,7 +313,7 @@ def test_index_and_search_find_a_clip_by_its_own_caption(finetuned, msrvtt_style
 def test_eval_command_on_plain_shards_writes_a_report(finetuned, msrvtt_style_corpus, tmp_path, capsys):
     run, _, clips = finetuned
     root, _ = msrvtt_style_corpus
-    code = cli_main(["--quiet", "retrieval", "eval", "--config", str(REPO / "configs" / "retrieval" / "demo.yaml"),
+    code = cli_main(["--quiet", "retrieval", "eval", "--config", "retrieval/demo",
                      "--model", str(run / "pretrained"), "--out", str(tmp_path / "report"),
                      f"data.test_shards=[{root / 'shards' / '*.tar'}]",
                      f"data.train_shards=[{root / 'shards' / '*.tar'}]", "data.test_segments=1",

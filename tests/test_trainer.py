@@ -26,7 +26,7 @@ from data_tools.training import (BatchStream, OptimConfig, ParamGroupConfig, Tra
 from data_tools.training.optim import build_optimizer
 from data_tools.training.checkpoint import read_latest_tag, safe_torch_load
 from data_tools.training.metrics import MetricsWriter, read_metrics
-from data_tools.training.trainer import cap_bucket_sizes
+from data_tools.training.trainer import DEEPSPEED_CONFIGS, cap_bucket_sizes
 
 sys.path.insert(0, str(Path(__file__).parent))
 import dist_helpers as H  # noqa: E402
@@ -200,7 +200,7 @@ def test_deepspeed_config_is_filled_from_train_config():
     assert ds["zero_optimization"]["stage"] == 2 and "train_batch_size" not in ds
     assert cap_bucket_sizes(ds, 1000)["zero_optimization"]["reduce_bucket_size"] == 1000
     for stage in range(4):
-        ds = build_deepspeed_config(TrainConfig(deepspeed_config=f"configs/deepspeed/zero{stage}.json"),
+        ds = build_deepspeed_config(TrainConfig(deepspeed_config=f"zero{stage}"),
                                     torch.device("cpu"))
         assert ds["zero_optimization"]["stage"] == stage
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
@@ -395,7 +395,7 @@ def test_bf16_trains_on_cpu(tmp_path, deepspeed_ready):
 
 def test_zero3_single_process_steps_saves_resumes_and_exports(tmp_path, deepspeed_ready, monkeypatch):
     ds_json = tmp_path / "zero3.json"
-    config = json.loads((REPO / "configs/deepspeed/zero3.json").read_text())
+    config = json.loads((DEEPSPEED_CONFIGS / "zero3.json").read_text())
     config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition even tiny tensors
     ds_json.write_text(json.dumps(config))
     trainer, _, _ = _regression_trainer(tmp_path / "run", steps=3, deepspeed_config=str(ds_json), log_every=1,

@@ -1,4 +1,4 @@
-"""Config of `hdvila data build` (configs/data/build.yaml holds the defaults as a file)."""
+"""Config of `hdvila data build` (the packaged config `data/build` holds the defaults as a file)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

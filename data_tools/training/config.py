@@ -24,7 +24,7 @@ class TrainConfig:
     val_every: int = 0  # 0 = never call objective.validate
     precision: Precision = "fp32"
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    deepspeed_config: str = "configs/deepspeed/zero1.json"  # relative to the working dir or the repo root
+    deepspeed_config: str = "zero1"  # zero0..zero3 (data_tools/training/deepspeed/*.json) or a path to a JSON file
     zero_stage: Optional[int] = None  # None = the stage in the JSON
     deterministic: bool = False  # torch.use_deterministic_algorithms and friends
     compile: bool = False  # torch.compile the module through DeepSpeed's engine.compile()

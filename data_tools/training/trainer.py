@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Union, runtime_c
 import torch
 from torch import nn
 
+from ..config import find_named_file
 from . import distributed as D
 from .checkpoint import (capture_rng_state, export_weights, fsync_tree, install_safe_loader, read_latest_tag,
                          restore_rng_state, step_tag, write_latest_tag)
@@ -32,7 +33,7 @@ from .optim import NO_DECAY_SUFFIX, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parent / "deepspeed"  # zero0.json .. zero3.json, package data
 CHECKPOINT_DIR = "checkpoints"
 CLIENT_STATE_FORMAT = 1
 
@@ -138,20 +139,18 @@ class BatchStream:
             return batch
 
 
-def resolve_path(path: str | os.PathLike) -> Path:
-    """A relative config path is looked up in the working dir, then in the repository root."""
-    path = Path(path)
-    if path.is_absolute() or path.exists():
-        return path
-    in_repo = REPO_ROOT / path
-    return in_repo if in_repo.exists() else path
+def resolve_deepspeed_config(name_or_path: str | os.PathLike) -> Path:
+    """An existing JSON file, or a name (`zero1` or `zero1.json`) of the JSONs shipped in DEEPSPEED_CONFIGS."""
+    try:
+        return find_named_file(name_or_path, [DEEPSPEED_CONFIGS], (".json",))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"DeepSpeed config not found: {exc}") from None
 
 
 def build_deepspeed_config(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """The JSON under configs/deepspeed/ with batch sizes, clipping, precision and the ZeRO stage filled in."""
-    path = resolve_path(cfg.deepspeed_config)
-    if not path.is_file():
-        raise FileNotFoundError(f"DeepSpeed config not found: {cfg.deepspeed_config}")
+    """The DeepSpeed JSON (a shipped name such as zero1, or a file) with batch sizes, clipping, precision and the
+    ZeRO stage filled in."""
+    path = resolve_deepspeed_config(cfg.deepspeed_config)
     ds = json.loads(path.read_text(encoding="utf-8"))
     for section in ("optimizer", "scheduler"):
         if section in ds:

@@ -8,11 +8,6 @@ from pathlib import Path
 from hdvila.cli import log, split_overrides
 
 
-def _default_config() -> str | None:
-    path = Path(__file__).resolve().parents[2] / "configs" / "data" / "build.yaml"
-    return str(path) if path.is_file() else None
-
-
 def cmd_data_build(args: argparse.Namespace) -> int:
     from data_tools.config import load_config
     from data_tools.ingest.build import BuildFailed, build_shards
@@ -24,7 +19,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
         raise SystemExit("hdvila data build: give at least one input (folder, manifest or HD-VILA-100M JSONL)")
     if args.workers is not None:
         overrides.append(f"workers={args.workers}")
-    cfg = load_config(BuildConfig, args.config or _default_config(), overrides)
+    cfg = load_config(BuildConfig, args.config or "data/build", overrides)
     try:
         report = build_shards(inputs, args.out, cfg, progress=not args.quiet)
     except BuildFailed as exc:
