@@ -1,6 +1,6 @@
 """StyleGAN2 training on the shared trainer, with images from the shared data layer.
 
-    hdvila animate train-gan --config configs/animation/faces32-gan.yaml [key=value ...]
+    hdvila animate train-gan --config animation/faces32-gan [key=value ...]
 
 The trainer steps one optimizer over both networks, each in its own parameter group with StyleGAN2's lazy-
 regularisation learning rate and betas. By default the steps alternate as in StyleGAN2: even steps train G,
@@ -10,50 +10,50 @@ generator's loss goes through a detached copy of D's weights, the discriminator 
 `pl_interval` steps) are added scaled by their interval, as in StyleGAN2. An EMA of the generator (half-life
 in thousands of images) samples the validation grids and is what gets exported.
 
-Run folder: config.yaml, metrics.jsonl, tensorboard/, checkpoints/, samples/stepXXXXXXX.png and gan/
-(generator EMA + discriminator as safetensors, with their config).
+Images come from the one image-data config (`data_tools.image_datasets.ImageDataConfig`): by default the
+synthetic faces registered as the image set "faces", scored (SWD) against the training images themselves
+(`test_fraction: 0`); or `data.kind=folder` / `data.kind=video`.
+
+Run folder: config.yaml, metrics.jsonl, tensorboard/, checkpoints/, samples/stepXXXXXXX.png and gan/, a
+pretrained folder (kind "stylegan2": the generator EMA as model.safetensors, the discriminator as
+discriminator.safetensors, the run config as run_config.yaml): `Generator.from_pretrained(gan_dir)`,
+`Discriminator.from_pretrained(gan_dir)`.
 """
 from __future__ import annotations
 
-import copy
-import json
+import inspect
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from data_tools.config import dump_config, from_dict
+import data_tools.training.distributed as dist
+from data_tools.config import dump_config
 from data_tools.distances import sliced_wasserstein
-from data_tools.images import ArrayBatches, ImageFolderDataset, frames_to_images, save_image_grid, video_frame_loader
-from data_tools.files import atomic_directory, atomic_write_json
+from data_tools.ema import EMA, ema_decay_from_half_life
+from data_tools.image_datasets import IMAGE_DATASETS, ImageData, ImageDataConfig, make_image_data
+from data_tools.images import frames_to_images, save_image_grid
 from data_tools.logs import get_logger
-from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, ParamGroupConfig, TrainConfig
+from data_tools.training.run import run_summary, start_run, step_generator
 from data_tools.training.trainer import Trainer
-from data_tools.training.run import run_summary, start_run
 
-from .stylegan2 import (Generator, PathLengthPenalty, StyleGAN2Config, create_gan, d_logistic_loss,
-                        g_nonsaturating_loss, get_gan_config, lazy_adam_params, mix_styles, r1_penalty)
+from . import faces as _faces  # noqa: F401  (registers the image set "faces")
+from .stylegan2 import (Generator, PathLengthPenalty, create_gan, d_logistic_loss, g_nonsaturating_loss,
+                        get_gan_config, lazy_adam_params, mix_styles, r1_penalty)
 
 log = get_logger(__name__)
 
 EXPORT_DIR = "gan"
 
 
-@dataclass
-class GANDataConfig:
-    kind: str = "faces"  # faces (the built-in synthetic domain) | folder (image files) | video (frames from shards)
-    size: Optional[int] = None  # default: the generator's resolution
-    count: int = 4096  # faces: how many to render
-    seed: int = 0  # faces: which ones
-    folder: Optional[str] = None
-    shards: list[str] = field(default_factory=list)
-    num_workers: int = 2
-    backend: str = "decord"
-    epoch_samples: int = 2048
+def default_gan_data() -> ImageDataConfig:
+    """4096 synthetic faces, rendered at the generator's resolution; SWD against the training images."""
+    return ImageDataConfig(kind="array", name="faces", options={"count": 4096, "seed": 0}, channels=3,
+                           test_fraction=0.0)
 
 
 @dataclass
@@ -84,7 +84,7 @@ class GANConfig:
     loss: GANLossConfig = field(default_factory=GANLossConfig)
     ema_kimg: float = 10.0  # half-life of the generator EMA, in thousands of images
     output_dir: str = "runs/animation/gan"
-    data: GANDataConfig = field(default_factory=GANDataConfig)
+    data: ImageDataConfig = field(default_factory=default_gan_data)
     eval: GANEvalConfig = field(default_factory=GANEvalConfig)
     # no gradient clipping: one global norm over G and D together lets D's gradients starve G's
     train: TrainConfig = field(default_factory=lambda: TrainConfig(grad_clip=0.0))
@@ -107,26 +107,26 @@ class GANPair(nn.Module):
     def forward(self, real: torch.Tensor, z: torch.Tensor, z_mix: torch.Tensor, *, mixing: float,
                 r1_weight: float, pl_weight: float, pl_batch: int, train_g: bool = True,
                 train_d: bool = True) -> dict[str, torch.Tensor]:
-        G, D = self.generator, self.discriminator
-        ws = G.mapping(z)
+        gen, disc = self.generator, self.discriminator
+        ws = gen.mapping(z)
         if mixing > 0:
-            ws = mix_styles(ws, G.mapping(z_mix), mixing)
-        fake = G.synthesis(ws, noise_mode="random")
+            ws = mix_styles(ws, gen.mapping(z_mix), mixing)
+        fake = gen.synthesis(ws, noise_mode="random")
         out, total = {}, real.new_zeros(())
-        if train_g:  # D's weights detached, so this loss moves only G
-            frozen = {name: p.detach() for name, p in D.named_parameters()}
-            frozen.update(dict(D.named_buffers()))
-            out["g_loss"] = g_nonsaturating_loss(functional_call(D, frozen, (fake,)))
+        if train_g:  # the discriminator's weights detached, so this loss moves only the generator
+            frozen = {name: p.detach() for name, p in disc.named_parameters()}
+            frozen.update(dict(disc.named_buffers()))
+            out["g_loss"] = g_nonsaturating_loss(functional_call(disc, frozen, (fake,)))
             total = total + out["g_loss"]
             if pl_weight > 0:
-                ws_pl = G.mapping(z[:pl_batch])
-                penalty, lengths = self.path_length(G.synthesis(ws_pl, noise_mode="random"), ws_pl)
+                ws_pl = gen.mapping(z[:pl_batch])
+                penalty, lengths = self.path_length(gen.synthesis(ws_pl, noise_mode="random"), ws_pl)
                 out["pl_penalty"], out["pl_length"] = penalty, lengths.detach().mean()
                 total = total + pl_weight * penalty
-        if train_d:  # fakes detached, so this loss moves only D
+        if train_d:  # fakes detached, so this loss moves only the discriminator
             real = real.detach().requires_grad_(r1_weight > 0)
-            real_logits = D(real)
-            out["d_loss"] = d_logistic_loss(real_logits, D(fake.detach()))
+            real_logits = disc(real)
+            out["d_loss"] = d_logistic_loss(real_logits, disc(fake.detach()))
             out["real_score"] = real_logits.detach().mean()
             total = total + out["d_loss"]
             if r1_weight > 0:
@@ -158,28 +158,15 @@ def image_size(cfg: GANConfig) -> int:
     return cfg.data.size or get_gan_config(cfg.gan, **cfg.gan_overrides).resolution
 
 
-def make_data(cfg: GANConfig):
-    """(training batches, epoch setter, data state, real images for evaluation or None)."""
-    data, size = cfg.data, image_size(cfg)
-    rank, world = D.rank(), D.world_size()
-    if data.kind in ("faces", "folder"):
-        if data.kind == "faces":
-            from .faces import SyntheticFaces
-
-            images = SyntheticFaces(data.count, size=size, seed=data.seed).tensors()
-        else:
-            if not data.folder:
-                raise ValueError("data.kind: folder needs data.folder")
-            images = ImageFolderDataset(data.folder, size, channels=3).tensors()
-        batches = ArrayBatches(images, torch.zeros(len(images), dtype=torch.long), cfg.train.batch_size,
-                               cfg.train.seed, rank, world)
-        return batches, batches.set_epoch, None, images
-    if data.kind == "video":
-        loader, dataset = video_frame_loader(data.shards, size, cfg.train.batch_size, num_workers=data.num_workers,
-                                             epoch_samples=data.epoch_samples, seed=cfg.train.seed,
-                                             backend=data.backend)
-        return loader, dataset.set_epoch, dataset, None
-    raise ValueError(f"data.kind must be faces, folder or video, got {data.kind!r}")
+def make_data(cfg: GANConfig) -> ImageData:
+    """This rank's training batches and the real images samples are scored against (the shared image-data
+    config). An in-memory set whose loader takes a `size` option (the faces) is rendered at the generator's
+    resolution rather than resized to it."""
+    size, data = image_size(cfg), cfg.data
+    if data.kind == "array" and data.name in IMAGE_DATASETS and "size" not in data.options:
+        if "size" in inspect.signature(IMAGE_DATASETS.get(data.name).loader).parameters:
+            data = ImageDataConfig(**{**asdict(data), "options": {**data.options, "size": size}})
+    return make_image_data(data, size, cfg.train.batch_size, cfg.train.seed, dist.rank(), dist.world_size())
 
 
 # ------------------------------------------------------------------------------------------------ objective
@@ -187,9 +174,8 @@ def make_data(cfg: GANConfig):
 class GANObjective:
     def __init__(self, cfg: GANConfig, pair: GANPair, reference: torch.Tensor | None, output_dir: Path):
         self.cfg = cfg
-        self.ema = copy.deepcopy(pair.generator).eval().requires_grad_(False)
-        images_per_step = cfg.train.batch_size * D.world_size()
-        self.ema_beta = 0.5 ** (images_per_step / max(cfg.ema_kimg * 1000.0, 1e-8))
+        self.ema = EMA(pair.generator, ema_decay_from_half_life(cfg.ema_kimg * 1000.0,
+                                                                cfg.train.batch_size * dist.world_size()))
         self.reference = reference
         self.output_dir = output_dir
 
@@ -201,7 +187,7 @@ class GANObjective:
         real = batch["images"]
         b, lc = real.shape[0], self.cfg.loss
         z_dim = getattr(model, "module", model).generator.z_dim
-        generator = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step * 1009 + D.rank())
+        generator = step_generator(self.cfg.train.seed, step)
         z = torch.randn(b, z_dim, generator=generator).to(real.device)
         z_mix = torch.randn(b, z_dim, generator=generator).to(real.device)
         # lazy intervals count the steps that train the network concerned
@@ -217,13 +203,12 @@ class GANObjective:
                     pl_batch=max(1, b // lc.pl_batch_shrink), train_g=train_g, train_d=train_d)
         return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
 
-    @torch.no_grad()
     def after_step(self, model: nn.Module, step: int) -> None:
         live = getattr(model, "module", model).generator
-        for ema_p, p in zip(self.ema.parameters(), live.parameters()):
-            ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - self.ema_beta)
-        for ema_b, b in zip(self.ema.buffers(), live.buffers()):  # w_avg, fixed noise: copied, not averaged
-            ema_b.copy_(b)
+        device = next(live.parameters()).device
+        if next(self.ema.module.parameters()).device != device:  # the trainer moved the model after we copied it
+            self.ema.to(device)
+        self.ema.update(live)  # w_avg, fixed noise: copied, not averaged
 
     def state_dict(self) -> dict:
         return {"ema": self.ema.state_dict()}
@@ -233,9 +218,9 @@ class GANObjective:
 
     @torch.no_grad()
     def validate(self, model: nn.Module, step: int) -> dict[str, float]:
-        samples = sample_images(self.ema, self.cfg.eval.samples if self.reference is not None
+        samples = sample_images(self.ema.module, self.cfg.eval.samples if self.reference is not None
                                 else self.cfg.eval.grid_images, self.cfg.eval.seed, self.cfg.eval.truncation_psi)
-        if D.is_main():
+        if dist.is_main():
             save_grid(samples[:self.cfg.eval.grid_images], self.output_dir / "samples" / f"step{step:07d}.png")
         if self.reference is None:
             return {}
@@ -259,41 +244,6 @@ def save_grid(images: torch.Tensor, path: Path) -> Path:
     return save_image_grid(images, path, scale=max(1, 128 // images.shape[-1]))
 
 
-# ------------------------------------------------------------------------------------------------ export
-
-def save_gan(directory: str | Path, generator: Generator, discriminator: nn.Module, cfg: GANConfig) -> Path:
-    """gan/: config.yaml (the run config), stylegan2.json, generator.safetensors (the EMA), discriminator.safetensors."""
-    from safetensors.torch import save_file
-
-    def tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
-
-    with atomic_directory(directory) as tmp:
-        (tmp / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-        atomic_write_json(tmp / "stylegan2.json", asdict(generator.cfg))
-        save_file(tensors(generator), str(tmp / "generator.safetensors"))
-        save_file(tensors(discriminator), str(tmp / "discriminator.safetensors"))
-    return Path(directory)
-
-
-def load_generator(directory: str | Path, with_discriminator: bool = False):
-    """The exported generator (eval mode), or (generator, discriminator); no pickle involved."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    if not (directory / "generator.safetensors").is_file():
-        raise FileNotFoundError(f"{directory} holds no generator.safetensors; `hdvila animate train-gan` "
-                                f"exports one to <output_dir>/{EXPORT_DIR}")
-    config = from_dict(StyleGAN2Config, json.loads((directory / "stylegan2.json").read_text()))
-    generator, discriminator = create_gan(config)
-    generator.load_state_dict(load_file(str(directory / "generator.safetensors")))
-    generator.eval().requires_grad_(False)
-    if not with_discriminator:
-        return generator
-    discriminator.load_state_dict(load_file(str(directory / "discriminator.safetensors")))
-    return generator, discriminator.eval()
-
-
 # ------------------------------------------------------------------------------------------------ run
 
 def run_train_gan(cfg: GANConfig, resume: bool = False) -> dict[str, Any] | None:
@@ -302,16 +252,17 @@ def run_train_gan(cfg: GANConfig, resume: bool = False) -> dict[str, Any] | None
     pair = build_gan(cfg)
     batches, epoch_setter, data_state, reference = make_data(cfg)
     objective = GANObjective(cfg, pair, reference, out)
-    if D.is_main():
+    if dist.is_main():
         log.info("StyleGAN2 %s: G %.2fM, D %.2fM parameters, %d px, data %s", cfg.gan,
                  sum(p.numel() for p in pair.generator.parameters()) / 1e6,
                  sum(p.numel() for p in pair.discriminator.parameters()) / 1e6, image_size(cfg), cfg.data.kind)
     trainer = Trainer(cfg.train, lazy_param_groups(cfg), pair, objective, batches, out, epoch_setter=epoch_setter,
                       data_state=data_state, resume=resume)
     summary = trainer.fit()
-    if D.is_main():
-        save_gan(out / EXPORT_DIR, objective.ema, pair.discriminator, cfg)
-        save_grid(sample_images(objective.ema, cfg.eval.grid_images, cfg.eval.seed, cfg.eval.truncation_psi),
+    if dist.is_main():
+        objective.ema.module.save_pretrained(out / EXPORT_DIR, discriminator=pair.discriminator, dtype=torch.float32,
+                                             extra_files={"run_config.yaml": dump_config(cfg)})
+        save_grid(sample_images(objective.ema.module, cfg.eval.grid_images, cfg.eval.seed, cfg.eval.truncation_psi),
                   out / "samples.png")
-    D.barrier()
+    dist.barrier()
     return run_summary(summary, cfg)
