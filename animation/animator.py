@@ -1,7 +1,7 @@
 """The language-guided face animator: a recurrent motion generator over W+ of a frozen StyleGAN2, driven by a
 sentence embedding, trained with the shared trainer.
 
-    hdvila animate train --config configs/animation/faces32-animator.yaml
+    hdvila animate train --config animation/faces32-animator
     hdvila animate run --model RUN/animator --image face.png --text "the person smiles" --frames 16 --out out.mp4
 
 A still face is inverted to W+ (an inversion encoder, then a few optimisation steps); the sentence is embedded
@@ -12,10 +12,14 @@ G(w_inv + Δw_t). Losses (weights in `loss`): latent anchor and feature identity
 difference smoothness, first-vs-last consistency, and a contrastive text-video loss on the last frame scored
 by a frozen encoder that is not the input encoder (`animation.oracle.FaceTextScorer`). Like the reference,
 training needs no video: still faces and sentences only.
+
+The export (RUN/animator) is a pretrained folder of kind "face-animator": the trained parts (image encoder and
+motion generator) as model.safetensors, the inversion encoder as the nested pretrained folder inversion/, the run
+config as run_config.yaml; the frozen GAN and the text model are referenced by path. `FaceAnimator.from_pretrained`
+loads it, `animate_file` is what `hdvila animate run` does.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,15 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_tools.config import dump_config, load_config
+import data_tools.training.distributed as dist
+from data_tools.cache import cached
+from data_tools.config import dump_config, from_dict, load_config, to_dict
+from data_tools.files import atomic_write_bytes
 from data_tools.images import save_image_grid
-from data_tools.files import atomic_directory
 from data_tools.logs import get_logger
-from data_tools.training import distributed as D
+from data_tools.pretrained import PretrainedFolder, PretrainedMixin, read_pretrained, sha256_file
 from data_tools.training.config import OptimConfig, TrainConfig
-from data_tools.training.trainer import Trainer
 from data_tools.training.run import run_summary, start_run
+from data_tools.training.trainer import Trainer
 
+from .legacy import ANIMATOR_MODEL_KEYS, animator_model_config, run_config_file
 from .motion import (MotionGenerator, contrastive_text_loss, endpoint_loss, feature_identity_loss, frame_latents,
                      latent_anchor_loss, single_text_loss, smoothness_loss)
 from .stylegan2 import Generator
@@ -41,7 +48,8 @@ from .stylegan2 import Generator
 log = get_logger(__name__)
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # sentences -> [N, D] embeddings
-WEIGHTS_FILE = "animator.safetensors"
+INVERSION_DIR = "inversion"
+RUN_CONFIG = "run_config.yaml"
 
 
 @dataclass
@@ -110,11 +118,15 @@ class FaceImageEncoder(nn.Module):
         return self.body(images)
 
 
-class Animator(nn.Module):
-    """Frozen generator + trainable image encoder and motion generator."""
+class Animator(PretrainedMixin, nn.Module):
+    """Frozen generator + trainable image encoder and motion generator. Its pretrained folder holds the trained
+    parts only; the generator is read from the GAN folder its config names (gan_dir)."""
+
+    pretrained_kind = "face-animator"
 
     def __init__(self, generator: Generator, text_dim: int, cfg: AnimatorConfig):
         super().__init__()
+        self.cfg, self.text_dim = cfg, int(text_dim)
         self.generator = generator.eval().requires_grad_(False)
         self.image_encoder = FaceImageEncoder(generator.cfg.resolution, text_dim, cfg.image_width)
         travel = cfg.residual * (cfg.frames - 1) / cfg.frames if cfg.match_travel else None
@@ -137,6 +149,25 @@ class Animator(nn.Module):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("generator.")}
+
+    # -- the pretrained folder ----------------------------------------------------------------------------
+    def pretrained_config(self) -> dict:
+        return animator_model_config(to_dict(self.cfg), self.text_dim, self.cfg.data.invert_steps)
+
+    @classmethod
+    def from_pretrained_config(cls, config: dict, meta: dict) -> "Animator":
+        cfg = from_dict(AnimatorConfig, {**{k: config[k] for k in ANIMATOR_MODEL_KEYS if k in config},
+                                         "data": {"invert_steps": config["invert_steps"]}})
+        return cls(Generator.from_pretrained(cfg.gan_dir), config["text_dim"], cfg)
+
+    def pretrained_weights(self) -> dict:
+        return {"model": self.trainable_state()}
+
+    def load_pretrained_weights(self, folder: PretrainedFolder, device) -> None:
+        missing, unexpected = self.load_state_dict(folder.tensors("model", device), strict=False)
+        if unexpected or any(not k.startswith("generator.") for k in missing):
+            raise ValueError(f"{folder.path}: weights do not match the animator (missing "
+                             f"{[k for k in missing if not k.startswith('generator.')]}, unexpected {unexpected})")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -169,7 +200,7 @@ class AnimatorBatches:
         return self.steps
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch + D.rank() * 104_729)
+        gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch + dist.rank() * 104_729)
         by_action = {a: torch.nonzero(self.data.sentence_action == a).flatten() for a in self.actions}
         for _ in range(self.steps):
             faces = torch.randint(len(self.data.images), (self.batch_size,), generator=gen)
@@ -186,31 +217,50 @@ class AnimatorBatches:
                    "action": torch.tensor(actions)}
 
 
+def generator_digest(gan_dir: str | Path) -> str:
+    """The sha256 of an exported generator's weights (from its folder's config; hashed for an older layout):
+    train-once caches built on a generator are keyed by it, so a GAN retrained into the same folder gets fresh
+    ones."""
+    folder = read_pretrained(gan_dir, "stylegan2")
+    return folder.checksums.get("model") or sha256_file(folder.weights["model"])
+
+
+def _save_tensor(value: torch.Tensor, path: Path) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({"w_inv": value.contiguous()}))
+
+
+def _load_tensor(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["w_inv"]
+
+
 def prepare_data(cfg: AnimatorConfig, generator: Generator, text_encoder: TextEncoder, scorer, inversion_encoder,
-                 progress: bool = True, inversion_cache: Path | None = None) -> AnimatorData:
-    """Training faces, their inversions (read from / written to `inversion_cache` if given) and the sentences'
-    embeddings by both encoders."""
-    from .faces import ACTIONS, action_sentences, identity_split, render_faces, sample_factors
-    from .inversion import invert
+                 progress: bool = True, cache_dir: str | Path | None = None) -> AnimatorData:
+    """Training faces, their inversions (kept in `cache_dir` if given, keyed by the generator's weights and the
+    data settings) and the sentences' embeddings by both encoders."""
+    from . import inversion
+    from .faces import ACTIONS, action_sentences, face_tensors, identity_split, sample_factors
 
     data = cfg.data
     train_ids, _ = identity_split(data.identities, data.test_fraction, data.seed)
     factors = sample_factors(data.faces, np.random.default_rng(data.seed), identities=train_ids)
-    images = torch.from_numpy(render_faces(factors, generator.cfg.resolution)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    if inversion_cache is not None and inversion_cache.is_file():
-        from safetensors.torch import load_file
+    images = face_tensors(factors, generator.cfg.resolution)
 
-        w_inv = load_file(str(inversion_cache))["w_inv"]
-    else:
-        w_inv = invert(generator, images, steps=data.invert_steps, init="encoder", encoder=inversion_encoder,
-                       progress=progress).ws
-        if inversion_cache is not None:
-            from safetensors.torch import save
+    def build() -> torch.Tensor:
+        return inversion.invert(generator, images, steps=data.invert_steps, init="encoder",
+                                encoder=inversion_encoder, progress=progress).ws
 
-            from data_tools.files import atomic_write_bytes
-
-            inversion_cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(inversion_cache, save({"w_inv": w_inv.contiguous()}))
+    if cache_dir is None:
+        w_inv = build()
+    else:  # the inversions depend on the generator, the encoder and which faces: all in the key
+        settings = {"generator": generator_digest(cfg.gan_dir), "encoder_steps": data.encoder_steps,
+                    "seed": data.seed, "faces": data.faces, "identities": data.identities,
+                    "test_fraction": data.test_fraction, "invert_steps": data.invert_steps}
+        w_inv = cached(cache_dir, "inverted", settings, build=build, load=_load_tensor, save=_save_tensor,
+                       readable=("faces", "seed"))
     pairs = action_sentences("train")
     index = {a.name: i for i, a in enumerate(ACTIONS)}
     sentences = [s for _, s in pairs]
@@ -249,7 +299,7 @@ class AnimatorObjective:
 
     @torch.no_grad()
     def validate(self, model: nn.Module, step: int) -> dict[str, float]:
-        if self.preview is not None and D.is_main():
+        if self.preview is not None and dist.is_main():
             sheet = self.preview(getattr(model, "module", model))
             path = self.output_dir / "samples" / f"step{step:07d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +310,11 @@ class AnimatorObjective:
 # ------------------------------------------------------------------------------------------------ inference
 
 class FaceAnimator:
-    """Everything `animate run` needs: the animator, the inversion encoder and the text encoder."""
+    """Everything `animate run` needs: the animator, the inversion encoder and the text encoder.
+
+    `save_pretrained(dir, run_config=cfg)` exports the animator with its inversion encoder (nested folder);
+    `FaceAnimator.from_pretrained(dir, text_encoder, map_location)` loads one on a device (the text encoder
+    runs wherever the caller put it)."""
 
     def __init__(self, animator: Animator, inversion_encoder, text_encoder: TextEncoder, invert_steps: int = 30):
         self.animator = animator.eval()
@@ -303,40 +357,54 @@ class FaceAnimator:
                                   generator=torch.Generator().manual_seed(seed))
         return out.clamp(-1, 1).cpu()
 
+    def save_pretrained(self, directory: str | Path, run_config: AnimatorConfig | None = None) -> Path:
+        extra: dict[str, Any] = {INVERSION_DIR: lambda path: self.inversion_encoder.save_pretrained(path)}
+        if run_config is not None:
+            extra[RUN_CONFIG] = dump_config(run_config)
+        return self.animator.save_pretrained(directory, extra_files=extra, dtype=torch.float32)
 
-def save_animator(directory: str | Path, animator: Animator, inversion_encoder, cfg: AnimatorConfig) -> Path:
-    """animator/: config.yaml, animator.safetensors (image encoder + motion generator), inversion/ (encoder).
-    The frozen GAN and the text model are referenced by path (cfg.gan_dir, cfg.text_model), not copied."""
-    from safetensors.torch import save_file
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, text_encoder: TextEncoder,
+                        map_location: str | torch.device = "cpu") -> "FaceAnimator":
+        from .inversion import InversionEncoder
 
-    with atomic_directory(directory) as tmp:
-        (tmp / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in animator.trainable_state().items()},
-                  str(tmp / WEIGHTS_FILE))
-        inversion_encoder.save(tmp / "inversion")
-    return Path(directory)
+        animator = Animator.from_pretrained(directory, map_location=map_location)
+        with torch.no_grad():
+            text_dim = text_encoder(["a face"]).shape[1]
+        if text_dim != animator.text_dim:
+            raise ValueError(f"{directory}: the animator was trained on {animator.text_dim}-d sentence embeddings, "
+                             f"the text encoder gives {text_dim}-d ones")
+        encoder = InversionEncoder.from_pretrained(Path(directory) / INVERSION_DIR, map_location=map_location)
+        return cls(animator, encoder, text_encoder, animator.cfg.data.invert_steps)
 
 
-def load_animator(directory: str | Path, text_encoder: TextEncoder, device: str | torch.device = "cpu"
-                  ) -> FaceAnimator:
-    """An exported animator on `device`; the text encoder runs wherever the caller put it."""
-    from safetensors.torch import load_file
+def exported_run_config(directory: str | Path) -> AnimatorConfig:
+    """The run config an exported animator was trained with."""
+    return load_config(AnimatorConfig, run_config_file(directory))
 
-    from .gan import load_generator
-    from .inversion import InversionEncoder
 
-    directory = Path(directory)
-    if not (directory / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE}; `hdvila animate train` exports one")
-    cfg = load_config(AnimatorConfig, directory / "config.yaml")
-    with torch.no_grad():
-        text_dim = text_encoder(["a face"]).shape[1]
-    animator = Animator(load_generator(cfg.gan_dir), text_dim, cfg)
-    missing, unexpected = animator.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=False)
-    if unexpected or any(not k.startswith("generator.") for k in missing):
-        raise ValueError(f"{directory}: weights do not match the animator (missing {missing}, unexpected {unexpected})")
-    return FaceAnimator(animator.to(device), InversionEncoder.load(directory / "inversion", device=device),
-                        text_encoder, cfg.data.invert_steps)
+def exported_text_model(directory: str | Path) -> str:
+    """The text model (an HD-VILA pretrained folder) an exported animator was trained with."""
+    return str(read_pretrained(directory, Animator.pretrained_kind).config["text_model"])
+
+
+def animate_file(model_dir: str | Path, image: str | Path, text: str, out: str | Path, *,
+                 text_encoder: TextEncoder, frames: int = 16, fps: int = 10, seed: int = 0,
+                 device: str = "auto") -> tuple[Path, Path]:
+    """`hdvila animate run`: animate the face in an image file with a sentence; writes `out` (.mp4 or .gif) and
+    a contact sheet beside it (.png). device "auto" takes a GPU if there is one. Returns (animation, sheet)."""
+    from PIL import Image
+
+    from data_tools.training.distributed import pick_device
+
+    runner = FaceAnimator.from_pretrained(model_dir, text_encoder,
+                                          map_location=pick_device() if device == "auto" else device)
+    with Image.open(image) as im:
+        pixels = np.array(im.convert("RGB"))
+    clips = runner.animate(pixels, [text], frames=frames, seed=seed)
+    animation = write_animation(clips[0], out, fps=fps)
+    sheet = save_image_grid(contact_sheet(clips), Path(out).with_suffix(".png"), nrow=frames, scale=2)
+    return animation, sheet
 
 
 def contact_sheet(frames: torch.Tensor) -> torch.Tensor:
@@ -370,32 +438,24 @@ class FrozenParts:
 
 
 def prepare_frozen_parts(cfg: AnimatorConfig, text_encoder: TextEncoder, progress: bool = True) -> FrozenParts:
-    """Everything the motion generator trains against, each trained once and cached in cfg.cache_dir: the
-    oracle, the scorer, the inversion encoder (keyed by the generator's weights) and the training faces'
-    inversions. Runs that share a cache (ablations) pay for these once."""
-    from .gan import load_generator
+    """Everything the motion generator trains against, each trained once and cached in cfg.cache_dir
+    (`data_tools.cache.cached`): the oracle, the scorer, the inversion encoder (keyed by the generator's
+    weights) and the training faces' inversions. Runs that share a cache (ablations) pay for these once."""
     from .inversion import InversionEncoder, train_inversion_encoder
     from .oracle import get_oracle, get_scorer
 
-    generator = load_generator(cfg.gan_dir)
+    generator = Generator.from_pretrained(cfg.gan_dir)
     size = generator.cfg.resolution
     cache = Path(cfg.cache_dir)
     oracle = get_oracle(cache, size=size, **cfg.oracle).eval().requires_grad_(False)
     scorer = get_scorer(cache, size=size, **cfg.scorer).eval().requires_grad_(False)
-    # keyed by the generator's weights: a GAN retrained into the same folder gets a fresh encoder
-    digest = hashlib.sha1(Path(cfg.gan_dir, "generator.safetensors").read_bytes()).hexdigest()[:12]
-    encoder_path = cache / f"inversion-{digest}-{cfg.data.encoder_steps}-{cfg.data.seed}"
-    if (encoder_path / "config.json").is_file():
-        inversion_encoder = InversionEncoder.load(encoder_path)
-    else:
-        inversion_encoder = train_inversion_encoder(generator, steps=cfg.data.encoder_steps, seed=cfg.data.seed,
-                                                    progress=progress)
-        inversion_encoder.save(encoder_path)
-    d = cfg.data  # the inversions depend on the generator, the encoder and which faces: all in the name
-    inversions = cache / (f"inverted-{digest}-e{d.encoder_steps}-s{d.seed}-n{d.faces}-i{d.identities}"
-                          f"-t{d.test_fraction:g}-k{d.invert_steps}.safetensors")
-    data = prepare_data(cfg, generator, text_encoder, scorer, inversion_encoder, progress=progress,
-                        inversion_cache=inversions)
+    settings = {"generator": generator_digest(cfg.gan_dir), "steps": cfg.data.encoder_steps, "seed": cfg.data.seed}
+    inversion_encoder = cached(
+        cache, "inversion-encoder", settings, readable=("steps", "seed"), load=InversionEncoder.from_pretrained,
+        build=lambda: train_inversion_encoder(generator, steps=cfg.data.encoder_steps, seed=cfg.data.seed,
+                                              progress=progress),
+        save=lambda encoder, path: encoder.save_pretrained(path))
+    data = prepare_data(cfg, generator, text_encoder, scorer, inversion_encoder, progress=progress, cache_dir=cache)
     return FrozenParts(generator, oracle, scorer, inversion_encoder, data)
 
 
@@ -415,6 +475,7 @@ def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: b
     _, test_ids = identity_split(cfg.data.identities, cfg.data.test_fraction, cfg.data.seed)
     test_sentences = [s for _, s in action_sentences("test")][::max(1, len(action_sentences("test")) // 8)][:8]
     faces = render_faces(sample_factors(len(test_sentences), np.random.default_rng(1), identities=test_ids), size)
+
     def preview(model: nn.Module) -> torch.Tensor:
         runner = FaceAnimator(model, inversion_encoder, text_encoder, cfg.data.invert_steps)
         clips = runner.animate(faces, test_sentences, frames=cfg.run_frames)
@@ -426,8 +487,9 @@ def run_train_animator(cfg: AnimatorConfig, text_encoder: TextEncoder, resume: b
     trainer = Trainer(cfg.train, cfg.optim, animator, objective, batches, out, epoch_setter=batches.set_epoch,
                       resume=resume)
     summary = trainer.fit()
-    if D.is_main():
-        save_animator(out / "animator", animator, inversion_encoder, cfg)
+    if dist.is_main():
+        FaceAnimator(animator, inversion_encoder, text_encoder, cfg.data.invert_steps).save_pretrained(
+            out / "animator", run_config=cfg)
         save_image_grid(preview(animator), out / "contact_sheet.png", nrow=cfg.run_frames, scale=2)
-    D.barrier()
+    dist.barrier()
     return run_summary(summary, cfg)

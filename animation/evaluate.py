@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .faces import (ACTION_BY_NAME, ACTIONS, EXPRESSION_FACTORS, FACTOR_NAMES, FACTOR_RANGES, IDENTITY_FACTORS,
-                    action_sentences, apply_action, identity_split, render_faces, sample_factors)
+                    action_sentences, apply_action, face_tensors, identity_split, sample_factors)
 
 _SPAN = np.array([FACTOR_RANGES[n][1] - FACTOR_RANGES[n][0] for n in FACTOR_NAMES], np.float32)
 _ID = np.array([FACTOR_NAMES.index(n) for n in IDENTITY_FACTORS])
@@ -72,7 +72,7 @@ def make_eval_set(size: int, faces: int = 8, *, identities: int = 500, test_frac
         by_action[name].append(sentence)
     actions = [a.name for _ in range(faces) for a in ACTIONS]
     sentences = [by_action[name][int(rng.integers(len(by_action[name])))] for name in actions]
-    images = torch.from_numpy(render_faces(factors, size)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images = face_tensors(factors, size)
     return EvalSet(factors, images, actions, sentences)
 
 
@@ -84,8 +84,7 @@ def ground_truth_clips(evalset: EvalSet, frames: int, size: int | None = None) -
     amounts = np.linspace(0.0, 1.0, frames)
     factors = np.stack([np.stack([apply_action(start[i], evalset.actions[i], float(a)) for a in amounts])
                         for i in range(len(start))])  # [N, T, 12]
-    images = render_faces(factors.reshape(-1, len(FACTOR_NAMES)), size)
-    clips = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    clips = face_tensors(factors.reshape(-1, len(FACTOR_NAMES)), size)
     return clips.view(len(start), frames, *clips.shape[1:])
 
 
@@ -267,15 +266,11 @@ def evaluate_animator(model_dir, text_encoder, *, faces: int = 8, frames: int = 
     exaggerate a state past its reconstruction).
     `sentences="train"` phrases the actions with training sentences instead of held-out paraphrases (the faces
     stay held out): the gap between the two is how far the motion generalises across phrasings."""
-    from pathlib import Path
-
-    from data_tools.config import load_config
-
-    from .animator import AnimatorConfig, load_animator
+    from .animator import FaceAnimator, exported_run_config
     from .oracle import get_oracle
 
-    cfg = load_config(AnimatorConfig, Path(model_dir) / "config.yaml")
-    runner = load_animator(model_dir, text_encoder)
+    cfg = exported_run_config(model_dir)
+    runner = FaceAnimator.from_pretrained(model_dir, text_encoder)
     oracle = get_oracle(cfg.cache_dir, size=runner.resolution, **cfg.oracle).eval()
     evalset = animator_eval_set(cfg, runner.resolution, faces, seed, sentences)
     clips, dw = animate_eval_set(runner, evalset, frames, decay=decay, seed=seed)

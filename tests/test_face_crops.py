@@ -94,7 +94,8 @@ def test_carphone_crops_train_a_gan_and_feed_animate_run_smoke(tmp_path):
     exported generator inverts a real crop."""
     import torch
 
-    from animation.gan import GANConfig, load_generator, run_train_gan
+    from animation.gan import GANConfig, run_train_gan
+    from animation.stylegan2 import Generator
     from animation.inversion import invert
     from data_tools.config import load_config
     from data_tools.images import ImageFolderDataset
@@ -103,12 +104,13 @@ def test_carphone_crops_train_a_gan_and_feed_animate_run_smoke(tmp_path):
                               every=8, progress=False)
     assert report.crops == 15 and not report.no_face
     out = tmp_path / "gan"
-    config = Path(__file__).resolve().parent.parent / "configs" / "animation" / "faces32-gan.yaml"
-    run_train_gan(load_config(GANConfig, config, [
+    import hdvila  # noqa: F401  (registers the packaged recipe configs)
+
+    run_train_gan(load_config(GANConfig, "animation/faces32-gan", [
         "gan=sg2-tiny16", f"output_dir={out}", "data.kind=folder", f"data.folder={tmp_path / 'faces'}",
         "train.batch_size=8", "train.max_steps=4", "train.save_every=0", "train.val_every=0", "train.progress=false",
         "eval.grid_images=4"]))
-    generator = load_generator(out / "gan")
+    generator = Generator.from_pretrained(out / "gan")
     real = ImageFolderDataset(tmp_path / "faces", 16, channels=3).tensors()[:2]
     result = invert(generator, real, steps=20)
     assert torch.isfinite(result.ws).all() and result.errors.mean() < result.init_errors.mean()

@@ -4,18 +4,17 @@ from pathlib import Path
 
 import torch
 
-from animation.gan import GANConfig, GANPair, build_gan, lazy_param_groups, load_generator, run_train_gan, sample_images
-from animation.stylegan2 import lazy_adam_params
+from animation.gan import GANConfig, GANPair, build_gan, lazy_param_groups, run_train_gan, sample_images
+from animation.stylegan2 import Discriminator, Generator, lazy_adam_params
 from data_tools.config import load_config
 from data_tools.training.metrics import read_metrics
 from hdvila.cli import main as cli_main
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "configs" / "animation" / "faces32-gan.yaml"
+CONFIG = "animation/faces32-gan"
 
 
 def tiny(out: Path, **extra) -> list[str]:
-    items = {"gan": "sg2-tiny16", "output_dir": str(out), "data.count": 64, "train.batch_size": 8,
+    items = {"gan": "sg2-tiny16", "output_dir": str(out), "data.options.count": 64, "train.batch_size": 8,
              "train.max_steps": 8, "train.save_every": 4, "train.val_every": 4, "train.log_every": 1,
              "train.progress": "false", "eval.grid_images": 8, "eval.samples": 32, "ema_kimg": 0.05}
     items.update(extra)
@@ -82,7 +81,7 @@ def test_tiny_run_is_finite_checkpoints_the_ema_and_exports(tmp_path):
     validated = [r for r in read_metrics(out / "metrics.jsonl") if "val/swd" in r]
     assert [r["step"] for r in validated] == [4, 8] and all(r["val/swd"] > 0 for r in validated)
     assert (out / "samples" / "step0000004.png").is_file() and (out / "samples.png").is_file()
-    generator, discriminator = load_generator(out / "gan", with_discriminator=True)
+    generator, discriminator = Generator.from_pretrained(out / "gan"), Discriminator.from_pretrained(out / "gan")
     images = sample_images(generator, 4, seed=0)
     assert images.shape == (4, 3, 16, 16) and torch.equal(images, sample_images(generator, 4, seed=0))
     assert torch.isfinite(discriminator(images)).all()
@@ -92,7 +91,7 @@ def test_tiny_run_is_finite_checkpoints_the_ema_and_exports(tmp_path):
     resumed = tmp_path / "resumed"
     run_train_gan(load_config(GANConfig, CONFIG, tiny(resumed, **{"train.max_steps": 4})))
     run_train_gan(load_config(GANConfig, CONFIG, tiny(resumed)), resume=True)
-    again = load_generator(resumed / "gan")
+    again = Generator.from_pretrained(resumed / "gan")
     for (name, p), q in zip(generator.state_dict().items(), again.state_dict().values()):
         assert torch.allclose(p, q, atol=1e-5), name
 
@@ -102,4 +101,6 @@ def test_train_gan_command(tmp_path):
     assert cli_main(["--quiet", "animate", "train-gan", "--config", str(CONFIG),
                      *tiny(out, **{"train.max_steps": 2, "train.val_every": 0, "train.save_every": 0})]) == 0
     assert isinstance(build_gan(load_config(GANConfig, out / "config.yaml", [])), GANPair)
-    assert (out / "gan" / "generator.safetensors").is_file()
+    assert sorted(p.name for p in (out / "gan").iterdir()) == [
+        "config.json", "discriminator.safetensors", "model.safetensors", "run_config.yaml"]
+    assert isinstance(build_gan(load_config(GANConfig, out / "gan" / "run_config.yaml", [])), GANPair)

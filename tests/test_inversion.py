@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from animation.faces import SyntheticFaces
 from animation.inversion import (
-    InversionEncoder, InversionResult, frozen, invert, lr_factor, per_image_loss, train_inversion_encoder,
+    InversionEncoder, InversionResult, frozen, invert, latent_lr_factor, per_image_loss, train_inversion_encoder,
     w_statistics,
 )
 from animation.stylegan2 import create_gan, mix_styles
@@ -116,14 +116,14 @@ def test_bad_arguments(G):
     with pytest.raises(ValueError, match="init tensor"):
         invert(G, target, steps=1, init=torch.zeros(2, 3, G.w_dim))
     with pytest.raises(ValueError, match="lr_schedule"):
-        lr_factor(0, 10, "linear")
+        latent_lr_factor(0, 10, "exponential")
 
 
 def test_lr_schedule_shapes():
-    cosine = [lr_factor(s, 100, "cosine", warmup=0.1) for s in range(100)]
+    cosine = [latent_lr_factor(s, 100, "cosine", warmup=0.1) for s in range(100)]
     assert cosine[0] < cosine[9] <= 1.0 and cosine[10] == 1.0 and cosine[-1] < 0.01
     assert all(a >= b for a, b in zip(cosine[10:], cosine[11:]))
-    step = [lr_factor(s, 100, "step", warmup=0.0) for s in range(100)]
+    step = [latent_lr_factor(s, 100, "step", warmup=0.0) for s in range(100)]
     assert step[0] == 1.0 and step[60] == pytest.approx(0.1) and step[99] == pytest.approx(0.01)
 
 
@@ -198,21 +198,22 @@ def test_encoder_trains_on_real_images(G):
 
 def test_encoder_save_load_round_trip(G, encoder, tmp_path):
     _, target = _generated(G, 4, seed=9)
-    path = encoder.save(tmp_path / "encoder")
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "weights.safetensors"]
+    path = encoder.save_pretrained(tmp_path / "encoder")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((path / "config.json").read_text())
-    assert config["encoder"]["num_ws"] == G.num_ws and config["meta"]["steps"] == 100
-    loaded = InversionEncoder.load(path)
+    assert config["kind"] == "inversion-encoder"
+    assert config["config"]["num_ws"] == G.num_ws and config["meta"]["steps"] == 100
+    loaded = InversionEncoder.from_pretrained(path)
     assert torch.equal(loaded.encode(target), encoder.encode(target))
     assert torch.equal(loaded.w_mean, encoder.w_mean) and loaded.meta == encoder.meta
     again = invert(G, target, steps=5, init="encoder", encoder=loaded)
     torch.testing.assert_close(again.ws, invert(G, target, steps=5, init="encoder", encoder=encoder).ws,
                                rtol=0, atol=0)
 
-    (path / "weights.safetensors").write_bytes(
-        (path / "weights.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
+    (path / "model.safetensors").write_bytes(
+        (path / "model.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ValueError, match="does not match"):
-        InversionEncoder.load(path)
+        InversionEncoder.from_pretrained(path)
 
 
 def test_encoder_must_match_generator(encoder):

@@ -12,7 +12,7 @@ import animation.oracle as oracle_mod
 from animation.faces import (ACTION_BY_NAME, FACTOR_NAMES, IDENTITY_FACTORS, action_sentences, apply_action,
                              identity_split, sample_factors)
 from animation.oracle import (FaceTextScorer, face_tensors, get_oracle, get_scorer, get_sentence_encoder,
-                              render_mixed, resize_images, train_oracle)
+                              render_mixed, resize_inputs, train_oracle)
 
 torch.set_num_threads(1)
 
@@ -94,7 +94,7 @@ def test_render_mixed_resizes_a_fraction_of_faces():
     f = _held_out(40, 16)
     native = face_tensors(f, 32)
     assert torch.equal(render_mixed(f, 32, np.random.default_rng(0)), native)
-    assert torch.equal(render_mixed(f, 32, np.random.default_rng(0), (64,), 1.0), resize_images(face_tensors(f, 64), 32))
+    assert torch.equal(render_mixed(f, 32, np.random.default_rng(0), (64,), 1.0), resize_inputs(face_tensors(f, 64), 32))
     mixed = render_mixed(f, 32, np.random.default_rng(0), (16, 64), 0.5)
     same = (mixed == native).flatten(1).all(1)
     assert mixed.shape == native.shape and 0 < same.sum() < len(f)
@@ -104,10 +104,10 @@ def test_render_mixed_resizes_a_fraction_of_faces():
 def test_oracle_cache_round_trips_without_pickle(oracle, oracle_cache, monkeypatch):
     entries = [p for p in oracle_cache.iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1
-    assert sorted(p.name for p in entries[0].iterdir()) == ["config.json", "weights.safetensors"]
+    assert sorted(p.name for p in entries[0].iterdir()) == ["config.json", "model.safetensors"]
     cfg = json.loads((entries[0] / "config.json").read_text())
-    assert cfg["kind"] == "face_oracle" and cfg["meta"]["settings"]["epochs"] == ORACLE_SETTINGS["epochs"]
-    assert not cfg["norm"]  # BatchNorm folded away: frozen, batch-independent
+    assert cfg["kind"] == "face-oracle" and cfg["meta"]["settings"]["epochs"] == ORACLE_SETTINGS["epochs"]
+    assert not cfg["config"]["norm"]  # BatchNorm folded away: frozen, batch-independent
     monkeypatch.setattr(oracle_mod, "train_oracle", lambda **kw: pytest.fail("oracle retrained despite cache"))
     loaded = get_oracle(oracle_cache, size=32, **ORACLE_SETTINGS)
     assert loaded is not oracle
@@ -227,6 +227,6 @@ def test_text_embeddings_are_cached(scorer):
 def test_scorer_is_separate_from_hdvila_text_encoder(scorer):
     model, _, encoder = scorer
     assert isinstance(model, FaceTextScorer)
-    assert "MiniLM" in model.config()["text_encoder"]
+    assert "MiniLM" in model.pretrained_config()["text_encoder"]
     assert "hdvila" not in type(encoder._model).__module__
     assert encoder._model.config.hidden_size == 384

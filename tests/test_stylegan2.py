@@ -97,7 +97,7 @@ def test_bad_resolution_is_rejected(resolution):
 
 def test_config_lookup():
     cfg = get_gan_config("sg2-faces32", w_dim=64)
-    assert cfg.w_dim == 64 and GAN_CONFIGS["sg2-faces32"].w_dim == 128  # overrides do not leak into the registry
+    assert cfg.w_dim == 64 and GAN_CONFIGS.get("sg2-faces32").w_dim == 128  # overrides do not leak into the registry
     with pytest.raises(KeyError, match="sg2-tiny16"):
         get_gan_config("nope")
     G, D = create_gan(cfg, channels=1)

@@ -31,22 +31,11 @@ def cmd_animate_train(args: argparse.Namespace) -> int:
 
 
 def cmd_animate_run(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
+    from animation.animator import animate_file, exported_text_model
 
-    from animation.animator import AnimatorConfig, contact_sheet, load_animator, write_animation
-    from data_tools.config import load_config
-    from data_tools.images import save_image_grid
-    from data_tools.training.distributed import pick_device
-
-    cfg = load_config(AnimatorConfig, Path(args.model) / "config.yaml")
-    device = pick_device() if args.device == "auto" else args.device
-    runner = load_animator(args.model, _hdvila_text_encoder(args.text_model or cfg.text_model), device=device)
-    with Image.open(args.image) as im:
-        image = np.array(im.convert("RGB"))
-    frames = runner.animate(image, [args.text], frames=args.frames, seed=args.seed)
-    out = write_animation(frames[0], args.out, fps=args.fps)
-    sheet = save_image_grid(contact_sheet(frames), Path(args.out).with_suffix(".png"), nrow=args.frames, scale=2)
+    text_encoder = _hdvila_text_encoder(args.text_model or exported_text_model(args.model))
+    out, sheet = animate_file(args.model, args.image, args.text, args.out, text_encoder=text_encoder,
+                              frames=args.frames, fps=args.fps, seed=args.seed, device=args.device)
     print(f"wrote {out} ({args.frames} frames) and the contact sheet {sheet}")
     return 0
 
@@ -63,14 +52,13 @@ def cmd_animate_crops(args: argparse.Namespace) -> int:
 
 
 def cmd_animate_eval(args: argparse.Namespace) -> int:
-    from animation.animator import AnimatorConfig, contact_sheet
+    from animation.animator import contact_sheet, exported_text_model
     from animation.evaluate import evaluate_animator
-    from data_tools.config import load_config
     from data_tools.files import atomic_write_json
     from data_tools.images import save_image_grid
 
-    cfg = load_config(AnimatorConfig, Path(args.model) / "config.yaml")
-    metrics, clips, _ = evaluate_animator(args.model, _hdvila_text_encoder(args.text_model or cfg.text_model),
+    text_encoder = _hdvila_text_encoder(args.text_model or exported_text_model(args.model))
+    metrics, clips, _ = evaluate_animator(args.model, text_encoder,
                                           faces=args.faces, frames=args.frames, seed=args.seed,
                                           with_gan_ceiling=args.gan_ceiling, sentences=args.sentences)
     print(json.dumps(metrics, indent=2))
