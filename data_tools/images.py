@@ -27,13 +27,14 @@ def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def resize_images(images: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """Antialiased bilinear resize of [N, C, H, W]; the result is clamped back into [-1, 1]."""
+def resize_images(images: torch.Tensor, size: int | Sequence[int], clamp: bool = True) -> torch.Tensor:
+    """Antialiased bilinear resize of [N, C, H, W]; the result is clamped back into [-1, 1] unless `clamp` is
+    False (a differentiable resize of network inputs, whose gradient must not stop at the range ends)."""
     hw = as_hw(size)
     if tuple(images.shape[-2:]) == hw:
         return images
     out = F.interpolate(images, size=hw, mode="bilinear", align_corners=False, antialias=True)
-    return out.clamp_(-1.0, 1.0)  # the antialias kernel can overshoot slightly at sharp strokes
+    return out.clamp_(-1.0, 1.0) if clamp else out  # the antialias kernel can overshoot slightly at sharp strokes
 
 
 # ---------------------------------------------------------------------------------------------------------
