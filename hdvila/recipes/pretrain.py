@@ -1,5 +1,5 @@
 """HD-VILA pretraining recipes on the shared trainer: stage 1 (contrastive), stage 2 (MLM over frozen
-stage-1 parts) and joint. `hdvila pretrain --config configs/pretrain/<size>.yaml [key=value ...]`.
+stage-1 parts) and joint. `hdvila pretrain --config pretrain/<size> [key=value ...]`.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Text-to-video retrieval: contrastive finetuning on the shared trainer, and FAISS evaluation.
 
-    hdvila retrieval finetune --config configs/retrieval/msrvtt.yaml [key=value ...]
-    hdvila retrieval eval --config configs/retrieval/msrvtt.yaml --model runs/msrvtt/pretrained
+    hdvila retrieval finetune --config retrieval/msrvtt [key=value ...]
+    hdvila retrieval eval --config retrieval/msrvtt --model runs/msrvtt/pretrained
 
 Videos come from shards built by `hdvila data build` (for a public dataset, from the manifest that
 `hdvila retrieval manifest` writes, so each clip carries the annotation's video id in `clip_id`); captions
