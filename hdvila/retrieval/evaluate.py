@@ -1,8 +1,11 @@
 """Text-to-video and video-to-text retrieval evaluation: encode, index with FAISS, rank, report.
 
-    gallery = encode_gallery(encoder, "shards/test-*.tar", video_id_of=ClipIds("clip_id", wanted))
+    loader_cfg = gallery_loader_config("shards/test-*.tar", cfg)
+    gallery = encode_gallery(encoder.encode_clips, loader_cfg, encoder.sampling, ClipIds("clip_id", wanted))
     results, ranks = evaluate_embeddings(gallery.embeddings, encoder.encode_text(ann.captions), ann, cfg)
     write_report("runs/eval", results, ranks)     # results.json, results.md, recall_at_k.png
+
+(`hdvila.recipes.common.evaluate_on_shards` runs these steps for an encoder, with or without annotations.)
 
 Gallery videos are encoded once (segment features averaged), queries once; text-to-video ranks come from a
 FAISS index over the videos (exact inner product by default) with an exact chunked count for the queries
