@@ -3,7 +3,7 @@
     python benchmarks/bench_diffusion.py --experiment all --jobs 2          # ~90 min on 2 cores
     python benchmarks/bench_diffusion.py --experiment minsnr --seeds 1 --steps 400 --quick
 
-Every run is `hdvila diffusion train --config configs/diffusion/digits-dit.yaml` with overrides, so the
+Every run is `hdvila diffusion train --config diffusion/digits-dit` with overrides, so the
 numbers come from the same trainer, sampler and metric users get. All arms share the sampler (DDIM, 50
 steps, the same cosine grid on λ in [-10, 10], x0 clipped to [-1, 1]) and the evaluation (Fréchet distance
 of 1,000 samples from a fixed noise seed to the 359 held-out real digits, in the features of a classifier
@@ -38,9 +38,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import machine_line  # noqa: E402
+from diffusion.process import TARGETS  # noqa: E402  (the one list of prediction targets)
 
-CONFIG = REPO / "configs" / "diffusion" / "digits-dit.yaml"
-TARGETS = ("eps", "x0", "v")
+CONFIG = "diffusion/digits-dit"
 WEIGHTINGS = {"constant": ["weighting.name=constant"],
               "min_snr5": ["weighting.name=min_snr", "weighting.params={gamma: 5.0}"]}
 LAPLACE_FLOORED = "{mu: 0.0, b: 0.5, floor: 0.1, floor_schedule: cosine}"
@@ -73,7 +73,7 @@ def sampling_study(out: Path) -> dict[str, dict[str, float]]:
     """FD of each trained model under each sampling grid (same noise seed and sample count as training evals)."""
     import torch
 
-    from diffusion.train import evaluate_model
+    from diffusion.pipeline import evaluate_model
 
     torch.set_num_threads(2)
     study = {}
@@ -84,7 +84,8 @@ def sampling_study(out: Path) -> dict[str, dict[str, float]]:
             continue
         study[label] = {}
         for grid_label, overrides in SAMPLING_GRIDS.items():
-            study[label][grid_label] = evaluate_model(model_dir, overrides=overrides)["fd"]
+            sampler = {f"sampler.{key}": value for key, value in overrides.items()}
+            study[label][grid_label] = evaluate_model(model_dir, overrides=sampler, progress=False)["fd"]
             print(f"sampling: {label} with {grid_label}: FD {study[label][grid_label]:.3f}", flush=True)
     return study
 
@@ -96,7 +97,7 @@ def run_one(out: Path, overrides: list[str], steps: int, val_every: int) -> Path
                                 if line.strip()):
         return out
     cmd = [sys.executable, "-m", "hdvila.cli", "--quiet", "--log-level", "WARNING", "diffusion", "train",
-           "--config", str(CONFIG), f"output_dir={out}", f"train.max_steps={steps}", f"train.val_every={val_every}",
+           "--config", CONFIG, f"output_dir={out}", f"train.max_steps={steps}", f"train.val_every={val_every}",
            f"train.save_every={steps}", f"train.log_every={val_every}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +179,10 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     lrs = [float(v) for v in args.lrs.split(",")]
-    base_lr = float(__import__("yaml").safe_load(CONFIG.read_text())["optim"]["lr"])
+    import hdvila  # noqa: F401  (registers the packaged recipe configs)
+    from data_tools.config import resolve_config
+
+    base_lr = float(__import__("yaml").safe_load(resolve_config(CONFIG).read_text())["optim"]["lr"])
     runs = plan(args.experiment, args.seeds, lrs)
     started = time.time()
 

@@ -18,13 +18,12 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from data_tools.config import dump_config, from_dict
 from data_tools.images import save_image_grid
 from data_tools.pretrained import read_pretrained
-
-import yaml
 
 from .config import DiffusionConfig, with_overrides
 from .models import PRETRAINED_KIND, Denoiser, LEGACY_RUN_CONFIG
@@ -126,10 +125,6 @@ def load_model(directory: str | Path) -> tuple[Denoiser, DiffusionConfig]:
     return pipe.model, pipe.config
 
 
-def save_model(directory: str | Path, model: Denoiser, cfg: DiffusionConfig) -> Path:
-    return DiffusionPipeline(model, cfg).save_pretrained(directory)
-
-
 def evaluate_model(directory: str | Path, samples: int | None = None,
                    overrides: Iterable[str] | Mapping[str, Any] | None = None,
                    progress: bool = True) -> dict[str, float]:
@@ -153,4 +148,4 @@ def evaluate_model(directory: str | Path, samples: int | None = None,
 
 
 __all__ = ["DiffusionPipeline", "RUN_CONFIG_FILE", "evaluate_model", "generate", "load_model", "model_fn_for",
-           "save_model", "write_grid"]
+           "write_grid"]

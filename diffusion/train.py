@@ -1,6 +1,6 @@
 """Diffusion training on the shared trainer, with data from the shared data layer.
 
-    hdvila diffusion train --config configs/diffusion/digits-dit.yaml [key=value ...]
+    hdvila diffusion train --config diffusion/digits-dit [key=value ...]
 
 One step: draw λ from the training schedule, noise the images, predict the target (ε, x0 or v), and take the
 per-sample MSE times the loss weight of λ (constant, Min-SNR-γ, ...). An EMA of the weights is kept in the
@@ -103,7 +103,7 @@ class DiffusionObjective:
 
     def load_state_dict(self, state: dict) -> None:
         ema = state["ema"]
-        if "n_averaged" in ema:  # a checkpoint of the torch AveragedModel this objective used before
+        if "n_averaged" in ema:  # a checkpoint of the torch swa_utils average used before
             ema = {k.removeprefix("module."): v for k, v in ema.items() if k != "n_averaged"}
         self.ema.load_state_dict(ema)
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from data_tools.registry import Registry
 
-from .process import TARGETS, check_target as _check_target
+from .process import TARGETS, check_target
 from .schedules import Schedule, _build_schedule, importance_weight
 
 DEFAULT_GAMMA = 5.0  # Min-SNR's default everywhere (Hang et al. 2023)
@@ -76,7 +76,7 @@ def min_snr_weight(snr: Tensor | float, gamma: float, target: str) -> Tensor | f
 
     Finite at the ends: SNR = 0 gives x0 0, eps 1, v 0; SNR = inf gives x0 γ, eps 0, v 0.
     """
-    _check_target(target)
+    check_target(target)
     _check_gamma(gamma)
     snr, as_number = _as_tensor(snr)
     clipped = torch.clamp(snr, max=gamma)
@@ -153,7 +153,7 @@ def loss_weight(name: str, logsnr: Tensor | float, target: str, **params: Any) -
     and target_schedule as Schedule objects, names or {"name": ..., **params} dicts, optional sample_params /
     target_params for names). gamma defaults to 5.
     """
-    _check_target(target)
+    check_target(target)
     weighting = _check_weighting(name, params)
     lam, as_number = _as_tensor(logsnr)
     if weighting.log_x0 is None:
@@ -168,7 +168,7 @@ def x0_space_weight(name: str, logsnr: Tensor | float, target: str, **params: An
 
     It depends on the target only for "constant" and "importance"; the others are defined in x0 space.
     """
-    _check_target(target)
+    check_target(target)
     weighting = _check_weighting(name, params)
     lam, as_number = _as_tensor(logsnr)
     if weighting.log_x0 is not None:
