@@ -72,10 +72,6 @@ def run_arm(size: str, arm: str, steps: int, work: Path) -> dict:
             "final_loss": round(records[-1]["loss"], 4)}
 
 
-def rerender(json_path: Path, md_path: Path) -> None:
-    atomic_write_text(md_path, render(json.loads(json_path.read_text())))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)

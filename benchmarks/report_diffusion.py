@@ -12,8 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
+from diffusion.process import TARGETS  # the one list of prediction targets
+
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ("eps", "x0", "v")
 TARGET_NAMES = {"eps": "ε", "x0": "x0", "v": "v"}
 SCHEDULE_ARMS = ("cosine", "laplace+floor", "cosine->laplace weights")
 SCHEDULE_EXTRAS = ("laplace (no floor)", "cauchy", "shifted cosine")

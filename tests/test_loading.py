@@ -1,14 +1,11 @@
 """Loading: exact-once node/worker splitting, resampled epochs, HD-VILA samples, frame mode, bad samples."""
 import ctypes
 import io
-import json
 import os
 import tarfile
-from collections import Counter
 
 import numpy as np
 import pytest
-import webdataset as wds
 
 from data_tools.config import load_config
 from data_tools.decoders import open_video, register_backend

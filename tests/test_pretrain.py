@@ -1,5 +1,4 @@
 """`hdvila pretrain` end to end on tiny shards: run folder, validation, export, stage 2, torchrun."""
-import json
 import os
 import subprocess
 import sys

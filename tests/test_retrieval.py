@@ -19,7 +19,7 @@ from data_tools.decoders import open_video
 from hdvila.cli import main as cli_main
 from hdvila.encoder import InferenceConfig, VideoTextEncoder
 from hdvila.models import create_model
-from hdvila.recipes.retrieval import RetrievalConfig, run_eval, run_finetune
+from hdvila.recipes.retrieval import RetrievalConfig, run_finetune
 from hdvila.retrieval.annotations import RetrievalAnnotations
 from hdvila.retrieval.clip_index import build_clip_index, search_clips
 from hdvila.retrieval.evaluate import EvalConfig, evaluate_embeddings, positive_lists

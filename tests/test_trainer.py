@@ -79,6 +79,14 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")}
 
 
+def _assert_same_losses(full: Path, resumed: Path, steps: int, compare_from: int) -> None:
+    """The resumed run logged every step once, and from `compare_from` on its losses equal the uninterrupted run's."""
+    expected, got = _losses(full), _losses(resumed)
+    assert sorted(got) == list(range(1, steps + 1))
+    for step in range(compare_from, steps + 1):
+        assert got[step] == pytest.approx(expected[step], abs=1e-6), step
+
+
 def _spawn(cmd: list[str], log_path: Path, **kwargs) -> subprocess.Popen:
     """Start a worker with its output in a file (a full pipe would stall it)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -470,10 +478,7 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, de
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    expected, got = _losses(full), _losses(killed)
-    assert sorted(got) == list(range(1, 11))
-    for step in range(5, 11):
-        assert got[step] == pytest.approx(expected[step], abs=1e-6), step
+    _assert_same_losses(full, killed, steps=10, compare_from=5)
     epochs = {r["step"]: r["epoch"] for r in read_metrics(killed / "metrics.jsonl")}
     assert epochs[10] == 3  # 20 batches drawn, 5 per epoch
 
@@ -530,7 +535,4 @@ def test_two_rank_zero1_checkpoint_is_collective_and_resumable(tmp_path, deepspe
         if reference.poll() is None:
             reference.kill()
             reference.wait()
-    expected, got = _losses(full), _losses(killed)
-    assert sorted(got) == list(range(1, 7))
-    for step in range(1, 7):
-        assert got[step] == pytest.approx(expected[step], abs=1e-6), step
+    _assert_same_losses(full, killed, steps=6, compare_from=1)

@@ -8,6 +8,8 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..registry import Registry
+
 
 class DecodeError(RuntimeError):
     """The source cannot be decoded (not a video, corrupt data, missing frames); the message says why."""
@@ -35,38 +37,45 @@ class VideoReader(Protocol):
 
 Factory = Callable[..., VideoReader]  # factory(source, size, num_frames_hint, threads)
 
-# Built-ins are imported on first use so that importing this package never loads decord or av.
-_BUILTIN = {
-    "decord": "data_tools.decoders.decord_backend",
-    "pyav": "data_tools.decoders.pyav_backend",
-    "ffmpeg": "data_tools.decoders.ffmpeg_backend",
-}
-_REGISTRY: dict[str, Factory] = {}
+
+class _BuiltinBackend:
+    """A built-in backend's module, imported on first use so that importing this package never loads decord or
+    av; `load` checks its dependencies and returns its factory."""
+
+    def __init__(self, module: str):
+        self.module = module
+
+    def load(self) -> Factory:
+        module = importlib.import_module(self.module)
+        module.check_available()  # raises ImportError/FileNotFoundError with the missing piece
+        return module.open_reader
+
+
+_BUILTIN = ("decord", "pyav", "ffmpeg")  # in order of preference
+DECODER_BACKENDS: Registry[Factory | _BuiltinBackend] = Registry("decoder backend")
+for _name in _BUILTIN:
+    DECODER_BACKENDS.register(_name, _BuiltinBackend(f"data_tools.decoders.{_name}_backend"))
 
 
 def register_backend(name: str, factory: Factory) -> None:
     """Add or replace a backend; `factory(source, size, num_frames_hint, threads)` returns a VideoReader."""
     if not callable(factory):
         raise TypeError("factory must be callable")
-    _REGISTRY[name] = factory
+    DECODER_BACKENDS.register(name, factory, replace=True)
 
 
 def _factory(name: str) -> Factory:
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name not in _BUILTIN:
-        known = sorted(set(_REGISTRY) | set(_BUILTIN))
-        raise ValueError(f"unknown decoder backend {name!r}; known: {', '.join(known)}")
-    module = importlib.import_module(_BUILTIN[name])
-    module.check_available()  # raises ImportError/FileNotFoundError with the missing piece
-    _REGISTRY[name] = module.open_reader
-    return module.open_reader
+    entry = DECODER_BACKENDS.get(name)  # RegistryError (a ValueError) names the known backends
+    if isinstance(entry, _BuiltinBackend):
+        entry = entry.load()
+        DECODER_BACKENDS.register(name, entry, replace=True)
+    return entry
 
 
 def available_backends() -> list[str]:
     """Backends whose dependencies are present on this machine (registered ones count as present)."""
     names = []
-    for name in list(_BUILTIN) + [n for n in _REGISTRY if n not in _BUILTIN]:
+    for name in [*_BUILTIN, *(n for n in DECODER_BACKENDS.list() if n not in _BUILTIN)]:
         try:
             _factory(name)
         except (ImportError, OSError):

@@ -56,6 +56,18 @@ def training_config(config_class, args: argparse.Namespace, extra_overrides: lis
     return load_config(config_class, args.config, overrides)
 
 
+def add_training_command(subparsers, name: str, family: str, func, help: str, example: str = "",
+                         **parser_kwargs) -> argparse.ArgumentParser:
+    """A recipe's train command: --config (a `<family>/<name>` config name or a YAML path), --resume, and dotted
+    key=value overrides anywhere after it."""
+    epilog = "Any config key may follow as dotted key=value" + (f", e.g. {example}" if example else "")
+    parser = subparsers.add_parser(name, help=help, epilog=epilog, **parser_kwargs)
+    parser.add_argument("--config", required=True, help=f"{family}/<name> (a config name) or a YAML path")
+    parser.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
+    parser.set_defaults(func=func)
+    return parser
+
+
 def print_summary(summary: dict | None) -> int:
     if summary is not None:  # ranks other than 0 have none
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2, default=str))

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hdvila.cli import print_summary, training_config
+from hdvila.cli import add_training_command, print_summary, training_config
 
 
 def _hdvila_text_encoder(path: str):
@@ -74,16 +74,10 @@ def cmd_animate_eval(args: argparse.Namespace) -> int:
 def add_parser(subparsers) -> None:
     an = subparsers.add_parser("animate", help="StyleGAN2 and the language-guided face animator")
     ansub = an.add_subparsers(dest="animate_command", required=True)
-    ag = ansub.add_parser("train-gan", help="train a StyleGAN2 on the shared trainer",
-                          epilog="Any config key may follow as dotted key=value, e.g. data.kind=folder data.folder=...")
-    ag.add_argument("--config", required=True, help="animation/<name> (a config name) or a YAML path")
-    ag.add_argument("--resume", action="store_true")
-    ag.set_defaults(func=cmd_animate_train_gan)
-    at = ansub.add_parser("train", help="train the language-guided motion generator against a frozen StyleGAN2",
-                          epilog="Any config key may follow as dotted key=value")
-    at.add_argument("--config", required=True, help="animation/<name> (a config name) or a YAML path")
-    at.add_argument("--resume", action="store_true")
-    at.set_defaults(func=cmd_animate_train)
+    add_training_command(ansub, "train-gan", "animation", cmd_animate_train_gan,
+                         "train a StyleGAN2 on the shared trainer", "data.kind=folder data.folder=...")
+    add_training_command(ansub, "train", "animation", cmd_animate_train,
+                         "train the language-guided motion generator against a frozen StyleGAN2")
     ar = ansub.add_parser("run", help="animate a still face with a sentence: .mp4 or .gif plus a contact sheet")
     ar.add_argument("--model", required=True, help="an exported animator folder (<output_dir>/animator)")
     ar.add_argument("--image", required=True, help="a face image (any size; resized to the generator's)")

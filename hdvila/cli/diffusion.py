@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hdvila.cli import print_summary, training_config
+from hdvila.cli import add_training_command, print_summary, training_config
 
 
 def cmd_diffusion_train(args: argparse.Namespace) -> int:
@@ -58,11 +58,8 @@ def add_parser(subparsers) -> None:
     df = subparsers.add_parser("diffusion",
                                help="diffusion training (logSNR schedules, Min-SNR-γ), sampling, evaluation")
     dfsub = df.add_subparsers(dest="diffusion_command", required=True)
-    dt = dfsub.add_parser("train", help="train a denoiser on the shared trainer",
-                          epilog="Any config key may follow as dotted key=value, e.g. target=v weighting.name=min_snr")
-    dt.add_argument("--config", required=True, help="diffusion/<name> (a config name) or a YAML path")
-    dt.add_argument("--resume", action="store_true")
-    dt.set_defaults(func=cmd_diffusion_train)
+    add_training_command(dfsub, "train", "diffusion", cmd_diffusion_train, "train a denoiser on the shared trainer",
+                         "target=v weighting.name=min_snr")
     for name, helptext in (("sample", "write a PNG grid of samples"), ("eval", "FD and SWD against held-out data")):
         dp = dfsub.add_parser(name, help=helptext, epilog="The flags override the exported run config's sampler "
                               "section; any run-config key may follow as dotted key=value, e.g. sampler.eta=0.5. "

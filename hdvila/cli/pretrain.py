@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from hdvila.cli import print_summary, training_config
+from hdvila.cli import add_training_command, print_summary, training_config
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -13,10 +13,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("pretrain",
-                              help="HD-VILA pretraining under DeepSpeed (single process, torchrun or deepspeed)",
-                              epilog="Any config key may follow as dotted key=value, e.g. train.max_steps=20 "
-                                     "data.train_shards='[shards/*.tar]' output_dir=runs/x")
-    p.add_argument("--config", required=True, help="pretrain/<size> (a config name) or a YAML path")
-    p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
-    p.set_defaults(func=cmd_pretrain)
+    add_training_command(subparsers, "pretrain", "pretrain", cmd_pretrain,
+                         "HD-VILA pretraining under DeepSpeed (single process, torchrun or deepspeed)",
+                         "train.max_steps=20 data.train_shards='[shards/*.tar]' output_dir=runs/x")

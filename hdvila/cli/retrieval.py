@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hdvila.cli import print_summary, training_config
+from hdvila.cli import add_training_command, print_summary, training_config
 
 
 def _retrieval_config(args: argparse.Namespace):
@@ -90,15 +90,12 @@ def add_parser(subparsers) -> None:
                     help="reader option, e.g. video_list=MSRVTT_train.9k.csv or video_split=test")
     rm.set_defaults(func=cmd_retrieval_manifest)
 
-    rf = rsub.add_parser("finetune", help="contrastive finetuning on the shared trainer",
-                         epilog="Any config key may follow as dotted key=value")
-    rf.add_argument("--config", required=True, help="retrieval/<dataset> (a config name) or a YAML path")
+    rf = add_training_command(rsub, "finetune", "retrieval", cmd_retrieval_finetune,
+                              "contrastive finetuning on the shared trainer")
     rf.add_argument("--model", default=None, help="pretrained folder (overrides the config's model)")
-    rf.add_argument("--resume", action="store_true")
-    rf.set_defaults(func=cmd_retrieval_finetune)
 
     re_ = rsub.add_parser("eval", help="FAISS retrieval evaluation: R@1/5/10/50, MdR, MnR both ways")
-    re_.add_argument("--config", required=True)
+    re_.add_argument("--config", required=True, help="retrieval/<dataset> (a config name) or a YAML path")
     re_.add_argument("--model", default=None, help="pretrained folder (overrides the config's model)")
     re_.add_argument("--out", default=None, help="report folder (default output_dir/eval)")
     re_.set_defaults(func=cmd_retrieval_eval)
