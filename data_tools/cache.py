@@ -23,8 +23,16 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)  # a set's own order changes from process to process
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
+
+
 def settings_digest(settings: Mapping[str, Any]) -> str:
-    text = json.dumps(settings, sort_keys=True, default=lambda v: list(v) if isinstance(v, (tuple, set)) else str(v))
+    text = json.dumps(settings, sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 

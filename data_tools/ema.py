@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 
-class EMA(nn.Module):
+class EMA:
+    """Not an nn.Module on purpose: a parent module would save it under one key layout and load it under
+    another. Objectives keep it as an attribute and checkpoint `state_dict()` themselves."""
+
     def __init__(self, model: nn.Module, decay: float):
-        super().__init__()
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         self.decay = float(decay)
@@ -36,17 +38,21 @@ class EMA(nn.Module):
             ema_b.copy_(b)
         self.updates += 1
 
-    def forward(self, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
-    def train(self, mode: bool = True) -> "EMA":  # the average is never trained
-        return super().train(False)
+    def to(self, *args, **kwargs) -> "EMA":
+        self.module.to(*args, **kwargs)
+        return self
 
-    def state_dict(self, *args, **kwargs) -> dict:
-        return self.module.state_dict(*args, **kwargs)
+    def parameters(self):
+        return self.module.parameters()
 
-    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
-        return self.module.load_state_dict(state, strict=strict, assign=assign)
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict, strict: bool = True):
+        return self.module.load_state_dict(state, strict=strict)
 
 
 def ema_decay_from_half_life(half_life_images: float, batch_size: int) -> float:

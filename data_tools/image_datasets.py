@@ -102,7 +102,9 @@ def load_image_dataset(name: str, split: str = "train", size: int | Sequence[int
     info = IMAGE_DATASETS.get(name)
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    images, labels = info.loader(**(options or {}))
+    # loaders may be lru_cached: lists from a YAML config become tuples so the options can be hashed
+    hashable = {k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()}
+    images, labels = info.loader(**hashable)
     if split == "all" or test_fraction <= 0:
         idx = np.arange(len(labels))
     else:

@@ -193,8 +193,12 @@ def _read_current(path: Path) -> PretrainedFolder:
     version = record.get("format_version")
     if version != FORMAT_VERSION:
         raise PretrainedError(f"{path}: pretrained format version {version!r}; this code reads {FORMAT_VERSION}")
+    if not isinstance(record.get("kind"), str) or not isinstance(record.get("weights"), dict):
+        raise PretrainedError(f"{path}/{CONFIG_FILE}: no model kind or weights table")
     weights, checksums = {}, {}
-    for name, entry in record.get("weights", {}).items():
+    for name, entry in record["weights"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            raise PretrainedError(f"{path}/{CONFIG_FILE}: weights {name!r} names no file")
         file = Path(entry["file"])
         if file.is_absolute() or ".." in file.parts:
             raise PretrainedError(f"{path}: weight file {entry['file']!r} is outside the folder")
@@ -220,13 +224,15 @@ def migrate_pretrained(directory: str | Path, output: str | Path | None = None) 
     folder = read_pretrained(directory)
     output = Path(output) if output is not None else folder.path
     if folder.legacy is None:
-        if output != folder.path:
+        if output.resolve() != folder.path.resolve():
             shutil.copytree(folder.path, output, dirs_exist_ok=False)
         return output
     weights = {name: folder.tensors(name) for name in folder.weights}
     extras: dict[str, ExtraFile] = {}
     for name in folder.files:
         source = folder.path / name
+        if not source.exists():
+            raise PretrainedError(f"{source}: listed by the {folder.legacy} reader but missing")
         extras[name] = source.read_bytes() if source.is_file() else _copied_folder(source)
     return save_pretrained_folder(output, folder.kind, folder.config, weights, meta=folder.meta, extra_files=extras)
 

@@ -5,7 +5,8 @@ this config as `run_config.yaml`, so sampling knows the target, the schedule and
 checked against its registry when the config is built (`from_dict`, `load_config`, overrides alike), so a typo
 fails with a did-you-mean hint before anything trains or samples.
 
-    cfg = load_config(DiffusionConfig, "diffusion/digits-dit", ["sampler.steps=25"])
+    import hdvila  # registers the packaged recipe configs, so names resolve
+    cfg = load_config(DiffusionConfig, "diffusion/digits-dit", ["sampler.steps=25"])   # or a YAML path
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ ArrayLike = np.ndarray | torch.Tensor
 DEFAULT_EPOCHS = {"digits": 60, "mnist5k": 15}
 CONV_CHANNELS = (16, 32)
 PRETRAINED_KIND = "diffusion-feature-classifier"
-CACHE_VERSION = 2  # 1: the hand-written loop and its own folder layout
+CACHE_VERSION = 3  # 1: the hand-written loop and its own folder layout; 2: biases left out of the decay
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -186,7 +186,8 @@ def train_feature_classifier(images: ArrayLike, labels: ArrayLike, hidden: Seque
     arch = _choose_arch(arch, x.shape[1:])
     cfg = SmallFitConfig(steps=steps_for_epochs(x.shape[0], batch_size, epochs), seed=seed, threads=threads,
                          optim=OptimConfig(name="adam", lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
-                                           schedule="constant", warmup_steps=0),
+                                           schedule="constant", warmup_steps=0,
+                                           decay_all=True),  # L2 on every parameter, as trained before
                          desc="feature classifier")
     with seeded(seed, threads):
         model = FeatureClassifier(x.shape[1:], num_classes, hidden, arch)

@@ -271,7 +271,7 @@ def test_get_feature_classifier_caches(tmp_path, monkeypatch):
     first = get_feature_classifier("digits", tmp_path, epochs=2)
     entries = [p.name for p in tmp_path.iterdir()]
     assert entries == [metrics.classifier_cache_key("digits", epochs=2)]
-    assert entries[0].startswith("fd-classifier-digits-size8-seed0-") and entries[0].endswith("-v2")
+    assert entries[0].startswith("fd-classifier-digits-size8-seed0-") and entries[0].endswith(f"-v{metrics.CACHE_VERSION}")
     assert 0 < first.test_accuracy <= 1 and first.meta["dataset"] == "digits"
 
     def no_training(*args, **kwargs):

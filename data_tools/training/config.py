@@ -56,4 +56,5 @@ class OptimConfig:
     warmup_ratio: float = 0.0  # used when warmup_steps is 0: fraction of train.max_steps
     schedule: Schedule = "cosine"
     min_lr_ratio: float = 0.0  # final lr as a fraction of each group's peak lr
+    decay_all: bool = False  # weight decay on biases and norm weights too (torch's plain behaviour)
     param_groups: list[ParamGroupConfig] = field(default_factory=list)

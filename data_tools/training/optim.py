@@ -56,7 +56,7 @@ def assign_param_groups(model: nn.Module, cfg: OptimConfig) -> dict[str, str]:
         if not param.requires_grad:
             continue
         group = next((g for g, rx in patterns if rx.search(name)), DEFAULT_GROUP)
-        assignment[name] = group + (NO_DECAY_SUFFIX if is_no_decay(name, param) else "")
+        assignment[name] = group + (NO_DECAY_SUFFIX if not cfg.decay_all and is_no_decay(name, param) else "")
     return assignment
 
 

@@ -89,8 +89,10 @@ def fit_small(model: nn.Module, loss_fn: LossFn, cfg: SmallFitConfig, *,
     for cfg.steps optimizer steps. The loss function draws its own batch, so data may come from arrays, a
     renderer or a generator. `params_from` trains only that part of `model` (default: all of it).
 
-    Deterministic given cfg.seed and the loss function's own generators; runs under enable_grad (callers may
-    sit under no_grad) and leaves the model in eval mode."""
+    Deterministic when the model is built inside `seeded(cfg.seed)` and the loss function draws from its own
+    seeded generators; fit_small itself leaves the global RNG alone (so a caller's stream continues exactly as
+    in a hand-written loop), and cfg.seed is the record of that seed. Runs under enable_grad (callers may sit
+    under no_grad) and leaves the model in eval mode."""
     if cfg.steps < 0:
         raise ValueError(f"steps must be >= 0, got {cfg.steps}")
     trained = params_from if params_from is not None else model
