@@ -372,6 +372,27 @@ def test_tiny_model_trains_logs_and_exports(tmp_path, deepspeed_ready, caplog):
         torch.testing.assert_close(exported[name], tensor)
 
 
+class NoisyObjective(H.MSEObjective):
+    """Draws from the global RNG in training (input noise) and in validation, as real recipes do."""
+
+    def loss(self, model, batch, step):
+        return super().loss(model, {"x": batch["x"] + 0.1 * torch.randn_like(batch["x"]), "y": batch["y"]}, step)
+
+    def validate(self, model, step):
+        torch.rand(1000)
+        return super().validate(model, step)
+
+
+def test_validation_does_not_change_training(tmp_path, deepspeed_ready):
+    losses = {}
+    for val_every in (0, 3):
+        trainer, _, _ = _regression_trainer(tmp_path / f"val{val_every}", steps=9, log_every=1, val_every=val_every)
+        trainer.objective = NoisyObjective(val_batch=H.regression_batches(1, 16, seed=99)[0])
+        trainer.fit()
+        losses[val_every] = [r["loss"] for r in read_metrics(tmp_path / f"val{val_every}" / "metrics.jsonl")]
+    assert losses[0] == losses[3]
+
+
 def test_grad_accumulation_equals_bigger_batch(tmp_path, deepspeed_ready):
     sgd = OptimConfig(name="sgd", lr=0.1, weight_decay=0.0, schedule="constant")
     big = H.regression_batches(1, 8, seed=5)

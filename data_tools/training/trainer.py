@@ -348,8 +348,14 @@ class Trainer:
         if hook is None or self.cfg.val_every <= 0 or self.step % self.cfg.val_every != 0:
             return None
         self.engine.eval()
-        with torch.no_grad(), self._autocast():
-            values = hook(self.engine, self.step) or {}
+        # validation must not move training's random streams: the same run gives the same weights whether or
+        # how often it validates (a validation loader's worker seeds, noise for samples...)
+        rng = capture_rng_state()
+        try:
+            with torch.no_grad(), self._autocast():
+                values = hook(self.engine, self.step) or {}
+        finally:
+            restore_rng_state(rng)
         self.engine.train()
         return {key: float(value) for key, value in values.items()}
 
