@@ -39,3 +39,13 @@ def test_bad_override_exits_with_a_clear_message(tmp_path, capsys):
         main(["data", "build", str(tmp_path), "--out", str(tmp_path / "o"), "sentences.max_duraton=3"])
     assert exc.value.code == 2
     assert "did you mean 'max_duration'" in capsys.readouterr().err
+
+
+def test_pretrained_migrate_refuses_a_folder_it_cannot_read(tmp_path):
+    import pytest
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(SystemExit) as info:
+        main(["--quiet", "pretrained", "migrate", str(tmp_path)])
+    assert "is not a pretrained folder" in str(info.value.code) and "hdvila-v0" in str(info.value.code)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -9,9 +9,12 @@ def cmd_pretrained_migrate(args: argparse.Namespace) -> int:
     import animation  # noqa: F401
     import diffusion  # noqa: F401
     import hdvila.models  # noqa: F401
-    from data_tools.pretrained import migrate_pretrained
+    from data_tools.pretrained import PretrainedError, migrate_pretrained
 
-    out = migrate_pretrained(args.dir, args.out)
+    try:
+        out = migrate_pretrained(args.dir, args.out)
+    except (PretrainedError, FileNotFoundError, FileExistsError) as exc:
+        raise SystemExit(f"hdvila pretrained migrate: {exc}") from None
     print(f"wrote {out}")
     return 0
 
