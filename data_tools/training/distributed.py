@@ -1,8 +1,16 @@
 """Process-group set-up that works the same alone, under `torchrun` and under the `deepspeed` launcher.
 
 Both launchers export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init_distributed` reads
-them. Without a launcher it makes a world of one on gloo, on a port the OS picks at 127.0.0.1, and exports
-the same variables because DeepSpeed insists on LOCAL_RANK. Backend: NCCL with CUDA, gloo on CPU.
+them. Backend: NCCL with CUDA, gloo on CPU.
+
+A world of one (no launcher, or a launcher's WORLD_SIZE=1) opens no network listener: its store is an
+in-memory HashStore (a TCPStore would accept unauthenticated connections, and torch binds it to every
+interface whatever host it is given), and the transports' own sockets are pinned to the loopback interface
+(GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME, unless the user set them; gloo always keeps one listener for its
+pairs, on loopback). It exports RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, LOCAL_WORLD_SIZE=1, MASTER_ADDR and
+MASTER_PORT because DeepSpeed reads them, but MASTER_PORT is a port nobody listens on: there is nothing to
+join. A process started later that inherits these variables sees WORLD_SIZE=1 and makes its own world of
+one; it never rendezvouses.
 """
 from __future__ import annotations
 
@@ -73,12 +81,52 @@ def prebuild_deepspeed_ops() -> None:
     builder.load(verbose=False)
 
 
+def _single_rank_store() -> dist.Store:
+    """The store of a world of one: in memory, no socket."""
+    return dist.HashStore()
+
+
+def _loopback_interface() -> str:
+    """Name of the interface that carries 127.0.0.1 ("lo" on Linux)."""
+    try:
+        import psutil
+
+        for name, addrs in psutil.net_if_addrs().items():
+            if any(a.address == "127.0.0.1" for a in addrs):
+                return name
+    except Exception:  # noqa: BLE001 - psutil missing or no permission: the Linux name
+        pass
+    return "lo"
+
+
+def _unused_port() -> int:
+    """A port number the OS had free a moment ago; nothing here listens on it."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _single_process_group(backend: str, timeout: datetime.timedelta) -> None:
-    # Port 0: the OS picks a free port when the store binds, so concurrent runs cannot collide.
-    store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, timeout=timeout)
+    # Pin the transports to loopback for the life of the process: later groups (DeepSpeed's new_group
+    # calls) make new gloo devices, and NCCL reads its variable when its first communicator is built.
+    loopback = _loopback_interface()
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
+    # DeepSpeed's init_distributed wants all five launcher variables (else it tries MPI discovery). MASTER_PORT
+    # names a port nobody listens on: there is no store to join, and a child that inherits WORLD_SIZE=1 makes
+    # its own world of one (`_is_world_of_one`).
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port))
-    dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_unused_port()))
+    dist.init_process_group(backend, store=_single_rank_store(), rank=0, world_size=1, timeout=timeout)
+
+
+def _is_world_of_one() -> bool:
+    """No launcher variables, or a launcher's world of one."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return True
+    return os.environ["WORLD_SIZE"].strip() == "1"
 
 
 def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> None:
@@ -90,11 +138,11 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> N
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(pick_device())
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        if _is_world_of_one():
+            _single_process_group(backend, timeout)
+        else:
             os.environ.setdefault("LOCAL_RANK", "0")
             dist.init_process_group(backend, init_method="env://", timeout=timeout)
-        else:
-            _single_process_group(backend, timeout)
         log.info("process group: rank %d of %d on %s", rank(), world_size(), backend)
     elif dist.get_world_size() == 1:
         os.environ.setdefault("LOCAL_RANK", "0")  # set up by the caller without a launcher; DeepSpeed asks
