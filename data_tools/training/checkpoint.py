@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_tools.files import atomic_write_bytes, atomic_write_text
+# fsync_dir / fsync_tree live in data_tools.files and stay importable from here
+from data_tools.files import atomic_write_bytes, atomic_write_text, fsync_dir, fsync_tree  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -117,34 +118,6 @@ def read_latest_tag(checkpoint_dir: str | os.PathLike) -> str | None:
 def write_latest_tag(checkpoint_dir: str | os.PathLike, tag: str) -> None:
     atomic_write_text(Path(checkpoint_dir) / LATEST_FILE, tag)
     fsync_dir(checkpoint_dir)
-
-
-def fsync_dir(folder: str | os.PathLike) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(folder: str | os.PathLike) -> None:
-    """Flush every file under `folder` (torch.save does not), so `latest` never outlives its files."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(root)
 
 
 # --- export
