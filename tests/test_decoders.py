@@ -183,7 +183,7 @@ def test_other_containers(pal_clip, tmp_path, container, backends):
             assert _read_indices(reader.get_frames(indices)) == indices, backend
 
 
-def test_ffmpeg_bytes_without_faststart_use_a_temp_file(pal_clip, tmp_path):
+def test_ffmpeg_bytes_without_faststart_use_a_memory_file(pal_clip, tmp_path):
     import subprocess
 
     slow = tmp_path / "slow.mp4"  # moov after mdat: cannot be read from a pipe
@@ -191,11 +191,12 @@ def test_ffmpeg_bytes_without_faststart_use_a_temp_file(pal_clip, tmp_path):
     data = slow.read_bytes()
     assert pipe_friendly(pal_clip.read_bytes()) and not pipe_friendly(data)
     reader = open_video(data, backend="ffmpeg", size=QUARTER)
-    tmp = reader._tmp
-    assert tmp is not None and os.path.exists(tmp)
+    fd = reader._memfd  # an anonymous memory file: nothing in TMPDIR that a killed process could leave
+    assert fd is not None and reader._tmp is None and os.fstat(fd).st_size == len(data)
     assert _read_indices(reader.get_frames([7, 0, 59])) == [7, 0, 59]
     reader.close()
-    assert not os.path.exists(tmp)
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 CORRUPT = {

@@ -4,10 +4,17 @@ can cost a timeout but never hang or crash the caller.
 
 Frames are chosen with the `select` filter on the decoded-frame counter n (display order), which is
 the frame index for the constant-frame-rate clips ingest writes; no seeking, so no seek inaccuracy.
+
+An ffmpeg process dies with the process that started it (parent-death signal) and, inside an IsolatedRunner
+child, is in that child's process group, which the watchdog kills as a whole. A clip that cannot be piped
+(index at the end of the file) is handed over in an anonymous memory file (memfd), so no spooled copy can be
+left behind in TMPDIR; only where memfd is missing does it go to a temp file (inside an IsolatedRunner child,
+the per-child folder that the runner removes).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import struct
@@ -20,6 +27,7 @@ import numpy as np
 
 from ..media.ffmpeg_bin import ffmpeg_exe
 from .base import BaseReader, DecodeError, DecodeTimeout
+from .isolation import die_with_parent
 
 PROBE_TIMEOUT_S = 60.0
 DECODE_TIMEOUT_S = 120.0
@@ -79,10 +87,16 @@ class FFmpegReader(BaseReader):
         self._threads = threads
         self._stdin: bytes | None = None
         self._tmp: str | None = None
+        self._memfd: int | None = None
         self._cleanup = None
         if isinstance(source, bytes):
             if pipe_friendly(source):
                 self._input, self._stdin = "pipe:0", source
+            elif hasattr(os, "memfd_create"):
+                self._memfd = os.memfd_create("hdvila-ffmpeg-clip")  # close-on-exec; passed to ffmpeg by number
+                self._cleanup = weakref.finalize(self, os.close, self._memfd)
+                _write_all(self._memfd, source)
+                self._input = f"file:/dev/fd/{self._memfd}"  # ffmpeg reopens it: seekable, offset 0
             else:
                 fd, self._tmp = tempfile.mkstemp(prefix="hdvila-ffmpeg-", suffix=".mp4")
                 with os.fdopen(fd, "wb") as fh:
@@ -105,7 +119,9 @@ class FFmpegReader(BaseReader):
             cmd.insert(1, "-nostdin")
         try:
             return subprocess.run(cmd, input=self._stdin, stdin=None if self._stdin is not None else subprocess.DEVNULL,
-                                  capture_output=True, timeout=timeout)
+                                  capture_output=True, timeout=timeout,
+                                  pass_fds=() if self._memfd is None else (self._memfd,),
+                                  preexec_fn=functools.partial(die_with_parent, os.getpid()))
         except subprocess.TimeoutExpired:  # run() has already killed ffmpeg
             raise DecodeTimeout(f"ffmpeg took over {timeout:.0f} s on {self.label}") from None
 
@@ -167,6 +183,12 @@ class FFmpegReader(BaseReader):
             self._cleanup()
         self._stdin = None
         super().close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _unlink(path: str) -> None:

@@ -8,17 +8,28 @@ raw bytes received straight into their final buffers (no extra pickling copy).
 The child is started with os.fork (not multiprocessing.Process), because DataLoader workers are daemonic
 and multiprocessing refuses to let daemonic processes have children. start_method="spawn" starts a
 fresh interpreter instead (for parents with threads, where fork is unsafe).
+
+Nothing outlives its owner. Every child leads its own process group (setsid), so the watchdog kills the child
+together with whatever it started (the ffmpeg backend's ffmpeg) with one killpg. Every child asks the kernel
+for SIGKILL when its parent dies (Linux PR_SET_PDEATHSIG; a SIGKILLed DataLoader worker cannot clean up), and
+checks right after asking that the parent is still there. A child's temporaries go to a folder the parent
+makes for it (TMPDIR inside the child) and removes when the child is gone; folders of owners that were
+SIGKILLed before they could remove theirs are swept by the next runner that starts a child.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import pickle
 import select
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -31,8 +42,60 @@ _IDLE_POLL_S = 1.0  # how often an idle child checks that its parent is still al
 _LIVE: "weakref.WeakSet[IsolatedRunner]" = weakref.WeakSet()
 
 
+_TMP_PREFIX = "hdvila-decoder-"  # per-child temp folders: hdvila-decoder-<owner pid>-<random>
+_PR_SET_PDEATHSIG = 1
+try:  # loaded now: after a fork, dlopen could deadlock on a lock another thread held
+    _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+except OSError:
+    _LIBC = None
+
+
 class _Timeout(Exception):
     pass
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """In a freshly started child: have the kernel send `sig` when the parent dies (Linux), then make sure
+    the parent did not die before that was in place (we would already be someone else's child).
+
+    The signal follows the parent *thread* that started the child. Safe between fork and exec (no
+    allocation, no locks), so it also serves as a subprocess preexec_fn.
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temp_folders(root: str | None = None) -> list[str]:
+    """Remove per-child temp folders whose owner process is gone (it was SIGKILLed). Returns what went."""
+    root = root or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(_TMP_PREFIX):
+            continue
+        owner = name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if not owner.isdigit() or _pid_alive(int(owner)):
+            continue
+        path = os.path.join(root, name)
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------- framing
@@ -104,7 +167,10 @@ def _recv_parts(sock: socket.socket, deadline: float | None) -> list:
 
 # ------------------------------------------------------------------------------------------------ child
 
-def _child_setup() -> None:
+def _child_setup(tmpdir: str | None = None) -> None:
+    if tmpdir is not None:  # temporaries of this child (and of what it starts) go to its own folder
+        os.environ["TMPDIR"] = tmpdir
+        tempfile.tempdir = tmpdir
     # Decoding is the child's only job; one thread each for BLAS/OpenMP/torch avoids oversubscription.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
@@ -180,10 +246,12 @@ def _unpack_exception(packed: tuple) -> BaseException:
 
 
 def _spawn_main() -> None:
-    """Entry point of a spawned child: argv[1] is its socket's file descriptor."""
+    """Entry point of a spawned child: argv[1] is its socket's file descriptor, argv[2] its parent's pid."""
+    parent_pid = int(sys.argv[2])
+    die_with_parent(parent_pid)
     sock = socket.socket(fileno=int(sys.argv[1]))
-    _child_setup()
-    _serve(sock, int(sys.argv[2]))
+    _child_setup(os.environ.get("TMPDIR"))
+    _serve(sock, parent_pid)
 
 
 # ----------------------------------------------------------------------------------------------- parent
@@ -191,8 +259,8 @@ def _spawn_main() -> None:
 class _Child:
     """One running child process, owned by the process that started it."""
 
-    def __init__(self, sock: socket.socket, pid: int, popen: subprocess.Popen | None) -> None:
-        self.sock, self.pid, self.popen = sock, pid, popen
+    def __init__(self, sock: socket.socket, pid: int, popen: subprocess.Popen | None, tmpdir: str | None) -> None:
+        self.sock, self.pid, self.popen, self.tmpdir = sock, pid, popen, tmpdir
         self.owner = os.getpid()
 
     def forget(self) -> None:
@@ -215,23 +283,34 @@ class _Child:
             return 0
         return status if pid else None
 
+    def _exited(self) -> bool:
+        """Whether the child has exited, without reaping it (its pid, and so its group id, stay ours)."""
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
     def kill(self, grace: float = 0.0) -> int | None:
-        """Close the socket; wait up to `grace` s for a natural exit, then SIGKILL and reap. Returns the status."""
+        """Close the socket; wait up to `grace` s for a natural exit; SIGKILL the child's whole process group
+        (what the child started goes too), reap, remove its temp folder. Returns the child's status."""
         self.forget()
         if os.getpid() != self.owner:
             return None
         end = time.monotonic() + grace
-        while True:
-            status = self._wait(block=False)
-            if status is not None or time.monotonic() >= end:
-                break
+        while not self._exited() and time.monotonic() < end:
             time.sleep(0.01)
-        if status is None:
+        # Before reaping: until then the pid cannot be reused, so the group id still names our group.
+        for kill in (os.killpg, os.kill):
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                kill(self.pid, signal.SIGKILL)
+                break
             except ProcessLookupError:
-                pass
-            status = self._wait(block=True)
+                continue  # no group (already empty): make sure of the child itself
+            except PermissionError:
+                continue
+        status = self._wait(block=True)
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
         return status
 
 
@@ -305,6 +384,15 @@ class IsolatedRunner:
 
     # -- child management
     def _start(self) -> _Child:
+        sweep_stale_temp_folders()
+        tmpdir = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
+        try:
+            return self._start_in(tmpdir)
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+
+    def _start_in(self, tmpdir: str) -> _Child:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         if self.start_method == "fork":
             parent_pid = os.getpid()
@@ -312,8 +400,10 @@ class IsolatedRunner:
             if pid == 0:  # child: never return into the caller's code
                 code = 0
                 try:
+                    os.setsid()  # our own session and process group, which the watchdog kills as a whole
+                    die_with_parent(parent_pid)
                     parent_sock.close()
-                    _child_setup()
+                    _child_setup(tmpdir)
                     _serve(child_sock, parent_pid)
                 except BaseException:
                     code = 1
@@ -324,15 +414,16 @@ class IsolatedRunner:
             env = dict(os.environ)
             # The child must import the same modules the functions live in.
             env["PYTHONPATH"] = os.pathsep.join([p or os.getcwd() for p in sys.path])
+            env["TMPDIR"] = tmpdir
             popen = subprocess.Popen(
                 [sys.executable, "-c", "from data_tools.decoders.isolation import _spawn_main; _spawn_main()",
                  str(child_sock.fileno()), str(os.getpid())],
-                pass_fds=[child_sock.fileno()], env=env, close_fds=True)
+                pass_fds=[child_sock.fileno()], env=env, close_fds=True, start_new_session=True)
             pid = popen.pid
         child_sock.close()
         self._started += 1
         self.restarts = max(0, self._started - 1)
-        return _Child(parent_sock, pid, popen)
+        return _Child(parent_sock, pid, popen, tmpdir)
 
     def _child(self) -> _Child:
         child = self._box.child
