@@ -36,7 +36,7 @@ from typing import Any, Callable, ClassVar, Mapping, TypeVar, Union
 
 import torch
 
-from .files import atomic_directory
+from .files import atomic_directory, recover_atomic_directory
 from .registry import Registry
 
 FORMAT = "hdvila-pretrained"
@@ -176,6 +176,7 @@ def read_pretrained(directory: str | Path, kind: str | tuple[str, ...] | None = 
     """Read a pretrained folder's config (weights are read on `tensors()`); older layouts go through their
     registered legacy reader. `kind` (one or several) makes a folder of another model kind an error."""
     path = Path(directory)
+    recover_atomic_directory(path)  # a writer killed between the two renames of the fallback publish
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such pretrained folder")
     if is_pretrained_folder(path):

@@ -134,6 +134,14 @@ def test_save_failure_leaves_the_old_folder_intact(tmp_path):
     TinyNet.from_pretrained(folder)
 
 
+def test_reading_repairs_a_folder_left_between_the_two_renames(tmp_path):
+    net = TinyNet(3)
+    folder = net.save_pretrained(tmp_path / "net")
+    folder.rename(tmp_path / ".net.old-1234abcd")  # the state a writer killed mid fallback-publish leaves
+    again = TinyNet.from_pretrained(tmp_path / "net")
+    assert torch.equal(again.linear.weight, net.linear.weight) and folder.is_dir()
+
+
 def test_legacy_layout_loads_through_its_reader_and_migrates(tmp_path):
     from safetensors.torch import save_file
 
