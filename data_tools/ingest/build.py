@@ -2,7 +2,9 @@
 
 Stages: discover inputs -> probe each video -> plan sentence spans -> assign clips to shards in a fixed
 order -> cut + transcode shards in parallel processes -> build_report.json. Bad inputs become report entries;
-the job goes on. Finished shards are skipped on a rerun, so a killed build resumes where it stopped.
+the job goes on: any exception while discovering, probing, planning or cutting one input, of any type, is a
+report entry (input, stage, reason); only a failure of the build machinery itself (writing a shard, a crashed
+worker process) stops the build. Finished shards are skipped on a rerun, so a killed build resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class PlannedClip:
     text: str
     transcript_source: str
     info: dict  # VideoInfo as a dict (picklable, small)
+    source: str = ""  # what the shard records as the source: relative to the input root, or absolute
 
 
 @dataclass
@@ -54,17 +57,25 @@ class ShardTask:
     clips: list[PlannedClip] = field(default_factory=list)
 
 
+def _reason(exc: BaseException) -> str:
+    """A readable reason for an unexpected exception: its type and message."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def _probe_job(job: VideoJob) -> tuple[VideoJob, VideoInfo | None, str | None]:
     try:
         return job, probe_video(job.video_path), None
     except ProbeError as exc:
         return job, None, str(exc)
+    except Exception as exc:  # one odd video must not cost the build
+        log.warning("unexpected error probing %s: %s", job.video_path, _reason(exc))
+        return job, None, _reason(exc)
 
 
 def plan_build(inputs: list[str], cfg: BuildConfig, progress: bool = True
                ) -> tuple[list[ShardTask], list[InputProblem], dict[str, int]]:
     """Everything before cutting: deterministic given the inputs and the config."""
-    jobs, problems = discover_inputs(inputs, video_root=cfg.video_root, clip_text=cfg.clip_text)
+    jobs, problems = discover_inputs(inputs, video_root=cfg.video_root, clip_text=cfg.clip_text, limits=cfg.limits)
     jobs = sorted(jobs, key=lambda j: (j.video_id, j.video_path))
     counts = {"videos_found": len(jobs), "videos_ok": 0}
     # Probing reads container headers only; threads are enough.
@@ -76,10 +87,17 @@ def plan_build(inputs: list[str], cfg: BuildConfig, progress: bool = True
         if info is None:
             problems.append(InputProblem(input=job.video_path, stage="probe", reason=error or "unknown"))
             continue
-        clips, clip_problems = plan_clips(job, info.duration, cfg.sentences)
+        try:
+            clips, clip_problems = plan_clips(job, info.duration, cfg.sentences, cfg.limits)
+            items = [_planned_clip(job, info, clip, cfg.shards.absolute_source_paths) for clip in clips]
+        except Exception as exc:  # a bug or an input nobody foresaw: report this video, plan the others
+            log.warning("unexpected error planning %s: %s", job.video_path, _reason(exc))
+            problems.append(InputProblem(input=job.transcript_path or job.video_path, stage="plan",
+                                         reason=_reason(exc)))
+            continue
         problems.extend(clip_problems)
         counts["videos_ok"] += bool(clips)
-        planned.extend(_planned_clip(job, info, clip) for clip in clips)
+        planned.extend(items)
     per_shard = cfg.shards.samples_per_shard
     shards: list[ShardTask] = []
     for i, item in enumerate(planned):
@@ -92,7 +110,7 @@ def plan_build(inputs: list[str], cfg: BuildConfig, progress: bool = True
     return shards, problems, counts
 
 
-def _planned_clip(job: VideoJob, info: VideoInfo, clip: ClipRequest) -> PlannedClip:
+def _planned_clip(job: VideoJob, info: VideoInfo, clip: ClipRequest, absolute_source: bool = False) -> PlannedClip:
     return PlannedClip(
         key="",
         video_path=job.video_path,
@@ -103,6 +121,7 @@ def _planned_clip(job: VideoJob, info: VideoInfo, clip: ClipRequest) -> PlannedC
         text=clip.text,
         transcript_source=job.transcript_source,
         info=info.to_dict(),
+        source=job.video_path if absolute_source or not job.source else job.source,
     )
 
 
@@ -126,14 +145,15 @@ def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: i
             except Exception as exc:  # one bad clip must not cost the shard: report it and go on
                 if not isinstance(exc, (TranscodeError, ProbeError, OSError)):
                     log.exception("unexpected error on %s [%s, %s]", clip.video_path, clip.start, clip.end)
+                reason = str(exc) if isinstance(exc, (TranscodeError, ProbeError)) else _reason(exc)
                 failures.append({"input": clip.video_path, "clip_id": clip.clip_id, "stage": "transcode",
-                                 "span": [clip.start, clip.end], "reason": str(exc)})
+                                 "span": [clip.start, clip.end], "reason": reason})
             else:
                 meta = {
                     "key": clip.key,
                     "clip_id": clip.clip_id,
                     "video_id": clip.video_id,
-                    "source": clip.video_path,
+                    "source": clip.source or clip.video_path,
                     "span": [clip.start, clip.end],
                     "source_frames": [media.first_source_frame, media.first_source_frame + media.num_frames],
                     "fps": media.fps,
@@ -151,7 +171,7 @@ def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: i
                 if media.proxy is not None:
                     files["proxy.mp4"] = media.proxy
                 writer.write(clip.key, files, {
-                    "clip_id": clip.clip_id, "video_id": clip.video_id, "source": clip.video_path,
+                    "clip_id": clip.clip_id, "video_id": clip.video_id, "source": clip.source or clip.video_path,
                     "start": clip.start, "end": clip.end,
                     "duration": media.num_frames / float(Fraction(media.fps)),
                     "num_frames": media.num_frames, "fps": media.fps, "width": media.width,

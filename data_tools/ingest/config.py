@@ -32,6 +32,16 @@ class TranscodeConfig:
 @dataclass
 class ShardConfig:
     samples_per_shard: int = 100  # video2dataset's HD-VILA recipe; ~1 GB at 720p
+    absolute_source_paths: bool = False  # record sources relative to their input root (true: absolute paths)
+
+
+@dataclass
+class LimitsConfig:
+    """Inputs are untrusted: each must be a regular file no larger than its cap, or it is reported."""
+
+    max_transcript_bytes: int = 64 * 2**20  # a 10-hour SRT is about 2 MiB
+    max_manifest_bytes: int = 4 * 2**30  # manifests and clip_text files are read whole
+    max_video_bytes: int = 256 * 2**30
 
 
 @dataclass
@@ -39,6 +49,7 @@ class BuildConfig:
     sentences: SentenceConfig = field(default_factory=SentenceConfig)
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     workers: int = 1
     video_root: str | None = None  # where HD-VILA-100M / manifest video paths are resolved
     clip_text: str | None = None  # optional JSONL {clip_id, text} for HD-VILA-100M inputs

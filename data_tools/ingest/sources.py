@@ -2,6 +2,10 @@
 
 Nothing here opens a video; discovery only checks that files exist. Every input that cannot be used
 becomes an `InputProblem` with a plain-words reason, and the remaining inputs go on.
+
+Inputs are untrusted: transcripts, manifests and videos must be regular files within the size caps of
+`LimitsConfig` (a FIFO would hang the build, /dev/zero would fill memory); HD-VILA-100M video ids cannot
+name a file outside `video_root`; captions lose terminal control characters.
 """
 from __future__ import annotations
 
@@ -11,15 +15,17 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterator
+import posixpath
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import TextFileError, read_utf8_text
 from ..media import VIDEO_EXTENSIONS
-from .config import SentenceConfig
-from .transcripts import TranscriptError, cues_to_sentences, parse_timestamp, read_transcript
+from .config import LimitsConfig, SentenceConfig
+from .inputs import InputFileError, check_input_file, read_input_bytes
+from .transcripts import TranscriptError, clean_caption, cues_to_sentences, parse_timestamp, read_transcript
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -28,6 +34,7 @@ __all__ = [
     "VideoJob",
     "InputProblem",
     "discover_inputs",
+    "pair_videos",
     "plan_clips",
 ]
 
@@ -61,6 +68,7 @@ class VideoJob:
     transcript_path: str | None = None  # folder input: spans come from cues_to_sentences later
     clips: list[ClipRequest] | None = None  # manifest / HD-VILA input: explicit spans
     transcript_source: str = ""  # "srt" | "vtt" | "json" | "manifest" | "hdvila100m"
+    source: str = ""  # what shards record: the path relative to its input root (folder, manifest base, video_root)
 
 
 @dataclass
@@ -84,26 +92,71 @@ def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
 
 
+def _is_video_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def _caption(text: str) -> str:
+    return " ".join(clean_caption(text).split())
+
+
+def _video_problem(path: str | os.PathLike, limits: LimitsConfig) -> str | None:
+    """Why the video cannot be used (not a regular file, over the cap), or None."""
+    try:
+        check_input_file(path, limits.max_video_bytes, "video file")
+    except InputFileError as exc:
+        return str(exc)
+    return None
+
+
+def _relative_source(path: str, root: str | os.PathLike, written: str | None = None) -> str:
+    """`path` relative to `root` when inside it; else the path as the manifest wrote it (else the name)."""
+    relative = os.path.relpath(path, os.path.abspath(root))
+    if relative != ".." and not relative.startswith(".." + os.sep):
+        return Path(relative).as_posix()
+    return written if written is not None else Path(path).name
+
+
 # ---------------------------------------------------------------------------------------------- folders
 
-def _transcript_beside(video: Path, siblings: dict[str, str]) -> str | None:
-    """`siblings` maps lower-cased file names in the video's folder to their real names."""
-    stem = video.stem
-    for ext in TRANSCRIPT_EXTENSIONS:
-        name = siblings.get(f"{stem}{ext}".lower())
-        if name is not None and name.startswith(stem):  # the stem itself must match case-sensitively
-            return str(video.parent / name)
-    # yt-dlp names subtitles "<stem>.<language>.vtt"; take one only when no exact match exists
-    for ext in (".srt", ".vtt"):
-        tagged = sorted(
-            real
-            for lower, real in siblings.items()
-            if real.startswith(stem + ".") and lower.endswith(ext) and _is_language_tag(real[len(stem) + 1 : -len(ext)])
-        )
-        if tagged:
-            english = [name for name in tagged if name[len(stem) + 1 :].lower().startswith("en")]
-            return str(video.parent / (english or tagged)[0])
-    return None
+class _Siblings:
+    """The file names of one folder, indexed once so that pairing each video costs O(1) look-ups."""
+
+    def __init__(self, names: Iterable[str]):
+        names = sorted(names)
+        self.by_lower = {name.lower(): name for name in names}  # real names by lower-cased name
+        # yt-dlp subtitles "<stem>.<language>.<ext>", by (stem, ext); a language tag never holds a dot
+        self.tagged: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for name in names:
+            base, ext = os.path.splitext(name)
+            ext = ext.lower()
+            if ext in (".srt", ".vtt"):
+                stem, dot, tag = base.rpartition(".")
+                if dot and _is_language_tag(tag):
+                    self.tagged[(stem, ext)].append(name)
+
+    def transcript_for(self, stem: str) -> str | None:
+        for ext in TRANSCRIPT_EXTENSIONS:
+            name = self.by_lower.get(f"{stem}{ext}".lower())
+            if name is not None and name.startswith(stem):  # the stem itself must match case-sensitively
+                return name
+        # take a language-tagged subtitle only when no exact match exists; English first
+        for ext in (".srt", ".vtt"):
+            tagged = self.tagged.get((stem, ext))
+            if tagged:
+                english = [name for name in tagged if name[len(stem) + 1 :].lower().startswith("en")]
+                return (english or tagged)[0]
+        return None
+
+
+def pair_videos(names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """(video name, transcript name or None) for each video among the file names of one folder, sorted.
+
+    Pure name logic in linear time (discovery of a folder of a million videos must not be quadratic).
+    """
+    siblings = _Siblings(names)
+    videos = [name for name in siblings.by_lower.values() if _is_video_name(name)]
+    return [(video, siblings.transcript_for(os.path.splitext(video)[0])) for video in sorted(videos)]
 
 
 def _is_language_tag(tag: str) -> bool:
@@ -111,51 +164,66 @@ def _is_language_tag(tag: str) -> bool:
     return 2 <= len(base) <= 3 and base.isalpha() and (not region or region.isalnum())
 
 
-def _discover_folder(folder: Path, problems: _Problems) -> list[VideoJob]:
+def _discover_folder(folder: Path, problems: _Problems, limits: LimitsConfig) -> list[VideoJob]:
     jobs: list[VideoJob] = []
-    videos: list[Path] = []
-    siblings_by_dir: dict[Path, dict[str, str]] = {}
+    pairs: list[tuple[Path, str | None]] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         root_path = Path(root)
-        siblings_by_dir[root_path] = {name.lower(): name for name in sorted(files)}
-        videos.extend(root_path / name for name in sorted(files) if _is_video(root_path / name))
-    if not videos:
+        pairs.extend((root_path / video, transcript) for video, transcript in pair_videos(files))
+    if not pairs:
         problems.add(folder, f"no video files ({', '.join(VIDEO_EXTENSIONS)}) found in the folder")
         return jobs
     # ids are the path inside the folder, so day1/intro.mp4 and day2/intro.mp4 stay distinct
-    relative_ids = [video.relative_to(folder).with_suffix("").as_posix().replace("/", "__") for video in videos]
-    repeated = {vid for vid in relative_ids if relative_ids.count(vid) > 1}
-    for video, video_id in zip(videos, relative_ids):
-        if video_id in repeated:  # intro.mp4 next to intro.mkv
+    relative_ids = [video.relative_to(folder).with_suffix("").as_posix().replace("/", "__") for video, _ in pairs]
+    counts = Counter(relative_ids)
+    for (video, transcript), video_id in zip(pairs, relative_ids):
+        if counts[video_id] > 1:  # intro.mp4 next to intro.mkv
             video_id = f"{video_id}_{video.suffix.lower().lstrip('.')}"
-        job = _transcript_job(video, video_id, siblings_by_dir[video.parent], problems)
+        job = _transcript_job(video, video_id, transcript, folder, problems, limits)
         if job is not None:
             jobs.append(job)
     return jobs
 
 
-def _transcript_job(video: Path, video_id: str, siblings: dict[str, str], problems: _Problems) -> VideoJob | None:
-    transcript = _transcript_beside(video, siblings)
+def _transcript_job(video: Path, video_id: str, transcript: str | None, root: Path, problems: _Problems,
+                    limits: LimitsConfig) -> VideoJob | None:
+    """`transcript` is the name of the transcript file in the video's folder."""
     if transcript is None:
         looked = ", ".join(f"{video.stem}{ext}" for ext in TRANSCRIPT_EXTENSIONS)
         problems.add(video, f"no transcript beside the video (looked for {looked})")
         return None
+    reason = _video_problem(video, limits)
+    if reason is not None:
+        problems.add(video, reason)
+        return None
     return VideoJob(
         video_path=os.path.abspath(video),
         video_id=video_id,
-        transcript_path=os.path.abspath(transcript),
+        transcript_path=os.path.abspath(video.parent / transcript),
         transcript_source=Path(transcript).suffix.lower().lstrip("."),
+        source=_relative_source(os.path.abspath(video), root),
     )
 
 
 # ---------------------------------------------------------------------------------------------- manifests
 
-def _read_text(path: Path, problems: _Problems) -> str | None:
+def _read_bytes(path: Path, problems: _Problems, limits: LimitsConfig) -> bytes | None:
     try:
-        return read_utf8_text(path)
-    except TextFileError as exc:
-        problems.add(path, str(exc).removeprefix(f"{path}: "))
+        return read_input_bytes(path, limits.max_manifest_bytes, "manifest file")
+    except InputFileError as exc:
+        problems.add(path, str(exc))
+        return None
+
+
+def _read_text(path: Path, problems: _Problems, limits: LimitsConfig) -> str | None:
+    data = _read_bytes(path, problems, limits)
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        problems.add(path, f"not valid UTF-8: first bad byte at byte offset {exc.start}")
         return None
 
 
@@ -167,9 +235,14 @@ def _jsonl_records(path: Path, text: str, problems: _Problems) -> Iterator[tuple
             continue
         row += 1
         try:
-            yield row, json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             problems.add(f"{path} row {row}", f"invalid JSON on line {line_number}: {exc.msg}")
+            continue
+        except RecursionError:
+            problems.add(f"{path} row {row}", f"JSON on line {line_number} is nested too deeply")
+            continue
+        yield row, record
 
 
 def _blank(value: Any) -> bool:
@@ -190,13 +263,18 @@ def _missing_columns(columns: list[str]) -> list[str]:
     return [name for name in _REQUIRED if not present.intersection(_COLUMNS[name])]
 
 
-def _manifest_rows(path: Path, problems: _Problems) -> Iterator[tuple[int, Any]] | None:
+def _manifest_rows(path: Path, problems: _Problems, limits: LimitsConfig,
+                   text: str | None = None) -> Iterator[tuple[int, Any]] | None:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
+        data = _read_bytes(path, problems, limits)
+        if data is None:
+            return None
         try:
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            table = pq.read_table(pa.BufferReader(data))
         except Exception as exc:  # pyarrow raises several types for a damaged file
             problems.add(path, f"cannot read the parquet file: {exc}")
             return None
@@ -205,7 +283,8 @@ def _manifest_rows(path: Path, problems: _Problems) -> Iterator[tuple[int, Any]]
             problems.add(path, _missing_columns_reason(missing))
             return None
         return enumerate(table.to_pylist(), start=1)
-    text = _read_text(path, problems)
+    if text is None:
+        text = _read_text(path, problems, limits)
     if text is None:
         return None
     if suffix == ".csv":
@@ -248,10 +327,11 @@ class _Group:
     video_id: str | None
     clips: list[ClipRequest]
     rows: int
+    written: str  # the video path as the manifest wrote it
 
 
 def _discover_manifest(
-    path: Path, rows: Iterator[tuple[int, Any]], video_root: str | None, problems: _Problems
+    path: Path, rows: Iterator[tuple[int, Any]], video_root: str | None, problems: _Problems, limits: LimitsConfig
 ) -> list[VideoJob]:
     base = Path(video_root).expanduser() if video_root else path.parent
     groups: dict[str, _Group] = {}
@@ -282,19 +362,24 @@ def _discover_manifest(
             continue
         clip_id = _field(row, "clip_id")
         video_id = _field(row, "video_id")
-        group = groups.setdefault(_resolve_video(video, base), _Group(None, [], 0))
+        try:
+            resolved = _resolve_video(video, base)
+        except (ValueError, RuntimeError) as exc:  # a NUL byte in the path, an unknown ~user
+            problems.add(where, f"unusable video path: {exc}")
+            continue
+        group = groups.setdefault(resolved, _Group(None, [], 0, video))
         if group.video_id is None and video_id is not None:
             group.video_id = str(video_id).strip()
         clip_id = None if clip_id is None else str(clip_id).strip()
-        group.clips.append(ClipRequest(start, end, " ".join(text.split()), clip_id))
+        group.clips.append(ClipRequest(start, end, _caption(text), clip_id))
         group.rows += 1
     if not any_rows:
         problems.add(path, "manifest has no rows")
     jobs = []
     for video_path, group in groups.items():
-        if not os.path.isfile(video_path):
-            state = "is a directory, not a video file" if os.path.isdir(video_path) else "video file not found"
-            problems.add(video_path, f"{state} (used by {group.rows} row(s) of {path.name})")
+        reason = _video_problem(video_path, limits)
+        if reason is not None:
+            problems.add(video_path, f"{reason} (used by {group.rows} row(s) of {path.name})")
             continue
         jobs.append(
             VideoJob(
@@ -302,6 +387,7 @@ def _discover_manifest(
                 video_id=group.video_id or Path(video_path).stem,
                 clips=sorted(group.clips, key=lambda clip: (clip.start, clip.end)),
                 transcript_source="manifest",
+                source=_relative_source(video_path, base, group.written),
             )
         )
     return jobs
@@ -312,9 +398,10 @@ def _discover_manifest(
 class _ClipTexts:
     """The optional clip_text sidecar ({"clip_id", "text"} per line), read once on first use."""
 
-    def __init__(self, path: str | None, problems: _Problems):
+    def __init__(self, path: str | None, problems: _Problems, limits: LimitsConfig):
         self.path = path
         self.problems = problems
+        self.limits = limits
         self._texts: dict[str, str] | None = None
 
     def get(self, clip_id: str | None) -> str | None:
@@ -326,10 +413,10 @@ class _ClipTexts:
 
     def _load(self) -> dict[str, str]:
         path = Path(self.path).expanduser()
-        if not path.is_file():
+        if not path.exists():
             self.problems.add(path, "clip_text file not found")
             return {}
-        text = _read_text(path, self.problems)
+        text = _read_text(path, self.problems, self.limits)
         if text is None:
             return {}
         texts: dict[str, str] = {}
@@ -341,20 +428,29 @@ class _ClipTexts:
             if _blank(clip_id) or not isinstance(caption, str):
                 self.problems.add(f"{path} row {row}", "expected an object with clip_id and text")
                 continue
-            texts[str(clip_id)] = " ".join(caption.split())
+            texts[str(clip_id)] = _caption(caption)
         return texts
+
+
+def _id_leaves_root(video_id: str) -> bool:
+    """An id names a file under video_root: no absolute path, no '..', no NUL, no backslash or drive."""
+    if "\x00" in video_id or "\\" in video_id or video_id.startswith(("/", "~")) or ":" in video_id[:2]:
+        return True
+    normal = posixpath.normpath(video_id)
+    return normal == ".." or normal.startswith("../") or ".." in video_id.split("/")
 
 
 def _find_video(root: Path, video_id: str) -> Path | None:
     for ext in VIDEO_EXTENSIONS:
         for candidate in (root / f"{video_id}{ext}", root / f"{video_id}{ext.upper()}"):
-            if candidate.is_file():
+            if candidate.exists():  # a FIFO or device is found here and reported by the caller
                 return candidate
     return None
 
 
 def _discover_hdvila(
-    path: Path, rows: Iterator[tuple[int, Any]], video_root: str | None, clip_texts: _ClipTexts, problems: _Problems
+    path: Path, rows: Iterator[tuple[int, Any]], video_root: str | None, clip_texts: _ClipTexts, problems: _Problems,
+    limits: LimitsConfig,
 ) -> list[VideoJob]:
     root = Path(video_root).expanduser() if video_root else path.parent
     entries_by_video: dict[str, list[tuple[str, Any]]] = {}
@@ -368,6 +464,9 @@ def _discover_hdvila(
         if not isinstance(clips, list):
             problems.add(where, "'clip' must be a list of {clip_id, span}")
             continue
+        if _id_leaves_root(video_id.strip()):
+            problems.add(where, f"video_id {video_id!r} names a file outside the video root; refused")
+            continue
         entries = entries_by_video.setdefault(video_id.strip(), [])
         entries.extend((f"{where} clip {k}", entry) for k, entry in enumerate(clips, start=1))
     jobs = []
@@ -378,6 +477,10 @@ def _discover_hdvila(
                 video_id,
                 f"video file not found: looked for {root / video_id}{{{','.join(VIDEO_EXTENSIONS)}}}",
             )
+            continue
+        reason = _video_problem(video, limits)
+        if reason is not None:
+            problems.add(video, reason)
             continue
         clips = []
         for where, entry in entries:
@@ -396,7 +499,7 @@ def _discover_hdvila(
                 problems.add(label, str(exc))
                 continue
             text = entry.get("text")
-            text = " ".join(text.split()) if isinstance(text, str) else ""
+            text = _caption(text) if isinstance(text, str) else ""
             text = text or clip_texts.get(clip_id) or ""
             if not text:
                 problems.add(label, "no text for this clip (no 'text' key and no entry in the clip_text file)")
@@ -409,64 +512,78 @@ def _discover_hdvila(
                     video_id=video_id,
                     clips=sorted(clips, key=lambda clip: (clip.start, clip.end)),
                     transcript_source="hdvila100m",
+                    source=_relative_source(os.path.abspath(video), root),
                 )
             )
     return jobs
 
 
-def _is_hdvila(path: Path) -> bool:
+def _is_hdvila(text: str) -> bool:
     """HD-VILA-100M lines carry a "clip" list; look at the first line that parses."""
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                return isinstance(record, dict) and "clip" in record
-    except OSError:
-        return False
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        return isinstance(record, dict) and "clip" in record
     return False
 
 
 # ---------------------------------------------------------------------------------------------- entry points
 
 def discover_inputs(
-    inputs: list[str], video_root: str | None = None, clip_text: str | None = None
+    inputs: list[str], video_root: str | None = None, clip_text: str | None = None,
+    limits: LimitsConfig | None = None,
 ) -> tuple[list[VideoJob], list[InputProblem]]:
-    """Jobs for every usable video in `inputs` (folders, manifests, HD-VILA-100M JSONL), plus problems."""
+    """Jobs for every usable video in `inputs` (folders, manifests, HD-VILA-100M JSONL), plus problems.
+
+    Any error while reading one input, of any type, becomes a problem of that input; the others go on.
+    """
+    limits = limits or LimitsConfig()
     problems = _Problems()
-    clip_texts = _ClipTexts(clip_text, problems)
+    clip_texts = _ClipTexts(clip_text, problems, limits)
     jobs: list[VideoJob] = []
     for raw in inputs:
-        path = Path(raw).expanduser()
-        suffix = path.suffix.lower()
-        if not path.exists():
-            problems.add(raw, "input does not exist")
-        elif path.is_dir():
-            jobs.extend(_discover_folder(path, problems))
-        elif _is_video(path):  # a single video: same as a folder holding only it
-            siblings = {name.lower(): name for name in sorted(os.listdir(path.parent))}
-            job = _transcript_job(path, path.stem, siblings, problems)
-            if job is not None:
-                jobs.append(job)
-        elif suffix in MANIFEST_EXTENSIONS:
-            if suffix == ".jsonl" and _is_hdvila(path):
-                text = _read_text(path, problems)
-                if text is not None:
-                    records = _jsonl_records(path, text, problems)
-                    jobs.extend(_discover_hdvila(path, records, video_root, clip_texts, problems))
-            else:
-                rows = _manifest_rows(path, problems)
-                if rows is not None:
-                    jobs.extend(_discover_manifest(path, rows, video_root, problems))
-        else:
-            problems.add(
-                raw, "unsupported input: expected a folder, a video file, or a .jsonl, .csv or .parquet manifest"
-            )
+        found: list[VideoJob] = []
+        try:
+            _discover_one(raw, video_root, clip_texts, problems, limits, found)
+        except Exception as exc:  # a bug or an input nobody foresaw: report it, keep the other inputs
+            problems.add(raw, f"cannot read this input: {type(exc).__name__}: {exc}")
+            continue
+        jobs.extend(found)
     return _unique_ids(jobs, problems), list(problems)
+
+
+def _discover_one(raw: str, video_root: str | None, clip_texts: _ClipTexts, problems: _Problems,
+                  limits: LimitsConfig, jobs: list[VideoJob]) -> None:
+    path = Path(raw).expanduser()
+    suffix = path.suffix.lower()
+    if not path.exists():
+        problems.add(raw, "input does not exist")
+    elif path.is_dir():
+        jobs.extend(_discover_folder(path, problems, limits))
+    elif _is_video(path):  # a single video: same as a folder holding only it
+        transcript = dict(pair_videos(os.listdir(path.parent))).get(path.name)
+        job = _transcript_job(path, path.stem, transcript, path.parent, problems, limits)
+        if job is not None:
+            jobs.append(job)
+    elif suffix in MANIFEST_EXTENSIONS:
+        text = _read_text(path, problems, limits) if suffix != ".parquet" else None
+        if suffix != ".parquet" and text is None:
+            return
+        if suffix == ".jsonl" and _is_hdvila(text):
+            records = _jsonl_records(path, text, problems)
+            jobs.extend(_discover_hdvila(path, records, video_root, clip_texts, problems, limits))
+        else:
+            rows = _manifest_rows(path, problems, limits, text)
+            if rows is not None:
+                jobs.extend(_discover_manifest(path, rows, video_root, problems, limits))
+    else:
+        problems.add(
+            raw, "unsupported input: expected a folder, a video file, or a .jsonl, .csv or .parquet manifest"
+        )
 
 
 def _unique_ids(jobs: list[VideoJob], problems: _Problems) -> list[VideoJob]:
@@ -489,9 +606,10 @@ def _unique_ids(jobs: list[VideoJob], problems: _Problems) -> list[VideoJob]:
 
 
 def plan_clips(
-    job: VideoJob, info_duration: float, cfg: SentenceConfig
+    job: VideoJob, info_duration: float, cfg: SentenceConfig, limits: LimitsConfig | None = None
 ) -> tuple[list[ClipRequest], list[InputProblem]]:
     """Final spans of a job for a video of `info_duration` seconds, each with a clip_id, plus problems."""
+    limits = limits or LimitsConfig()
     problems = _Problems()
     if not info_duration or not math.isfinite(info_duration) or info_duration <= 0:
         problems.add(job.video_path, f"video duration {info_duration!r} is not positive", stage="plan")
@@ -518,7 +636,7 @@ def plan_clips(
                     planned.append((index, ClipRequest(start, end, clip.text, clip.clip_id)))
     elif job.transcript_path is not None:
         try:
-            cues = read_transcript(job.transcript_path)
+            cues = read_transcript(job.transcript_path, max_bytes=limits.max_transcript_bytes)
         except TranscriptError as exc:
             problems.add(job.transcript_path, str(exc), stage="transcript")
             return [], list(problems)

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .config import SentenceConfig
+from .config import LimitsConfig, SentenceConfig
+from .inputs import InputFileError, read_input_bytes
 
 __all__ = ["Cue", "TranscriptError", "parse_timestamp", "read_transcript", "cues_to_sentences",
-           "format_timestamp", "format_srt"]
+           "format_timestamp", "format_srt", "clean_caption"]
 
 
 @dataclass(frozen=True)
@@ -77,14 +78,26 @@ _ASS_OVERRIDE_RE = re.compile(r"\{\\[^}]*\}")  # {\an8} left in SRTs converted f
 _INVISIBLE_RE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060\ufeff]")  # &lrm; etc. after unescaping
 # a line that starts like a timing line but has no "-->" (e.g. "00:00:01,000 -> 00:00:02,000")
 _TIMING_LIKE_RE = re.compile(r"^\s*\d+:\d{2}(?::\d{2})?(?:[.,]\d+)?\s*(?:-|–|>|$)")
+# terminal escape sequences (CSI, OSC, other ESC sequences, 7- and 8-bit forms), then any C0/C1 control left
+_ESCAPE_SEQUENCE_RE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves, clear screen
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d-\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC/DCS/PM/APC .. ST
+    r"|\x1b[ -/]*[0-~]?"  # any other ESC sequence
+)
+_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 but newline and tab
 _VTT_SKIPPED_BLOCKS = ("NOTE", "STYLE", "REGION")
 _ROLLING_MAX_GAP = 1.0  # s; rolling captions follow each other without a pause
 
 
+def clean_caption(text: str) -> str:
+    """`text` without terminal escape sequences and C0/C1 control characters (newline and tab stay)."""
+    return _CONTROL_RE.sub("", _ESCAPE_SEQUENCE_RE.sub("", text))
+
+
 def _clean_text(lines: list[str]) -> str:
     text = " ".join(line.strip() for line in lines)
-    text = _ASS_OVERRIDE_RE.sub("", _TAG_RE.sub("", text))
-    text = _INVISIBLE_RE.sub("", html.unescape(text))
+    text = _ASS_OVERRIDE_RE.sub("", _TAG_RE.sub("", clean_caption(text)))
+    text = _INVISIBLE_RE.sub("", clean_caption(html.unescape(text)))  # &#27; unescapes to ESC
     return " ".join(text.split())
 
 
@@ -203,6 +216,8 @@ def _parse_json(text: str) -> list[_RawCue]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TranscriptError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise TranscriptError("JSON transcript is nested too deeply to be a list of cues") from None
     wrong_shape = "JSON transcript must be a list of cues or an object with a 'segments' or 'cues' list"
     items = data
     if isinstance(data, dict):
@@ -278,21 +293,20 @@ def _drop_rolling_duplicates(cues: list[Cue]) -> list[Cue]:
     return kept
 
 
-def read_transcript(path: str | os.PathLike) -> list[Cue]:
-    """Cues of an .srt, .vtt or .json transcript, sorted by start; raises TranscriptError with the reason."""
+def read_transcript(path: str | os.PathLike, max_bytes: int = LimitsConfig.max_transcript_bytes) -> list[Cue]:
+    """Cues of an .srt, .vtt or .json transcript, sorted by start; raises TranscriptError with the reason.
+
+    Only a regular file of at most `max_bytes` is read (a FIFO, a device or a huge file is a TranscriptError).
+    """
     path = Path(path)
     parser = _PARSERS.get(path.suffix.lower())
     if parser is None:
         kind = path.suffix or "(no extension)"
         raise TranscriptError(f"unsupported transcript type {kind!r}; use .srt, .vtt or .json")
-    if not path.exists():
-        raise TranscriptError("transcript file not found")
-    if path.is_dir():
-        raise TranscriptError("transcript path is a directory, not a file")
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TranscriptError(f"cannot read transcript: {exc.strerror or exc}") from None
+        data = read_input_bytes(path, max_bytes, "transcript file")
+    except InputFileError as exc:
+        raise TranscriptError(str(exc)) from None
     text = _decode(data)
     if not text.strip():
         raise TranscriptError("transcript file is empty")
@@ -303,7 +317,7 @@ def read_transcript(path: str | os.PathLike) -> list[Cue]:
     cues = [c for c in cues if c.text]
     if not cues:
         raise TranscriptError("every cue is empty once markup is removed")
-    cues.sort(key=lambda c: c.start)  # stable: equal starts keep file order
+    cues.sort(key=lambda c: (c.start, c.end))  # spoken order; stable: equal spans keep file order
     return _drop_rolling_duplicates(cues)
 
 
@@ -361,7 +375,7 @@ class _Stream:
         self.lengths: list[int] = []
         self.cues: list[Cue] = []
         position = 0
-        for cue in sorted(cues, key=lambda c: c.start):
+        for cue in sorted(cues, key=lambda c: (c.start, c.end)):
             text = " ".join(cue.text.split())
             if not text:
                 continue
@@ -444,7 +458,7 @@ def _split_long(stream: _Stream, begin: int, end: int, cfg: SentenceConfig) -> l
 
     pieces: list[tuple[int, int]] = []
     lo, count = 0, len(words)
-    while not fits(lo, count):
+    while count - lo > 1 and not fits(lo, count):  # a last single word stays whole, however long
         seconds_left = max(ends[count - 1] - starts[lo], 0.0)
         words_left = count - lo
         by_time = seconds_left / cfg.max_duration >= words_left / cfg.max_words
@@ -465,7 +479,9 @@ def _split_long(stream: _Stream, begin: int, end: int, cfg: SentenceConfig) -> l
     spans = []
     for lo, hi in pieces:
         text = " ".join(stream.text[words[lo][0] : words[hi - 1][1]].split())
-        spans.append(_Span(starts[lo], max(ends[hi - 1], starts[lo]), text))
+        # overlapping cues: a piece covers every word in it, not only its first and last
+        start = min(starts[lo:hi])
+        spans.append(_Span(start, max(max(ends[lo:hi]), start), text))
     return spans
 
 

@@ -8,6 +8,7 @@ info.json (model folder, kind, sampling, counts).
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -69,12 +70,21 @@ def search_clips(index_dir: str | Path, queries: Sequence[str] | str, k: int = 1
     return hits
 
 
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(value) -> str:
+    """Text safe for a terminal: control characters (an ESC sequence in an old shard's caption) as \\xNN."""
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 def format_hits(query: str, hits: list[dict]) -> str:
-    lines = [f"query: {query}", f"{'rank':>4}  {'score':>6}  {'clip':<14}  {'span (s)':<13}  source / caption"]
+    lines = [f"query: {_printable(query)}",
+             f"{'rank':>4}  {'score':>6}  {'clip':<14}  {'span (s)':<13}  source / caption"]
     for hit in hits:
         span = hit.get("span") or []
         span_text = f"{span[0]:.1f}-{span[1]:.1f}" if len(span) == 2 else "-"
-        source = Path(hit["source"]).name if hit.get("source") else "-"
-        lines.append(f"{hit['rank']:>4}  {hit['score']:>6.3f}  {hit['key']:<14}  {span_text:<13}  {source}")
-        lines.append(f"{'':>4}  {'':>6}  {'':<14}  {'':<13}  \"{hit.get('caption', '')}\"")
+        source = _printable(Path(hit["source"]).name) if hit.get("source") else "-"
+        lines.append(f"{hit['rank']:>4}  {hit['score']:>6.3f}  {_printable(hit['key']):<14}  {span_text:<13}  {source}")
+        lines.append(f"{'':>4}  {'':>6}  {'':<14}  {'':<13}  \"{_printable(hit.get('caption', ''))}\"")
     return "\n".join(lines)
