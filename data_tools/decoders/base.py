@@ -25,6 +25,9 @@ class VideoReader(Protocol):
     fps: float
     height: int  # output size: the requested size, else native
     width: int
+    # (height, width) the container's stream header declares, or None where the backend cannot tell
+    # without decoding; callers check untrusted metadata against it
+    native_size: tuple[int, int] | None
 
     def get_frames(self, indices: Sequence[int]) -> np.ndarray: ...
 
@@ -158,6 +161,7 @@ class BaseReader:
     fps: float
     height: int
     width: int
+    native_size: tuple[int, int] | None = None
 
     def __init__(self, source) -> None:
         self.label = source_label(source)

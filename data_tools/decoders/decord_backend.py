@@ -41,12 +41,34 @@ class DecordReader(BaseReader):
         self._shape = size  # native size is only known after decoding a frame
         self._source, self._size, self._threads = source, size, threads
         self._fallback = None
+        self._native: tuple[int, int] | None | bool = False  # False: not looked up yet
 
     def _native_shape(self) -> tuple[int, int]:
         if self._shape is None:
             frame = self._decode_sorted([0])
             self._shape = (int(frame.shape[1]), int(frame.shape[2]))
         return self._shape
+
+    @property
+    def native_size(self) -> tuple[int, int] | None:
+        """The stream header's (height, width). decord scales before handing frames out and has no header
+        call, so the header is read with PyAV (demuxer only, nothing decoded); None without PyAV."""
+        if self._native is False:
+            self._native = None
+            if self._size is None:
+                self._native = self._native_shape()
+            else:
+                try:
+                    import av
+
+                    src = io.BytesIO(self._source) if isinstance(self._source, bytes) else str(self._source)
+                    with av.open(src, mode="r") as container:
+                        ctx = container.streams.video[0].codec_context
+                        if ctx.height and ctx.width:
+                            self._native = (int(ctx.height), int(ctx.width))
+                except Exception:  # no PyAV, or it cannot read what decord could: unknown, not an error
+                    self._native = None
+        return self._native
 
     @property
     def height(self) -> int:

@@ -146,6 +146,7 @@ class FFmpegReader(BaseReader):
             raise DecodeError(f"ffmpeg: {self.label} has no video stream")
         if not pts:
             raise DecodeError(f"ffmpeg: {self.label} has no video packets")
+        self.native_size = dims
         self.height, self.width = size if size is not None else dims
         self.fps = self._rate(tb, pts, proc.stderr.decode(errors="replace"))
         self.num_frames = min(len(pts), num_frames_hint) if num_frames_hint else len(pts)

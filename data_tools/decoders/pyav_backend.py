@@ -86,6 +86,7 @@ class PyAVReader(BaseReader):
         self._tb = Fraction(st.time_base)
         self.fps = float(self._rate)
         self._size = size
+        self.native_size = (int(ctx.height), int(ctx.width))
         self.height, self.width = size if size is not None else (int(ctx.height), int(ctx.width))
         meta = int(st.frames or 0)
         if not meta and st.duration is not None:

@@ -8,15 +8,25 @@ Decoding runs inside DataLoader workers. With `decode_timeout > 0` each sample i
 child process, so a decoder stuck in C code (decord can spin forever holding the GIL) is killed, the sample
 is skipped and counted, and the worker lives on. Every skip is counted by reason in counters shared with
 the main process (`dataset.counts()`).
+
+Shards are untrusted input. A sample's JSON metadata never sizes an allocation on its own: frame count and
+frame size are type- and range-checked against limits (`LoaderConfig.max_*`), checked against the stream
+header the decoder reads, and the planned decode must fit `max_decode_bytes`; a violation skips the sample
+as "bad_metadata". Tar members are read only when the loader uses them and only up to a size cap
+(`max_video_member_bytes`, `max_meta_member_bytes`): a larger one (a compression bomb in a .tar.gz) is
+streamed past, never held, and its sample is skipped as "oversize_member".
 """
 from __future__ import annotations
 
 import glob
+import inspect
 import itertools
 import json
+import math
 import multiprocessing as mp
 import os
 import random
+import tarfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -49,6 +59,17 @@ class LoaderConfig:
     max_text_len: int = 40
     tokenizer: str | None = None  # folder; None = the committed default vocabulary
     drop_last: bool = True
+    # Limits on untrusted shard data (see the module docstring)
+    max_video_member_bytes: int = 512 << 20  # per mp4 / proxy.mp4 tar member
+    max_meta_member_bytes: int = 1 << 20  # per json / txt tar member
+    max_frame_side: int = 8192  # pixels; metadata or stream header beyond it is refused
+    max_aspect_ratio: float = 16.0  # long side / short side
+    max_clip_frames: int = 1_000_000
+    max_decode_bytes: int = 1 << 30  # decoded uint8 RGB frames of one sample, as planned
+
+    def limits(self) -> "MetadataLimits":
+        return MetadataLimits(max_side=self.max_frame_side, max_aspect=self.max_aspect_ratio,
+                              max_frames=self.max_clip_frames, max_decode_bytes=self.max_decode_bytes)
 
 
 def expand_shards(spec: str | Iterable[str]) -> list[str]:
@@ -72,29 +93,131 @@ def expand_shards(spec: str | Iterable[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# shard metadata: untrusted, checked before it sizes anything
+
+class ShardMetadataError(ValueError):
+    """A sample's metadata is malformed, beyond the limits, or contradicts the stream it describes."""
+
+
+@dataclass(frozen=True)
+class MetadataLimits:
+    max_side: int = 8192
+    max_aspect: float = 16.0
+    max_frames: int = 1_000_000
+    max_decode_bytes: int = 1 << 30
+
+
+DEFAULT_LIMITS = MetadataLimits()
+_DIM_KEYS = ("num_frames", "height", "width")
+
+
+def _count(value: Any, name: str, hi: int) -> int:
+    """A whole number in [1, hi]: ints, or floats with an integral value; never bools, strings, NaN, inf."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ShardMetadataError(f"{name} must be a number, got {type(value).__name__}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise ShardMetadataError(f"{name} must be a whole number, got {value!r}")
+        value = int(value)
+    if not 1 <= value <= hi:
+        shown = value if abs(value) < 10 ** 12 else f"a {len(str(abs(value)))}-digit number"
+        raise ShardMetadataError(f"{name} must be in [1, {hi}], got {shown}")
+    return value
+
+
+def check_dims(num_frames: Any, height: Any, width: Any,
+               limits: MetadataLimits = DEFAULT_LIMITS) -> tuple[int, int, int]:
+    """(num_frames, height, width) as ints within the limits, or ShardMetadataError."""
+    n = _count(num_frames, "num_frames", limits.max_frames)
+    h = _count(height, "height", limits.max_side)
+    w = _count(width, "width", limits.max_side)
+    if max(h, w) > limits.max_aspect * min(h, w):
+        raise ShardMetadataError(f"frame size {h}x{w} is beyond the aspect ratio limit {limits.max_aspect:g}")
+    return n, h, w
+
+
+def check_shard_meta(meta: Any, limits: MetadataLimits = DEFAULT_LIMITS) -> tuple[int, int, int] | None:
+    """Validate a shard sample's metadata before anything is sized from it.
+
+    Returns (num_frames, height, width) when the metadata gives all three (None when it gives none of them:
+    the stream is probed instead). Every size it holds (also the proxy's) must be a whole number within
+    `limits`; anything else raises ShardMetadataError, and nothing else is raised.
+    """
+    if not isinstance(meta, dict):
+        raise ShardMetadataError(f"metadata must be a JSON object, got {type(meta).__name__}")
+    given = [k for k in _DIM_KEYS if k in meta]
+    if given and len(given) < len(_DIM_KEYS):
+        raise ShardMetadataError(f"metadata gives {given} but not all of {list(_DIM_KEYS)}")
+    dims = check_dims(*(meta[k] for k in _DIM_KEYS), limits) if given else None
+    if "proxy" in meta and meta["proxy"] is not None:
+        proxy = meta["proxy"]
+        if not isinstance(proxy, dict) or "height" not in proxy or "width" not in proxy:
+            raise ShardMetadataError("proxy metadata must be an object with height and width")
+        check_dims(1, proxy["height"], proxy["width"], limits)
+    return dims
+
+
+def _proxy_size(meta: dict, limits: MetadataLimits) -> tuple[int, int] | None:
+    proxy = meta.get("proxy")
+    if not isinstance(proxy, dict):
+        return None
+    _, h, w = check_dims(1, proxy.get("height"), proxy.get("width"), limits)
+    return h, w
+
+
+def check_decode_bytes(parts: Iterable[tuple[int, tuple[int, int]]], limits: MetadataLimits) -> int:
+    """Bytes of the uint8 RGB frames a plan decodes: (frame count, (height, width)) per part, within limits."""
+    total = sum(int(n) * int(h) * int(w) * 3 for n, (h, w) in parts)
+    if total > limits.max_decode_bytes:
+        raise ShardMetadataError(f"the planned decode needs {total} bytes, over the limit of "
+                                 f"{limits.max_decode_bytes}")
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------
 # decoding (module-level functions so that the watchdog child can run them)
 
-def _native_meta(mp4: bytes, meta: dict, backend: str) -> tuple[int, int, int]:
-    if all(k in meta for k in ("num_frames", "height", "width")):
-        return int(meta["num_frames"]), int(meta["height"]), int(meta["width"])
-    with open_video(mp4, backend=backend) as reader:
-        return reader.num_frames, reader.height, reader.width
+def _native_meta(mp4: bytes, meta: dict, backend: str,
+                 limits: MetadataLimits = DEFAULT_LIMITS) -> tuple[int, int, int]:
+    dims = check_shard_meta(meta, limits)
+    if dims is not None:
+        return dims
+    with open_video(mp4, backend=backend) as reader:  # the stream's own header, still within the limits
+        return check_dims(reader.num_frames, reader.height, reader.width, limits)
+
+
+def _open_checked(source, backend: str, size: tuple[int, int], num_frames: int, threads: int,
+                  expect: tuple[int, int] | None):
+    """open_video, then hold the metadata to the stream header: the size it declares (where the backend
+    can tell) and a frame count the stream really has."""
+    reader = open_video(source, backend=backend, size=size, num_frames_hint=num_frames, threads=threads)
+    try:
+        native = getattr(reader, "native_size", None)
+        if expect is not None and native is not None and tuple(native) != tuple(expect):
+            raise ShardMetadataError(f"metadata says {expect[0]}x{expect[1]}, the stream header "
+                                     f"{native[0]}x{native[1]}")
+        if reader.num_frames < num_frames:
+            raise ShardMetadataError(f"metadata says {num_frames} frames, the stream has {reader.num_frames}")
+    except BaseException:
+        reader.close()
+        raise
+    return reader
 
 
 def decode_clip(mp4: bytes, proxy: bytes | None, meta: dict, cfg: ClipSamplingConfig, backend: str,
-                seed: int, threads: int = 1) -> dict[str, np.ndarray]:
+                seed: int, threads: int = 1, limits: MetadataLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
     """HD-VILA sample: hr [S, H, W, 3] keyframes and lr [S, T-1, h, w, 3] neighbours, uint8."""
-    num_frames, height, width = _native_meta(mp4, meta, backend)
+    num_frames, height, width = _native_meta(mp4, meta, backend, limits)
     rng = np.random.default_rng(seed)
     plan = plan_clip(num_frames, height, width, cfg, rng)
-    with open_video(mp4, backend=backend, size=plan.hr_canvas, num_frames_hint=num_frames,
-                    threads=threads) as reader:
-        hr = reader.get_frames(plan.keyframes.tolist())
     neighbours = plan.neighbours
+    check_decode_bytes([(plan.keyframes.size, plan.hr_canvas), (neighbours.size, plan.lr_canvas)], limits)
+    with _open_checked(mp4, backend, plan.hr_canvas, num_frames, threads, (height, width)) as reader:
+        hr = reader.get_frames(plan.keyframes.tolist())
     if neighbours.size:
         lr_source = proxy if proxy is not None else mp4
-        with open_video(lr_source, backend=backend, size=plan.lr_canvas, num_frames_hint=num_frames,
-                        threads=threads) as reader:
+        expect = _proxy_size(meta, limits) if proxy is not None else (height, width)
+        with _open_checked(lr_source, backend, plan.lr_canvas, num_frames, threads, expect) as reader:
             lr = reader.get_frames(neighbours.reshape(-1).tolist())
         lr = apply_crop(lr, plan.lr_crop, plan.flip).reshape(*neighbours.shape, *plan.lr_crop[2:], 3)
     else:
@@ -136,17 +259,17 @@ def clip_from_frames(frames: Any, cfg: ClipSamplingConfig, seed: int = 0) -> dic
 
 
 def decode_frames(mp4: bytes, proxy: bytes | None, meta: dict, cfg: FrameSamplingConfig, backend: str,
-                  seed: int, threads: int = 1) -> dict[str, np.ndarray]:
+                  seed: int, threads: int = 1, limits: MetadataLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
     """Frame mode: [F, H, W, 3] uint8 frames at cfg.size; reads the proxy when it is big enough."""
-    num_frames, height, width = _native_meta(mp4, meta, backend)
+    num_frames, height, width = _native_meta(mp4, meta, backend, limits)
     rng = np.random.default_rng(seed)
     plan = plan_frames(num_frames, height, width, cfg, rng)
-    source = mp4
-    pmeta = meta.get("proxy") or {}
-    if proxy is not None and min(pmeta.get("height", 0), pmeta.get("width", 0)) >= min(plan.canvas):
-        source = proxy  # decoding the small stream is much cheaper
-    with open_video(source, backend=backend, size=plan.canvas, num_frames_hint=num_frames,
-                    threads=threads) as reader:
+    check_decode_bytes([(plan.indices.size, plan.canvas)], limits)
+    source, expect = mp4, (height, width)
+    psize = _proxy_size(meta, limits)
+    if proxy is not None and psize is not None and min(psize) >= min(plan.canvas):
+        source, expect = proxy, psize  # decoding the small stream is much cheaper
+    with _open_checked(source, backend, plan.canvas, num_frames, threads, expect) as reader:
         frames = reader.get_frames(plan.indices.tolist())
     return {"frames": apply_crop(frames, plan.crop, plan.flip), "frame_indices": plan.indices}
 
@@ -160,7 +283,12 @@ SAMPLE_DECODERS: dict[str, Callable] = {"clip": decode_clip, "frames": decode_fr
 _WORKER: dict[str, Any] = {"runner": None, "tokenizer": None, "pid": None}
 
 # Why a sample was skipped (or "ok"); one shared counter per (worker, reason).
-SKIP_REASONS = ("ok", "decode_error", "decode_timeout", "tar_error", "missing_mp4", "bad_metadata", "no_caption")
+SKIP_REASONS = ("ok", "decode_error", "decode_timeout", "tar_error", "missing_mp4", "bad_metadata", "no_caption",
+                "oversize_member")
+# The tar members a sample is made of; others are streamed past unread.
+_VIDEO_MEMBERS = ("mp4", "proxy.mp4")
+_META_MEMBERS = ("json", "txt")
+_OVERSIZE = "__oversize__"  # marks a sample that had a member over its size cap
 
 
 def _pin_malloc_mmap_threshold(threshold: int = 1 << 20) -> None:
@@ -222,6 +350,10 @@ class ShardedVideoDataset(IterableDataset):
             raise ValueError(f"kind must be one of {sorted(SAMPLE_DECODERS)}, got {kind!r}")
         # decode_fn(mp4, proxy, meta, sampling, backend, seed, threads) -> dict of arrays; default by kind
         self.decode_fn = decode_fn or SAMPLE_DECODERS[kind]
+        try:  # decode functions that take `limits` get the configured ones
+            self._pass_limits = "limits" in inspect.signature(self.decode_fn).parameters
+        except (TypeError, ValueError):
+            self._pass_limits = False
         # caption_fn(key, meta, shard_text, seed) -> the caption to train on, or None to skip the clip before
         # decoding it (retrieval datasets take captions from their annotation files, not from the shards)
         self.caption_fn = caption_fn
@@ -262,6 +394,42 @@ class ShardedVideoDataset(IterableDataset):
         self._count("tar_error")
         log.warning("skipping unreadable shard data: %s", exc)
         return True
+
+    def _tar_members(self, streams: Iterator[dict]) -> Iterator[dict]:
+        """The used members of each opened shard (plain or compressed tar, read as a stream), each within its
+        size cap; an oversize member is streamed past unread and leaves a marker on its sample. {} after
+        each shard, so that samples of two shards never merge."""
+        caps = {**{ext: self.cfg.max_video_member_bytes for ext in _VIDEO_MEMBERS},
+                **{ext: self.cfg.max_meta_member_bytes for ext in _META_MEMBERS}}
+        for source in streams:
+            url = source["url"]
+            try:
+                with tarfile.open(fileobj=source["stream"], mode="r|*") as tar:
+                    for info in tar:
+                        tar.members = []  # a stream of millions of members: keep no index
+                        if not info.isreg() or os.path.basename(info.name).startswith("__"):
+                            continue
+                        prefix, ext = wds.tariterators.base_plus_ext(info.name)
+                        if prefix is None or (ext := ext.lower()) not in caps:
+                            continue
+                        if info.size > caps[ext]:
+                            log.warning("%s: member %s has %d bytes, over the cap of %d; its sample is skipped",
+                                        url, info.name, info.size, caps[ext])
+                            yield {"fname": f"{prefix}.{_OVERSIZE}.{ext}", "data": b"", "__url__": url}
+                            continue
+                        data = tar.extractfile(info).read()
+                        yield {"fname": info.name, "data": data, "__url__": url}
+            except Exception as exc:  # a truncated or corrupt shard: count it, go on with the next one
+                self._tar_handler(exc)
+            finally:
+                close = getattr(source["stream"], "close", None)
+                if close is not None:
+                    close()
+            yield {}
+
+    def _tar_samples(self, src: Iterator[dict]) -> Iterator[dict]:
+        streams = wds.tariterators.url_opener(src, handler=self._tar_handler)
+        return wds.tariterators.group_by_keys(self._tar_members(streams), handler=self._tar_handler)
 
     def set_epoch(self, epoch: int) -> None:
         """Call before iterating each epoch (workers are re-created per epoch unless persistent)."""
@@ -309,17 +477,21 @@ class ShardedVideoDataset(IterableDataset):
 
     def _decode(self, raw: dict) -> dict | None:
         key = raw.get("__key__", "?")
+        if any(name.startswith(_OVERSIZE) for name in raw):
+            self._count("oversize_member")
+            return None
         mp4 = raw.get("mp4")
         if mp4 is None:
             self._count("missing_mp4")
             return None
+        limits = self.cfg.limits()
         try:
             meta = json.loads(raw["json"]) if "json" in raw else {}
             text = raw["txt"].decode("utf-8").strip() if "txt" in raw else ""
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            meta = None
-        if not isinstance(meta, dict):
+            check_shard_meta(meta, limits)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ShardMetadataError, JSONDecodeError
             self._count("bad_metadata")
+            log.warning("sample %s: bad metadata: %s; skipped", key, str(exc)[:300])
             return None
         # the shard's file name, not its full path: the same shards give the same draws wherever they live
         seed = _seed_of(self.cfg.seed, self.epoch, key, str(raw.get("__url__", "")).rsplit("/", 1)[-1])
@@ -330,14 +502,20 @@ class ShardedVideoDataset(IterableDataset):
                 return None
         fn = self.decode_fn
         args = (mp4, raw.get("proxy.mp4"), meta, self.sampling, self.cfg.backend, seed, self.cfg.decode_threads)
+        kwargs = {"limits": limits} if self._pass_limits else {}
         try:
             runner = _runner(self.cfg.decode_timeout)
-            arrays = runner.call(fn, *args) if runner is not None else fn(*args)
+            arrays = runner.call(fn, *args, **kwargs) if runner is not None else fn(*args, **kwargs)
         except DecodeTimeout:
             self._count("decode_timeout")
             log.warning("sample %s: decoding timed out after %.0f s; skipped", key, self.cfg.decode_timeout)
             return None
-        except (DecodeError, ValueError, IndexError, TypeError, KeyError, AttributeError) as exc:
+        except ShardMetadataError as exc:
+            self._count("bad_metadata")
+            log.warning("sample %s: %s; skipped", key, exc)
+            return None
+        except (DecodeError, ValueError, IndexError, TypeError, KeyError, AttributeError, ArithmeticError,
+                MemoryError) as exc:
             self._count("decode_error")
             log.warning("sample %s: %s; skipped", key, exc)
             return None
@@ -368,7 +546,7 @@ class ShardedVideoDataset(IterableDataset):
         skip_samples = skipped_batches * self.cfg.batch_size
         raw = wds.DataPipeline(
             lambda: self._shards(stream, num_workers),
-            wds.tarfile_to_samples(handler=self._tar_handler),
+            self._tar_samples,
             lambda src: self._shuffle(src, stream),
         )
         samples = itertools.islice(iter(raw), skip_samples, None)
