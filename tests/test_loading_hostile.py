@@ -65,6 +65,8 @@ HOSTILE_META = {
     "bool_side": {"num_frames": 20, "height": True, "width": 128},
     "zero_frames": {"num_frames": 0, "height": 96, "width": 128},
     "lies_about_size": {"num_frames": 20, "height": 48, "width": 64},  # sane, but not what the stream says
+    "more_frames_than_the_stream": {"num_frames": 400, "height": 96, "width": 128},
+    "partial": {"height": 96},
     "bad_proxy": {**GOOD_META, "proxy": {"height": "x", "width": [1]}},
 }
 
@@ -132,3 +134,16 @@ def test_members_the_loader_does_not_use_are_not_read(clip, tmp_path):
         tracemalloc.stop()
     assert keys == ["a", "b"] and dataset.counts()["oversize_member"] == 0
     assert peak < len(junk) // 2
+
+
+@pytest.mark.parametrize("backend", ["decord", "ffmpeg"])
+def test_every_backend_holds_metadata_to_the_stream_header(clip, tmp_path, backend):
+    samples = [("good0", sample(clip, GOOD_META)),
+               ("lies", sample(clip, HOSTILE_META["lies_about_size"])),
+               ("wide", sample(clip, HOSTILE_META["wide_1px"])),
+               ("more_frames", sample(clip, {**GOOD_META, "num_frames": 400})),
+               ("good1", sample(clip, GOOD_META))]
+    shard = write_shard(tmp_path / "s.tar", samples)
+    loader, dataset = make_loader(loader_cfg(shard, backend=backend), "clip", SMALL_CLIP)
+    assert keys_of(loader) == ["good0", "good1"]
+    assert dataset.counts()["bad_metadata"] == 3
