@@ -462,7 +462,9 @@ def _split_long(stream: _Stream, begin: int, end: int, cfg: SentenceConfig) -> l
         seconds_left = max(ends[count - 1] - starts[lo], 0.0)
         words_left = count - lo
         by_time = seconds_left / cfg.max_duration >= words_left / cfg.max_words
-        pieces_left = max(2, math.ceil(seconds_left / cfg.max_duration - _EPS), math.ceil(words_left / cfg.max_words))
+        by_seconds = seconds_left / cfg.max_duration  # inf for absurd timestamps; never more pieces than words
+        by_seconds = words_left if not by_seconds < words_left else math.ceil(by_seconds - _EPS)
+        pieces_left = max(2, by_seconds, math.ceil(words_left / cfg.max_words))
         ideal_seconds, ideal_words = seconds_left / pieces_left, words_left / pieces_left
         best: tuple[float, int] | None = None
         hi = lo + 1
