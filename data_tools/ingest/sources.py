@@ -34,6 +34,7 @@ __all__ = [
     "VideoJob",
     "InputProblem",
     "discover_inputs",
+    "folder_video_ids",
     "pair_videos",
     "plan_clips",
 ]
@@ -164,6 +165,20 @@ def _is_language_tag(tag: str) -> bool:
     return 2 <= len(base) <= 3 and base.isalpha() and (not region or region.isalnum())
 
 
+def folder_video_ids(relative_paths: list[str]) -> list[str]:
+    """Stable ids of the videos at these POSIX paths inside a folder, in linear time.
+
+    The id is the path without its extension, so day1/intro.mp4 and day2/intro.mp4 stay distinct; a stem
+    shared by two containers (intro.mp4 next to intro.mkv) gets the extension appended.
+    """
+    stems = [posixpath.splitext(path)[0].replace("/", "__") for path in relative_paths]
+    counts = Counter(stems)
+    return [
+        f"{stem}_{posixpath.splitext(path)[1].lower().lstrip('.')}" if counts[stem] > 1 else stem
+        for path, stem in zip(relative_paths, stems)
+    ]
+
+
 def _discover_folder(folder: Path, problems: _Problems, limits: LimitsConfig) -> list[VideoJob]:
     jobs: list[VideoJob] = []
     pairs: list[tuple[Path, str | None]] = []
@@ -174,12 +189,8 @@ def _discover_folder(folder: Path, problems: _Problems, limits: LimitsConfig) ->
     if not pairs:
         problems.add(folder, f"no video files ({', '.join(VIDEO_EXTENSIONS)}) found in the folder")
         return jobs
-    # ids are the path inside the folder, so day1/intro.mp4 and day2/intro.mp4 stay distinct
-    relative_ids = [video.relative_to(folder).with_suffix("").as_posix().replace("/", "__") for video, _ in pairs]
-    counts = Counter(relative_ids)
-    for (video, transcript), video_id in zip(pairs, relative_ids):
-        if counts[video_id] > 1:  # intro.mp4 next to intro.mkv
-            video_id = f"{video_id}_{video.suffix.lower().lstrip('.')}"
+    ids = folder_video_ids([video.relative_to(folder).as_posix() for video, _ in pairs])
+    for (video, transcript), video_id in zip(pairs, ids):
         job = _transcript_job(video, video_id, transcript, folder, problems, limits)
         if job is not None:
             jobs.append(job)
