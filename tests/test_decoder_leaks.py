@@ -104,7 +104,9 @@ def _wait_for(pidfile, names, timeout: float = 30.0) -> dict[str, int]:
 def test_watchdog_kills_the_ffmpeg_of_a_stuck_decode_and_removes_its_temp_file(moov_at_end, sandbox,
                                                                                  start_method):
     tmpdir, pidfile, exe = sandbox
-    with IsolatedRunner(timeout=1.5 if start_method == "fork" else 8.0, start_method=start_method) as runner:
+    with IsolatedRunner(timeout=30, start_method=start_method) as runner:
+        runner.call(_ids)  # started, with this module imported: the limit below is all the decode's
+        runner.timeout = 1.5
         with pytest.raises(DecodeTimeout):
             runner.call(_decode_with_hanging_ffmpeg, moov_at_end, exe, str(pidfile))
         pids = _pids(pidfile)

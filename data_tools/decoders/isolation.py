@@ -42,7 +42,11 @@ _IDLE_POLL_S = 1.0  # how often an idle child checks that its parent is still al
 _LIVE: "weakref.WeakSet[IsolatedRunner]" = weakref.WeakSet()
 
 
-_TMP_PREFIX = "hdvila-decoder-"  # per-child temp folders: hdvila-decoder-<owner pid>-<random>
+_TMP_PREFIX = "hdvila-decoder-"  # per-child temp folders: hdvila-decoder-<pid namespace>-<owner pid>-<random>
+try:  # pids are only comparable within one pid namespace (containers may share a /tmp)
+    _PID_NS = str(os.stat("/proc/self/ns/pid").st_ino)
+except OSError:
+    _PID_NS = "0"
 _PR_SET_PDEATHSIG = 1
 try:  # loaded now: after a fork, dlopen could deadlock on a lock another thread held
     _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -88,8 +92,8 @@ def sweep_stale_temp_folders(root: str | None = None) -> list[str]:
     for name in names:
         if not name.startswith(_TMP_PREFIX):
             continue
-        owner = name[len(_TMP_PREFIX):].split("-", 1)[0]
-        if not owner.isdigit() or _pid_alive(int(owner)):
+        ns, owner, *_ = name[len(_TMP_PREFIX):].split("-") + ["", ""]
+        if ns != _PID_NS or not owner.isdigit() or _pid_alive(int(owner)):
             continue
         path = os.path.join(root, name)
         shutil.rmtree(path, ignore_errors=True)
@@ -385,7 +389,7 @@ class IsolatedRunner:
     # -- child management
     def _start(self) -> _Child:
         sweep_stale_temp_folders()
-        tmpdir = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
+        tmpdir = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{_PID_NS}-{os.getpid()}-")
         try:
             return self._start_in(tmpdir)
         except BaseException:
