@@ -193,10 +193,10 @@ manifest_rows = st.lists(
         json_values,
         st.fixed_dictionaries({}, optional={
             "video": st.one_of(st.sampled_from(["v.mp4", "../v.mp4", "/dev/zero", "~nobody/x.mp4", "a\x00b.mp4",
-                                                "missing.mp4", ""]), json_values),
+                                                "missing.mp4", "", "x" * 5000 + ".mp4"]), json_values),
             "start": st.one_of(seconds, timestamp_text, json_values), "end": st.one_of(seconds, timestamp_text),
             "text": st.one_of(words, nasty_text, json_values), "clip_id": json_values, "video_id": json_values}),
-        st.fixed_dictionaries({"video_id": st.one_of(st.sampled_from(["v", "../v", "/v", "a/../../v", "a\x00"]),
+        st.fixed_dictionaries({"video_id": st.one_of(st.sampled_from(["v", "../v", "/v", "a/../../v", "a\x00", "x" * 5000]),
                                                      json_values)},
                               optional={"clip": st.one_of(json_values, st.lists(st.fixed_dictionaries({}, optional={
                                   "clip_id": json_values, "span": st.one_of(json_values, st.lists(seconds, max_size=3)),

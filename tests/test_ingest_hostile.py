@@ -205,8 +205,9 @@ def test_pairing_many_videos_is_correct():
             names.append(f"v{i:05d}.de.vtt")
             names.append(f"v{i:05d}.en-US.vtt")
     names.append("v00002.mkv")  # same stem as v00002.mp4, other container
-    pairs = dict(pair_videos(names))
-    assert len(pairs) == n + 1
+    names.append("V00000.mp4")  # differs only in case: a video of its own, without a transcript
+    pairs = dict(pair_videos(reversed(names)))
+    assert len(pairs) == n + 2 and pairs["V00000.mp4"] is None
     assert pairs["v00000.mp4"] == "v00000.srt"
     assert pairs["v00001.mp4"] == "v00001.en-US.vtt"
     assert pairs["v00002.mp4"] is None and pairs["v00002.mkv"] is None
@@ -236,6 +237,16 @@ def test_hdvila_video_id_cannot_leave_video_root(tmp_path, video_id):
     jobs, problems = discover_inputs([str(manifest)], video_root=str(root))
     assert [j.video_id for j in jobs] == ["fine"]
     assert any("outside the video root" in p.reason for p in problems), problems
+
+
+def test_hdvila_odd_video_id_costs_only_its_own_rows(tmp_path):
+    (tmp_path / "fine.mp4").write_bytes(b"v")
+    rows = [{"video_id": vid, "clip": [{"clip_id": f"c{k}", "span": [0, 2], "text": "t"}]}
+            for k, vid in enumerate(["x" * 5000, "fine"])]
+    manifest = tmp_path / "h.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jobs, problems = discover_inputs([str(manifest)])
+    assert [j.video_id for j in jobs] == ["fine"] and len(problems) == 1, problems
 
 
 def _shard_sources(out: Path) -> set[str]:

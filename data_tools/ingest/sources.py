@@ -125,6 +125,7 @@ class _Siblings:
 
     def __init__(self, names: Iterable[str]):
         names = sorted(names)
+        self.names = names
         self.by_lower = {name.lower(): name for name in names}  # real names by lower-cased name
         # yt-dlp subtitles "<stem>.<language>.<ext>", by (stem, ext); a language tag never holds a dot
         self.tagged: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -156,8 +157,8 @@ def pair_videos(names: Iterable[str]) -> list[tuple[str, str | None]]:
     Pure name logic in linear time (discovery of a folder of a million videos must not be quadratic).
     """
     siblings = _Siblings(names)
-    videos = [name for name in siblings.by_lower.values() if _is_video_name(name)]
-    return [(video, siblings.transcript_for(os.path.splitext(video)[0])) for video in sorted(videos)]
+    return [(video, siblings.transcript_for(os.path.splitext(video)[0]))
+            for video in siblings.names if _is_video_name(video)]
 
 
 def _is_language_tag(tag: str) -> bool:
@@ -482,7 +483,12 @@ def _discover_hdvila(
         entries.extend((f"{where} clip {k}", entry) for k, entry in enumerate(clips, start=1))
     jobs = []
     for video_id, entries in entries_by_video.items():
-        video = _find_video(root, video_id)
+        try:
+            video = _find_video(root, video_id)
+        except (OSError, ValueError) as exc:  # a name too long for the file system, say
+            problems.add(video_id[:200], f"cannot look for the video file: {exc.strerror or exc}"
+                         if isinstance(exc, OSError) else f"cannot look for the video file: {exc}")
+            continue
         if video is None:
             problems.add(
                 video_id,
