@@ -190,3 +190,58 @@ def test_decoder_children_lead_their_own_process_group(tmp_path):
 
 def _ids():
     return os.getpid(), os.getpgid(0), os.getsid(0)
+
+
+_PIDFILE = {}
+
+
+def _recording_hang_backend(source, size, num_frames_hint, threads):
+    with open(_PIDFILE["path"], "a") as fh:
+        fh.write(f"decoder {os.getpid()}\n")
+    _hang(120)
+
+
+def test_sigkilled_dataloader_worker_takes_its_decoder_along(tmp_path, moov_at_end):
+    import io
+    import json
+    import tarfile
+
+    from data_tools.decoders import register_backend
+    from data_tools.decoders.base import DECODER_BACKENDS
+    from data_tools.loading.pipeline import LoaderConfig, make_loader
+    from data_tools.loading.sampling import FrameSamplingConfig
+
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("a.mp4", moov_at_end), ("a.json", json.dumps({}).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    pidfile = tmp_path / "pids"
+    pidfile.write_text("")
+    _PIDFILE["path"] = str(pidfile)
+    register_backend("recording_hang", _recording_hang_backend)
+    try:
+        cfg = LoaderConfig(shards=[str(shard)], batch_size=1, num_workers=1, decode_timeout=600,
+                           backend="recording_hang", shuffle_buffer=0)
+        loader, _ = make_loader(cfg, "frames", FrameSamplingConfig(size=(16, 16)))
+        batches = iter(loader)  # workers start prefetching at once
+        # DataLoader's SIGCHLD handler would raise "worker killed" at a random point of this test
+        previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            pid = _wait_for(pidfile, ["decoder"])["decoder"]
+            worker = batches._workers[0]
+            assert psutil.Process(pid).ppid() == worker.pid
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.join(10)
+            assert _gone([pid]) == []
+        finally:
+            batches._shutdown_workers()
+            signal.signal(signal.SIGCHLD, previous)
+            for p in _pids(pidfile).values():
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    finally:
+        DECODER_BACKENDS.unregister("recording_hang")
