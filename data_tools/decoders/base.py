@@ -25,9 +25,9 @@ class VideoReader(Protocol):
     fps: float
     height: int  # output size: the requested size, else native
     width: int
-    # (height, width) the container's stream header declares, or None where the backend cannot tell
-    # without decoding; callers check untrusted metadata against it
-    native_size: tuple[int, int] | None
+    # Optional (not required of registered backends): `native_size`, the (height, width) the container's
+    # stream header declares, or None where the backend cannot tell without decoding. The loader holds
+    # untrusted shard metadata to it.
 
     def get_frames(self, indices: Sequence[int]) -> np.ndarray: ...
 
