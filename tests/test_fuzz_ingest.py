@@ -86,6 +86,7 @@ json_transcript = st.one_of(
     st.lists(cue_object, max_size=6),
     st.fixed_dictionaries({"segments": st.lists(cue_object, max_size=6)}),
     st.integers(1, 5000).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(4000, 6000).map(lambda digits: '[{"start": ' + "7" * digits + ', "end": 1, "text": "x"}]'),
 )
 
 
@@ -188,6 +189,7 @@ def test_music_at_the_end_for_every_max_duration():
 
 # ---------------------------------------------------------------------------------------------- manifests
 
+odd_ids = st.sampled_from(["v", "../v", "/v", "a/../../v", "a\x00", "x" * 5000])
 manifest_rows = st.lists(
     st.one_of(
         json_values,
@@ -196,8 +198,7 @@ manifest_rows = st.lists(
                                                 "missing.mp4", "", "x" * 5000 + ".mp4"]), json_values),
             "start": st.one_of(seconds, timestamp_text, json_values), "end": st.one_of(seconds, timestamp_text),
             "text": st.one_of(words, nasty_text, json_values), "clip_id": json_values, "video_id": json_values}),
-        st.fixed_dictionaries({"video_id": st.one_of(st.sampled_from(["v", "../v", "/v", "a/../../v", "a\x00", "x" * 5000]),
-                                                     json_values)},
+        st.fixed_dictionaries({"video_id": st.one_of(odd_ids, json_values)},
                               optional={"clip": st.one_of(json_values, st.lists(st.fixed_dictionaries({}, optional={
                                   "clip_id": json_values, "span": st.one_of(json_values, st.lists(seconds, max_size=3)),
                                   "text": st.one_of(words, nasty_text)}), max_size=4))}),
@@ -216,7 +217,8 @@ def _video():
 
 
 @FUZZ
-@given(rows=manifest_rows, noise=st.lists(st.one_of(nasty_text, st.integers(1, 3000).map(lambda d: "{\"a\":" * d)),
+@given(rows=manifest_rows, noise=st.lists(st.one_of(nasty_text, st.integers(1, 3000).map(lambda d: "{\"a\":" * d),
+                                          st.integers(4000, 6000).map(lambda d: "{\"start\": " + "9" * d + "}")),
                                           max_size=2))
 def test_jsonl_manifests_never_escape_the_report(rows, noise):
     lines = [json.dumps(row) for row in rows] + noise

@@ -85,6 +85,28 @@ def test_deeply_nested_jsonl_manifest_line_is_reported(tmp_path):
     assert [j.video_id for j in jobs] == ["v"] and any("nested" in p.reason for p in problems)
 
 
+def test_json_integers_over_the_digit_limit_are_reported(tmp_path):
+    transcript = tmp_path / "t.json"
+    transcript.write_text('[{"start": ' + "1" * 5000 + ', "end": 3, "text": "x"}]')
+    with pytest.raises(TranscriptError, match="digits"):
+        read_transcript(transcript)
+    (tmp_path / "v.mp4").write_bytes(b"v")
+    manifest = tmp_path / "m.jsonl"
+    good = json.dumps({"video": "v.mp4", "start": 0, "end": 2, "text": "ok"})
+    manifest.write_text(good + '\n{"video": "v.mp4", "start": ' + "1" * 5000 + ', "end": 3, "text": "x"}\n')
+    jobs, problems = discover_inputs([str(manifest)])
+    assert [len(j.clips) for j in jobs] == [1] and "digits" in problems[0].reason
+
+
+def test_csv_row_over_the_field_limit_costs_only_that_row(tmp_path):
+    (tmp_path / "v.mp4").write_bytes(b"v")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f'video,start,end,text\nv.mp4,0,2,ok\nv.mp4,2,4,"{"a" * 200_000}"\nv.mp4,4,6,fine\n')
+    jobs, problems = discover_inputs([str(manifest)])
+    assert [c.text for c in jobs[0].clips] == ["ok", "fine"]
+    assert [p.input for p in problems] == [f"{manifest} row 2"] and "field" in problems[0].reason
+
+
 def test_end_of_video_music_cue_no_longer_kills_the_build(tmp_path, video):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -25,7 +25,7 @@ from typing import Any
 from ..media import VIDEO_EXTENSIONS
 from .config import LimitsConfig, SentenceConfig
 from .inputs import InputFileError, check_input_file, read_input_bytes
-from .transcripts import TranscriptError, clean_caption, cues_to_sentences, parse_timestamp, read_transcript
+from .transcripts import TranscriptError, short_repr, clean_caption, cues_to_sentences, parse_timestamp, read_transcript
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -254,6 +254,9 @@ def _jsonl_records(path: Path, text: str, problems: _Problems) -> Iterator[tuple
         except RecursionError:
             problems.add(f"{path} row {row}", f"JSON on line {line_number} is nested too deeply")
             continue
+        except ValueError as exc:  # an integer of more than 4300 digits
+            problems.add(f"{path} row {row}", f"invalid JSON on line {line_number}: {exc}")
+            continue
         yield row, record
 
 
@@ -305,8 +308,23 @@ def _manifest_rows(path: Path, problems: _Problems, limits: LimitsConfig,
         if missing:
             problems.add(path, _missing_columns_reason(missing))
             return None
-        return enumerate(reader, start=1)
+        return _csv_records(path, reader, problems)
     return _jsonl_records(path, text, problems)
+
+
+def _csv_records(path: Path, reader: csv.DictReader, problems: _Problems) -> Iterator[tuple[int, Any]]:
+    """(row number, row) for each CSV row; a row the csv module rejects (a field over its size limit) is a problem."""
+    number = 0
+    while True:
+        number += 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            problems.add(f"{path} row {number}", f"unreadable CSV row: {exc}")
+            continue
+        yield number, row
 
 
 def _missing_columns_reason(missing: list[str]) -> str:
@@ -477,7 +495,7 @@ def _discover_hdvila(
             problems.add(where, "'clip' must be a list of {clip_id, span}")
             continue
         if _id_leaves_root(video_id.strip()):
-            problems.add(where, f"video_id {video_id!r} names a file outside the video root; refused")
+            problems.add(where, f"video_id {short_repr(video_id)} names a file outside the video root; refused")
             continue
         entries = entries_by_video.setdefault(video_id.strip(), [])
         entries.extend((f"{where} clip {k}", entry) for k, entry in enumerate(clips, start=1))
@@ -542,7 +560,7 @@ def _is_hdvila(text: str) -> bool:
             continue
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             continue
         return isinstance(record, dict) and "clip" in record
     return False

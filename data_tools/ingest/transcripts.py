@@ -21,7 +21,7 @@ from .config import LimitsConfig, SentenceConfig
 from .inputs import InputFileError, read_input_bytes
 
 __all__ = ["Cue", "TranscriptError", "parse_timestamp", "read_transcript", "cues_to_sentences",
-           "format_timestamp", "format_srt", "clean_caption"]
+           "format_timestamp", "format_srt", "clean_caption", "short_repr"]
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,26 @@ _SECONDS_RE = re.compile(r"[0-9]+(?:[.,][0-9]+)?")
 _INTEGER_RE = re.compile(r"[0-9]+")
 
 
+def short_repr(value: object, limit: int = 60) -> str:
+    """repr of a value from a file, cut short: a report names the bad value, it does not copy a megabyte."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def parse_timestamp(text: str | float | int) -> float:
     """Seconds from "HH:MM:SS.mmm", "HH:MM:SS,mmm", "MM:SS.mmm", "SS.mmm" or a plain number."""
     if isinstance(text, bool):  # bool is an int subclass, but True is no timestamp
-        raise TranscriptError(f"invalid timestamp {text!r}")
+        raise TranscriptError(f"invalid timestamp {short_repr(text)}")
     if isinstance(text, numbers.Real):
-        value = float(text)
+        try:
+            value = float(text)
+        except OverflowError:  # an integer beyond any float
+            value = math.inf
         if not math.isfinite(value) or value < 0:
-            raise TranscriptError(f"invalid timestamp {text!r}: seconds must be finite and not negative")
+            raise TranscriptError(f"invalid timestamp {short_repr(text)}: seconds must be finite and not negative")
         return value
     if not isinstance(text, str):
-        raise TranscriptError(f"invalid timestamp {text!r}: expected a string or a number")
+        raise TranscriptError(f"invalid timestamp {short_repr(text)}: expected a string or a number")
     parts = text.strip().split(":")
     *head, last = parts
     if (
@@ -59,12 +68,12 @@ def parse_timestamp(text: str | float | int) -> float:
         or not _SECONDS_RE.fullmatch(last)
         or not all(_INTEGER_RE.fullmatch(part) for part in head)
     ):
-        raise TranscriptError(f"invalid timestamp {text!r}: expected HH:MM:SS.mmm, MM:SS.mmm or seconds")
+        raise TranscriptError(f"invalid timestamp {short_repr(text)}: expected HH:MM:SS.mmm, MM:SS.mmm or seconds")
     seconds = float(last.replace(",", "."))
     if head and seconds >= 60:
-        raise TranscriptError(f"invalid timestamp {text!r}: seconds field is 60 or more")
+        raise TranscriptError(f"invalid timestamp {short_repr(text)}: seconds field is 60 or more")
     if len(head) == 2 and int(head[1]) >= 60:
-        raise TranscriptError(f"invalid timestamp {text!r}: minutes field is 60 or more")
+        raise TranscriptError(f"invalid timestamp {short_repr(text)}: minutes field is 60 or more")
     total = seconds
     for power, part in enumerate(reversed(head), start=1):
         total += int(part) * 60**power
@@ -140,7 +149,7 @@ def _parse_timing(line: str, line_number: int, cue_number: int) -> tuple[float, 
     end_fields = right.split()  # WebVTT cue settings and SRT coordinates follow the end time
     where = f"line {line_number} (cue {cue_number})"
     if not start_text or not end_fields:
-        raise TranscriptError(f"{where}: malformed timing line {line.strip()!r}, expected 'start --> end'")
+        raise TranscriptError(f"{where}: malformed timing line {short_repr(line.strip())}, expected 'start --> end'")
     try:
         start = parse_timestamp(start_text)
         end = parse_timestamp(end_fields[0])
@@ -166,13 +175,14 @@ def _parse_timed_blocks(blocks: list[tuple[int, list[str]]], vtt: bool) -> list[
             bad = next((i for i, line in enumerate(lines) if _TIMING_LIKE_RE.match(line)), None)
             if bad is not None:
                 raise TranscriptError(
-                    f"line {first + bad}: malformed timing line {lines[bad].strip()!r}, expected 'start --> end'"
+                    f"line {first + bad}: malformed timing line {short_repr(lines[bad].strip())}, "
+                    "expected 'start --> end'"
                 )
             if cues:  # a stray blank line inside cue text; keep the text with its cue
                 cues[-1].lines.extend(lines)
                 continue
             raise TranscriptError(
-                f"line {first}: text {lines[0].strip()!r} comes before any 'start --> end' timing line"
+                f"line {first}: text {short_repr(lines[0].strip())} comes before any 'start --> end' timing line"
             )
         # lines before the first timing line are the cue id; any extra ones belong to the previous cue
         if arrows[0] > 1 and cues:
@@ -218,6 +228,8 @@ def _parse_json(text: str) -> list[_RawCue]:
         raise TranscriptError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise TranscriptError("JSON transcript is nested too deeply to be a list of cues") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise TranscriptError(f"invalid JSON: {exc}") from None
     wrong_shape = "JSON transcript must be a list of cues or an object with a 'segments' or 'cues' list"
     items = data
     if isinstance(data, dict):
