@@ -131,6 +131,39 @@ def _encoder_threads(cfg: BuildConfig) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
 
 
+def _sample(clip: PlannedClip, media: Any) -> tuple[dict[str, bytes | str], dict[str, Any]]:
+    """The shard members (mp4, txt, json, proxy) and the parquet row of one cut clip."""
+    source = clip.source or clip.video_path
+    meta = {
+        "key": clip.key,
+        "clip_id": clip.clip_id,
+        "video_id": clip.video_id,
+        "source": source,
+        "span": [clip.start, clip.end],
+        "source_frames": [media.first_source_frame, media.first_source_frame + media.num_frames],
+        "fps": media.fps,
+        "num_frames": media.num_frames,
+        "width": media.width,
+        "height": media.height,
+        "keyint": media.keyint,
+        "proxy": ({"width": media.proxy_width, "height": media.proxy_height}
+                  if media.proxy is not None else None),
+        "transcript_source": clip.transcript_source,
+        "source_info": {k: clip.info[k] for k in ("width", "height", "fps_fraction", "codec", "duration")},
+    }
+    files: dict[str, bytes | str] = {"mp4": media.mp4, "txt": clip.text, "json": json.dumps(meta, sort_keys=True)}
+    if media.proxy is not None:
+        files["proxy.mp4"] = media.proxy
+    row = {
+        "clip_id": clip.clip_id, "video_id": clip.video_id, "source": source,
+        "start": clip.start, "end": clip.end,
+        "duration": media.num_frames / float(Fraction(media.fps)),
+        "num_frames": media.num_frames, "fps": media.fps, "width": media.width,
+        "height": media.height, "text": clip.text, "transcript_source": clip.transcript_source,
+    }
+    return files, row
+
+
 def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: int,
                 counter: Any = None) -> dict:
     """Cut every clip of one shard and publish the shard. Runs in a worker process."""
@@ -139,9 +172,10 @@ def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: i
     failures: list[dict] = []
     try:
         for clip in task.clips:
-            info = VideoInfo(**clip.info)
-            try:
-                media = cut_clip(clip.video_path, info, clip.start, clip.end, tcfg, threads=threads)
+            try:  # everything that depends on this clip's input; writing the shard is the machinery's
+                media = cut_clip(clip.video_path, VideoInfo(**clip.info), clip.start, clip.end, tcfg,
+                                 threads=threads)
+                files, row = _sample(clip, media)
             except Exception as exc:  # one bad clip must not cost the shard: report it and go on
                 if not isinstance(exc, (TranscodeError, ProbeError, OSError)):
                     log.exception("unexpected error on %s [%s, %s]", clip.video_path, clip.start, clip.end)
@@ -149,34 +183,7 @@ def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: i
                 failures.append({"input": clip.video_path, "clip_id": clip.clip_id, "stage": "transcode",
                                  "span": [clip.start, clip.end], "reason": reason})
             else:
-                meta = {
-                    "key": clip.key,
-                    "clip_id": clip.clip_id,
-                    "video_id": clip.video_id,
-                    "source": clip.source or clip.video_path,
-                    "span": [clip.start, clip.end],
-                    "source_frames": [media.first_source_frame, media.first_source_frame + media.num_frames],
-                    "fps": media.fps,
-                    "num_frames": media.num_frames,
-                    "width": media.width,
-                    "height": media.height,
-                    "keyint": media.keyint,
-                    "proxy": ({"width": media.proxy_width, "height": media.proxy_height}
-                              if media.proxy is not None else None),
-                    "transcript_source": clip.transcript_source,
-                    "source_info": {k: clip.info[k] for k in ("width", "height", "fps_fraction", "codec", "duration")},
-                }
-                files: dict[str, bytes | str] = {"mp4": media.mp4, "txt": clip.text,
-                                                 "json": json.dumps(meta, sort_keys=True)}
-                if media.proxy is not None:
-                    files["proxy.mp4"] = media.proxy
-                writer.write(clip.key, files, {
-                    "clip_id": clip.clip_id, "video_id": clip.video_id, "source": clip.source or clip.video_path,
-                    "start": clip.start, "end": clip.end,
-                    "duration": media.num_frames / float(Fraction(media.fps)),
-                    "num_frames": media.num_frames, "fps": media.fps, "width": media.width,
-                    "height": media.height, "text": clip.text, "transcript_source": clip.transcript_source,
-                })
+                writer.write(clip.key, files, row)
             if counter is not None:
                 with counter.get_lock():
                     counter.value += 1
