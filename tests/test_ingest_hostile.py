@@ -143,6 +143,38 @@ def test_any_exception_while_planning_one_video_is_a_report_entry(tmp_path, vide
     assert entry["stage"] == "plan" and "KeyError" in entry["reason"] and "surprise" in entry["reason"]
 
 
+def test_any_exception_while_probing_or_discovering_one_input_is_a_report_entry(tmp_path, video, monkeypatch):
+    from data_tools.ingest import sources
+
+    for name in ("in", "other"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for stem in ("a", "b"):
+            os.symlink(video, folder / f"{stem}.mp4")
+            (folder / f"{stem}.srt").write_text(SRT)
+    real_probe, real_folder = build_module.probe_video, sources._discover_folder
+
+    def flaky_probe(path):
+        if Path(path).stem == "a":
+            raise MemoryError("no room")
+        return real_probe(path)
+
+    def flaky_folder(folder, *args):
+        if folder.name == "other":
+            raise UnicodeError("odd name")
+        return real_folder(folder, *args)
+
+    monkeypatch.setattr(build_module, "probe_video", flaky_probe)
+    monkeypatch.setattr(sources, "_discover_folder", flaky_folder)
+    report = build_shards([str(tmp_path / "in"), str(tmp_path / "other")], tmp_path / "out", small_cfg(),
+                          progress=False)
+    assert report["clips_written"] == 2
+    by_stage = {f["stage"]: f for f in report["failures"]}
+    assert "MemoryError: no room" in by_stage["probe"]["reason"] and Path(by_stage["probe"]["input"]).stem == "a"
+    assert "UnicodeError: odd name" in by_stage["discover"]["reason"]
+    assert by_stage["discover"]["input"] == str(tmp_path / "other")
+
+
 def test_any_exception_while_cutting_one_clip_is_a_report_entry(tmp_path, video, monkeypatch):
     folder = tmp_path / "in"
     folder.mkdir()
