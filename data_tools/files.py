@@ -28,10 +28,10 @@ _FILE_MODE = _default_mode()
 _DIR_MODE = _FILE_MODE | ((_FILE_MODE & 0o444) >> 2)  # r -> r-x, as mkdir under the same umask would give
 
 
-def fsync_dir(folder: str | os.PathLike) -> None:
-    """Flush a folder's entries (a rename into it, a new file) to disk; silent where the OS cannot."""
+def _fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or folder by path; silent where it cannot be opened or the OS cannot flush it."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -42,21 +42,18 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to disk; silent where the OS cannot."""
+    _fsync_path(folder)
+
+
 def fsync_tree(folder: str | os.PathLike) -> None:
     """Flush every file and every folder under `folder`, `folder` itself last (torch.save flushes nothing)."""
     for root, _, names in os.walk(folder, topdown=False):
         for name in names:
             path = os.path.join(root, name)
-            if os.path.islink(path):
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if not os.path.islink(path):
+                _fsync_path(path)
         fsync_dir(root)
 
 

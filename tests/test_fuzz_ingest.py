@@ -136,17 +136,10 @@ def test_random_bytes_parse_or_raise_transcript_error(data, ext):
 
 
 @FUZZ
-@given(text=timed_text(vtt=False), cfg=sentence_configs, duration=durations)
-def test_srt_reader_and_splitter(text, cfg, duration):
-    cues = read_or_transcript_error(write("x.srt", text))
-    if cues:
-        check_sentences(cues, cfg, duration)
-
-
-@FUZZ
-@given(text=timed_text(vtt=True), cfg=sentence_configs, duration=durations)
-def test_vtt_reader_and_splitter(text, cfg, duration):
-    cues = read_or_transcript_error(write("x.vtt", text))
+@given(vtt=st.booleans(), data=st.data(), cfg=sentence_configs, duration=durations)
+def test_srt_and_vtt_readers_and_splitter(vtt, data, cfg, duration):
+    text = data.draw(timed_text(vtt=vtt))
+    cues = read_or_transcript_error(write("x.vtt" if vtt else "x.srt", text))
     if cues:
         check_sentences(cues, cfg, duration)
 

@@ -123,12 +123,18 @@ def test_end_of_video_music_cue_no_longer_kills_the_build(tmp_path, video):
     assert deep and deep[0]["stage"] == "transcript"
 
 
-def test_any_exception_while_planning_one_video_is_a_report_entry(tmp_path, video, monkeypatch):
+def two_video_folder(tmp_path, video) -> Path:
+    """A folder of two videos, a and b, each with a good transcript."""
     folder = tmp_path / "in"
     folder.mkdir()
     for stem in ("a", "b"):
         os.symlink(video, folder / f"{stem}.mp4")
         (folder / f"{stem}.srt").write_text(SRT)
+    return folder
+
+
+def test_any_exception_while_planning_one_video_is_a_report_entry(tmp_path, video, monkeypatch):
+    folder = two_video_folder(tmp_path, video)
     real = build_module.plan_clips
 
     def flaky(job, *args, **kwargs):
@@ -176,11 +182,7 @@ def test_any_exception_while_probing_or_discovering_one_input_is_a_report_entry(
 
 
 def test_any_exception_while_cutting_one_clip_is_a_report_entry(tmp_path, video, monkeypatch):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for stem in ("a", "b"):
-        os.symlink(video, folder / f"{stem}.mp4")
-        (folder / f"{stem}.srt").write_text(SRT)
+    folder = two_video_folder(tmp_path, video)
     real = build_module.cut_clip
 
     def flaky(path, *args, **kwargs):

@@ -96,6 +96,16 @@ def test_metadata_within_the_stream_header_but_over_the_limits_is_skipped(clip, 
     assert dataset.counts()["bad_metadata"] == 2  # also when the size comes from probing the stream
 
 
+def keys_and_peak_memory(loader) -> tuple[list[str], int]:
+    """The sample keys a loader yields and the peak of Python allocations while it ran."""
+    tracemalloc.start()
+    try:
+        keys = keys_of(loader)
+        return keys, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("gz", [False, True], ids=["tar", "tar.gz"])
 def test_an_oversize_tar_member_is_skipped_without_being_read(clip, tmp_path, gz):
     bomb = bytes(24 << 20)  # 24 MiB of zeros: ~24 KiB gzip'ed
@@ -106,12 +116,7 @@ def test_an_oversize_tar_member_is_skipped_without_being_read(clip, tmp_path, gz
     shard = write_shard(tmp_path / ("s.tar.gz" if gz else "s.tar"), samples, gz=gz)
     cfg = loader_cfg(shard, max_video_member_bytes=4 << 20, max_meta_member_bytes=1 << 20)
     loader, dataset = make_loader(cfg, "clip", SMALL_CLIP)
-    tracemalloc.start()
-    try:
-        keys = keys_of(loader)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    keys, peak = keys_and_peak_memory(loader)
     assert keys == ["good0", "good1"]
     counts = dataset.counts()
     assert counts["oversize_member"] == 2
@@ -126,12 +131,7 @@ def test_members_the_loader_does_not_use_are_not_read(clip, tmp_path):
     shard = write_shard(tmp_path / "s.tar", [("a", {**sample(clip, GOOD_META), "junk.bin": junk}),
                                              ("b", sample(clip, GOOD_META))])
     loader, dataset = make_loader(loader_cfg(shard, max_video_member_bytes=4 << 20), "clip", SMALL_CLIP)
-    tracemalloc.start()
-    try:
-        keys = keys_of(loader)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    keys, peak = keys_and_peak_memory(loader)
     assert keys == ["a", "b"] and dataset.counts()["oversize_member"] == 0
     assert peak < len(junk) // 2
 
