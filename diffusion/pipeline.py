@@ -119,12 +119,6 @@ class DiffusionPipeline:
     __call__ = sample
 
 
-def load_model(directory: str | Path) -> tuple[Denoiser, DiffusionConfig]:
-    """(denoiser in eval mode, run config) of an exported folder."""
-    pipe = DiffusionPipeline.from_pretrained(directory)
-    return pipe.model, pipe.config
-
-
 def evaluate_model(directory: str | Path, samples: int | None = None,
                    overrides: Iterable[str] | Mapping[str, Any] | None = None,
                    progress: bool = True) -> dict[str, float]:
@@ -147,5 +141,5 @@ def evaluate_model(directory: str | Path, samples: int | None = None,
             if isinstance(v, (int, float, np.floating))}
 
 
-__all__ = ["DiffusionPipeline", "RUN_CONFIG_FILE", "evaluate_model", "generate", "load_model", "model_fn_for",
+__all__ = ["DiffusionPipeline", "RUN_CONFIG_FILE", "evaluate_model", "generate", "model_fn_for",
            "write_grid"]

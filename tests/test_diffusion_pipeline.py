@@ -13,7 +13,7 @@ from data_tools.registry import RegistryError
 from diffusion.config import DiffusionConfig, SamplerConfig, with_overrides
 from diffusion.metrics import FeatureClassifier
 from diffusion.models import DENOISERS, DenoiserConfig, create_model, get_model_config, list_models
-from diffusion.pipeline import RUN_CONFIG_FILE, DiffusionPipeline, generate, load_model
+from diffusion.pipeline import RUN_CONFIG_FILE, DiffusionPipeline, generate
 from diffusion.samplers import SAMPLERS
 from diffusion.schedules import SCHEDULES, get_schedule
 from diffusion.train import DiffusionObjective
@@ -103,7 +103,8 @@ def test_exported_folder_samples_like_the_in_memory_ema_model(tmp_path):
     pipe = DiffusionPipeline.from_pretrained(folder)
     assert pipe.config == cfg
     assert torch.equal(pipe.sample(6, seed=3), expected)
-    model2, cfg2 = load_model(folder)
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    model2, cfg2 = pipe.model, pipe.config
     assert torch.equal(generate(model2, cfg2, 6, seed=3), expected)
     heun = pipe.with_overrides(["sampler.name=heun"])
     assert heun.config.sampler.name == "heun" and pipe.config.sampler.name == "ddim"
@@ -133,7 +134,8 @@ def test_old_exported_folder_loads_and_migrates(tmp_path):
     migrate_pretrained(old)
     assert is_pretrained_folder(old) and read_pretrained(old).legacy is None
     assert read_pretrained(old).checksums["model"] is not None  # the new folder checks its weights
-    model, migrated_cfg = load_model(old)
+    pipe = DiffusionPipeline.from_pretrained(old)
+    model, migrated_cfg = pipe.model, pipe.config
     assert migrated_cfg == cfg and torch.equal(generate(model, migrated_cfg, 5, seed=1), expected)
 
 

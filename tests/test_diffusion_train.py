@@ -10,7 +10,7 @@ from data_tools.config import load_config
 from data_tools.training.metrics import read_metrics
 from diffusion.config import DiffusionConfig
 from diffusion.models import create_model, list_models
-from diffusion.pipeline import generate, load_model
+from diffusion.pipeline import DiffusionPipeline, generate
 from diffusion.train import run_train
 from hdvila.cli import main as cli_main
 
@@ -69,7 +69,8 @@ def test_tiny_run_lowers_the_loss_keeps_ema_in_checkpoints_and_exports(tmp_path)
     validated = [r for r in records if "val/fd" in r]
     assert [r["step"] for r in validated] == [30, 60] and all(r["val/fd"] > 0 for r in validated)
     assert (out / "samples" / "step0000030.png").is_file() and (out / "samples.png").is_file()
-    model, loaded_cfg = load_model(out / "model")
+    pipe = DiffusionPipeline.from_pretrained(out / "model")
+    model, loaded_cfg = pipe.model, pipe.config
     assert loaded_cfg.target == "v" and loaded_cfg.weighting.name == "min_snr"
     a = generate(model, loaded_cfg, 8, seed=3)
     assert a.shape == (8, 1, 8, 8) and torch.equal(a, generate(model, loaded_cfg, 8, seed=3))
@@ -82,7 +83,8 @@ def test_tiny_run_lowers_the_loss_keeps_ema_in_checkpoints_and_exports(tmp_path)
     cfg60 = load_config(DiffusionConfig, CONFIG, tiny_overrides(resumed, target="v", **{
         "weighting.name": "min_snr", "weighting.params": "{gamma: 5.0}"}))
     run_train(cfg60, resume=True)
-    resumed_model, _ = load_model(resumed / "model")
+    pipe = DiffusionPipeline.from_pretrained(resumed / "model")
+    resumed_model, _ = pipe.model, pipe.config
     for (name, p), q in zip(model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.allclose(p, q, atol=1e-5), name
 
@@ -119,6 +121,7 @@ def test_video_shards_feed_frames_through_the_shared_data_layer(tmp_path):
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)
-    model, loaded = load_model(out / "model")
+    pipe = DiffusionPipeline.from_pretrained(out / "model")
+    model, loaded = pipe.model, pipe.config
     assert model.config.channels == 3 and model.config.image_size == 16 and loaded.data.kind == "video"
     assert (out / "samples.png").stat().st_size > 100 and summary is not None
