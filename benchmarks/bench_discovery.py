@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from common import machine_line
-from data_tools.files import atomic_write_text
+from data_tools.files import atomic_write_json, atomic_write_text
 from data_tools.ingest.sources import folder_video_ids, pair_videos
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     best = min(runs)
     text = f"""# Discovery benchmark
 
-Command: `python benchmarks/bench_discovery.py` (writes this page).
+Command: `python benchmarks/bench_discovery.py` (writes this page and discovery.json).
 Machine: {machine_line()}.
 
 Input: {len(names):,} synthetic file names in one folder ({len(pairs):,} videos, {paired:,} of them with a
@@ -75,6 +75,10 @@ The old check was quadratic: {old_n:,} names took {old:.1f} s, so {len(names):,}
 {old * (len(names) / old_n) ** 2 / 3600:.0f} h; the linear version handles them in {best:.1f} s.
 """
     atomic_write_text(args.out, text)
+    atomic_write_json(Path(args.out).with_suffix(".json"), {
+        "machine": machine_line(), "paths": len(names), "videos": len(pairs), "with_transcript": paired,
+        "runs_s": [round(r, 3) for r in runs], "best_s": round(best, 3),
+        "old_quadratic": {"paths": old_n, "seconds": round(old, 3)}})
     print(text)
 
 
