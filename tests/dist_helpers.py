@@ -245,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     from data_tools.logs import setup_logging
 
     setup_logging("WARNING")
+    from data_tools.training.distributed import shutdown_distributed
+
     {"train": train_main, "equiv": equiv_main}[args.command](args)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

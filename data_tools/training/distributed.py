@@ -155,6 +155,18 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> N
     deepspeed.init_distributed(dist_backend=dist.get_backend(), timeout=timeout)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group together: every rank waits for the others, then tears its groups down.
+
+    Left to interpreter exit, a rank whose peer has already gone can abort in gloo's C++ teardown
+    ("terminate called without an active exception"), which fails a job that finished its work.
+    """
+    if not dist.is_initialized():
+        return
+    barrier()
+    dist.destroy_process_group()
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's `obj` (picklable, plain data) on every rank."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -101,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = getattr(args, "overrides", []) + [e for e in extra if is_override(e)]
     setup_logging(args.log_level)
     from data_tools.config import ConfigError
+    from data_tools.training.distributed import shutdown_distributed
 
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except ConfigError as exc:
         parser.exit(2, f"hdvila: config error: {exc}\n")
+    shutdown_distributed()  # on success only: after a failure a peer may never reach the barrier
+    return code
 
