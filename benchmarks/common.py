@@ -16,16 +16,29 @@ CLIP_SECONDS = 13.4
 TEXTURE = 30.0
 
 
+def cpu_info() -> dict:
+    """CPU model, cores and the instruction-set flags that decide training speed (data_tools.cpu reads them)."""
+    from data_tools.cpu import ISA_FLAGS, cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    return {"model": cpu_model(), "cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags],
+            "amx_bf16": "amx_bf16" in flags}
+
+
+def isa_line(info: dict) -> str:
+    amx = "AMX bf16" if info["amx_bf16"] else "no AMX"
+    return f"ISA {' '.join(info['isa']) or 'unknown'} ({amx})"
+
+
 def machine_line() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    info = cpu_info()
+    return (f"{info['cores']} cores ({info['model']}; {isa_line(info)}), {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def load_average() -> float:
+    """The 1-minute load average: other work on the machine shows here and skews wall-clock figures."""
+    return round(os.getloadavg()[0], 2)
 
 
 def source_corpus(root: Path, num_synth_videos: int) -> list[str]:
