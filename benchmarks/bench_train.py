@@ -13,12 +13,14 @@ Writes docs/benchmarks/train.md and train.json. Usage: python benchmarks/bench_t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -27,7 +29,7 @@ from data_tools.config import load_config
 from data_tools.files import atomic_write_json, atomic_write_text
 from hdvila.models import create_model
 from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
-from data_tools.training.metrics import read_metrics
+from data_tools.training.metrics import MetricsWriter, read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 # None = the shipped config's value; each other arm changes exactly one factor.
@@ -55,10 +57,14 @@ def arm_overrides(settings: dict) -> list[str]:
     return out
 
 
-def vs_baseline(runs: dict) -> dict[str, float]:
-    """samples/s of each arm divided by the baseline's (arms that failed are left out)."""
-    base = runs[BASELINE]["samples_per_s"]
-    return {arm: round(r["samples_per_s"] / base, 2) for arm, r in runs.items() if "samples_per_s" in r}
+def vs_baseline(runs: dict, key: str = "samples_per_s", lower_is_better: bool = False) -> dict[str, float]:
+    """Each arm against the baseline, as a speed ratio (> 1 = faster); arms that failed are left out."""
+    base = runs[BASELINE].get(key)
+    out = {}
+    for arm, r in runs.items():
+        if r.get(key) and base:
+            out[arm] = round(base / r[key] if lower_is_better else r[key] / base, 2)
+    return out
 
 
 def flops_per_sample(size: str, batch: int) -> float:
@@ -76,6 +82,45 @@ def flops_per_sample(size: str, batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
+def tree_cpu_seconds() -> float:
+    """CPU time of this process and its live descendants (DataLoader workers, decode children), plus what they
+    reaped: unlike wall-clock samples/s it holds when other work shares the cores."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+@contextlib.contextmanager
+def cpu_at_each_log(marks: list):
+    """Record (step, CPU seconds) whenever the trainer writes a metrics record, to get CPU per step over the
+    same windows as samples/s."""
+    original = MetricsWriter.write
+
+    def write(self, record, *args, **kwargs):
+        marks.append((record["step"], tree_cpu_seconds()))
+        return original(self, record, *args, **kwargs)
+
+    MetricsWriter.write = write
+    try:
+        yield marks
+    finally:
+        MetricsWriter.write = original
+
+
+def steady_cpu_per_sample(marks: list[tuple[int, float]], batch_size: int) -> float | None:
+    """CPU-seconds per sample between the first and the last log (the first window holds start-up)."""
+    if len(marks) < 2 or marks[-1][0] <= marks[0][0]:
+        return None
+    (step0, cpu0), (step1, cpu1) = marks[0], marks[-1]
+    return (cpu1 - cpu0) / ((step1 - step0) * batch_size)
+
+
 def run_arm(size: str, arm: str, steps: int, work: Path, shards: str) -> dict:
     out = work / f"{size}-{arm}"
     shutil.rmtree(out, ignore_errors=True)
@@ -87,10 +132,13 @@ def run_arm(size: str, arm: str, steps: int, work: Path, shards: str) -> dict:
     cfg = load_config(PretrainConfig, f"pretrain/{size}", overrides)
     load_start = load_average()
     started = time.perf_counter()
-    run_pretrain(cfg)
+    with cpu_at_each_log([]) as marks:
+        run_pretrain(cfg)
     records = read_metrics(out / "metrics.jsonl")[1:]  # the first window holds start-up and compilation
     sps = sum(r["samples_per_s"] for r in records) / len(records)
+    cpu = steady_cpu_per_sample(marks, cfg.train.batch_size)
     return {"samples_per_s": round(sps, 2), "steps_per_s": round(sps / cfg.train.batch_size, 3),
+            "cpu_s_per_sample": None if cpu is None else round(cpu, 4),
             "steps": steps, "batch_size": cfg.train.batch_size, "wall_s": round(time.perf_counter() - started, 1),
             "final_loss": round(records[-1]["loss"], 4), "load_avg_1min": [load_start, load_average()],
             "settings": {"precision": cfg.train.precision, "compile": cfg.train.compile,
@@ -147,6 +195,7 @@ def main() -> None:
         batch = entry["runs"][BASELINE]["batch_size"]
         entry["flops_per_sample"] = flops_per_sample(size, batch)
         entry["vs_baseline"] = vs_baseline(entry["runs"])
+        entry["vs_baseline_cpu"] = vs_baseline(entry["runs"], "cpu_s_per_sample", lower_is_better=True)
         for arm, r in entry["runs"].items():
             if "samples_per_s" in r:
                 r["achieved_gflops"] = round(r["samples_per_s"] * entry["flops_per_sample"] / 1e9, 2)
@@ -165,10 +214,12 @@ def render(res: dict) -> str:
             if arm == "bf16":
                 label = "bf16 (AMX)" if amx else "bf16 (no AMX: emulated, the trainer warns)"
             if "error" in r:
-                lines.append(f"| {size} | {label} | failed: {r['error']} | | | | | |")
+                lines.append(f"| {size} | {label} | failed: {r['error']} | | | | | | | |")
             else:
+                cpu = r.get("cpu_s_per_sample")
+                cpu_cells = (f"{cpu:.3f} | {entry['vs_baseline_cpu'][arm]:.2f}x" if cpu else "n/a | n/a")
                 lines.append(f"| {size} | {label} | {r['steps']} | {r['samples_per_s']:.2f} | "
-                             f"**{entry['vs_baseline'][arm]:.2f}x** | {r['achieved_gflops']:.1f} | "
+                             f"**{entry['vs_baseline'][arm]:.2f}x** | {cpu_cells} | {r['achieved_gflops']:.1f} | "
                              f"{r['final_loss']:.3f} | {r['load_avg_1min'][0]} / {r['load_avg_1min'][1]} |")
     flops = "\n".join(f"- {size}: {e['flops_per_sample'] / 1e9:.2f} GFLOP per sample (forward + backward); "
                       f"a baseline step takes {1000 / e['runs'][BASELINE]['steps_per_s']:.0f} ms for "
@@ -184,10 +235,12 @@ other work: the 1-minute load average at the start and end of each run is in the
 Baseline = the shipped `pretrain/<size>` config: fp32, channels_last activations, 2 DataLoader workers, no
 compile. Every other arm changes exactly one of these and is compared with the baseline. Each arm runs
 `hdvila pretrain` (stage 1, ZeRO-1, single process) on the demo shards; samples/s is the mean over logged
-windows after the first (start-up and compilation).
+windows after the first (start-up and compilation). CPU-s per sample is the CPU time of the training process
+and its DataLoader workers over the same windows; when other work shares the cores it is the steadier figure
+(it is not a speed: an arm that leaves a core idle, like workers=0, costs less CPU per sample yet runs slower).
 
-| model | arm | steps | samples/s | vs baseline | achieved GFLOP/s | loss at the end | load avg start / end |
-|---|---|---|---|---|---|---|---|
+| model | arm | steps | samples/s | vs baseline | CPU-s per sample | vs baseline (CPU) | achieved GFLOP/s | loss at the end | load avg start / end |
+|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(lines)}
 
 {flops}

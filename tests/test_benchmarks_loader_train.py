@@ -255,3 +255,27 @@ def test_flops_per_sample_is_per_sample_and_plausible():
     assert two == pytest.approx(one, rel=0.01)  # divided by the batch, so independent of it
     # hdvila-tiny: ~0.25 GFLOP per sample forward + backward; far outside means the counter missed the model
     assert 0.05e9 < one < 2e9
+
+
+def test_vs_baseline_in_cpu_terms_inverts_the_ratio():
+    runs = {"baseline": {"cpu_s_per_sample": 0.2}, "bf16": {"cpu_s_per_sample": 2.0}, "x": {"error": "e"}}
+    assert bench_train.vs_baseline(runs, "cpu_s_per_sample", lower_is_better=True) == {"baseline": 1.0, "bf16": 0.1}
+
+
+def test_steady_cpu_per_sample_skips_the_first_window():
+    marks = [(5, 100.0), (10, 110.0), (15, 120.0)]
+    assert bench_train.steady_cpu_per_sample(marks, batch_size=4) == pytest.approx(20.0 / (10 * 4))
+    assert bench_train.steady_cpu_per_sample(marks[:1], batch_size=4) is None
+
+
+def test_cpu_at_each_log_marks_every_record_and_restores_the_writer(tmp_path):
+    from data_tools.training.metrics import MetricsWriter
+
+    original = MetricsWriter.write
+    with bench_train.cpu_at_each_log([]) as marks:
+        writer = MetricsWriter(tmp_path)
+        writer.write({"step": 3, "loss": 1.0})
+        writer.write({"step": 6, "loss": 0.5})
+        writer.close()
+    assert [m[0] for m in marks] == [3, 6] and marks[1][1] >= marks[0][1] > 0
+    assert MetricsWriter.write is original
