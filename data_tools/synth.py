@@ -5,11 +5,22 @@ named background, and an SRT cue beside the video says so in a sentence. A deter
 (shape, colour) combinations is kept out of the train split and used only by the held-out split, so a
 model that composes "red" and "star" it saw separately can be told apart from one that memorised pairs.
 
+Two designs of the held-out splits (`heldout_design`):
+- "random": a random `heldout_fraction` of the (shape, colour) pairs, clips drawn from them at random.
+- "factorial": unseen pairs come in 2x2 blocks (two shapes x two colours, all four pairs kept out of train),
+  and the clips of a split come in groups of 16 that cross the block's shapes and colours with two motions
+  and two backgrounds. Every clip then has, for each attribute, a clip beside it that differs in that
+  attribute alone (a red circle and a blue square beside a blue circle and a red square, the same clip moving
+  the other way, on the other background), so no subset of the attributes identifies a clip: a retrieval
+  figure on it shows what a model adds over knowing some of the attributes. The validation split (`val`,
+  `num_val_videos`) has a block of unseen pairs of its own, for choosing settings without the test clips.
+
 Layout written by `synthesize_corpus(out_dir, cfg)`:
     out_dir/train/synth_train_0000.mp4 + .srt, ...
-    out_dir/heldout/synth_heldout_0000.mp4 + .srt, ...
+    out_dir/heldout/synth_heldout_0000.mp4 + .srt, ...   (the test split)
+    out_dir/val/synth_val_0000.mp4 + .srt, ...           (factorial design with num_val_videos > 0)
     out_dir/metadata.jsonl     one line per event (attributes, times, frames, trajectory, text)
-    out_dir/synth_config.json  the config plus the held-out combinations
+    out_dir/synth_config.json  the config plus the held-out (and validation) combinations
 
 Trajectories in metadata are normalised: x as a fraction of width, y of height, r (shape radius) of
 min(height, width). The value at frame f of an event is a linear blend from [0] to [1] with
@@ -85,8 +96,10 @@ class SynthConfig:
     fps: int = 25
     events_per_video: int = 2
     event_seconds: float = 6.0
-    heldout_fraction: float = 0.25  # fraction of (shape, colour) combos reserved for the held-out split
-    num_heldout_videos: int | None = None  # default: max(1, num_videos // 4)
+    heldout_design: str = "random"  # "random" | "factorial" (see the module docstring)
+    heldout_fraction: float = 0.25  # random design: fraction of (shape, colour) combos reserved for held-out
+    num_heldout_videos: int | None = None  # default: max(1, num_videos // 4); factorial: 16 clips per group
+    num_val_videos: int = 0  # factorial design: validation videos, taken from num_videos like the held-out ones
     crf: int = 20
     preset: str = "veryfast"
     threads: int = 2  # fixed, so the same ffmpeg gives byte-identical mp4s on any machine
@@ -120,6 +133,8 @@ def all_caption_texts() -> Iterator[str]:
         for phrase in phrases:
             yield make_caption(shape, colour, phrase, bg, t, prefix)
 
+
+SPLITS = ("train", "heldout", "val")
 
 # --- held-out split ----------------------------------------------------------------------------------
 
@@ -208,35 +223,111 @@ def _trajectory(direction: str, rng: np.random.Generator) -> dict[str, list[floa
     return {"x": [x, x], "y": [y, y], "r": rr}
 
 
-def plan_corpus(cfg: SynthConfig) -> tuple[list[dict], list[tuple[str, str]]]:
-    """All events of all videos (no pixels): the metadata rows, plus the held-out combos."""
-    _check(cfg)
-    held = heldout_combos(cfg.seed, cfg.heldout_fraction)
-    train_combos = [(s, c) for s in SHAPES for c in COLOURS if (s, c) not in held]
-    n_held_videos = cfg.num_heldout_videos
-    if n_held_videos is None:
-        n_held_videos = max(1, cfg.num_videos // 4) if (held and cfg.num_videos >= 2) else 0
-    if n_held_videos and not held:
+GROUP_SIZE = 16  # factorial design: 2 shapes x 2 colours x 2 motions x 2 backgrounds
+Block = tuple[tuple[str, str], tuple[str, str]]  # (two shapes, two colours)
+
+
+def factorial_blocks(seed: int) -> dict[str, list[Block]]:
+    """The unseen 2x2 blocks of the factorial design: two for the test split, one for validation.
+
+    Colours are split into three disjoint pairs and shapes into pairs that overlap only once, so every shape
+    and every colour keeps training pairs (a shape loses at most 4 of its 6 colours, a colour 2 of 5 shapes).
+    """
+    rng = np.random.default_rng([seed, 0xFAC7])
+    shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))]
+    colours = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))]
+    pair = lambda a, b: tuple(sorted((a, b), key=(SHAPES + tuple(COLOURS)).index))  # noqa: E731 - stable order
+    return {
+        "heldout": [(pair(shapes[0], shapes[1]), pair(colours[0], colours[1])),
+                    (pair(shapes[2], shapes[3]), pair(colours[2], colours[3]))],
+        "val": [(pair(shapes[4], shapes[0]), pair(colours[4], colours[5]))],
+    }
+
+
+def block_pairs(blocks: list[Block]) -> list[tuple[str, str]]:
+    pairs = {(s, c) for shapes, colours in blocks for s in shapes for c in colours}
+    return sorted(pairs, key=lambda sc: (SHAPES.index(sc[0]), list(COLOURS).index(sc[1])))
+
+
+def held_out_pairs(cfg: SynthConfig) -> dict[str, list[tuple[str, str]]]:
+    """(shape, colour) pairs never in train, per held-out split ("heldout", and "val" when it has videos)."""
+    if cfg.heldout_design == "factorial":
+        blocks = factorial_blocks(cfg.seed)
+        out = {"heldout": block_pairs(blocks["heldout"])}
+        if cfg.num_val_videos:
+            out["val"] = block_pairs(blocks["val"])
+        return out
+    return {"heldout": heldout_combos(cfg.seed, cfg.heldout_fraction)}
+
+
+def factorial_events(blocks: list[Block], n_events: int, rng: np.random.Generator, split: str
+                     ) -> list[tuple[str, str, str, str]]:
+    """(shape, colour, direction, background) of `n_events` clips in full 2x2x2x2 groups, no clip twice."""
+    if n_events % GROUP_SIZE:
+        raise ValueError(f"the factorial design needs the {split} split's events (videos x events_per_video = "
+                         f"{n_events}) to be a multiple of {GROUP_SIZE}")
+    directions, backgrounds = list(DIRECTIONS), list(BACKGROUNDS)
+    taken: set[tuple[str, str, str, str]] = set()
+    events: list[tuple[str, str, str, str]] = []
+    for g in range(n_events // GROUP_SIZE):
+        shapes, colours = blocks[g % len(blocks)]
+        for _ in range(1000):
+            motions = [directions[i] for i in rng.choice(len(directions), 2, replace=False)]
+            grounds = [backgrounds[i] for i in rng.choice(len(backgrounds), 2, replace=False)]
+            group = set(itertools.product(shapes, colours, motions, grounds))
+            if not group & taken:
+                break
+        else:
+            raise ValueError(f"too many {split} groups for distinct clips on {len(blocks)} block(s)")
+        taken |= group
+        events.extend(sorted(group))
+    return [events[i] for i in rng.permutation(len(events))]
+
+
+def _split_sizes(cfg: SynthConfig, held: dict[str, list]) -> dict[str, int]:
+    n_held = cfg.num_heldout_videos
+    if n_held is None:
+        n_held = max(1, cfg.num_videos // 4) if (held["heldout"] and cfg.num_videos >= 2) else 0
+    if n_held and not held["heldout"]:
         raise ValueError("num_heldout_videos > 0 but heldout_fraction leaves no held-out combinations")
-    if not 0 <= n_held_videos <= cfg.num_videos:
-        raise ValueError(f"num_heldout_videos={n_held_videos} must be within 0..num_videos={cfg.num_videos}")
+    if cfg.num_val_videos and cfg.heldout_design != "factorial":
+        raise ValueError("num_val_videos needs heldout_design: factorial")
+    if not 0 <= n_held + cfg.num_val_videos <= cfg.num_videos:
+        raise ValueError(f"num_heldout_videos={n_held} + num_val_videos={cfg.num_val_videos} must be within "
+                         f"0..num_videos={cfg.num_videos}")
+    return {"train": cfg.num_videos - n_held - cfg.num_val_videos, "heldout": n_held, "val": cfg.num_val_videos}
+
+
+def plan_corpus(cfg: SynthConfig) -> tuple[list[dict], list[tuple[str, str]]]:
+    """All events of all videos (no pixels): the metadata rows, plus the held-out (test) combos."""
+    _check(cfg)
+    held = held_out_pairs(cfg)
+    unseen = {pair for pairs in held.values() for pair in pairs}
+    train_combos = [(s, c) for s in SHAPES for c in COLOURS if (s, c) not in unseen]
+    sizes = _split_sizes(cfg, held)
+    blocks = factorial_blocks(cfg.seed) if cfg.heldout_design == "factorial" else {}
     n_frames = _frames_per_event(cfg)
     rows: list[dict] = []
-    for split, n_videos, combos, code in (
-        ("train", cfg.num_videos - n_held_videos, train_combos, 1),
-        ("heldout", n_held_videos, held, 2),
-    ):
+    for split, combos, code in (("train", train_combos, 1), ("heldout", held["heldout"], 2),
+                                ("val", held.get("val", []), 3)):
+        n_videos = sizes[split]
         rng = np.random.default_rng([cfg.seed, code])
+        planned = None
+        if split != "train" and blocks:
+            planned = iter(factorial_events(blocks[split], n_videos * cfg.events_per_video, rng, split))
         combo_cycle = _Cycler(combos, rng)
         dir_cycle = _Cycler(list(DIRECTIONS), rng)
         for v in range(n_videos):
             video_id = f"synth_{split}_{v:04d}"
             prev_combo = prev_bg = None
             for k in range(cfg.events_per_video):
-                shape, colour = combo_cycle.take(avoid=prev_combo)
-                direction = dir_cycle.take()
-                bgs = [b for b in BACKGROUNDS if b != prev_bg]
-                background = bgs[int(rng.integers(len(bgs)))]
+                if planned is not None:
+                    shape, colour, direction, background = next(planned)
+                else:
+                    shape, colour = combo_cycle.take(avoid=prev_combo)
+                    direction = dir_cycle.take()
+                    bgs = [b for b in BACKGROUNDS if b != prev_bg]
+                    background = bgs[int(rng.integers(len(bgs)))]
                 phrases = DIRECTIONS[direction]
                 phrase = phrases[int(rng.integers(len(phrases)))]
                 template = int(rng.integers(len(TEMPLATES)))
@@ -260,7 +351,7 @@ def plan_corpus(cfg: SynthConfig) -> tuple[list[dict], list[tuple[str, str]]]:
                     "text": make_caption(shape, colour, phrase, background, template, prefix),
                 })
                 prev_combo, prev_bg = (shape, colour), background
-    return rows, held
+    return rows, held["heldout"]
 
 
 def _check(cfg: SynthConfig) -> None:
@@ -270,6 +361,8 @@ def _check(cfg: SynthConfig) -> None:
         raise ValueError("num_videos >= 0, events_per_video >= 1, event_seconds > 0 and fps > 0 are required")
     if not 0.0 <= cfg.heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {cfg.heldout_fraction}")
+    if cfg.heldout_design not in ("random", "factorial"):
+        raise ValueError(f"heldout_design must be 'random' or 'factorial', got {cfg.heldout_design!r}")
 
 
 # --- drawing -----------------------------------------------------------------------------------------
@@ -402,12 +495,15 @@ def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig | None = None
     """Write the corpus (videos, transcripts, metadata, config) and return a summary."""
     cfg = cfg or SynthConfig()
     rows, held = plan_corpus(cfg)
+    val_pairs = held_out_pairs(cfg).get("val", [])
     out = Path(out_dir)
     videos: dict[str, list[dict]] = {}
     for row in rows:
         videos.setdefault(row["video_id"], []).append(row)
-    for split in ("train", "heldout"):
+    for split in SPLITS:
         folder = out / split
+        if split == "val" and not cfg.num_val_videos and not folder.exists():
+            continue
         folder.mkdir(parents=True, exist_ok=True)
         # drop videos of an earlier, larger run so the folders match metadata.jsonl
         for old in itertools.chain(folder.glob("synth_*.mp4"), folder.glob("synth_*.srt")):
@@ -427,15 +523,17 @@ def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig | None = None
     atomic_write_json(out / "synth_config.json", {
         "config": dataclasses.asdict(cfg),
         "heldout_combos": held_list,
+        "val_combos": [list(c) for c in val_pairs],
         "shapes": list(SHAPES), "colours": COLOURS, "directions": list(DIRECTIONS),
         "backgrounds": BACKGROUNDS,
     })
     count = lambda split: sum(1 for v in videos.values() if v[0]["split"] == split)  # noqa: E731
     return {
         "out_dir": str(out),
-        "videos": {"train": count("train"), "heldout": count("heldout")},
-        "events": {s: sum(1 for r in rows if r["split"] == s) for s in ("train", "heldout")},
+        "videos": {split: count(split) for split in SPLITS if split != "val" or cfg.num_val_videos},
+        "events": {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS if s != "val" or cfg.num_val_videos},
         "heldout_combos": held_list,
-        "train_combos": len(SHAPES) * len(COLOURS) - len(held),
+        "val_combos": [list(c) for c in val_pairs],
+        "train_combos": len(SHAPES) * len(COLOURS) - len(held) - len(val_pairs),
         "seconds_per_video": cfg.events_per_video * _frames_per_event(cfg) / cfg.fps,
     }

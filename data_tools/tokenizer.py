@@ -148,8 +148,11 @@ def _lowercase_setting(folder: Path) -> bool:
 
 
 def load_tokenizer(path: str | os.PathLike | None = None) -> CaptionTokenizer:
-    """None -> the committed default; else a folder (tokenizer.json preferred, then vocab.txt) or either file."""
-    p = Path(path) if path is not None else DEFAULT_TOKENIZER_DIR
+    """None -> the committed default; else a folder (tokenizer.json preferred, then vocab.txt), either file, or
+    `packaged:<name>` (data_tools.packaged)."""
+    from .packaged import resolve_model_folder
+
+    p = resolve_model_folder(path) if path is not None else DEFAULT_TOKENIZER_DIR
     if p.is_dir():
         if (p / "tokenizer.json").is_file():
             return CaptionTokenizer(Tokenizer.from_file(str(p / "tokenizer.json")))

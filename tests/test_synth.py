@@ -186,3 +186,50 @@ def test_encoder_failure_is_reported_and_leaves_no_partial_files(tmp_path):
     with pytest.raises(RuntimeError, match="ffmpeg failed"):
         synthesize_corpus(tmp_path, cfg, progress=False)
     assert not list(tmp_path.rglob("*.mp4")) and not list(tmp_path.rglob("*.tmp"))
+
+
+FACTORIAL = dict(num_videos=40, num_heldout_videos=16, num_val_videos=8, heldout_design="factorial",
+                 height=48, width=64, event_seconds=2.0)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_factorial_design_puts_a_one_attribute_neighbour_beside_every_clip(seed):
+    rows, held = plan_corpus(SynthConfig(seed=seed, **FACTORIAL))
+    names = ("shape", "colour", "direction", "background")
+    pairs = lambda split: {(r["shape"], r["colour"]) for r in rows if r["split"] == split}  # noqa: E731
+    test_pairs, val_pairs, train_pairs = pairs("heldout"), pairs("val"), pairs("train")
+    assert test_pairs == set(held) and len(test_pairs) == 8 and len(val_pairs) == 4
+    assert not (test_pairs & val_pairs) and not (train_pairs & (test_pairs | val_pairs))  # unseen stays unseen
+    assert {s for s, _ in train_pairs} == set(SHAPES) and {c for _, c in train_pairs} == set(COLOURS)
+    for split, count in (("heldout", 32), ("val", 16)):
+        clips = [tuple(r[n] for n in names) for r in rows if r["split"] == split]
+        assert len(clips) == count and len(set(clips)) == count  # no clip twice
+        gallery = set(clips)
+        for clip in clips:
+            for i in range(len(names)):
+                # a gallery clip that differs from this one in attribute i alone
+                assert any(other[i] != clip[i] and all(other[j] == clip[j] for j in range(len(names)) if j != i)
+                           for other in gallery), (split, clip, names[i])
+        # swapped bindings: both colours of the block with both shapes
+        for shape, colour in {(c[0], c[1]) for c in clips}:
+            assert {(s, c) for s, c, _, _ in clips if s == shape} != {(shape, colour)}
+
+
+def test_factorial_design_rejects_partial_groups_and_val_without_it(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 16"):
+        plan_corpus(SynthConfig(**{**FACTORIAL, "num_heldout_videos": 15}))
+    with pytest.raises(ValueError, match="factorial"):
+        plan_corpus(SynthConfig(num_videos=10, num_val_videos=2))
+    with pytest.raises(ValueError, match="heldout_design"):
+        plan_corpus(SynthConfig(heldout_design="grid"))
+
+
+def test_factorial_corpus_writes_the_val_split(tmp_path):
+    cfg = SynthConfig(**{**FACTORIAL, "num_videos": 25, "num_heldout_videos": 8, "num_val_videos": 8,
+                         "event_seconds": 0.4})
+    summary = synthesize_corpus(tmp_path, cfg, progress=False)
+    assert summary["videos"] == {"train": 9, "heldout": 8, "val": 8}
+    assert len(list((tmp_path / "val").glob("*.mp4"))) == 8 and len(list((tmp_path / "val").glob("*.srt"))) == 8
+    written = json.loads((tmp_path / "synth_config.json").read_text())
+    assert sorted(map(tuple, written["val_combos"])) == sorted(map(tuple, summary["val_combos"]))
+    assert summary["train_combos"] == len(SHAPES) * len(COLOURS) - 12

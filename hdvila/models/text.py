@@ -165,7 +165,9 @@ def load_hf_bert(folder: str | Path, text: TextEncoder, cross: CrossModalEncoder
     """
     from transformers import BertModel
 
-    folder = Path(folder)
+    from data_tools.packaged import resolve_model_folder
+
+    folder = resolve_model_folder(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"text.init_from: no such folder {folder}")
     hf = BertModel.from_pretrained(str(folder), local_files_only=True)
