@@ -145,24 +145,19 @@ def plan(experiment: str, seeds: int, lrs: list[float]) -> list[tuple[str, str, 
 
 
 def summarise(results: dict[str, dict[str, list[tuple[list[int], list[float]]]]]) -> dict:
-    """Per arm: steps, FD mean and std over seeds at each evaluation."""
+    """Per arm: steps, FD mean and sample std over seeds at each evaluation, and the per-seed curves."""
     table = {}
     for experiment, arms in results.items():
         table[experiment] = {}
         for arm, curves in arms.items():
             steps = curves[0][0]
             fds = np.array([c[1] for c in curves if c[0] == steps])
+            # sample std (ddof=1), and every seed's curve so speed-ups can get error bars and tests later
+            std = fds.std(axis=0, ddof=1) if len(fds) > 1 else np.zeros(fds.shape[1])
             table[experiment][arm] = {"steps": steps, "fd_mean": fds.mean(axis=0).tolist(),
-                                      "fd_std": fds.std(axis=0).tolist(), "seeds": len(fds),
-                                      "final_per_seed": fds[:, -1].tolist()}
+                                      "fd_std": std.tolist(), "fd_std_ddof": 1, "seeds": len(fds),
+                                      "final_per_seed": fds[:, -1].tolist(), "fd_per_seed": fds.tolist()}
     return table
-
-
-def steps_to_reach(steps: list[int], fd_mean: list[float], level: float) -> int | None:
-    for step, fd in zip(steps, fd_mean):
-        if fd <= level:
-            return step
-    return None
 
 
 def main() -> None:
