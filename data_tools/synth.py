@@ -100,6 +100,9 @@ class SynthConfig:
     heldout_fraction: float = 0.25  # random design: fraction of (shape, colour) combos reserved for held-out
     num_heldout_videos: int | None = None  # default: max(1, num_videos // 4); factorial: 16 clips per group
     num_val_videos: int = 0  # factorial design: validation videos, taken from num_videos like the held-out ones
+    # "factorial": training clips come in groups of 16 too (2x2 blocks of training pairs x 2 motions x 2
+    # backgrounds), group-mates adjacent so they share shards and batches: every attribute gets hard negatives
+    train_design: str = "random"
     crf: int = 20
     preset: str = "veryfast"
     threads: int = 2  # fixed, so the same ffmpeg gives byte-identical mp4s on any machine
@@ -260,9 +263,27 @@ def held_out_pairs(cfg: SynthConfig) -> dict[str, list[tuple[str, str]]]:
     return {"heldout": heldout_combos(cfg.seed, cfg.heldout_fraction)}
 
 
-def factorial_events(blocks: list[Block], n_events: int, rng: np.random.Generator, split: str
-                     ) -> list[tuple[str, str, str, str]]:
-    """(shape, colour, direction, background) of `n_events` clips in full 2x2x2x2 groups, no clip twice."""
+def training_blocks(pairs: list[tuple[str, str]], rng: np.random.Generator) -> list[Block]:
+    """Every 2x2 block made of training pairs, shuffled, with a greedy cover of all the pairs first."""
+    allowed = set(pairs)
+    blocks = [(s2, c2) for s2 in itertools.combinations(SHAPES, 2) for c2 in itertools.combinations(COLOURS, 2)
+              if all((s, c) in allowed for s in s2 for c in c2)]
+    if not blocks:
+        raise ValueError("the factorial training design needs a 2x2 block of training pairs; none is left")
+    blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+    cover: list[Block] = []
+    uncovered = {(s, c) for s2, c2 in blocks for s in s2 for c in c2}
+    while uncovered:
+        best = max(blocks, key=lambda b: len(uncovered & set(itertools.product(*b))))
+        cover.append(best)
+        uncovered -= set(itertools.product(*best))
+    return cover + [b for b in blocks if b not in cover]
+
+
+def factorial_events(blocks: list[Block], n_events: int, rng: np.random.Generator, split: str,
+                     distinct: bool = True, shuffle: bool = True) -> list[tuple[str, str, str, str]]:
+    """(shape, colour, direction, background) of `n_events` clips in full 2x2x2x2 groups (no clip twice unless
+    `distinct` is off), shuffled across groups or, with `shuffle` off, within each group only."""
     if n_events % GROUP_SIZE:
         raise ValueError(f"the factorial design needs the {split} split's events (videos x events_per_video = "
                          f"{n_events}) to be a multiple of {GROUP_SIZE}")
@@ -275,13 +296,14 @@ def factorial_events(blocks: list[Block], n_events: int, rng: np.random.Generato
             motions = [directions[i] for i in rng.choice(len(directions), 2, replace=False)]
             grounds = [backgrounds[i] for i in rng.choice(len(backgrounds), 2, replace=False)]
             group = set(itertools.product(shapes, colours, motions, grounds))
-            if not group & taken:
+            if not distinct or not group & taken:
                 break
         else:
             raise ValueError(f"too many {split} groups for distinct clips on {len(blocks)} block(s)")
         taken |= group
-        events.extend(sorted(group))
-    return [events[i] for i in rng.permutation(len(events))]
+        ordered = sorted(group)
+        events.extend(ordered if shuffle else [ordered[i] for i in rng.permutation(len(ordered))])
+    return [events[i] for i in rng.permutation(len(events))] if shuffle else events
 
 
 def _split_sizes(cfg: SynthConfig, held: dict[str, list]) -> dict[str, int]:
@@ -315,6 +337,9 @@ def plan_corpus(cfg: SynthConfig) -> tuple[list[dict], list[tuple[str, str]]]:
         planned = None
         if split != "train" and blocks:
             planned = iter(factorial_events(blocks[split], n_videos * cfg.events_per_video, rng, split))
+        elif split == "train" and cfg.train_design == "factorial" and n_videos:
+            planned = iter(factorial_events(training_blocks(combos, rng), n_videos * cfg.events_per_video, rng,
+                                            split, distinct=False, shuffle=False))
         combo_cycle = _Cycler(combos, rng)
         dir_cycle = _Cycler(list(DIRECTIONS), rng)
         for v in range(n_videos):
@@ -361,8 +386,9 @@ def _check(cfg: SynthConfig) -> None:
         raise ValueError("num_videos >= 0, events_per_video >= 1, event_seconds > 0 and fps > 0 are required")
     if not 0.0 <= cfg.heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {cfg.heldout_fraction}")
-    if cfg.heldout_design not in ("random", "factorial"):
-        raise ValueError(f"heldout_design must be 'random' or 'factorial', got {cfg.heldout_design!r}")
+    for name in ("heldout_design", "train_design"):
+        if getattr(cfg, name) not in ("random", "factorial"):
+            raise ValueError(f"{name} must be 'random' or 'factorial', got {getattr(cfg, name)!r}")
 
 
 # --- drawing -----------------------------------------------------------------------------------------

@@ -233,3 +233,18 @@ def test_factorial_corpus_writes_the_val_split(tmp_path):
     written = json.loads((tmp_path / "synth_config.json").read_text())
     assert sorted(map(tuple, written["val_combos"])) == sorted(map(tuple, summary["val_combos"]))
     assert summary["train_combos"] == len(SHAPES) * len(COLOURS) - 12
+
+
+def test_factorial_training_groups_are_adjacent_and_use_only_training_pairs():
+    cfg = SynthConfig(num_videos=224, num_heldout_videos=40, num_val_videos=24, heldout_design="factorial",
+                      train_design="factorial", height=48, width=64, event_seconds=2.0)
+    rows, _ = plan_corpus(cfg)
+    unseen = {(r["shape"], r["colour"]) for r in rows if r["split"] != "train"}
+    train = [r for r in rows if r["split"] == "train"]
+    pairs = {(r["shape"], r["colour"]) for r in train}
+    assert not pairs & unseen
+    assert pairs == {(s, c) for s in SHAPES for c in COLOURS} - unseen  # the cover reaches every training pair
+    for g in range(0, len(train), 16):  # consecutive events (so neighbouring shard samples) form one group
+        group = [(r["shape"], r["colour"], r["direction"], r["background"]) for r in train[g:g + 16]]
+        assert len(set(group)) == 16
+        assert all(len({clip[i] for clip in group}) == 2 for i in range(4))
