@@ -266,11 +266,15 @@ def main() -> None:
     parser.add_argument("--synth-videos", type=int, default=6)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "hdvila-bench"))
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks"))
+    parser.add_argument("--render-only", action="store_true", help="rewrite loader.md from loader.json")
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.render_only:
+        atomic_write_text(out / "loader.md", render(json.loads((out / "loader.json").read_text())))
+        return
     work = Path(args.work)
     shards = build_corpus_shards(work, args.synth_videos, [])
     no_proxy = build_corpus_shards(work, args.synth_videos, ["transcode.proxy_short_side=null"])
-    report = json.loads((shards / "build_report.json").read_text())
     clips_dir = work / "clips"
     clips_dir.mkdir(exist_ok=True)
     clip_paths = extract_clips(shards, clips_dir)
@@ -340,13 +344,12 @@ def main() -> None:
         w["trend_pct"] for key in ("loader_1w", "loader_2w") for w in r[key]["rss"].values())
     results["shard_bytes_with_proxy"] = sum(p.stat().st_size for p in shards.glob("*.tar"))
     results["shard_bytes_without_proxy"] = sum(p.stat().st_size for p in no_proxy.glob("*.tar"))
-    out = Path(args.out)
     atomic_write_json(out / "loader.json", results)
-    atomic_write_text(out / "loader.md", render(results, report))
+    atomic_write_text(out / "loader.md", render(results))
     print(json.dumps(results["ratios"], indent=2))
 
 
-def render(res: dict, build_report: dict) -> str:
+def render(res: dict) -> str:
     r = res["runs"]
     rows = [
         ("XPretrain-style (720p decode + cv2.resize), main stream only", "xpretrain_style_2w"),
@@ -375,9 +378,29 @@ def render(res: dict, build_report: dict) -> str:
         f"| {key} | {pid} | {w['rss_at_10pct_mb']} | {w['peak_rss_mb']} | {w['growth_pct']} | {w['trend_pct']} | "
         f"{w['peak_pss_mb']} |"
         for key in ("loader_1w", "loader_2w") for pid, w in r[key]["rss"].items())
-    q, st = res["ratios"], res["storage"]
+    q, st, x = res["ratios"], res["storage"], r["xpretrain_style_2w"]
     goal = "met" if q["loader_no_proxy_vs_xpretrain_clips_per_s"] >= 2.0 else "missed"
+    goal_cpu = "met" if q["loader_no_proxy_vs_xpretrain_cpu"] >= 2.0 else "missed"
+    peak_load = max(max(run["load_avg_1min"]) for run in r.values())
+    shared = (f"The machine was oversubscribed during these runs (1-minute load average up to {peak_load} on "
+              f"{res['cpu']['cores']} cores, from other jobs), so clips/s compares runs made under different loads; "
+              "**the CPU-seconds ratios are the comparable figures** (on idle cores, 2 CPU-bound workers deliver "
+              "about 2 / CPU-seconds per clip, so the two ratios agree there)."
+              if peak_load > res["cpu"]["cores"] else
+              "The cores were not oversubscribed during these runs; clips/s and CPU-seconds ratios should agree.")
     best = r["loader_2w"]
+    # rough floor for decoding without the proxy: each segment's span of frames, plus up to a GOP (25 frames)
+    # before it, decoded at 720p at ffmpeg's per-frame CPU cost
+    span = (HDVILA.num_frm - 1) * HDVILA.sample_rate + 1
+    ms_per_frame = 1000 * r["ffmpeg_full_decode_1proc"]["cpu_s_per_clip"] / r["ffmpeg_full_decode_1proc"]["frames_decoded_per_clip"]
+    lo, hi = (HDVILA.n_segments * f * ms_per_frame / 1000 for f in (span, span + 24))
+    why = (f"Why the 2x goal is {goal_cpu} without the proxy: both paths must decode the same 720p stream from the "
+           f"I-frame before each sampled frame. A segment of 7 frames at stride {HDVILA.sample_rate} spans {span} "
+           f"frames, plus up to 24 before it to the previous I-frame (1 s GOP); ffmpeg decodes a 720p frame of these "
+           f"clips in {ms_per_frame:.2f} ms of CPU, so decoding alone costs roughly {lo:.2f}-{hi:.2f} CPU-s per clip, "
+           f"most of the loader's {r['loader_no_proxy_2w']['cpu_s_per_clip']:.2f} s. What the loader saves is the "
+           f"full-size RGB conversion and the resize in Python ({x['cpu_s_per_clip'] - r['loader_no_proxy_2w']['cpu_s_per_clip']:.2f} "
+           "CPU-s per clip); going further means decoding less, which is what the proxy does.")
     return f"""# Loader benchmark: HD-VILA sampling on 720p H.264
 
 Command: `python benchmarks/bench_loader.py --samples {res['samples']} --reference-samples {res['reference_samples']}`
@@ -399,16 +422,21 @@ Both read the same shards with 2 DataLoader workers. The XPretrain-style path de
 at full 720p with decord and shrinks them with `cv2.resize` (INTER_AREA) in Python, as the reference code
 does; the loader has the decoder scale while it converts.
 
-- **without the proxy** (main stream only on both sides): **{q['loader_no_proxy_vs_xpretrain_clips_per_s']}x**
-  the clips/s (goal >= 2: {goal}), {q['loader_no_proxy_vs_xpretrain_cpu']}x less CPU per clip, both on decord;
+{shared}
+
+- **without the proxy** (main stream only on both sides, both on decord): **{q['loader_no_proxy_vs_xpretrain_cpu']}x
+  less CPU per clip**, {q['loader_no_proxy_vs_xpretrain_clips_per_s']}x the clips/s (goal >= 2x: {goal_cpu} in CPU,
+  {goal} in clips/s);
   with the loader's PyAV backend {q['loader_no_proxy_pyav_vs_xpretrain_clips_per_s']}x the clips/s and
   {q['loader_no_proxy_pyav_vs_xpretrain_cpu']}x less CPU per clip
-- **with the 180p proxy**: **{q['loader_vs_xpretrain_clips_per_s']}x** the clips/s,
-  {q['loader_vs_xpretrain_cpu']}x less CPU per clip; the proxy alone is {q['proxy_speedup_clips_per_s']}x
+- **with the 180p proxy**: **{q['loader_vs_xpretrain_cpu']}x less CPU per clip**,
+  {q['loader_vs_xpretrain_clips_per_s']}x the clips/s; the proxy alone is {q['proxy_speedup_clips_per_s']}x
   ({q['proxy_speedup_cpu']}x in CPU)
 - **cost of the proxy**: it is extra data made at ingest, {st['proxy_bytes_per_clip'] / 1e3:.0f} kB per clip
   against {st['main_bytes_per_clip'] / 1e3:.0f} kB of main stream, **+{st['proxy_pct_of_main']}%** of the
   stored video ({res['shard_bytes_with_proxy'] / max(1, res['shard_bytes_without_proxy']):.3f}x the shard bytes)
+
+{why}
 
 | pipeline | workers | samples | clips/s | CPU-s per clip | CPU-ms per frame | cores per H200 (eager / compile) | load avg start / end |
 |---|---|---|---|---|---|---|---|

@@ -225,6 +225,10 @@ def render(res: dict) -> str:
                       f"a baseline step takes {1000 / e['runs'][BASELINE]['steps_per_s']:.0f} ms for "
                       f"{e['flops_per_sample'] * e['runs'][BASELINE]['batch_size'] / 1e9:.1f} GFLOP"
                       for size, e in res["sizes"].items())
+    bf16 = [(size, e["vs_baseline"].get("bf16"), e["vs_baseline_cpu"].get("bf16")) for size, e in res["sizes"].items()]
+    bf16_line = "; ".join(f"{size}: {a:.2f}x the baseline's samples/s, {c:.2f}x its CPU efficiency" if a and c
+                          else f"{size}: not measured" for size, a, c in bf16)
+    bf16_line = "measured here, " + bf16_line if bf16 else "not measured"
     return f"""# Training throughput on CPU: one factor at a time
 
 Command: `python benchmarks/bench_train.py --steps {res['steps']} --bf16-steps {res['bf16_steps']}`
@@ -249,8 +253,8 @@ Arms: workers=0 decodes in the training process; NCHW turns channels_last off; b
 DeepSpeed's bf16 weights; compile = torch.compile via DeepSpeed's engine.compile(). All arms use PyTorch's
 fused scaled-dot-product attention.
 
-bf16 on this CPU ({isa_line(res['cpu'])}): {"the CPU has AMX bf16 tiles" if amx else
-"avx512_bf16 converts and takes dot products but there are no AMX tiles, so bf16 matrix products run far slower than fp32 GEMMs; the trainer now logs a warning when a config asks for bf16 on such a CPU, and no shipped CPU config uses it"}.
+bf16 on this CPU ({isa_line(res['cpu'])}): {bf16_line}. {"The CPU has AMX bf16 tiles." if amx else
+"Without AMX, bf16 matrix products have no fast hardware path (avx512_bf16 converts and takes dot products only); an earlier session measured the same step about 13x slower than fp32 on such a CPU. The trainer now logs a warning when a config asks for bf16 on a CPU without amx_bf16, and no shipped CPU config uses it."}
 An earlier version of this page reported "tuned vs naive 1.61x" on a different 2-core Xeon; that figure changed
 precision, memory layout and workers at once, against 0 workers, and is withdrawn.
 """
