@@ -684,6 +684,13 @@ def render(res: dict) -> str:
     nl = chr(10)
     data_lines = [f"- **{name}** ({ROLES.get(name, '')}): {res['data'][name]}." for name in cases]
     run_lines = [f"- **{name}**: {_run_line(name, case)}." for name, case in cases.items()]
+    busy = [name for name, case in cases.items()
+            if (case.get("run") or {}).get("load_average", {}).get("mean", 0) > 2 * res["threads"]["faiss_omp"]]
+    if busy:  # recall does not depend on load; times and speed-ups do
+        run_lines.append(f"\n**Timing caveat ({', '.join(busy)})**: the mean load was more than twice this "
+                         "benchmark's threads, so other jobs took most of the CPU. Recall figures are unaffected; "
+                         "times, queries/s and speed-ups are noisy (e.g. a setting can look faster than a cheaper "
+                         "one) and should be read as rough, not compared across data sets.")
     stats_block = ""
     for name, st in res.get("neighbour_stats", {}).items():
         stats_block += (
