@@ -379,8 +379,8 @@ def render(res: dict) -> str:
         f"{w['peak_pss_mb']} |"
         for key in ("loader_1w", "loader_2w") for pid, w in r[key]["rss"].items())
     q, st, x = res["ratios"], res["storage"], r["xpretrain_style_2w"]
-    goal = "met" if q["loader_no_proxy_vs_xpretrain_clips_per_s"] >= 2.0 else "missed"
-    goal_cpu = "met" if q["loader_no_proxy_vs_xpretrain_cpu"] >= 2.0 else "missed"
+    best_no_proxy = max(q["loader_no_proxy_vs_xpretrain_cpu"], q["loader_no_proxy_pyav_vs_xpretrain_cpu"])
+    goal_cpu = "met" if best_no_proxy >= 2.0 else "missed"
     peak_load = max(max(run["load_avg_1min"]) for run in r.values())
     shared = (f"The machine was oversubscribed during these runs (1-minute load average up to {peak_load} on "
               f"{res['cpu']['cores']} cores, from other jobs), so clips/s compares runs made under different loads; "
@@ -394,13 +394,18 @@ def render(res: dict) -> str:
     span = (HDVILA.num_frm - 1) * HDVILA.sample_rate + 1
     ms_per_frame = 1000 * r["ffmpeg_full_decode_1proc"]["cpu_s_per_clip"] / r["ffmpeg_full_decode_1proc"]["frames_decoded_per_clip"]
     lo, hi = (HDVILA.n_segments * f * ms_per_frame / 1000 for f in (span, span + 24))
+    dec, pav = r["loader_no_proxy_2w"]["cpu_s_per_clip"], r["loader_no_proxy_pyav_2w"]["cpu_s_per_clip"]
+    at_floor = "within" if pav <= 1.1 * hi else "above"
     why = (f"Why the 2x goal is {goal_cpu} without the proxy: both paths must decode the same 720p stream from the "
            f"I-frame before each sampled frame. A segment of 7 frames at stride {HDVILA.sample_rate} spans {span} "
-           f"frames, plus up to 24 before it to the previous I-frame (1 s GOP); ffmpeg decodes a 720p frame of these "
-           f"clips in {ms_per_frame:.2f} ms of CPU, so decoding alone costs roughly {lo:.2f}-{hi:.2f} CPU-s per clip, "
-           f"most of the loader's {r['loader_no_proxy_2w']['cpu_s_per_clip']:.2f} s. What the loader saves is the "
-           f"full-size RGB conversion and the resize in Python ({x['cpu_s_per_clip'] - r['loader_no_proxy_2w']['cpu_s_per_clip']:.2f} "
-           "CPU-s per clip); going further means decoding less, which is what the proxy does.")
+           f"frames, plus up to 24 before it back to the previous I-frame (1 s GOP); ffmpeg decodes a 720p frame of "
+           f"these clips in {ms_per_frame:.2f} ms of CPU, so decoding alone costs roughly {lo:.2f}-{hi:.2f} CPU-s per "
+           f"clip. The loader on PyAV spends {pav:.3f} s, {at_floor} that range: it decodes what it must and adds "
+           f"little, so its {q['loader_no_proxy_pyav_vs_xpretrain_cpu']}x is about as far as a cheaper conversion or "
+           f"resize can go. On decord it spends {dec:.3f} s on the same frames, {dec / pav:.1f}x PyAV's cost (not "
+           f"broken down further here), hence {q['loader_no_proxy_vs_xpretrain_cpu']}x. The XPretrain-style path spends "
+           f"{x['cpu_s_per_clip']:.3f} s: decord's decode plus the full-size RGB conversion and cv2.resize. Going "
+           "further means decoding less, which is what the proxy does.")
     return f"""# Loader benchmark: HD-VILA sampling on 720p H.264
 
 Command: `python benchmarks/bench_loader.py --samples {res['samples']} --reference-samples {res['reference_samples']}`
@@ -424,11 +429,11 @@ does; the loader has the decoder scale while it converts.
 
 {shared}
 
-- **without the proxy** (main stream only on both sides, both on decord): **{q['loader_no_proxy_vs_xpretrain_cpu']}x
-  less CPU per clip**, {q['loader_no_proxy_vs_xpretrain_clips_per_s']}x the clips/s (goal >= 2x: {goal_cpu} in CPU,
-  {goal} in clips/s);
-  with the loader's PyAV backend {q['loader_no_proxy_pyav_vs_xpretrain_clips_per_s']}x the clips/s and
-  {q['loader_no_proxy_pyav_vs_xpretrain_cpu']}x less CPU per clip
+- **without the proxy** (main stream only on both sides): the loader uses
+  **{q['loader_no_proxy_vs_xpretrain_cpu']}x less CPU per clip on decord** (the baseline's decoder) and
+  **{q['loader_no_proxy_pyav_vs_xpretrain_cpu']}x on its PyAV backend** (goal >= 2x: {goal_cpu});
+  clips/s ratios {q['loader_no_proxy_vs_xpretrain_clips_per_s']}x and
+  {q['loader_no_proxy_pyav_vs_xpretrain_clips_per_s']}x
 - **with the 180p proxy**: **{q['loader_vs_xpretrain_cpu']}x less CPU per clip**,
   {q['loader_vs_xpretrain_clips_per_s']}x the clips/s; the proxy alone is {q['proxy_speedup_clips_per_s']}x
   ({q['proxy_speedup_cpu']}x in CPU)
@@ -445,10 +450,11 @@ does; the loader has the decoder scale while it converts.
 A clip is 14 delivered frames. **CPU cores per GPU**: the paper-size model (stage 1, bf16, batch 64) trains at
 about {res['h200_clips_per_s']['eager']:.0f} clips/s eager and {res['h200_clips_per_s']['compile']:.0f} clips/s
 with torch.compile on one NVIDIA H200 (measured in an earlier GPU session of this project, not by this script);
-cores per GPU = those clips/s x CPU-seconds per clip. With the proxy the loader needs about
-**{best['cores_per_gpu']['eager']:.0f}-{best['cores_per_gpu']['compile']:.0f} cores of this CPU per H200**;
-without it {r['loader_no_proxy_2w']['cores_per_gpu']['eager']:.0f}-{r['loader_no_proxy_2w']['cores_per_gpu']['compile']:.0f};
-the XPretrain-style path {x_cores(r)}.
+cores per GPU = those clips/s x CPU-seconds per clip. Feeding one H200 at the paper configuration takes about
+**{cores_range(r['loader_pyav_2w'])} cores of this CPU** with the proxy on PyAV,
+{cores_range(r['loader_2w'])} with the proxy on decord (the default backend),
+{cores_range(r['loader_no_proxy_pyav_2w'])} / {cores_range(r['loader_no_proxy_2w'])} without the proxy (PyAV / decord),
+and {cores_range(x)} on the XPretrain-style path.
 
 ## Reference (not a limit)
 
@@ -477,11 +483,16 @@ glibc's mmap threshold in its workers (`data_tools/loading/pipeline.py`), the fi
 by 39-60% over 1000 samples from heap fragmentation by multi-MB frame buffers. RSS counts the pages that the worker and its
 watchdog share with the parent (torch and friends, inherited by fork) once per process; PSS splits shared
 pages among their users and is the better estimate of what each worker really adds.
+
+An earlier version of this page called the ffmpeg figure a "full-decode limit", headlined 4.79x against an
+XPretrain-style path that resized with torch bicubic antialias (about 120 ms per clip) and 1.99x without the
+proxy, in clips/s on idle cores with only the last batch checked. The baseline now resizes with cv2 like the
+reference code, the comparison is reported in CPU-seconds as well, and the proxy's storage cost sits beside it.
 """
 
 
-def x_cores(r: dict) -> str:
-    c = r["xpretrain_style_2w"]["cores_per_gpu"]
+def cores_range(run: dict) -> str:
+    c = run["cores_per_gpu"]
     return f"{c['eager']:.0f}-{c['compile']:.0f}"
 
 
