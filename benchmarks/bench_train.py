@@ -174,14 +174,20 @@ def main() -> None:
     parser.add_argument("--shards", default=None, help="train shards glob (default: demo shards built in --work)")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "hdvila-bench-train"))
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks"))
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch intra-op threads; 1 when other work shares the cores (see the page)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite train.md from train.json")
     args = parser.parse_args()
+    if args.render_only:
+        atomic_write_text(Path(args.out) / "train.md", render(json.loads((Path(args.out) / "train.json").read_text())))
+        return
     if BASELINE not in args.arms:
         args.arms.insert(0, BASELINE)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
     shards = args.shards or demo_shards(work)
     info = cpu_info()
-    results = {"machine": machine_line(), "cpu": info, "steps": args.steps,
+    results = {"machine": machine_line(), "cpu": info, "steps": args.steps, "threads": args.threads,
                "bf16_steps": args.bf16_steps or args.steps, "sizes": {}}
     for size in args.sizes:
         entry = {"runs": {}}
@@ -212,7 +218,7 @@ def render(res: dict) -> str:
         for arm, r in entry["runs"].items():
             label = arm
             if arm == "bf16":
-                label = "bf16 (AMX)" if amx else "bf16 (no AMX: emulated, the trainer warns)"
+                label = "bf16 (AMX)" if amx else "bf16 (no AMX; the trainer warns)"
             if "error" in r:
                 lines.append(f"| {size} | {label} | failed: {r['error']} | | | | | | | |")
             else:
@@ -229,12 +235,45 @@ def render(res: dict) -> str:
     bf16_line = "; ".join(f"{size}: {a:.2f}x the baseline's samples/s, {c:.2f}x its CPU efficiency" if a and c
                           else f"{size}: not measured" for size, a, c in bf16)
     bf16_line = "measured here, " + bf16_line if bf16 else "not measured"
+    faster = [a for _, a, _ in bf16 if a]
+    if amx:
+        bf16_note = "The CPU has AMX bf16 tiles."
+    elif faster and min(faster) > 1.0:
+        bf16_note = ("So on this CPU, without AMX, bf16 autocast was not slower. Another CPU with avx512_bf16 and no AMX "
+                     "ran the same step about 13x slower than fp32 (issue 15): the flags alone do not predict the "
+                     "outcome. The trainer warns whenever a config asks for bf16 on a CPU without amx_bf16 and says "
+                     "to measure; the shipped CPU configs stay fp32.")
+    else:
+        bf16_note = ("Without AMX tiles bf16 matrix products have no fast path here; another CPU with avx512_bf16 "
+                     "and no AMX ran the same step about 13x slower than fp32 (issue 15). The trainer warns whenever "
+                     "a config asks for bf16 on a CPU without amx_bf16; the shipped CPU configs stay fp32.")
+    threads = res.get("threads", 2)
+
+    def verdict(vs: dict) -> str:
+        parts = []
+        for name, test in (("faster than the baseline", lambda v: v >= 1.05), ("slower", lambda v: v <= 0.95),
+                           ("within 5%", lambda v: 0.95 < v < 1.05)):
+            arms = [f"{a} {v:.2f}x" for a, v in vs.items() if a != BASELINE and test(v)]
+            if arms:
+                parts.append(f"{name}: {', '.join(arms)}")
+        return "; ".join(parts)
+
+    compile_s = max((e["runs"].get("compile", {}).get("wall_s", 0) - e["runs"][BASELINE]["wall_s"]
+                     for e in res["sizes"].values()), default=0)
+    compile_s = f"{compile_s:.0f}" if compile_s else "?"
+    reading = "\n".join(f"- {size}: {verdict(e['vs_baseline'])}" for size, e in res["sizes"].items())
+    threads_line = f"torch intra-op threads: {threads}."
+    if threads == 1:
+        threads_line += (" With other jobs on the cores, 2 OpenMP threads stall at every barrier while one of them "
+                         "is descheduled (a first attempt at load 5-6 ran tiny at 1.6 samples/s, against 33 on the earlier "
+                         "page's idle 2-core Xeon), "
+                         "so these runs use 1: they compare the arms with each other, not this CPU's best speed.")
     return f"""# Training throughput on CPU: one factor at a time
 
-Command: `python benchmarks/bench_train.py --steps {res['steps']} --bf16-steps {res['bf16_steps']}`
+Command: `python benchmarks/bench_train.py --steps {res['steps']} --bf16-steps {res['bf16_steps']} --threads {res.get('threads', 2)}`
 (builds the demo's train shards under --work unless --shards is given; writes this page and `train.json`).
 Machine: {res['machine']}; no GPU, so no MFU figure for base/paper here. Runs may share the 2 cores with
-other work: the 1-minute load average at the start and end of each run is in the table.
+other work: the 1-minute load average at the start and end of each run is in the table. {threads_line}
 
 Baseline = the shipped `pretrain/<size>` config: fp32, channels_last activations, 2 DataLoader workers, no
 compile. Every other arm changes exactly one of these and is compared with the baseline. Each arm runs
@@ -249,12 +288,21 @@ and its DataLoader workers over the same windows; when other work shares the cor
 
 {flops}
 
+Reading, in samples/s against the baseline (one factor changed per arm):
+
+{reading}
+
+Logged windows within one run vary by a few percent for small and by tens of percent for tiny's ~0.1 s
+steps on shared cores, so differences under ~10% are not established. The
+bf16 arm ran fewer steps ({res['bf16_steps']}) because a CPU without AMX may be very slow at it, so its final
+loss is not comparable; compile's first window (about {compile_s} s of compilation on the shared cores) is
+excluded from its samples/s but not from its wall time.
+
 Arms: workers=0 decodes in the training process; NCHW turns channels_last off; bf16 = bf16 autocast with
 DeepSpeed's bf16 weights; compile = torch.compile via DeepSpeed's engine.compile(). All arms use PyTorch's
 fused scaled-dot-product attention.
 
-bf16 on this CPU ({isa_line(res['cpu'])}): {bf16_line}. {"The CPU has AMX bf16 tiles." if amx else
-"Without AMX, bf16 matrix products have no fast hardware path (avx512_bf16 converts and takes dot products only); an earlier session measured the same step about 13x slower than fp32 on such a CPU. The trainer now logs a warning when a config asks for bf16 on a CPU without amx_bf16, and no shipped CPU config uses it."}
+bf16 on this CPU ({isa_line(res['cpu'])}): {bf16_line}. {bf16_note}
 An earlier version of this page reported "tuned vs naive 1.61x" on a different 2-core Xeon; that figure changed
 precision, memory layout and workers at once, against 0 workers, and is withdrawn.
 """

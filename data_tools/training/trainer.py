@@ -159,10 +159,10 @@ def build_deepspeed_config(cfg: TrainConfig, device: torch.device) -> dict[str, 
     if cfg.precision == "fp16" and device.type == "cpu":
         raise ValueError("precision fp16 needs a GPU; use bf16 or fp32 on CPU")
     if cfg.precision == "bf16" and device.type == "cpu" and not cpu_features.has_amx_bf16():
-        # measured: bf16 autocast ran the same step ~13x slower than fp32 on a CPU with avx512_bf16, no AMX
+        # without AMX, bf16 speed depends on the CPU: one with avx512_bf16 ran a step ~13x slower than fp32
         log.warning("precision bf16 on a CPU without AMX (no amx_bf16 in /proc/cpuinfo flags): bf16 matrix "
-                    "products are emulated and a step can be an order of magnitude slower than fp32; "
-                    "use train.precision=fp32 on this machine")
+                    "products have no AMX tiles here and a step can be many times slower than fp32 (~13x on "
+                    "one CPU with avx512_bf16); measure it (benchmarks/bench_train.py) or use train.precision=fp32")
     ds.pop("train_batch_size", None)  # DeepSpeed derives it from the two below and the world size
     ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
     ds["gradient_accumulation_steps"] = cfg.grad_accum
