@@ -26,11 +26,14 @@ ARMS: dict[str, list[str]] = {
     "baseline": [],
     "minilm": ["model=hdvila-small-minilm", "data.tokenizer=packaged:all-minilm-l6-v2"],
     "temporal": ["data.sample_rate=8"],
+    "temporal12": ["data.sample_rate=12"],
     "steps450": ["train.max_steps=450", "train.val_every=150", "train.save_every=150"],
     "lr6e-4": ["optim.lr=6.0e-4"],
     "temperature0.1": ["model_overrides.temperature=0.1"],
     # with --demo pointing at a corpus synthesized with train_design=factorial: group-mates share batches
     "factorial": ["data.shuffle_buffer=16"],
+    "temporal+steps450": ["data.sample_rate=8", "train.max_steps=450", "train.val_every=150", "train.save_every=150"],
+    "temporal+minilm": ["data.sample_rate=8", "model=hdvila-small-minilm", "data.tokenizer=packaged:all-minilm-l6-v2"],
 }
 
 
@@ -70,6 +73,19 @@ def score_on_val(run: Path, demo: Path, rate: int) -> dict:
     return report
 
 
+def render(results: dict) -> str:
+    """The levers table (validation split) for docs/results/pretrain.md."""
+    lines = ["| arm | change from the demo recipe | val R@1 | R@5 | MnR | strongest motion-blind oracle R@1 | "
+             "wrong top-1 differing in shape / colour / motion / background |", "|---|---|---|---|---|---|---|"]
+    for name, arm in results["arms"].items():
+        m, e = arm["model"], arm["errors"]["differs_in"]
+        change = ", ".join(f"`{o}`" for o in arm["overrides"]) or "-"
+        lines.append(f"| {name} | {change} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['MnR']:.2f} | "
+                     f"{arm['motion_blind']['R@1']:.1f} | {e['shape']} / {e['colour']} / {e['motion']} / "
+                     f"{e['background']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     from common import machine_line
 
@@ -79,25 +95,32 @@ def main() -> None:
     parser.add_argument("--demo", default="runs/demo")
     parser.add_argument("--out", default="runs/levers")
     parser.add_argument("--arms", nargs="+", default=["baseline", "minilm", "temporal"], choices=sorted(ARMS))
+    parser.add_argument("--seed", type=int, default=None, help="train.seed of every arm (default: the recipe's)")
     parser.add_argument("--reuse", nargs="*", default=[], help="ARM=RUN_DIR: an arm trained already")
     parser.add_argument("--result", default="docs/results/demo_levers.json")
+    parser.add_argument("--render", action="store_true", help="print the table of --result and exit")
     args = parser.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.result).read_text())))
+        return
     demo, out = Path(args.demo), Path(args.out)
     reuse = dict(item.split("=", 1) for item in args.reuse)
     result_path = Path(args.result)
     results = json.loads(result_path.read_text()) if result_path.exists() else {"arms": {}}
     for name in args.arms:
         started = time.time()
-        run = Path(reuse[name]) if name in reuse else train_arm(name, ARMS[name], demo, out)
+        overrides = ARMS[name] + ([f"train.seed={args.seed}"] if args.seed is not None else [])
+        label = name if args.seed is None else f"{name}-seed{args.seed}"
+        run = Path(reuse[name]) if name in reuse else train_arm(label, overrides, demo, out)
         report = score_on_val(run, demo, sample_rate(ARMS[name]))
         oracles = {o["name"]: o["R@1"] for o in report["oracles"]}
-        results["arms"][name] = {
-            "overrides": ARMS[name], "run": str(run), "split": "val", "clips": report["clips"],
+        results["arms"][label] = {
+            "overrides": overrides, "run": str(run), "split": "val", "clips": report["clips"],
             "model": report["model"], "motion_blind": report["motion-blind"], "errors": report["errors"],
             "chance_R@1": oracles["chance"], "oracles_R@1": oracles,
             "minutes": round((time.time() - started) / 60, 1),
         }
-        print(f"{name:>15}: val R@1 {report['model']['R@1']:.1f} R@5 {report['model']['R@5']:.1f} | strongest "
+        print(f"{label:>15}: val R@1 {report['model']['R@1']:.1f} R@5 {report['model']['R@5']:.1f} | strongest "
               f"motion-blind oracle {report['motion-blind']['R@1']:.1f} ({report['motion-blind']['strongest']}) | "
               f"wrong top-1 by attribute {report['errors']['differs_in']}", flush=True)
     results["machine"] = machine_line()

@@ -18,7 +18,7 @@ def test_packaged_names_resolve_to_local_folders_and_paths_pass_through(tmp_path
         resolve_model_folder("packaged:all-minilm-l7")
 
 
-def test_minilm_text_tower_and_tokenizer_load_from_the_package():
+def test_minilm_text_tower_and_tokenizer_load_from_the_package(tmp_path):
     from safetensors.torch import load_file
 
     import hdvila  # noqa: F401 - registers the model configs
@@ -35,3 +35,12 @@ def test_minilm_text_tower_and_tokenizer_load_from_the_package():
     assert torch.equal(model.text.embeddings.word_embeddings.weight, weights[key])
     last = next(k for k in weights if k.endswith("encoder.layer.5.attention.self.query.weight"))
     assert torch.equal(model.cross.layers[0].attention.self.query.weight, weights[last])
+
+    # exported with its packaged tokenizer: the tokenizer's own files travel, not the package's weights
+    from hdvila.models import HDVILA
+
+    model.save_pretrained(tmp_path / "export", tokenizer="packaged:all-minilm-l6-v2")
+    assert sorted(p.name for p in (tmp_path / "export" / "tokenizer").iterdir()) == ["tokenizer.json", "vocab.txt"]
+    again = load_tokenizer(tmp_path / "export" / "tokenizer")
+    assert again(["A red circle moves to the left."], max_len=16)["input_ids"][0].tolist() == ids.tolist()
+    assert HDVILA.from_pretrained(tmp_path / "export").config.text.init_from == "packaged:all-minilm-l6-v2"

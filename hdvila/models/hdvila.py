@@ -281,12 +281,13 @@ class HDVILA(PretrainedMixin, nn.Module):
 
         files: dict[str, ExtraFile] = dict(extra_files or {})
         if tokenizer is not False:
-            tokenizer_dir = Path(DEFAULT_TOKENIZER_DIR if tokenizer in (None, True) else tokenizer)
-            vocab = load_tokenizer(tokenizer_dir).vocab_size
-            if vocab != self.config.text.vocab_size:
-                raise ValueError(f"tokenizer {tokenizer_dir} has {vocab} tokens, the model {self.config.text.vocab_size}; "
-                                 "pass the model's tokenizer folder (or tokenizer=False)")
-            files[TOKENIZER_DIR] = tokenizer_dir
+            source = DEFAULT_TOKENIZER_DIR if tokenizer in (None, True) else tokenizer
+            loaded = load_tokenizer(source)
+            if loaded.vocab_size != self.config.text.vocab_size:
+                raise ValueError(f"tokenizer {source} has {loaded.vocab_size} tokens, the model "
+                                 f"{self.config.text.vocab_size}; pass the model's tokenizer folder (or tokenizer=False)")
+            # the tokenizer's own files only (tokenizer.json, vocab.txt), never what sits beside them (weights)
+            files[TOKENIZER_DIR] = loaded.save
         return super().save_pretrained(directory, meta=meta, extra_files=files, dtype=dtype)
 
 
