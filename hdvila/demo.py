@@ -70,7 +70,7 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
     cfg = load_config(BuildConfig, None, ["workers=2", "sentences.min_duration=2.0", "shards.samples_per_shard=16"])
     train = build_shards([str(synth_dir / "train"), str(real_dir)], out / "shards" / "train", cfg, progress)
     heldout = build_shards([str(synth_dir / "heldout")], out / "shards" / "heldout", cfg, progress)
-    build_shards([str(synth_dir / "val")], out / "shards" / "val", cfg, progress)
+    val = build_shards([str(synth_dir / "val")], out / "shards" / "val", cfg, progress)
 
     print("[3/6] inspecting the shards")
     summary = summarize_shards(train_glob, sheet_path=out / "contact_sheet.png", progress=progress)
@@ -115,7 +115,8 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
     chance = results["chance"]["t2v"]
     print()
     print(f"train shards:    {train['clips_written']} clips from {train['videos_ok']} videos "
-          f"({train['problems']} problems); held-out: {heldout['clips_written']} clips")
+          f"({train['problems']} problems); validation: {val['clips_written']} clips; test: "
+          f"{heldout['clips_written']} clips")
     print(f"durations (s):   {json.dumps(summary['duration_s'])}")
     print(f"pretraining:     {pre_cfg.train.max_steps} steps of batch {pre_cfg.train.batch_size} in "
           f"{pretrain_seconds / 60:.1f} min")
@@ -136,7 +137,7 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
     print()
     print(f"run folder:      {out}")
     print(f"  pretrain/      config.yaml, metrics.jsonl, tensorboard/, checkpoints/, pretrained/ (exported model)")
-    print(f"  plots/         {Path(curves).name if curves else '-'} (loss and held-out recall over steps)")
+    print(f"  plots/         {Path(curves).name if curves else '-'} (loss and validation recall over steps)")
     print(f"  retrieval/     results.json (with the oracles), results.md, composition.md, recall_at_k.png")
     print(f"  index/         FAISS index of the test clips (hdvila retrieval search --index {index_dir} ...)")
     print(f"  contact_sheet.png")
