@@ -159,9 +159,11 @@ def shutdown_distributed() -> None:
     """Leave the process group together: every rank waits for the others, then tears its groups down.
 
     Left to interpreter exit, a rank whose peer has already gone can abort in gloo's C++ teardown
-    ("terminate called without an active exception"), which fails a job that finished its work.
+    ("terminate called without an active exception"), which fails a job that finished its work. A world of
+    one has no peer to wait for and keeps its group: DeepSpeed caches it, and a later run in the same process
+    (a test, a notebook) reuses it.
     """
-    if not dist.is_initialized():
+    if not dist.is_initialized() or dist.get_world_size() == 1:
         return
     barrier()
     dist.destroy_process_group()
