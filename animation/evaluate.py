@@ -65,8 +65,13 @@ def make_eval_set(size: int, faces: int = 8, *, identities: int = 500, test_frac
     """Faces drawn from the held-out side of `identity_split(identities, test_fraction, identity_seed)` (the
     animator's data config uses the same arguments), sentences from `split`'s phrasings."""
     _, test_ids = identity_split(identities, test_fraction, identity_seed)
-    rng = np.random.default_rng(seed)
-    factors = sample_factors(faces, rng, identities=test_ids)
+    return eval_set_from_identities(test_ids, size, faces, np.random.default_rng(seed), split)
+
+
+def eval_set_from_identities(identity_pool: np.ndarray, size: int, faces: int, rng: np.random.Generator,
+                             split: str = "test") -> EvalSet:
+    """`faces` faces drawn from `identity_pool`, each with every action, phrased from `split`'s sentences."""
+    factors = sample_factors(faces, rng, identities=identity_pool)
     by_action: dict[str, list[str]] = {a.name: [] for a in ACTIONS}
     for name, sentence in action_sentences(split):
         by_action[name].append(sentence)

@@ -86,9 +86,8 @@ def validation_eval_set(cfg, resolution: int, faces: int, seed: int = 1, sentenc
     a choice tuned here has seen the test phrasings but not the test faces."""
     import numpy as np
 
-    from animation.evaluate import EvalSet, animator_eval_set
-    from animation.faces import ACTIONS, IDENTITY_FACTORS, action_sentences, face_tensors, identity_split, \
-        sample_factors
+    from animation.evaluate import animator_eval_set, eval_set_from_identities
+    from animation.faces import IDENTITY_FACTORS, identity_split
 
     test = animator_eval_set(cfg, resolution, faces, seed, sentences)
     _, held = identity_split(cfg.data.identities, cfg.data.test_fraction, cfg.data.seed)
@@ -96,14 +95,7 @@ def validation_eval_set(cfg, resolution: int, faces: int, seed: int = 1, sentenc
     pool = np.array([row for row in held if tuple(np.round(row[:len(IDENTITY_FACTORS)], 6)) not in used])
     if len(pool) == 0:
         raise ValueError("no held-out identity is left for validation")
-    rng = np.random.default_rng(seed + 10_007)
-    factors = sample_factors(faces, rng, identities=pool)
-    by_action: dict[str, list[str]] = {a.name: [] for a in ACTIONS}
-    for name, sentence in action_sentences(sentences):
-        by_action[name].append(sentence)
-    actions = [a.name for _ in range(faces) for a in ACTIONS]
-    phrased = [by_action[name][int(rng.integers(len(by_action[name])))] for name in actions]
-    return EvalSet(factors, face_tensors(factors, resolution), actions, phrased)
+    return eval_set_from_identities(pool, resolution, faces, np.random.default_rng(seed + 10_007), sentences)
 
 
 def evaluate_split(model: Path, text_encoder, faces: int, split: str, sentences: str = "test",
