@@ -70,16 +70,35 @@ def score_on_val(run: Path, demo: Path, rate: int) -> dict:
     return report
 
 
+def seed_summary(results: dict, arms: tuple[str, str] = ("sr4", "sr8")) -> dict:
+    """Val R@1 of two arms over every seed run (the arm itself is train.seed 0): mean, sample std, Welch test."""
+    from diffusion_stats import mean_std, welch
+
+    values = {arm: [v["model"]["R@1"] for k, v in results["arms"].items() if k == arm or k.startswith(f"{arm}-seed")]
+              for arm in arms}
+    out = {arm: {"R@1": vals, "mean_std": mean_std(vals)} for arm, vals in values.items()}
+    out["welch"] = welch(values[arms[1]], values[arms[0]])
+    return out
+
+
 def render(results: dict) -> str:
     """The levers table (validation split) for docs/results/pretrain.md."""
     lines = ["| arm | change from the demo recipe | val R@1 | R@5 | MnR | strongest motion-blind oracle R@1 | "
              "wrong top-1 differing in shape / colour / motion / background |", "|---|---|---|---|---|---|---|"]
     for name, arm in results["arms"].items():
+        if "-seed" in name:
+            continue
         m, e = arm["model"], arm["errors"]["differs_in"]
         change = ", ".join(f"`{o}`" for o in arm["overrides"]) or "-"
         lines.append(f"| {name} | {change} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['MnR']:.2f} | "
                      f"{arm['motion_blind']['R@1']:.1f} | {e['shape']} / {e['colour']} / {e['motion']} / "
                      f"{e['background']} |")
+    if "seeds" in results:
+        seeds = results["seeds"]
+        parts = [f"{arm}: {', '.join(f'{v:.1f}' for v in seeds[arm]['R@1'])} (mean {seeds[arm]['mean_std'][0]:.1f}, "
+                 f"sd {seeds[arm]['mean_std'][1]:.1f})" for arm in seeds if arm != "welch"]
+        w = seeds["welch"] or {}
+        lines += ["", f"Seeds 0, 1, 2, val R@1: {'; '.join(parts)}; Welch t-test p = {w.get('p', float('nan')):.2g}."]
     return "\n".join(lines)
 
 
@@ -120,6 +139,8 @@ def main() -> None:
         print(f"{label:>15}: val R@1 {report['model']['R@1']:.1f} R@5 {report['model']['R@5']:.1f} | strongest "
               f"motion-blind oracle {report['motion-blind']['R@1']:.1f} ({report['motion-blind']['strongest']}) | "
               f"wrong top-1 by attribute {report['errors']['differs_in']}", flush=True)
+    if any(k.startswith("sr4-seed") for k in results["arms"]) and any(k.startswith("sr8-seed") for k in results["arms"]):
+        results["seeds"] = seed_summary(results)
     results["machine"] = machine_line()
     result_path.parent.mkdir(parents=True, exist_ok=True)
     from data_tools.files import atomic_write_json

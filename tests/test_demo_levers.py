@@ -1,0 +1,48 @@
+"""The helpers behind docs/results/demo_levers.json (benchmarks/demo_levers.py)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load():
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("demo_levers", BENCH / "demo_levers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _arm(r1: float, overrides=()) -> dict:
+    return {"overrides": list(overrides), "model": {"R@1": r1, "R@5": 90.0, "MnR": 2.5},
+            "motion_blind": {"R@1": 41.7}, "errors": {"differs_in": {"shape": 1, "colour": 0, "motion": 2,
+                                                                      "background": 0}}}
+
+
+def test_sample_rate_follows_the_arm_overrides():
+    levers = _load()
+    assert levers.sample_rate(levers.ARMS["sr4"]) == 4
+    assert levers.sample_rate(levers.ARMS["sr12"]) == 12
+    assert levers.sample_rate(levers.ARMS["sr8"]) == 8  # the shipped recipe's value
+
+
+def test_seed_summary_and_render():
+    levers = _load()
+    results = {"arms": {"sr4": _arm(27.1, ["data.sample_rate=4"]), "sr8": _arm(33.3),
+                        "sr4-seed1": _arm(20.8), "sr4-seed2": _arm(20.8), "sr8-seed1": _arm(35.4),
+                        "sr8-seed2": _arm(31.2)}}
+    seeds = levers.seed_summary(results)
+    assert seeds["sr4"]["R@1"] == [27.1, 20.8, 20.8] and seeds["sr8"]["R@1"] == [33.3, 35.4, 31.2]
+    mean, sd = seeds["sr8"]["mean_std"]
+    assert mean == pytest.approx(33.3) and sd == pytest.approx(2.1, abs=1e-9)
+    assert 0 < seeds["welch"]["p"] < 0.05 and seeds["welch"]["t"] > 0  # sr8 is the first sample
+    results["seeds"] = seeds
+    table = levers.render(results)
+    assert "| sr4 | `data.sample_rate=4` | 27.1 |" in table and "sr8-seed1 |" not in table
+    assert "Welch t-test p =" in table
