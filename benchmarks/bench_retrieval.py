@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine_line
+from common import load_average, machine_line
 from data_tools.files import atomic_write_json, atomic_write_text
 from data_tools.training.metrics import save_figure
 from hdvila.retrieval.index import IndexParams, build_index, default_nlist, search, set_search_params
@@ -414,11 +414,6 @@ def fastest_at_target(entry: dict) -> dict | None:
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
-
-
-def load_average() -> float:
-    """1-minute load average: how busy the shared machine was (this benchmark adds up to --threads)."""
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 class LoadSampler:
