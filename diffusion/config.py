@@ -53,7 +53,7 @@ class WeightingConfig:
 
 @dataclass
 class SamplerConfig:
-    name: str = "ddim"  # a registered sampler: ddim | euler | heun
+    name: str = "ddim"  # a registered sampler: ddim | euler | heun | euler_ancestral
     steps: int = 50
     grid: str = "cosine"  # cosine | linear | schedule (quantiles of the training density)
     logsnr_min: float = -10.0

@@ -1,5 +1,6 @@
-"""Samplers for the VP process in logSNR λ (see `diffusion.process`): DDIM (any η), and the probability-flow ODE
-integrated with Euler or Heun; sampling grids in λ; classifier-free guidance.
+"""Samplers for the VP process in logSNR λ (see `diffusion.process`): DDIM (any η), Euler-ancestral (k-diffusion's
+`sample_euler_ancestral`), and the probability-flow ODE integrated with Euler or Heun; sampling grids in λ;
+classifier-free guidance.
 
 A model function is `model_fn(x_t [B, ...], logsnr [B], cond) -> prediction of target` (cond: None or class
 labels, passed through untouched). Every sampler walks an increasing grid λ_0 < ... < λ_N (noise → clean) and
@@ -15,6 +16,12 @@ Derivations (α, σ at λ; α', σ' at the next, larger λ'):
   y = x0 + ρ ε, and the PF-ODE is dy/dρ = ε_hat(x, λ) (the "DDIM ODE"). An Euler step in ρ,
   y' = y + (ρ' − ρ) ε_hat, is x' = α' x0_hat + σ' ε_hat: exactly deterministic DDIM. Heun averages ε_hat at
   both ends of the step, which is second order in the step size.
+* Euler-ancestral (k-diffusion; InstructDiffusion samples with it). In the same variables, k-diffusion's σ is
+  ρ, and a step ρ → ρ' splits ρ' into ρ_up = min(ρ', η ρ' sqrt(1 − ρ'²/ρ²)) of fresh noise and
+  ρ_down = sqrt(ρ'² − ρ_up²), taking y' = y + (ρ_down − ρ) eps_hat + ρ_up z. With y = x0_hat + ρ eps_hat
+  and α' ρ' = σ', ρ'²/ρ² = e^{λ−λ'}, this is x' = α' x0_hat + sqrt(σ'² − s²) eps_hat + s z with
+  s = min(σ', η σ' sqrt(1 − e^{λ−λ'})): DDIM's step exactly, with the fresh noise capped at σ' (which binds
+  only for η > 1, where DDIM's deterministic part would vanish and its noise overshoot σ').
 
 The grid is chosen at sampling time, independently of the schedule the model was trained with (`logsnr_grid`).
 """
@@ -132,6 +139,12 @@ def ddim_noise_scale(logsnr: float, logsnr_next: float, eta: float) -> float:
     return eta * sigma_next * math.sqrt(-math.expm1(logsnr - logsnr_next))  # expm1: accurate for small steps
 
 
+def euler_ancestral_noise_scale(logsnr: float, logsnr_next: float, eta: float) -> float:
+    """Euler-ancestral's fresh-noise scale for a step λ → λ': α' ρ_up = min(σ', η σ' sqrt(1 − e^{λ−λ'}))."""
+    _, sigma_next = _coefficients(logsnr_next)
+    return min(sigma_next, ddim_noise_scale(logsnr, logsnr_next, eta))
+
+
 def _randn(shape: Sequence[int], generator: Optional[torch.Generator], device, dtype: torch.dtype) -> torch.Tensor:
     # drawn on the generator's device and then moved, so a seed gives the same samples on CPU and GPU
     gen_device = generator.device if generator is not None else device
@@ -188,16 +201,40 @@ def ddim_sample(model_fn: ModelFn, shape: Sequence[int], grid: torch.Tensor | Se
     Returns the x0 prediction at the last grid point (clipped to clip_x0 = (lo, hi) if given; clipping is also
     applied to every intermediate x0 estimate).
     """
+    return _ancestral_sample(model_fn, shape, grid, target, eta, ddim_noise_scale, "ddim", generator, cond, x_init,
+                             clip_x0, device, progress)
+
+
+@torch.no_grad()
+def euler_ancestral_sample(model_fn: ModelFn, shape: Sequence[int], grid: torch.Tensor | Sequence[float],
+                           target: str, eta: float = 1.0, generator: Optional[torch.Generator] = None,
+                           cond: Any = None, x_init: Optional[torch.Tensor] = None,
+                           clip_x0: Optional[tuple[float, float]] = None, device: str | torch.device = "cpu",
+                           progress: bool = False) -> torch.Tensor:
+    """k-diffusion's Euler-ancestral over an increasing logsnr grid (eta = 1 its default, 0 plain Euler).
+
+    Step λ → λ':  x' = α' x0_hat + sqrt(σ'² − s²) eps_hat + s z,  s = min(σ', η σ' sqrt(1 − e^{λ−λ'})): for
+    η ≤ 1 the same numbers as DDIM(η) (module docstring); the last grid point jumps to the x0 prediction, as
+    k-diffusion's final step to σ = 0 does.
+    """
+    return _ancestral_sample(model_fn, shape, grid, target, eta, euler_ancestral_noise_scale, "euler_ancestral",
+                             generator, cond, x_init, clip_x0, device, progress)
+
+
+def _ancestral_sample(model_fn: ModelFn, shape, grid, target: str, eta: float,
+                      noise_scale: Callable[[float, float, float], float], name: str, generator, cond, x_init,
+                      clip_x0, device, progress: bool) -> torch.Tensor:
+    """x' = α' x0_hat + sqrt(σ'² − s²) eps_hat + s z over the grid, s = noise_scale(λ, λ', η)."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     lams = _as_grid(grid)
     denoise = _denoiser(model_fn, target, cond, clip_x0)
     x = _start(shape, generator, x_init, device)
-    for i in progress_range(len(lams) - 1, progress, "ddim"):
+    for i in progress_range(len(lams) - 1, progress, name):
         lam, lam_next = lams[i], lams[i + 1]
         x0, eps = denoise(x, lam)
         alpha_next, sigma_next = _coefficients(lam_next)
-        s = ddim_noise_scale(lam, lam_next, eta)
+        s = noise_scale(lam, lam_next, eta)
         x = alpha_next * x0 + math.sqrt(max(sigma_next ** 2 - s ** 2, 0.0)) * eps
         if s > 0:
             x = x + s * _randn(x.shape, generator, x.device, x.dtype)
@@ -310,3 +347,5 @@ SAMPLERS: Registry[Sampler] = Registry("sampler")
 SAMPLERS.register("ddim", Sampler(ddim_sample, stochastic=True, description="DDIM, any eta (1 = DDPM posterior)"))
 SAMPLERS.register("euler", Sampler(euler_sample, description="Euler on the PF-ODE (= DDIM, eta 0)"))
 SAMPLERS.register("heun", Sampler(heun_sample, description="Heun on the PF-ODE, 2N + 1 calls"))
+SAMPLERS.register("euler_ancestral", Sampler(euler_ancestral_sample, stochastic=True,
+                                             description="Euler-ancestral (k-diffusion; eta 1 ancestral, 0 Euler)"))

@@ -27,7 +27,7 @@ TINY = dict(width=32, depth=1, heads=2)
 
 def test_registries_list_names_and_suggest_the_closest():
     assert list_models() == DENOISERS.list() and "dit-digits" in list_models()
-    assert set(SAMPLERS) == {"ddim", "euler", "heun"}
+    assert set(SAMPLERS) == {"ddim", "euler", "heun", "euler_ancestral"}
     assert {"cosine", "laplace", "mixture"} <= set(SCHEDULES)
     assert {"constant", "min_snr", "importance"} <= set(WEIGHTINGS)
     cases = [(lambda: create_model("dit-digit"), "unknown diffusion model 'dit-digit' (did you mean 'dit-digits'?)"),

@@ -10,10 +10,11 @@ from diffusion.process import (
 )
 from diffusion.schedules import get_schedule
 from diffusion.samplers import (
-    cosine_logsnr, ddim_noise_scale, ddim_sample, euler_sample, guided, heun_sample, logsnr_grid,
+    SAMPLERS as SAMPLER_REGISTRY, cosine_logsnr, ddim_noise_scale, ddim_sample, euler_ancestral_noise_scale,
+    euler_ancestral_sample, euler_sample, guided, heun_sample, logsnr_grid,
 )
 
-SAMPLERS = {"ddim": ddim_sample, "euler": euler_sample, "heun": heun_sample}
+SAMPLERS = {"ddim": ddim_sample, "euler": euler_sample, "heun": heun_sample, "euler_ancestral": euler_ancestral_sample}
 
 
 def _data(b=64, d=5, seed=0):
@@ -194,7 +195,7 @@ def gaussian_flow_exact(x_start, grid, m, s):
 
 # ------------------------------------------------------------------------------------------------ samplers
 
-@pytest.mark.parametrize("name", ["ddim", "euler", "heun", "ddim_eta1"])
+@pytest.mark.parametrize("name", ["ddim", "euler", "heun", "ddim_eta1", "euler_ancestral"])
 @pytest.mark.parametrize("target", TARGETS)
 def test_exact_point_predictor_reproduces_the_data_point(name, target):
     x_star = torch.tensor([[0.7, -0.3, 0.1, 0.9]])
@@ -269,6 +270,51 @@ def test_ddim_eta1_step_is_the_posterior():
     resid = x_next - mean
     assert resid.mean().abs().item() < 0.01
     assert resid.var().item() == pytest.approx(var.item(), rel=0.02)
+
+
+def test_euler_ancestral_step_is_k_diffusions_in_its_sigma_variables():
+    # k-diffusion works on y = x/α with σ_k = ρ = e^{−λ/2}: one step σ → σ' with d = (y − x0_hat)/σ,
+    # σ_up = min(σ', η sqrt(σ'²(σ² − σ'²)/σ²)), σ_down = sqrt(σ'² − σ_up²), y' = y + d (σ_down − σ) + σ_up z
+    lam, lam_next, x0v = -2.0, 0.5, 0.3
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for eta in (0.5, 1.0, 3.0):
+        states = []
+
+        def recording(xt, logsnr, cond):  # an x0-model; records the x it is called at
+            states.append(xt.clone())
+            return torch.full_like(xt, x0v)
+
+        euler_ancestral_sample(recording, x.shape, [lam, lam_next], "x0", eta=eta, x_init=x,
+                               generator=torch.Generator().manual_seed(4))
+        # with x_init the sampler draws nothing for the start: the step's noise is the generator's first draw
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        (a, a1), _ = alpha_sigma(torch.tensor([lam, lam_next], dtype=torch.float64))
+        sig, sig1 = math.exp(-lam / 2), math.exp(-lam_next / 2)
+        up = min(sig1, eta * math.sqrt(sig1 ** 2 * (sig ** 2 - sig1 ** 2) / sig ** 2))
+        down = math.sqrt(sig1 ** 2 - up ** 2)
+        y = x / a
+        d = (y - x0v) / sig
+        expected = a1 * (y + d * (down - sig) + up * z)
+        torch.testing.assert_close(states[1], expected, rtol=1e-9, atol=1e-9)
+
+
+def test_euler_ancestral_is_ddim_up_to_eta_one_and_caps_its_noise_beyond():
+    model = gaussian_model(M, S, "v")
+    grid = logsnr_grid(12, "cosine")
+    for eta in (0.0, 0.4, 1.0):
+        a = euler_ancestral_sample(model, (64, 3), grid, "v", eta=eta, generator=torch.Generator().manual_seed(1))
+        b = ddim_sample(model, (64, 3), grid, "v", eta=eta, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(a, b)
+    torch.testing.assert_close(
+        euler_ancestral_sample(model, (8, 3), grid, "v", eta=0.0, generator=torch.Generator().manual_seed(2)),
+        euler_sample(model, (8, 3), grid, "v", generator=torch.Generator().manual_seed(2)), rtol=0, atol=1e-6)
+    for lam, lam_next in [(-3.0, -1.0), (2.0, 2.5)]:
+        _, sigma_next = alpha_sigma(torch.tensor(lam_next, dtype=torch.float64))
+        assert euler_ancestral_noise_scale(lam, lam_next, 1.0) == pytest.approx(ddim_noise_scale(lam, lam_next, 1.0))
+        assert ddim_noise_scale(lam, lam_next, 5.0) > float(sigma_next)  # DDIM overshoots σ' at large η
+        assert euler_ancestral_noise_scale(lam, lam_next, 5.0) == pytest.approx(float(sigma_next))
+    sampler = SAMPLER_REGISTRY.get("euler_ancestral")
+    assert sampler.stochastic and sampler.fn is euler_ancestral_sample
 
 
 M, S = 0.5, 0.3

@@ -65,7 +65,7 @@ def add_parser(subparsers) -> None:
                               "section; any run-config key may follow as dotted key=value, e.g. sampler.eta=0.5. "
                               "Both are validated like a config file.")
         dp.add_argument("--model", required=True, help="an exported model folder (<output_dir>/model)")
-        dp.add_argument("--sampler", default=None, help="a registered sampler: ddim, euler, heun")
+        dp.add_argument("--sampler", default=None, help="a registered sampler: ddim, euler, heun, euler_ancestral")
         dp.add_argument("--steps", type=int, default=None)
         dp.add_argument("--grid", default=None,
                         help="spacing of the logSNR grid: cosine, linear, or schedule (quantiles of the training "
