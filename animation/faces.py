@@ -262,6 +262,40 @@ def _render_chunk(f: np.ndarray, size: int) -> np.ndarray:
     return img
 
 
+FACE_LANDMARKS: tuple[str, ...] = ("left eye", "right eye", "left eyebrow", "right eyebrow", "nose", "mouth",
+                                   "left mouth corner", "right mouth corner", "chin")
+
+
+def face_landmarks(factors, size: int = 64) -> dict[str, np.ndarray]:
+    """Exact positions of the FACE_LANDMARKS, each float32 [N, 2] of (x, y) in pixels (pixel k spans [k, k + 1)),
+    derived from the drawing geometry of `_render_chunk`: eye centres, brow capsule midpoints, the nose blob's
+    centre, the middle of the mouth (between the lips when open), the mouth corners and the bottom of the face
+    outline. "Left" is the image's left, as for the eye factors."""
+    f = np.clip(as_factor_array(factors), _LO, _HI)
+    p = {name: f[:, i] for i, name in enumerate(FACTOR_NAMES)}
+    turn = p["head_turn"]
+    sq = 1 - 0.25 * np.abs(turn)  # features squash with the turn ...
+    fx = lambda xl: 0.2 * turn + xl * sq  # noqa: E731 - ... about a centre that shifts with it
+    b, s, o = p["brow_raise"], p["smile"], p["mouth_open"]
+    base = -0.27 - 0.07 * b
+    brow_y = base + 0.5 * (0.03 * np.maximum(-b, 0) + 0.01)  # midpoint of the inner and outer brow ends
+    mw = 0.17 + 0.04 * np.maximum(s, 0)
+    upper_mid, corner_y = 0.38 + 0.035 * s, 0.38 - 0.035 * s  # the lip parabola at x = 0 and at x = +-mw
+    points = {
+        "left eye": (fx(-0.21), np.full_like(turn, -0.07)),
+        "right eye": (fx(0.21), np.full_like(turn, -0.07)),
+        "left eyebrow": (fx(-0.205), brow_y),
+        "right eyebrow": (fx(0.205), brow_y),
+        "nose": (fx(0.1 * turn), np.full_like(turn, 0.14)),
+        "mouth": (fx(0.0), upper_mid + 0.07 * o),
+        "left mouth corner": (fx(-mw), corner_y),
+        "right mouth corner": (fx(mw), corner_y),
+        "chin": (0.07 * turn, np.full_like(turn, 0.05 + 0.70)),  # face centre y + half height
+    }
+    # normalised [-1, 1] -> pixels
+    return {name: ((np.stack([x, y], -1) + 1.0) * (size / 2.0)).astype(np.float32) for name, (x, y) in points.items()}
+
+
 def render_faces(factors, size: int = 64) -> np.ndarray:
     """Render faces to uint8 [N, size, size, 3]; `factors` as for `as_factor_array`."""
     f = np.clip(as_factor_array(factors), _LO, _HI)
