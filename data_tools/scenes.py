@@ -54,8 +54,8 @@ def _outline_crossing(shape: str, ux: float, uy: float) -> float:
 
 # Offsets of each part for a shape of radius 1; shape_distance is linear in the radius, so they scale with it.
 PART_OFFSETS: dict[str, dict[str, tuple[float, float]]] = {
-    shape: {"centre": (0.0, 0.0), **{part: (ux * _outline_crossing(shape, ux, uy), uy * _outline_crossing(shape, ux, uy))
-                                    for part, (ux, uy) in _DIRECTIONS.items()}}
+    shape: {"centre": (0.0, 0.0), **{part: (ux * t, uy * t) for part, (ux, uy) in _DIRECTIONS.items()
+                                    for t in [_outline_crossing(shape, ux, uy)]}}
     for shape in SHAPES
 }
 
@@ -85,7 +85,8 @@ class SceneObject:
 
     def keypoints(self) -> dict[str, tuple[float, float]]:
         """Part name -> (x, y) in pixels."""
-        return {part: (self.x + ox * self.r, self.y + oy * self.r) for part, (ox, oy) in PART_OFFSETS[self.shape].items()}
+        offsets = PART_OFFSETS[self.shape]
+        return {part: (self.x + ox * self.r, self.y + oy * self.r) for part, (ox, oy) in offsets.items()}
 
     def covers(self, x: float, y: float) -> bool:
         """Whether any of the object's ink reaches the point (coverage above zero there)."""

@@ -6,9 +6,11 @@ segment   Pixels that moved towards the mark colour: the output's displacement f
           moves half-way) and at least SEG_MIN_SHIFT levels, and the colour it implies for a half-way blend
           (2 * output - source) is nearer the requested mark colour than any other of the eight (so a blend
           towards another colour, or towards black when gray was asked, is no match). Pixels whose source is
-          within SEG_IGNORE_BELOW of the colour cannot show the blend and are left out of prediction and truth. Value: IoU with the true
-          mask. When the named object is absent the truth is empty: the value is 1 if at most
-          ABSENT_MAX_MOVED of the pixels moved, else 0 (extra "absent": 1).
+          within SEG_IGNORE_BELOW of the colour cannot show the blend and are left out of prediction and truth
+          (white on the white background, gray on grey stripes). Value: IoU with the true mask. When the named
+          object is absent the truth is empty: the value is 1 if at most ABSENT_MAX_MOVED of the pixels moved,
+          else 0 (extra "absent": 1), so an unchanged output scores 1 there: report iou_present beside iou.
+          The decoder is made for the half-way blend; an opaque paint-over may or may not count.
 keypoint  For each requested colour, pixels within KP_COLOUR_TOL of it that changed by at least KP_MIN_CHANGE
           from the source; the centroid of their largest 8-connected blob is the predicted point. Correct if
           within the example's tolerance (its disk radius) of the true point; no blob is wrong. Value: the share

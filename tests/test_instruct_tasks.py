@@ -267,7 +267,25 @@ def test_photo_splits_are_disjoint():
     spans = sorted(FRAME_SPLITS.values())
     assert all(a[1] < b[0] for a, b in zip(spans, spans[1:]))  # with a gap between blocks
     val = PhotoPool.load("val", 32)
-    assert set(val.names) == set(PHOTO_SPLITS["val"]) | {f"bigbuckbunny:{k}" for k in range(*FRAME_SPLITS["val"])}
+    assert set(val.names) == set(PHOTO_SPLITS["val"]) | {f"bigbuckbunny:{k}" for k in range(*FRAME_SPLITS["val"], 2)}
+    assert val.images[-1].shape == (128, 228, 3) and min(val.images[0].shape[:2]) == 128
+
+
+def test_photo_pool_cache_dir_and_sources(tmp_path):
+    import data_tools.photos as photos
+
+    first = PhotoPool.load("test", 32, source="photos", cache_dir=tmp_path)
+    assert first.names == PHOTO_SPLITS["test"] and len(list(tmp_path.iterdir())) == 1  # one entry, nothing else
+    photos._pool.cache_clear()
+    again = PhotoPool.load("test", 32, source="photos", cache_dir=tmp_path)  # read back from the disk entry
+    for a, b in zip(first.images, again.images, strict=True):
+        np.testing.assert_array_equal(a, b)
+    frames = PhotoPool.load("test", 32, source="frames")
+    assert all(n.startswith("bigbuckbunny:") for n in frames.names)
+    crop, name = frames.crop(np.random.default_rng(0), 40)
+    assert crop.shape == (40, 40, 3) and crop.dtype == np.uint8 and name in frames.names
+    with pytest.raises(ValueError, match="photo source"):
+        PhotoPool.load("test", 32, source="web")
 
 
 def test_edit_targets_differ_only_at_the_object(sampler):
