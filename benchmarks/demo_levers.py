@@ -31,6 +31,16 @@ ARMS: dict[str, list[str]] = {
     "sr4-factorial": ["data.sample_rate=4", "data.shuffle_buffer=16"],
     "sr8-450steps": ["train.max_steps=450", "train.val_every=150", "train.save_every=150"],
     "sr8-minilm": ["model=hdvila-small-minilm", "data.tokenizer=packaged:all-minilm-l6-v2"],
+    # with --demo pointing at a corpus of 464 videos (400 training videos, the same validation and test clips)
+    "data464": [],
+    # neighbours at half the keyframe size: a 4x6 token grid instead of 2x3, finer where motion is read
+    "lr2": ["model_overrides.video.lr_factor=2"],
+    "lr2-depth2": ["model_overrides.video.lr_factor=2", "model_overrides.video.temporal_depth=2"],
+    # remembered negatives: the last 320 (video, text) embedding pairs (about one pass over the synthetic
+    # training clips) join every step's contrastive loss, so clips differing in one attribute meet
+    "queue320": ["negative_queue=320"],
+    # with --demo pointing at the 464-video corpus: the levers together
+    "data464-lr2-depth2": ["model_overrides.video.lr_factor=2", "model_overrides.video.temporal_depth=2"],
 }
 
 
@@ -81,10 +91,18 @@ def seed_summary(results: dict, arms: tuple[str, str] = ("sr4", "sr8")) -> dict:
     return out
 
 
+def twins(arm: dict) -> str:
+    """Twin-test accuracies (own clip above its one-attribute twin, %), or '-' for arms scored before it."""
+    if "twins" not in arm:
+        return "-"
+    return " / ".join(f"{arm['twins'][a]['accuracy']:.0f}" for a in ("shape", "colour", "motion", "background"))
+
+
 def render(results: dict) -> str:
     """The levers table (validation split) for docs/results/pretrain.md."""
     lines = ["| arm | change from the demo recipe | val R@1 | R@5 | MnR | strongest motion-blind oracle R@1 | "
-             "wrong top-1 differing in shape / colour / motion / background |", "|---|---|---|---|---|---|---|"]
+             "wrong top-1 differing in shape / colour / motion / background | twin test: shape / colour / motion / "
+             "background |", "|---|---|---|---|---|---|---|---|"]
     for name, arm in results["arms"].items():
         if "-seed" in name:
             continue
@@ -92,7 +110,7 @@ def render(results: dict) -> str:
         change = ", ".join(f"`{o}`" for o in arm["overrides"]) or "-"
         lines.append(f"| {name} | {change} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['MnR']:.2f} | "
                      f"{arm['motion_blind']['R@1']:.1f} | {e['shape']} / {e['colour']} / {e['motion']} / "
-                     f"{e['background']} |")
+                     f"{e['background']} | {twins(arm)} |")
     if "seeds" in results:
         seeds = results["seeds"]
         parts = [f"{arm}: {', '.join(f'{v:.1f}' for v in seeds[arm]['R@1'])} (mean {seeds[arm]['mean_std'][0]:.1f}, "
@@ -133,6 +151,7 @@ def main() -> None:
         results["arms"][label] = {
             "overrides": overrides, "run": str(run), "split": "val", "clips": report["clips"],
             "model": report["model"], "motion_blind": report["motion-blind"], "errors": report["errors"],
+            "twins": report["twins"],
             "chance_R@1": oracles["chance"], "oracles_R@1": oracles,
             "minutes": round((time.time() - started) / 60, 1),
         }

@@ -19,6 +19,7 @@ from hdvila.retrieval.composition import (
     error_table,
     expected_recall,
     oracle_metrics,
+    twin_test,
 )
 
 FACTORIAL = SynthConfig(num_videos=40, num_heldout_videos=16, num_val_videos=8, heldout_design="factorial",
@@ -128,3 +129,21 @@ def test_report_rejects_a_similarity_of_the_wrong_shape():
     attrs = _attributes()
     with pytest.raises(ValueError, match="one query per clip"):
         composition_report(np.zeros((3, len(attrs))), attrs)
+
+
+def test_twin_test_finds_the_attribute_a_ranker_is_blind_to():
+    attrs = _attributes()
+    twins = composition_report(_scores(attrs, {"background": 1.0, "shape": 1.0, "colour": 1.0}), attrs)["twins"]
+    for name in ("background", "shape", "colour"):
+        assert twins[name]["accuracy"] == pytest.approx(100.0) and twins[name]["p_value"] < 1e-6
+    # blind to motion: the own clip and its motion twin tie up to noise, so about half the pairs go each way
+    assert twins["motion"]["pairs"] == len(attrs)
+    assert 20.0 < twins["motion"]["accuracy"] < 80.0 and twins["motion"]["p_value"] > 0.01
+
+
+def test_twin_test_counts_ties_as_half():
+    attrs = [{"background": "b", "shape": "s", "colour": "c", "motion": "m"},
+             {"background": "b", "shape": "s", "colour": "c", "motion": "n"}]
+    twins = twin_test(np.ones((2, 2)), attrs)
+    assert twins["motion"] == {"pairs": 2, "accuracy": 50.0, "p_value": pytest.approx(1.0)}
+    assert twins["shape"]["pairs"] == 0

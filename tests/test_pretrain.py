@@ -135,3 +135,25 @@ def test_vtm_adds_matching_and_scores_only_the_requested_losses(tiny_shards, tmp
         **{"train.max_steps": 1, "train.val_every": 0})))
     record = read_metrics(out / "metrics.jsonl")[-1]
     assert {k for k in ("vtc", "mlm", "vtm") if k in record} == expected
+
+
+def test_negative_queue_changes_the_loss_and_resumes_exactly(tiny_shards, tmp_path):
+    """With remembered negatives the losses after step 1 differ from plain in-batch training, and a run
+    resumed from a checkpoint continues with the same queue (it is saved with the objective's state)."""
+    common = {"train.val_every": 0, "train.deterministic": "true", "data.resampled": "true",
+              "data.epoch_samples": 40, "data.num_workers": 0, "optim.schedule": "constant",
+              "optim.warmup_ratio": 0.0, "export": "false", "train.max_steps": 4}
+    plain, full, part = tmp_path / "plain", tmp_path / "full", tmp_path / "part"
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny", tiny_overrides(tiny_shards, plain, **common)))
+    queued = {**common, "negative_queue": 6}
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny", tiny_overrides(tiny_shards, full, **queued)))
+    overrides = tiny_overrides(tiny_shards, part, **queued)
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny", overrides + ["train.max_steps=2", "train.save_every=2"]))
+    run_pretrain(load_config(PretrainConfig, "pretrain/tiny", overrides), resume=True)
+    base = {r["step"]: r["loss"] for r in read_metrics(plain / "metrics.jsonl")}
+    expected = {r["step"]: r["loss"] for r in read_metrics(full / "metrics.jsonl")}
+    resumed = {r["step"]: r["loss"] for r in read_metrics(part / "metrics.jsonl")}
+    assert expected[1] == pytest.approx(base[1], rel=1e-6)  # the queue starts empty
+    assert all(abs(expected[s] - base[s]) > 1e-4 for s in (2, 3, 4))
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7)

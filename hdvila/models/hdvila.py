@@ -25,7 +25,7 @@ from data_tools.pretrained import (DEFAULT_WEIGHTS, LEGACY_FORMATS, ExtraFile, P
                                    PretrainedMixin)
 
 from .config import HDVILAConfig, config_from_dict
-from .losses import contrastive_loss
+from .losses import QueuedNegatives, contrastive_loss
 from .mlm import IGNORE_INDEX, mask_tokens
 from .text import CrossModalEncoder, MLMHead, TextEncoder, bert_config, init_bert_weights, load_hf_bert
 from .video_encoder import HybridVideoEncoder
@@ -199,12 +199,15 @@ class HDVILA(PretrainedMixin, nn.Module):
             out.update(vtm_logits=self.vtm_logits(pooled), vtm_labels=labels.to(pooled.device))
         return out
 
-    def losses(self, outputs: dict[str, torch.Tensor], temperature: float | None = None) -> dict[str, torch.Tensor]:
-        """Loss per objective present in `outputs`, and "loss": their sum weighted by config.loss_weights."""
+    def losses(self, outputs: dict[str, torch.Tensor], temperature: float | None = None,
+               negatives: QueuedNegatives | None = None) -> dict[str, torch.Tensor]:
+        """Loss per objective present in `outputs`, and "loss": their sum weighted by config.loss_weights.
+        `negatives`: remembered embeddings of earlier batches, extra contrastive negatives."""
         temperature = self.config.temperature if temperature is None else temperature
         result: dict[str, torch.Tensor] = {}
         if "video_emb" in outputs and "text_emb" in outputs:
-            result["vtc"] = contrastive_loss(outputs["video_emb"], outputs["text_emb"], temperature)
+            result["vtc"] = contrastive_loss(outputs["video_emb"], outputs["text_emb"], temperature,
+                                             negatives=negatives)
         if "mlm_logits" in outputs:
             logits = outputs["mlm_logits"]
             # a batch with nothing masked still yields a (zero) loss attached to the graph

@@ -6,6 +6,8 @@ data-parallel gradient average the parameter gradients equal those of one proces
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -33,8 +35,64 @@ def contrastive_logits(video: torch.Tensor, text: torch.Tensor, temperature: flo
 
 
 def contrastive_loss(video: torch.Tensor, text: torch.Tensor, temperature: float = 0.05,
-                     gather: bool = True) -> torch.Tensor:
-    """Symmetric InfoNCE (mean of text-to-video and video-to-text cross-entropy) on L2-normalised embeddings."""
+                     gather: bool = True, negatives: "QueuedNegatives | None" = None) -> torch.Tensor:
+    """Symmetric InfoNCE (mean of text-to-video and video-to-text cross-entropy) on L2-normalised embeddings.
+
+    `negatives` adds remembered embeddings of earlier batches as extra columns (constants, no gradient); its
+    `exclude` [N, Q] masks the entries that are the same clip as a row's positive."""
     logits = contrastive_logits(video, text, temperature, gather)
     labels = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    t2v, v2t = logits, logits.t()
+    if negatives is not None and negatives.video.shape[0]:
+        if gather:
+            video, text = all_gather_with_grad(video), all_gather_with_grad(text)
+        extra_t2v = (text @ negatives.video.t() / temperature).masked_fill(negatives.exclude, float("-inf"))
+        extra_v2t = (video @ negatives.text.t() / temperature).masked_fill(negatives.exclude, float("-inf"))
+        t2v, v2t = torch.cat([t2v, extra_t2v], dim=1), torch.cat([v2t, extra_v2t], dim=1)
+    return 0.5 * (F.cross_entropy(t2v, labels) + F.cross_entropy(v2t, labels))
+
+
+@dataclass
+class QueuedNegatives:
+    """Embeddings remembered from earlier batches: video [Q, D], text [Q, D], exclude [N, Q] (True = same clip
+    as row n's positive, so not a negative)."""
+
+    video: torch.Tensor
+    text: torch.Tensor
+    exclude: torch.Tensor
+
+
+class NegativeQueue:
+    """A first-in-first-out memory of the last `size` (video, text) embedding pairs and their clip keys.
+
+    Batch-16 contrastive training on a corpus whose clips differ in a few attributes is solved by the easiest
+    ones (in-batch negatives rarely share them); remembered negatives bring clips that differ in one attribute
+    alone into every step. The entries are detached (a memory bank, no momentum encoder)."""
+
+    def __init__(self, size: int):
+        if size < 0:
+            raise ValueError(f"negative queue size must be >= 0, got {size}")
+        self.size = size
+        self.video: torch.Tensor | None = None
+        self.text: torch.Tensor | None = None
+        self.keys: list[str] = []
+
+    def negatives(self, keys: list[str], device: torch.device) -> QueuedNegatives | None:
+        if self.video is None or not self.keys:
+            return None
+        exclude = torch.tensor([[k == q for q in self.keys] for k in keys], dtype=torch.bool, device=device)
+        return QueuedNegatives(self.video.to(device), self.text.to(device), exclude)
+
+    @torch.no_grad()
+    def push(self, video: torch.Tensor, text: torch.Tensor, keys: list[str]) -> None:
+        video, text = video.detach().float().cpu(), text.detach().float().cpu()
+        if self.video is not None:
+            video, text = torch.cat([video, self.video]), torch.cat([text, self.text])
+            keys = list(keys) + self.keys
+        self.video, self.text, self.keys = video[:self.size], text[:self.size], list(keys[:self.size])
+
+    def state_dict(self) -> dict:
+        return {"video": self.video, "text": self.text, "keys": list(self.keys)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.video, self.text, self.keys = state["video"], state["text"], list(state["keys"])

@@ -20,6 +20,7 @@ from data_tools.training.trainer import Trainer, move_to_device
 
 from ..encoder import InferenceConfig
 from ..models import HDVILA, create_model
+from ..models.losses import NegativeQueue, all_gather_with_grad
 from ..retrieval.evaluate import EvalConfig, gallery_loader_config
 from .common import evaluate_on_shards, export_pretrained, validation_metrics
 
@@ -55,6 +56,7 @@ class PretrainConfig:
     model_overrides: dict = field(default_factory=dict)  # nested, e.g. {video: {drop_path: 0.0}}
     recipe: Literal["stage1", "stage2", "joint"] = "stage1"
     vtm: bool = False  # add video-text matching with hard negatives
+    negative_queue: int = 0  # remember this many past (video, text) embedding pairs as extra vtc negatives
     init_from: str | None = None  # a save_pretrained folder to start from (stage 2 starts from stage 1)
     output_dir: str = "runs/pretrain"
     export: bool = True  # save_pretrained(output_dir/pretrained) at the end
@@ -79,8 +81,9 @@ class PretrainObjective:
 
     def __init__(self, objectives: tuple[str, ...], temperature: float, seed: int,
                  val_loader: LoaderConfig | None = None, tokenizer: str | None = None,
-                 inference: InferenceConfig | None = None, val_max_clips: int = 0):
+                 inference: InferenceConfig | None = None, val_max_clips: int = 0, negative_queue: int = 0):
         self.objectives = objectives
+        self.queue = NegativeQueue(negative_queue) if negative_queue and "vtc" in objectives else None
         self.temperature = temperature
         self.seed = seed
         self.val_loader = val_loader
@@ -90,7 +93,10 @@ class PretrainObjective:
 
     def prepare_batch(self, batch: dict, device: torch.device) -> dict:
         keep = ("hr", "lr", "input_ids", "attention_mask")
-        return {k: move_to_device(batch[k], device) for k in keep}
+        prepared = {k: move_to_device(batch[k], device) for k in keep}
+        if self.queue is not None:  # the clip keys tell which remembered entries are the same clip
+            prepared["__key__"] = list(batch["__key__"])
+        return prepared
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, torch.Tensor]:
         # MLM masking draws from a generator keyed by (seed, step, rank): resumable and rank-distinct.
@@ -99,7 +105,20 @@ class PretrainObjective:
         if "vtc" not in self.objectives:  # vtm also returns the embeddings; score only what was asked for
             outputs.pop("video_emb", None)
             outputs.pop("text_emb", None)
-        return module.losses(outputs, self.temperature)
+        if self.queue is None:
+            return module.losses(outputs, self.temperature)
+        # rows of the contrastive loss are the gathered batch: the keys and the remembered entries follow it
+        keys = [k for rank_keys in D.all_gather_objects(batch["__key__"]) for k in rank_keys]
+        result = module.losses(outputs, self.temperature, self.queue.negatives(keys, outputs["video_emb"].device))
+        self.queue.push(all_gather_with_grad(outputs["video_emb"]), all_gather_with_grad(outputs["text_emb"]), keys)
+        return result
+
+    def state_dict(self) -> dict:
+        return {"negative_queue": self.queue.state_dict()} if self.queue is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.queue is not None and "negative_queue" in state:
+            self.queue.load_state_dict(state["negative_queue"])
 
     @torch.no_grad()
     def validate(self, model: nn.Module, step: int) -> dict[str, float]:
@@ -158,7 +177,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any] | 
     objectives = RECIPE_OBJECTIVES[cfg.recipe] + (("vtm",) if cfg.vtm else ())
     loader, dataset, val_loader = make_loaders(cfg, model)
     objective = PretrainObjective(objectives, model.config.temperature, cfg.train.seed, val_loader,
-                                  cfg.data.tokenizer, inference_config(cfg.data), cfg.data.val_max_clips)
+                                  cfg.data.tokenizer, inference_config(cfg.data), cfg.data.val_max_clips,
+                                  cfg.negative_queue)
     if D.is_main():
         log.info("model %s: %.1fM parameters (%.1fM trainable); recipe %s -> %s", cfg.model,
                  model.num_parameters("full") / 1e6, model.num_parameters("full", trainable_only=True) / 1e6,

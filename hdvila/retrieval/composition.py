@@ -11,7 +11,9 @@ tie-breaking at random, gets at least as many queries right at rank 1 as the mod
     print(composition_markdown(report))
 
 The error table takes every query whose top-ranked clip is wrong and counts which attributes differ between
-the query's clip and that top-ranked clip.
+the query's clip and that top-ranked clip. The twin test asks, per attribute, how often the model scores the
+query's own clip above a *twin*: a clip that differs from it in that attribute alone (every oracle that
+ignores the attribute scores 50%), with an exact two-sided binomial p-value against 50%.
 """
 from __future__ import annotations
 
@@ -141,6 +143,29 @@ def error_table(attributes: Sequence[dict[str, str]], top1: Sequence[int]) -> di
             "patterns": dict(sorted(patterns.items(), key=lambda kv: (-kv[1], kv[0])))}
 
 
+def twin_test(similarity: np.ndarray, attributes: Sequence[dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Per attribute: pairs (query, twin clip differing in that attribute alone), the share where the query's
+    own clip scores higher (ties count half), and the two-sided binomial p-value against 50%."""
+    from scipy.stats import binomtest
+
+    sim = np.asarray(similarity, dtype=np.float64)
+    keys = _keys(attributes, ATTRIBUTES)
+    out: dict[str, dict[str, Any]] = {}
+    for a, name in enumerate(ATTRIBUTES):
+        wins = 0.0
+        pairs = 0
+        for i, pos in enumerate(positives(attributes)):
+            own = sim[i, pos].max()
+            for j, key in enumerate(keys):
+                if key[a] != keys[i][a] and all(key[b] == keys[i][b] for b in range(len(ATTRIBUTES)) if b != a):
+                    pairs += 1
+                    wins += 1.0 if own > sim[i, j] else 0.5 if own == sim[i, j] else 0.0
+        row: dict[str, Any] = {"pairs": pairs, "accuracy": 100.0 * wins / pairs if pairs else float("nan")}
+        row["p_value"] = float(binomtest(int(round(wins)), pairs, 0.5).pvalue) if pairs else float("nan")
+        out[name] = row
+    return out
+
+
 def composition_report(similarity: np.ndarray, attributes: Sequence[dict[str, str]]) -> dict[str, Any]:
     """Model recall, every attribute oracle (chance included), the strongest motion-blind oracle with the
     p-value of the model beating it, and the error table. Query i is clip i's own caption."""
@@ -166,6 +191,7 @@ def composition_report(similarity: np.ndarray, attributes: Sequence[dict[str, st
                        "model_beats_all": bool(all(model["R@1"] > o["R@1"] for o in blind)),
                        "p_value": strongest["p_model_not_better"]},
         "errors": error_table(attributes, top1),
+        "twins": twin_test(sim, attributes),
         "ranks": ranks.tolist(), "top1": top1.tolist(),
     }
 
@@ -185,6 +211,11 @@ def composition_markdown(report: dict[str, Any]) -> str:
               "query's clip in:", "", "| attribute | in (any) | in this alone |", "|---|---|---|"]
     for name in ATTRIBUTES:
         lines.append(f"| {name} | {e['differs_in'][name]} | {e['differs_only_in'][name]} |")
+    if "twins" in report:
+        lines += ["", "twin test: the query's own clip scored above its twin differing in one attribute alone "
+                  "(50% = blind to it):", "", "| attribute | pairs | own clip first | p (vs 50%) |", "|---|---|---|---|"]
+        for name, t in report["twins"].items():
+            lines.append(f"| {name} | {t['pairs']} | {t['accuracy']:.1f}% | {t['p_value']:.2g} |")
     return "\n".join(lines)
 
 
