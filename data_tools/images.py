@@ -108,19 +108,7 @@ class ImageFolderDataset(Dataset):
         return len(self.skipped_paths)
 
     def _decode(self, path: Path) -> np.ndarray:
-        from PIL import Image, ImageOps
-
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)  # phone photos store rotation in EXIF
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                # composite transparent pixels onto white instead of whatever colour hides under alpha 0
-                rgba = im.convert("RGBA")
-                im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                im.alpha_composite(rgba)
-            im = im.convert("L" if self.channels == 1 else "RGB")
-            im = _cover_resize_crop(im, self.size)
-            arr = np.asarray(im, dtype=np.uint8)
-        return arr[:, :, None] if arr.ndim == 2 else arr
+        return read_image_file(path, self.size, self.channels)
 
     def __len__(self) -> int:
         return self._uint8.shape[0]
@@ -131,6 +119,26 @@ class ImageFolderDataset(Dataset):
     def tensors(self) -> torch.Tensor:
         """All images at once, [N, C, H, W] in [-1, 1]."""
         return from_uint8_images(self._uint8)
+
+
+def read_image_file(path: str | Path, size: int | Sequence[int] | None = None, channels: int = 3) -> np.ndarray:
+    """One image file as uint8 [H, W, C]: EXIF rotation applied, transparent pixels on white, and with `size`
+    cover-resized (aspect kept) and centre-cropped to it. PIL's errors (a missing or unreadable file) pass
+    through."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)  # phone photos store rotation in EXIF
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            # composite transparent pixels onto white instead of whatever colour hides under alpha 0
+            rgba = im.convert("RGBA")
+            im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im.alpha_composite(rgba)
+        im = im.convert("L" if channels == 1 else "RGB")
+        if size is not None:
+            im = _cover_resize_crop(im, as_hw(size))
+        arr = np.array(im, dtype=np.uint8)  # a writable copy (asarray of a PIL image is read-only)
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def _cover_resize_crop(im, size: tuple[int, int]):

@@ -17,6 +17,9 @@ Subcommands import their packages lazily so `hdvila --help` stays fast. Configs 
     hdvila diffusion train --config diffusion/<name> [--resume] [key=value ...]
     hdvila diffusion sample --model RUN/model --out grid.png [--n 64] [--sampler heun --steps 25 ...]
     hdvila diffusion eval --model RUN/model [--samples 1000] [--out metrics.json]
+    hdvila instruct train --config instruct/<name> [--resume] [key=value ...]
+    hdvila instruct edit --model RUN/model --image IN.png --text "Make the red circle blue." --out OUT.png
+    hdvila instruct eval --model RUN/model [--split val|test] [--out DIR] [--sweep]
     hdvila animate train-gan --config animation/<name> [--resume] [key=value ...]
     hdvila animate train --config animation/<name> [--resume] [key=value ...]
     hdvila animate run --model RUN/animator --image FACE.png --text "the person smiles" --out out.mp4
@@ -75,7 +78,7 @@ def print_summary(summary: dict | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hdvila.cli import animate, data, demo, diffusion, pretrain, pretrained, retrieval
+    from hdvila.cli import animate, data, demo, diffusion, instruct, pretrain, pretrained, retrieval
 
     parser = argparse.ArgumentParser(prog="hdvila", description="HD-VILA video-language platform")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
@@ -83,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the `deepspeed` launcher passes --local_rank; LOCAL_RANK in the environment says the same
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (data, pretrain, pretrained, retrieval, diffusion, animate, demo):
+    for group in (data, pretrain, pretrained, retrieval, diffusion, instruct, animate, demo):
         group.add_parser(sub)
     return parser
 
