@@ -46,3 +46,14 @@ def test_seed_summary_and_render():
     table = levers.render(results)
     assert "| sr4 | `data.sample_rate=4` | 27.1 |" in table and "sr8-seed1 |" not in table
     assert "Welch t-test p =" in table
+
+
+def test_render_names_the_corpus_and_the_twin_test():
+    levers = _load()
+    twins = {a: {"pairs": 48, "accuracy": acc, "p_value": 0.5}
+             for a, acc in (("shape", 62.5), ("colour", 100.0), ("motion", 50.0), ("background", 100.0))}
+    results = {"arms": {"data464": {**_arm(33.3), "twins": twins}, "sr8": _arm(33.3)}}
+    table = levers.render(results)
+    assert "| data464 | corpus of 464 videos (400 training) | 33.3 |" in table
+    assert table.splitlines()[2].endswith("| 62 / 100 / 50 / 100 |")  # shape / colour / motion / background
+    assert table.splitlines()[3].endswith("| - |")  # scored before the twin test existed
