@@ -14,7 +14,6 @@ collapse towards what leaving the image alone gives.
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -182,9 +182,9 @@ class InstructPipeline:
 
 # ------------------------------------------------------------------------------------------------ files
 
-class InputImageError(ValueError):
-    """An input that cannot be edited: a missing or unreadable image, a size the model does not take, a bad
-    output path. The message says what to change."""
+class EditInputError(ValueError):
+    """A request that cannot be carried out: a missing or unreadable image, a size the model does not take, a
+    bad output path, an unknown sampler. The message says what to change."""
 
 
 def read_input_image(path: str | Path, size: int, resize: bool = False) -> np.ndarray:
@@ -194,15 +194,15 @@ def read_input_image(path: str | Path, size: int, resize: bool = False) -> np.nd
 
     path = Path(path)
     if not path.is_file():
-        raise InputImageError(f"{path}: no such image file")
+        raise EditInputError(f"{path}: no such image file")
     try:
         pixels = read_image_file(path)
     except Exception as exc:  # PIL raises many types for a bad file
-        raise InputImageError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+        raise EditInputError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
     h, w = pixels.shape[:2]
     if (h, w) != (size, size):
         if not resize:
-            raise InputImageError(f"{path} is {w}x{h} pixels; this model edits {size}x{size} images "
+            raise EditInputError(f"{path} is {w}x{h} pixels; this model edits {size}x{size} images "
                                   "(resize it, or pass --resize to cover-resize and centre-crop it)")
         pixels = read_image_file(path, size)
     return pixels
@@ -227,7 +227,11 @@ def edit_file(model_dir: str | Path, image: str | Path, text: str, out: str | Pa
     path and the settings used (unset values from the model's edit.yaml)."""
     out = Path(out)
     if out.suffix.lower() != ".png":
-        raise InputImageError(f"--out must be a .png path, got {out.name}")
+        raise EditInputError(f"--out must be a .png path, got {out.name}")
+    if steps is not None and steps < 1:
+        raise EditInputError(f"--steps must be >= 1, got {steps}")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise EditInputError(str(SAMPLERS.unknown(sampler)))
     size = int(read_pretrained(model_dir, PRETRAINED_KIND).config["image_size"])
     pixels = read_input_image(image, size, resize)  # a bad input fails before the model and text encoder load
     pipeline = InstructPipeline.from_pretrained(model_dir)
@@ -240,5 +244,5 @@ def edit_file(model_dir: str | Path, image: str | Path, text: str, out: str | Pa
     return write_png(edited, out), settings
 
 
-__all__ = ["EDIT_CONFIG_FILE", "EditConfig", "InputImageError", "InstructPipeline", "RUN_CONFIG_FILE",
+__all__ = ["EDIT_CONFIG_FILE", "EditConfig", "EditInputError", "InstructPipeline", "RUN_CONFIG_FILE",
            "as_image_batch", "edit_file", "read_input_image", "write_png"]

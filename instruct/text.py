@@ -162,7 +162,8 @@ def hdvila_text(folder: str, cache_size: int = DEFAULT_CACHE_SIZE) -> FrozenText
         raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, the model "
                          f"{model.config.text.vocab_size}")
     text = model.text
-    return FrozenTextEncoder(f"hdvila:{folder}", tokenizer, text, text, model.config.text.hidden,
+    # the absolute folder: a model config that records this spec must find the encoder from any working folder
+    return FrozenTextEncoder(f"hdvila:{path.resolve()}", tokenizer, text, text, model.config.text.hidden,
                              max_len=model.config.text.max_len, cache_size=cache_size)
 
 

@@ -86,11 +86,11 @@ def condition_dropout(batch: int, generator: torch.Generator, text_p: float,
     return r < text_p, (r >= text_p) & (r < text_p + image_p)
 
 
-def build_model(cfg: InstructConfig, text_width: int) -> InstructUNet:
-    """The registered size with the run's text encoder, its width and the data's image size filled in where
-    model_overrides leave them open."""
-    overrides = {"text_encoder": cfg.text_encoder, "cross_attention_dim": text_width, "image_size": cfg.data.size,
-                 **cfg.model_overrides}
+def build_model(cfg: InstructConfig, text_encoder: FrozenTextEncoder) -> InstructUNet:
+    """The registered size with the run's text encoder (its spec as the encoder resolved it, e.g. an absolute
+    HD-VILA folder), its width and the data's image size filled in where model_overrides leave them open."""
+    overrides = {"text_encoder": text_encoder.spec, "cross_attention_dim": text_encoder.width,
+                 "image_size": cfg.data.size, **cfg.model_overrides}
     model = create_model(cfg.model, **overrides)
     if model.config.image_channels != 3:
         raise ConfigError(f"{cfg.model} works on {model.config.image_channels}-channel latents; the instruct "
@@ -181,7 +181,7 @@ def run_train(cfg: InstructConfig, resume: bool = False) -> dict[str, Any] | Non
     """Train, export the EMA model to output_dir/model, write a final example grid; returns the last record."""
     out = start_run(cfg)
     text_encoder = load_text_encoder(cfg.text_encoder)
-    model = build_model(cfg, text_encoder.width)
+    model = build_model(cfg, text_encoder)
     batches = make_instruct_batches(cfg.data, cfg.train.batch_size, cfg.train.seed, D.rank(), D.world_size())
     ecfg = cfg.eval
     examples = (make_eval_set(cfg.data, ecfg.n_per_task, ecfg.split, ecfg.seed, combos=ecfg.combos,

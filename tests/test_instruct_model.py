@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from diffusion.process import TARGETS, alpha_sigma, convert, predict_x0_eps
+from diffusion.process import TARGETS, convert, predict_x0_eps
 from instruct.guidance import EditCondition, concat_padded, two_scale_combination, two_scale_guided
 from instruct.model import (
     InstructUNet, TIMESTEP_CONVENTIONS, create_model, from_stable_diffusion, get_model_config, list_models,
@@ -220,6 +220,7 @@ def test_hdvila_text_encoder_from_a_pretrained_folder(tmp_path):
     encoder = load_text_encoder(f"hdvila:{folder}")
     states, mask = encoder.encode(["the red circle moves left", ""])
     assert encoder.width == 64 and states.shape[0] == 2 and states.shape[2] == 64 and mask[1].sum() == 2
+    assert encoder.spec == f"hdvila:{folder.resolve()}"  # what a model config records: found from any folder
     model = create_model("instruct-tiny", cross_attention_dim=encoder.width, text_encoder=encoder.spec)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

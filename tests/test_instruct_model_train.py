@@ -104,6 +104,9 @@ def test_edit_command_in_a_fresh_process_and_its_input_checks(trained, tmp_path,
         code = cli_main(["instruct", "edit", "--model", str(trained / "model"), "--image", str(tmp_path / image),
                          "--text", "x", "--out", str(tmp_path / "bad.png")])
         assert code == 2 and message in capsys.readouterr().err
+    code = cli_main(["instruct", "edit", "--model", str(trained / "model"), "--image", str(tmp_path / "in.png"),
+                     "--text", "x", "--out", str(tmp_path / "bad.png"), "--sampler", "hune"])
+    assert code == 2 and "did you mean 'heun'" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
     assert cli_main(["instruct", "edit", "--model", str(trained / "model"), "--image", str(tmp_path / "big.png"),
                      "--text", "x", "--out", str(tmp_path / "resized.png"), "--resize", "--steps", "2"]) == 0
@@ -127,3 +130,18 @@ def test_eval_command_writes_results_figure_and_examples(trained, tmp_path, caps
     assert results["settings"]["split"] == "test" and results["settings"]["examples"] == 4
     assert [(r["text_scale"], r["image_scale"]) for r in results["sweep"]] == [(1.0, 1.25), (5.0, 1.25)]
     assert (out / "figure.png").stat().st_size > 1000 and (out / "examples.png").is_file()
+
+
+def test_a_resumed_run_continues_exactly(trained, tmp_path):
+    # noise, λ and dropout come from step_generator, batches from (seed, epoch, index), the EMA from the checkpoint
+    from instruct.model import InstructUNet
+
+    out = tmp_path / "resumed"
+    args = ["--quiet", "instruct", "train", "--config", CONFIG, f"output_dir={out}", "train.log_every=10",
+            "train.val_every=20", "train.save_every=20"]
+    assert cli_main(args + ["train.max_steps=20"]) == 0
+    assert cli_main(args + [f"train.max_steps={STEPS}", "--resume"]) == 0
+    straight = InstructUNet.from_pretrained(trained / "model").state_dict()
+    resumed = InstructUNet.from_pretrained(out / "model").state_dict()
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-5, msg=name)

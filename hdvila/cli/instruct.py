@@ -16,13 +16,13 @@ def cmd_instruct_train(args: argparse.Namespace) -> int:
 
 
 def cmd_instruct_edit(args: argparse.Namespace) -> int:
-    from instruct.pipeline import InputImageError, edit_file
+    from instruct.pipeline import EditInputError, edit_file
 
     try:
         out, settings = edit_file(args.model, args.image, args.text, args.out, text_scale=args.text_scale,
                                   image_scale=args.image_scale, steps=args.steps, seed=args.seed,
                                   sampler=args.sampler, resize=args.resize)
-    except InputImageError as exc:
+    except EditInputError as exc:
         print(f"hdvila instruct edit: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({settings['sampler']} {settings['steps']} steps, s_T={settings['text_scale']}, "
