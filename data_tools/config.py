@@ -8,6 +8,7 @@ config atomically.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -209,6 +210,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         deep_update(data, loaded)
     apply_overrides(data, overrides)
     return from_dict(cls, data)
+
+
+def replace_checked(cfg: T, what: str = "config", **overrides: Any) -> T:
+    """A deep copy of dataclass `cfg` with top-level `overrides`; an unknown key is an error (never dropped)."""
+    known = {f.name for f in dataclasses.fields(cfg)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(known)}")
+    return dataclasses.replace(copy.deepcopy(cfg), **copy.deepcopy(overrides))
 
 
 def deep_update(base: dict, new: dict, replace_keys: Iterable[str] = ()) -> dict:

@@ -3,6 +3,7 @@ GANs and whatever comes next).
 
     ema = EMA(model, decay=0.999)        # a frozen deep copy, in eval mode
     ema.update(model)                    # after each optimizer step: p_ema <- decay * p_ema + (1 - decay) * p
+    ema.follow(model)                    # the same, first moving the average to the live model's device
     ema.module                           # the averaged model, to sample or export
     state = ema.state_dict()             # the averaged weights (plain tensors: checkpoint-safe)
 
@@ -37,6 +38,15 @@ class EMA:
         for ema_b, b in zip(self.module.buffers(), live.buffers(), strict=True):
             ema_b.copy_(b)
         self.updates += 1
+
+    @torch.no_grad()
+    def follow(self, model: nn.Module) -> None:
+        """`update`, after moving the average to the live model's device: an objective builds its EMA before
+        the trainer moves the model (to a GPU), so an objective's `after_step` calls this."""
+        live = next(getattr(model, "module", model).parameters())
+        if next(self.module.parameters()).device != live.device:
+            self.to(live.device)
+        self.update(model)
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)

@@ -15,17 +15,16 @@ classifier-free guidance.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from data_tools.config import from_dict
+from data_tools.config import from_dict, replace_checked
 from data_tools.pretrained import LEGACY_FORMATS, PretrainedFolder, PretrainedMixin
 from data_tools.registry import Registry
 
@@ -86,11 +85,7 @@ def list_models() -> list[str]:
 
 def with_overrides(cfg: DenoiserConfig, **overrides: Any) -> DenoiserConfig:
     """A copy of `cfg` with `overrides` applied; unknown keys are an error (not silently dropped)."""
-    known = {f.name for f in fields(DenoiserConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
-    return replace(copy.deepcopy(cfg), **copy.deepcopy(overrides))
+    return replace_checked(cfg, "model config", **overrides)
 
 
 def get_model_config(name: str, **overrides: Any) -> DenoiserConfig:

@@ -14,16 +14,15 @@ with; `cross_attention_dim` must equal that encoder's width.
 """
 from __future__ import annotations
 
-import copy
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
 import torch
 from torch import nn
 
-from data_tools.config import from_dict
+from data_tools.config import from_dict, replace_checked
 from data_tools.pretrained import PretrainedMixin
 from data_tools.registry import Registry
 from diffusion.process import cosine_time
@@ -133,11 +132,8 @@ def get_model_config(name: str, **overrides: Any) -> InstructUNetConfig:
 
 
 def with_overrides(cfg: InstructUNetConfig, **overrides: Any) -> InstructUNetConfig:
-    known = {f.name for f in fields(InstructUNetConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown instruct model config keys {sorted(unknown)}; known: {sorted(known)}")
-    return replace(copy.deepcopy(cfg), **copy.deepcopy(overrides))
+    """A copy of `cfg` with `overrides` applied; unknown keys are an error (not silently dropped)."""
+    return replace_checked(cfg, "instruct model config", **overrides)
 
 
 def create_model(name_or_config: str | InstructUNetConfig, **overrides: Any) -> "InstructUNet":

@@ -144,10 +144,7 @@ class InstructObjective:
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, step: int) -> None:
-        live = next(getattr(model, "module", model).parameters())
-        if next(self.ema.module.parameters()).device != live.device:  # the trainer moved the model after __init__
-            self.ema.to(live.device)
-        self.ema.update(model)
+        self.ema.follow(model)
 
     def state_dict(self) -> dict:
         return {"ema": self.ema.state_dict()}

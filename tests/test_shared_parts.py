@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from data_tools.cache import cache_key, cached
-from data_tools.config import deep_update
+from data_tools.config import deep_update, replace_checked
 from data_tools.ema import EMA, ema_decay_from_half_life
 from data_tools.files import TextFileError, read_utf8_text
 from data_tools.image_datasets import IMAGE_DATASETS, DatasetInfo, ImageDataConfig, load_image_dataset, make_image_data
@@ -282,6 +282,27 @@ def test_ema_averages_parameters_and_copies_buffers():
     assert ema_decay_from_half_life(64, 64) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         EMA(model, decay=1.5)
+
+
+def test_ema_follow_moves_the_average_to_the_live_model_then_updates():
+    model = nn.Linear(2, 2)
+    ema = EMA(model, decay=0.5)
+    before = ema.module.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.follow(model)  # same device: a plain update
+    torch.testing.assert_close(ema.module.weight, 0.5 * before + 0.5)
+    model.to("meta")  # stands in for the trainer moving the model (to a GPU) after the objective built its EMA
+    ema.follow(model)
+    assert ema.module.weight.device.type == "meta" and ema.updates == 2
+
+
+def test_replace_checked_copies_and_refuses_unknown_keys():
+    cfg = OptimConfig()
+    changed = replace_checked(cfg, "optim config", lr=0.5)
+    assert changed.lr == 0.5 and cfg.lr != 0.5
+    with pytest.raises(ValueError, match="unknown optim config keys \\['lrr'\\]"):
+        replace_checked(cfg, "optim config", lrr=0.5)
 
 
 # ------------------------------------------------------------------------------------------------ image data
