@@ -204,11 +204,7 @@ class GANObjective:
         return {k: (v if k == "loss" else v.detach()) for k, v in out.items()}
 
     def after_step(self, model: nn.Module, step: int) -> None:
-        live = getattr(model, "module", model).generator
-        device = next(live.parameters()).device
-        if next(self.ema.module.parameters()).device != device:  # the trainer moved the model after we copied it
-            self.ema.to(device)
-        self.ema.update(live)  # w_avg, fixed noise: copied, not averaged
+        self.ema.follow(getattr(model, "module", model).generator)  # w_avg, fixed noise: copied, not averaged
 
     def state_dict(self) -> dict:
         return {"ema": self.ema.state_dict()}
