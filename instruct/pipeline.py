@@ -187,25 +187,36 @@ class EditInputError(ValueError):
     bad output path, an unknown sampler. The message says what to change."""
 
 
+MAX_INPUT_PIXELS = 50_000_000  # an input image larger than this (about 50 MP) is refused before it is decoded
+
+
 def read_input_image(path: str | Path, size: int, resize: bool = False) -> np.ndarray:
     """An image file as uint8 [size, size, 3]; another size is an error unless `resize` (cover-resize and
-    centre-crop, aspect kept)."""
+    centre-crop, aspect kept). The size is read from the file's header first: a wrong size (without `resize`)
+    or more than MAX_INPUT_PIXELS pixels is refused before any pixel is decoded."""
+    from PIL import Image
+
     from data_tools.images import read_image_file
 
     path = Path(path)
     if not path.is_file():
         raise EditInputError(f"{path}: no such image file")
     try:
-        pixels = read_image_file(path)
-    except Exception as exc:  # PIL raises many types for a bad file
+        with Image.open(path) as im:  # the header only: nothing is decoded yet
+            w, h = im.size
+    except Exception as exc:  # PIL raises many types for a bad file (a decompression bomb too)
         raise EditInputError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
-    h, w = pixels.shape[:2]
-    if (h, w) != (size, size):
-        if not resize:
-            raise EditInputError(f"{path} is {w}x{h} pixels; this model edits {size}x{size} images "
-                                  "(resize it, or pass --resize to cover-resize and centre-crop it)")
-        pixels = read_image_file(path, size)
-    return pixels
+    if w * h > MAX_INPUT_PIXELS:
+        raise EditInputError(f"{path} is {w}x{h} pixels, more than the {MAX_INPUT_PIXELS:,} this command reads; "
+                             f"shrink it first (this model edits {size}x{size} images)")
+    if (h, w) != (size, size) and not resize:
+        raise EditInputError(f"{path} is {w}x{h} pixels; this model edits {size}x{size} images "
+                             "(resize it, or pass --resize to cover-resize and centre-crop it)")
+    try:
+        pixels = read_image_file(path, None if (h, w) == (size, size) else size)
+    except Exception as exc:  # a truncated or corrupt body fails only when decoded
+        raise EditInputError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    return pixels  # (an EXIF rotation keeps a square image square)
 
 
 def write_png(image: np.ndarray, path: str | Path) -> Path:
@@ -232,7 +243,12 @@ def edit_file(model_dir: str | Path, image: str | Path, text: str, out: str | Pa
         raise EditInputError(f"--steps must be >= 1, got {steps}")
     if sampler is not None and sampler not in SAMPLERS:
         raise EditInputError(str(SAMPLERS.unknown(sampler)))
-    size = int(read_pretrained(model_dir, PRETRAINED_KIND).config["image_size"])
+    if out.is_dir():
+        raise EditInputError(f"--out {out} is a folder; name a .png file")
+    try:
+        size = int(read_pretrained(model_dir, PRETRAINED_KIND).config["image_size"])
+    except (OSError, ValueError, KeyError) as exc:  # missing folder, another model kind, a damaged config
+        raise EditInputError(f"--model {model_dir}: not an exported instruct model ({exc})") from None
     pixels = read_input_image(image, size, resize)  # a bad input fails before the model and text encoder load
     pipeline = InstructPipeline.from_pretrained(model_dir)
     cfg = pipeline.config
@@ -244,5 +260,5 @@ def edit_file(model_dir: str | Path, image: str | Path, text: str, out: str | Pa
     return write_png(edited, out), settings
 
 
-__all__ = ["EDIT_CONFIG_FILE", "EditConfig", "EditInputError", "InstructPipeline", "RUN_CONFIG_FILE",
-           "as_image_batch", "edit_file", "read_input_image", "write_png"]
+__all__ = ["EDIT_CONFIG_FILE", "EditConfig", "EditInputError", "InstructPipeline", "MAX_INPUT_PIXELS",
+           "RUN_CONFIG_FILE", "as_image_batch", "edit_file", "read_input_image", "write_png"]

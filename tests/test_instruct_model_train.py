@@ -145,3 +145,30 @@ def test_a_resumed_run_continues_exactly(trained, tmp_path):
     resumed = InstructUNet.from_pretrained(out / "model").state_dict()
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-5, msg=name)
+
+
+def test_edit_inputs_are_checked_from_the_header_before_any_pixel_is_decoded(tmp_path, monkeypatch):
+    import data_tools.images
+    import instruct.pipeline as P
+
+    write_png(np.zeros((20, 24, 3), np.uint8), tmp_path / "big.png")
+    write_png(np.zeros((16, 16, 3), np.uint8), tmp_path / "ok.png")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    with monkeypatch.context() as m:
+        m.setattr(data_tools.images, "read_image_file", no_decoding)
+        with pytest.raises(P.EditInputError, match="24x20 pixels; this model edits 16x16"):
+            P.read_input_image(tmp_path / "big.png", 16)
+    # an image over the pixel cap is refused even with --resize (a small file can declare a huge image)
+    monkeypatch.setattr(P, "MAX_INPUT_PIXELS", 400)
+    with pytest.raises(P.EditInputError, match="more than the 400"):
+        P.read_input_image(tmp_path / "big.png", 16, resize=True)
+    assert P.read_input_image(tmp_path / "ok.png", 16).shape == (16, 16, 3)
+    # a missing or foreign model folder and an output path that is a folder are input errors, not tracebacks
+    with pytest.raises(P.EditInputError, match="not an exported instruct model"):
+        P.edit_file(tmp_path / "no-model", tmp_path / "ok.png", "x", tmp_path / "out.png")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(P.EditInputError, match="is a folder"):
+        P.edit_file(tmp_path / "no-model", tmp_path / "ok.png", "x", tmp_path / "dir.png")
