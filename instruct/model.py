@@ -190,8 +190,9 @@ _SD_IGNORED_KEYS = {"in_channels"}
 def from_stable_diffusion(folder: str | Path, text_encoder: str = "",
                           timestep: str = "scaled_linear") -> InstructUNet:
     """An 8-channel InstructUNet from a local Stable Diffusion folder in diffusers' layout (unet/config.json +
-    weights), as InstructPix2Pix initialises: conv_in's first C input channels copy SD's, the C new ones (the
-    source latent) start at zero, so with a zero source the model computes exactly what SD's UNet does.
+    weights as safetensors; a pickled .bin is refused), as InstructPix2Pix initialises: conv_in's first C input
+    channels copy SD's, the C new ones (the source latent) start at zero, so with a zero source the model
+    computes exactly what SD's UNet does.
 
     Every other setting of SD's UNet config must be one this model builds (checked key by key), so the
     weights load strictly. Nothing is downloaded.
@@ -202,7 +203,9 @@ def from_stable_diffusion(folder: str | Path, text_encoder: str = "",
     if not (path / "unet" / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no unet/config.json (expected a Stable Diffusion folder in diffusers' "
                                 "layout)")
+    # safetensors only: a pickled diffusion_pytorch_model.bin is never unpickled (not even weights_only)
     sd = UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", local_files_only=True,
+                                              use_safetensors=True,
                                               low_cpu_mem_usage=False)  # without accelerate installed
     sc = sd.config
     channels = sc.in_channels

@@ -271,6 +271,11 @@ def test_from_stable_diffusion_widens_conv_in_and_a_zero_source_changes_nothing(
         from_stable_diffusion(tmp_path / "odd")
     with pytest.raises(FileNotFoundError, match="unet/config.json"):
         from_stable_diffusion(tmp_path)
+    # pickled weights (diffusion_pytorch_model.bin) are refused, never unpickled
+    sd.save_pretrained(tmp_path / "pickled" / "unet", safe_serialization=False)
+    assert not list((tmp_path / "pickled" / "unet").glob("*.safetensors"))
+    with pytest.raises(OSError, match="safetensors"):
+        from_stable_diffusion(tmp_path / "pickled")
 
 
 def test_inference_modules_import_no_training_module_and_no_cli():
