@@ -10,6 +10,8 @@ segment   Pixels that moved towards the mark colour: the output's displacement f
           (white on the white background, gray on grey stripes). Value: IoU with the true mask. When the named
           object is absent the truth is empty: the value is 1 if at most ABSENT_MAX_MOVED of the pixels moved,
           else 0 (extra "absent": 1), so an unchanged output scores 1 there: report iou_present beside iou.
+          Marking every object in the scene, whichever was named, scores 1 on a lone object (about 0.7
+          iou_present): iou_with_others (present objects with other objects in the scene) shows the name is read.
           The decoder is made for the half-way blend; an opaque paint-over may or may not count.
 keypoint  For each requested colour, pixels within KP_COLOUR_TOL of it that changed by at least KP_MIN_CHANGE
           from the source; the centroid of their largest 8-connected blob is the predicted point. Correct if
@@ -139,7 +141,9 @@ def _score_segment(ex: InstructExample, out: np.ndarray) -> dict[str, Any]:
     truth = ex.meta["mask"] & decidable
     union = (moved | truth).sum()
     iou = float((moved & truth).sum() / union) if union else 1.0
-    return {"value": iou, "absent": 0.0, "moved": float(moved.mean())}
+    scene = ex.meta.get("scene")
+    others = float(len(scene.objects) - 1) if scene is not None else float("nan")
+    return {"value": iou, "absent": 0.0, "moved": float(moved.mean()), "others": others}
 
 
 def _score_keypoint(ex: InstructExample, out: np.ndarray) -> dict[str, Any]:
@@ -198,6 +202,9 @@ def summarise(scores: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
             absent = [r["value"] for r in rows if r["absent"]]
             summary["iou_present"] = float(np.mean(present)) if present else float("nan")
             summary["absent_acc"] = float(np.mean(absent)) if absent else float("nan")
+            # present objects with other objects in the scene: marking every object scores 1 on a lone object
+            crowded = [r["value"] for r in rows if not r["absent"] and r.get("others", 0) >= 1]
+            summary["iou_with_others"] = float(np.mean(crowded)) if crowded else float("nan")
         elif task == "keypoint":
             summary["pck_points"] = float(sum(r["correct"] for r in rows) / max(1.0, sum(r["points"] for r in rows)))
         elif task == "edit":

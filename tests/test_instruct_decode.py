@@ -166,3 +166,14 @@ def test_summarise(examples):
     assert set(summary["restore"]) >= {"psnr_gain", "psnr_gain/denoise", "psnr_gain/deblur", "psnr_gain/watermark"}
     assert summary["edit"]["rest_acc"] == 1.0 and summary["edit"]["attribute_acc"] == 0.0
     assert summarise([]) == {}
+
+
+def test_marking_every_object_is_caught_by_iou_with_others(examples):
+    """An output that marks every object, whichever was named, is right on lone objects only."""
+    present = _of(examples, "segment", absent=False)
+    crowded = [e for e in present if len(e.meta["scene"].objects) > 1]
+    assert crowded
+    every = [blend_mask(e.source, e.meta["scene"].masks().any(0), e.meta["rgb"]) for e in present]
+    summary = summarise(score(e, o) for e, o in zip(present, every))["segment"]
+    assert summary["iou_with_others"] < 0.6 and summary["iou_with_others"] < summary["iou_present"] - 0.1
+    assert summarise(score(e, e.target) for e in present)["segment"]["iou_with_others"] == 1.0
