@@ -6,6 +6,7 @@ one change; every arm is scored on the validation split's factorial gallery besi
     python benchmarks/demo_levers.py --arms sr4 sr8 sr4-minilm --out runs/levers
     python benchmarks/demo_levers.py --reuse sr8=runs/demo/pretrain ...   # an arm already trained
     python benchmarks/demo_levers.py --build-corpus 464 --demo runs/data464 --arms data464   # more training videos
+    python benchmarks/demo_levers.py --build-corpus 224 --group-batches --demo runs/demo_groups --arms group-batches
 
 Writes docs/results/demo_levers.json and prints a table.
 """
@@ -41,13 +42,17 @@ ARMS: dict[str, list[str]] = {
     # training clips) join every step's contrastive loss, so clips differing in one attribute meet
     "queue320": ["negative_queue=320"],
     "queue48": ["negative_queue=48"],  # three batches back: fresher entries
+    # with --demo pointing at a --group-batches corpus: every batch is one factorial group of 16 training clips
+    # (2 shapes x 2 colours x 2 motions x 2 backgrounds), so only shape and motion tell its clips apart
+    "group-batches": ["data.shuffle_buffer=0"],
     # with --demo pointing at the 464-video corpus: the levers together
     "data464-lr2-depth2": ["model_overrides.video.lr_factor=2", "model_overrides.video.temporal_depth=2"],
 }
 
 
 # arms trained on another corpus (--demo): named in the table, since their overrides do not show it
-CORPUS = {"sr4-factorial": "corpus with `train_design: factorial`", "data464": "corpus of 464 videos (400 training)",
+CORPUS = {"sr4-factorial": "corpus with `train_design: factorial`",
+          "group-batches": "corpus with one factorial group per shard (`--group-batches`)", "data464": "corpus of 464 videos (400 training)",
           "data464-lr2-depth2": "corpus of 464 videos (400 training)"}
 
 
@@ -64,24 +69,31 @@ def train_arm(name: str, overrides: list[str], demo: Path, out: Path) -> Path:
     return run
 
 
-def build_corpus(num_videos: int, out: Path) -> None:
+def build_corpus(num_videos: int, out: Path, group_batches: bool = False) -> None:
     """The demo's corpus and shards with `num_videos` videos: more training videos, and the same validation and
-    test clips (each split draws from its own seeded generator, and their sizes stay the demo's)."""
+    test clips (each split draws from its own seeded generator, and their sizes stay the demo's).
+
+    `group_batches`: the training clips come in 2x2x2x2 factorial groups (`train_design: factorial`) and the
+    training shards hold exactly one group each (16 clips, one writer, the real clips left out, so no shard
+    shifts the others), which a loader without shuffling (`data.shuffle_buffer=0`) turns into one batch each."""
     from data_tools.config import load_config
     from data_tools.corpus import real_corpus_folder
     from data_tools.ingest.build import build_shards
     from data_tools.ingest.config import BuildConfig
-    from data_tools.synth import SynthConfig, synthesize_corpus
+    from data_tools.synth import GROUP_SIZE, SynthConfig, synthesize_corpus
     from hdvila.demo import DEMO_SYNTH
 
     synth = out / "corpus" / "synthetic"
     if not (synth / "metadata.jsonl").exists():
         overrides = [o for o in DEMO_SYNTH if not o.startswith("num_videos=")] + [f"num_videos={num_videos}"]
+        overrides += ["train_design=factorial"] if group_batches else []
         synthesize_corpus(synth, load_config(SynthConfig, None, overrides), progress=False)
-    cfg = load_config(BuildConfig, None, ["workers=2", "sentences.min_duration=2.0", "shards.samples_per_shard=16"])
+    workers = 1 if group_batches else 2
+    cfg = load_config(BuildConfig, None, [f"workers={workers}", "sentences.min_duration=2.0",
+                                          f"shards.samples_per_shard={GROUP_SIZE}"])
     if not (out / "shards" / "train").is_dir():
-        build_shards([str(synth / "train"), str(real_corpus_folder(out / "corpus" / "real"))], out / "shards" / "train",
-                     cfg, False)
+        sources = [str(synth / "train")] + ([] if group_batches else [str(real_corpus_folder(out / "corpus" / "real"))])
+        build_shards(sources, out / "shards" / "train", cfg, False)
     if not (out / "shards" / "val").is_dir():
         build_shards([str(synth / "val")], out / "shards" / "val", cfg, False)
 
@@ -165,13 +177,15 @@ def main() -> None:
     parser.add_argument("--render", action="store_true", help="print the table of --result and exit")
     parser.add_argument("--build-corpus", type=int, default=None, metavar="NUM_VIDEOS",
                         help="first build the demo corpus with this many videos into --demo")
+    parser.add_argument("--group-batches", action="store_true",
+                        help="with --build-corpus: factorial training groups, one per shard (see build_corpus)")
     args = parser.parse_args()
     if args.render:
         print(render(json.loads(Path(args.result).read_text())))
         return
     demo, out = Path(args.demo), Path(args.out)
     if args.build_corpus:
-        build_corpus(args.build_corpus, demo)
+        build_corpus(args.build_corpus, demo, args.group_batches)
     reuse = dict(item.split("=", 1) for item in args.reuse)
     result_path = Path(args.result)
     results = json.loads(result_path.read_text()) if result_path.exists() else {"arms": {}}
