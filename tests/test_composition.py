@@ -83,7 +83,9 @@ def test_a_perfect_ranker_beats_every_oracle_significantly():
     assert blind["model_beats_all"] and blind["p_value"] < 1e-6
     assert blind["R@1"] == pytest.approx(50.0)
     assert len(report["oracles"]) == 2 ** len(ATTRIBUTES) - 1  # every subset but the full one, chance included
-    assert "**model**" in composition_markdown(report)
+    markdown = composition_markdown(report)
+    assert "**model**" in markdown
+    assert f"| motion | {len(attrs)} | 100.0% |" in markdown  # the twin table: one motion twin per clip here
 
 
 def test_a_motion_blind_ranker_is_not_better_than_the_motion_blind_oracle_and_its_errors_are_motion():
