@@ -2,23 +2,14 @@
 validation, the multi- vs single-task comparison and its statistics, the references and the tables."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from bench_helpers import load_benchmark
 
 
 def _load():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_instruct", BENCH / "bench_instruct.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_instruct")
 
 
 def test_choose_scales_takes_the_best_validation_mean_per_task():

@@ -2,15 +2,12 @@
 common.py) and the trainer's bf16-without-AMX warning."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 import multiprocessing as mp
-import sys
 import tarfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,22 +20,7 @@ from data_tools.media.testclips import make_indexed_clip
 from data_tools.training.config import TrainConfig
 from data_tools.training.trainer import build_deepspeed_config
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    # benchmarks/ is a folder of scripts that import `common` as a sibling, not a package
-    if name in sys.modules:
-        return sys.modules[name]
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+from bench_helpers import load_benchmark as _load
 
 
 common = _load("common")

@@ -1,22 +1,13 @@
 """The helpers behind docs/results/demo_levers.json (benchmarks/demo_levers.py)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from bench_helpers import load_benchmark
 
 
 def _load():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("demo_levers", BENCH / "demo_levers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("demo_levers")
 
 
 def _arm(r1: float, overrides=()) -> dict:
