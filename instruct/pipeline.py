@@ -107,7 +107,9 @@ class InstructPipeline:
         folder = read_pretrained(directory, PRETRAINED_KIND)
         model = InstructUNet.from_pretrained_config(folder.config, folder.meta)
         model.load_pretrained_weights(folder, map_location)
-        config, run_config = EditConfig(), {}
+        # without edit.yaml (a folder written by hand) the target comes from the meta save_pretrained records:
+        # decoding a v-model's output as eps would be silently wrong
+        config, run_config = EditConfig(target=folder.meta.get("target", EditConfig.target)), {}
         if EDIT_CONFIG_FILE in folder.files:
             config = from_dict(EditConfig, yaml.safe_load(folder.file(EDIT_CONFIG_FILE).read_text("utf-8")) or {})
         if RUN_CONFIG_FILE in folder.files:

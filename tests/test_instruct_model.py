@@ -43,6 +43,14 @@ def test_every_registered_size_builds_on_the_meta_device(name):
             320, 640, 1280, 1280]
 
 
+def test_a_folder_without_edit_settings_decodes_with_the_target_it_records(tmp_path):
+    from instruct.pipeline import InstructPipeline
+
+    folder = create_model("instruct-tiny").save_pretrained(
+        tmp_path / "bare", meta={"text_encoder": "packaged:all-minilm-l6-v2", "target": "x0"})
+    assert InstructPipeline.from_pretrained(folder).config.target == "x0"  # not the dataclass default (eps)
+
+
 def test_tiny_is_small_and_a_saved_folder_reloads_to_identical_outputs(tmp_path):
     torch.manual_seed(0)
     model = create_model("instruct-tiny").eval()
