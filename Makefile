@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test demo bench bench-diffusion bench-animation clean
+.PHONY: venv test demo bench bench-diffusion bench-animation bench-spo clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,10 @@ bench-animation: $(STAMP)
 bench-diffusion: $(STAMP)
 	$(PY) benchmarks/bench_diffusion.py --experiment all --jobs 2
 	$(PY) benchmarks/report_diffusion.py
+
+# SPO against trajectory DPO at equal compute, with its ablations, 3 seeds (docs/results/spo.md)
+bench-spo: $(STAMP)
+	$(PY) benchmarks/bench_spo.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -19,7 +19,8 @@ setup(
     python_requires=">=3.10",
     # namespace packages too, so data folders without __init__.py (assets/corpus, configs/pretrain, ...) are
     # packages of their own and their files install as package data
-    packages=find_namespace_packages(include=["data_tools*", "hdvila*", "diffusion*", "animation*", "instruct*"],
+    packages=find_namespace_packages(include=["data_tools*", "hdvila*", "diffusion*", "animation*", "instruct*",
+                                              "spo*"],
                                      exclude=["*.__pycache__"]),
     package_data={
         "data_tools": ["assets/**/*", "training/deepspeed/*.json"],

@@ -1,0 +1,410 @@
+"""SPO in miniature (docs/results/spo.md): step-wise preference pairs against trajectory-level DPO, at equal
+denoiser evaluations, with the ablations and the baselines a sceptic asks for.
+
+    python benchmarks/bench_spo.py                       # base, preference models, lr sweep, 3 seeds, report
+    python benchmarks/bench_spo.py --quick --runs DIR    # a tiny end-to-end pass (the test uses it)
+
+Stages (finished runs are reused, so a rerun only trains what is missing):
+1. base: `hdvila diffusion train --config spo/digits-base` (class-conditional 8x8 digits, DDIM eta=1, 10 steps).
+2. preference models: `hdvila spo spm-train --config spo/spm` (the step-aware model and the final-image scorer,
+   from labelled pairs of the base model's own samples).
+3. learning-rate sweep, training seed 0, scored on the VALIDATION noise seed: for SPO and for trajectory DPO, the
+   learning rate with the largest hidden-aesthetic value at the compute budget among those that keep class
+   accuracy within 2 points of the base.
+4. main runs, training seeds 1..3, scored on the TEST noise seed (never used for a choice): SPO (random
+   continue), SPO winner-continue, SPO with the final-image scorer, SPO with a coin-flip scorer (chance), SPO with
+   the hidden aesthetic itself as scorer (the shortcut's ceiling), trajectory DPO.
+5. report: curves against denoiser evaluations, the goal (SPO reaches DPO's final aesthetic gain with at most a
+   third of its evaluations, class accuracy within 2 points, FD within 10%), Welch tests, sample grids.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from diffusion_stats import fmt_p, mean_std, welch  # noqa: E402
+
+VAL_SEED = 1234  # noise seed of the samples the sweep chooses on
+TEST_SEED = 2024  # noise seed of the samples the main runs are reported on
+SWEEP_SEED = 0
+ARMS = {  # arm -> overrides of spo/digits (the SPM folder is filled in)
+    "spo": {},
+    "spo-winner": {"continue_rule": "winner"},
+    "spo-final-image": {"scorer": "{spm}/final-image"},
+    "spo-coinflip": {"scorer": "coinflip"},
+    "spo-oracle": {"scorer": "oracle-crispness"},
+    "trajectory-dpo": {"method": "trajectory_dpo"},
+}
+LR_OF = {"trajectory-dpo": "trajectory_dpo"}  # arms whose learning rate is the DPO sweep's (the rest: SPO's)
+METRICS = ("crispness", "centring", "class_accuracy", "fd")
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+def hdvila(args: list[str], log_path: Path, threads: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "hdvila.cli", "--quiet", "--log-level", "WARNING", *args]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
+
+
+def ensure_base(root: Path, quick: bool, threads: int) -> Path:
+    model = root / "base" / "model"
+    if not (model / "model.safetensors").exists():
+        extra = ["train.max_steps=300", "train.val_every=0", "train.save_every=0"] if quick else []
+        hdvila(["diffusion", "train", "--config", "spo/digits-base", f"output_dir={root / 'base'}", *extra],
+               root / "base.log", threads)
+    return model
+
+
+def ensure_spm(root: Path, base: Path, quick: bool, threads: int) -> Path:
+    out = root / "spm"
+    if not (out / "report.json").exists():
+        extra = ["samples_per_prompt=40", "fit.steps=60"] if quick else []
+        hdvila(["spo", "spm-train", "--config", "spo/spm", f"base={base}", f"output_dir={out}", *extra],
+               root / "spm.log", threads)
+    return out
+
+
+def run_arm(out: Path, arm: str, base: Path, spm: Path, seed: int, lr: float, steps: int, eval_seed: int,
+            val_every: int, samples: int, threads: int) -> Path:
+    record = out / "metrics.jsonl"
+    if (out / "model" / "model.safetensors").exists() and record.exists():
+        return out
+    overrides = {"scorer": str(spm / "step-aware"), **ARMS[arm]}
+    overrides = {k: str(v).replace("{spm}", str(spm)) for k, v in overrides.items()}
+    args = ["spo", "train", "--config", "spo/digits", f"base={base}", f"output_dir={out}", f"train.seed={seed}",
+            f"optim.lr={lr}", f"train.max_steps={steps}", f"train.val_every={val_every}",
+            f"train.log_every={val_every}", f"eval.seed={eval_seed}", f"eval.samples={samples}",
+            *[f"{k}={v}" for k, v in overrides.items()]]
+    hdvila(args, out / "run.log", threads)
+    return out
+
+
+def curve(run: Path) -> dict[str, list[float]]:
+    """The run's evaluations against denoiser evaluations, starting at the base model (nfe 0)."""
+    base = json.loads((run / "base_eval.json").read_text())
+    points = {"nfe": [0.0], **{m: [float(base[m])] for m in METRICS}}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if "val/nfe" in record and "val/crispness" in record:
+            points["nfe"].append(float(record["val/nfe"]))
+            for m in METRICS:
+                points[m].append(float(record[f"val/{m}"]))
+    return points
+
+
+def value_at(points: dict[str, list[float]], metric: str, nfe: float) -> float | None:
+    """Linear interpolation of a metric at `nfe`; None beyond the run's last evaluation."""
+    xs, ys = points["nfe"], points[metric]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 <= nfe <= x1:
+            return y0 + (y1 - y0) * (nfe - x0) / (x1 - x0) if x1 > x0 else y1
+    return None
+
+
+def nfe_to_reach(points: dict[str, list[float]], metric: str, level: float) -> float | None:
+    """First NFE (interpolated) at which the metric reaches `level` from below; None if it never does."""
+    xs, ys = points["nfe"], points[metric]
+    if ys[0] >= level:
+        return 0.0
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if y1 >= level:
+            return x1 if y1 == y0 or y0 >= level else x0 + (x1 - x0) * (level - y0) / (y1 - y0)
+    return None
+
+
+def nfe_per_step(run: Path) -> float:
+    points = curve(run)
+    last_step = max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line)
+    return points["nfe"][-1] / last_step
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+def sweep(root: Path, base: Path, spm: Path, lrs: list[float], budget: float, probe_steps: dict[str, int],
+          samples: int, val_every: int, threads: int) -> dict:
+    """Seed-0 runs per method and learning rate, scored on the validation noise seed; choose per method."""
+    results: dict = {"runs": {}, "chosen": {}}
+    for arm in ("spo", "trajectory-dpo"):
+        candidates = []
+        for lr in lrs:
+            run = run_arm(root / "sweep" / f"{arm}-lr{lr:g}", arm, base, spm, SWEEP_SEED, lr, probe_steps[arm],
+                          VAL_SEED, val_every, samples, threads)
+            points = curve(run)
+            at = {m: value_at(points, m, budget) for m in METRICS}
+            reached = at["crispness"] is not None
+            if not reached:  # the run fell short of the budget: its last evaluation stands in, flagged
+                at = {m: points[m][-1] for m in METRICS}
+            ok = at["class_accuracy"] >= points["class_accuracy"][0] - 0.02  # False for NaN (a diverged run)
+            results["runs"][f"{arm}-lr{lr:g}"] = {"lr": lr, "at_budget": at, "reached_budget": reached,
+                                                 "class_accuracy_ok": ok, "nfe_per_step": nfe_per_step(run)}
+            print(f"sweep {arm} lr {lr:g}: {at} (reached budget: {reached})", flush=True)
+            if ok:
+                candidates.append((at["crispness"], lr, nfe_per_step(run)))
+        if not candidates:
+            raise RuntimeError(f"no learning rate keeps {arm}'s class accuracy within 2 points")
+        _, lr, per_step = max(candidates)
+        results["chosen"][arm] = {"lr": lr, "nfe_per_step": per_step}
+    return results
+
+
+def main_runs(root: Path, base: Path, spm: Path, chosen: dict, seeds: list[int], budget: float, samples: int,
+              val_every: int, threads: int, arms: list[str]) -> dict:
+    runs: dict = {}
+    for arm in arms:
+        method = "trajectory-dpo" if arm in LR_OF else "spo"
+        lr, per_step = chosen[method]["lr"], chosen[method]["nfe_per_step"]
+        steps = max(val_every, int(math.ceil(1.15 * budget / per_step / val_every)) * val_every)
+        for seed in seeds:
+            started = time.time()
+            run = run_arm(root / "main" / f"{arm}-seed{seed}", arm, base, spm, seed, lr, steps, TEST_SEED,
+                          val_every, samples, threads)
+            runs.setdefault(arm, {})[seed] = {"path": str(run), "curve": curve(run), "lr": lr, "steps": steps}
+            print(f"main {arm} seed {seed}: {time.time() - started:.0f} s", flush=True)
+    return runs
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+
+def _known(values: list) -> list[float]:
+    """Per-seed values without the seeds whose run stopped short of the point asked for."""
+    return [v for v in values if v is not None]
+
+
+def analyse(runs: dict, budget: float, seeds: list[int]) -> dict:
+    base = {m: runs["spo"][seeds[0]]["curve"][m][0] for m in METRICS}
+    at_budget = {arm: {m: [value_at(r["curve"], m, budget) for r in by_seed.values()] for m in METRICS}
+                 for arm, by_seed in runs.items()}
+    goal: dict = {"per_seed": []}
+    for seed in seeds:
+        spo, dpo = runs["spo"][seed]["curve"], runs["trajectory-dpo"][seed]["curve"]
+        dpo_gain = value_at(dpo, "crispness", budget) - base["crispness"]
+        reach = nfe_to_reach(spo, "crispness", base["crispness"] + dpo_gain)
+        # reach 0: DPO ended no better than the base, which SPO "reaches" without training (no ratio to report)
+        entry = {"seed": seed, "dpo_final_gain": dpo_gain, "spo_nfe_to_reach": reach,
+                 "ratio": budget / reach if reach else None}
+        if reach is not None:
+            entry.update({f"spo_{m}_there": value_at(spo, m, reach) for m in ("class_accuracy", "fd")})
+        goal["per_seed"].append(entry)
+    ratios = [e["ratio"] for e in goal["per_seed"] if e["ratio"]]
+    goal["ratio_mean_std"] = mean_std(ratios) if ratios else None
+    if len(ratios) >= 2:
+        from scipy import stats
+
+        test = stats.ttest_1samp([math.log(r) for r in ratios], math.log(3.0), alternative="greater")
+        goal["ratio_above_3_p"] = float(test.pvalue)  # one-sided t-test of log ratio > log 3
+    reached = [e for e in goal["per_seed"] if e["spo_nfe_to_reach"] is not None]
+    # a seed where DPO gained nothing (ratio None) does not count against SPO
+    goal["speed_met"] = len(reached) == len(seeds) and all(e["ratio"] is None or e["ratio"] >= 3 for e in reached)
+    goal["class_accuracy_met"] = all(e["spo_class_accuracy_there"] >= base["class_accuracy"] - 0.02 for e in reached)
+    goal["fd_met"] = all(e["spo_fd_there"] <= 1.1 * base["fd"] for e in reached)
+    tests = {}
+    for a, b in (("spo", "trajectory-dpo"), ("spo", "spo-winner"), ("spo", "spo-final-image"),
+                 ("spo", "spo-coinflip"), ("spo-oracle", "spo")):
+        if a in runs and b in runs:
+            tests[f"{a} vs {b}"] = {m: welch(_known(at_budget[a][m]), _known(at_budget[b][m]))
+                                    for m in ("crispness", "fd")}
+    # SPO against DPO where SPO has spent a third of the budget: is it already ahead?
+    third = {m: [value_at(runs["spo"][s]["curve"], m, budget / 3) for s in seeds] for m in METRICS}
+    tests["spo at budget/3 vs trajectory-dpo at budget"] = {m: welch(_known(third[m]),
+                                                                    _known(at_budget["trajectory-dpo"][m]))
+                                                            for m in ("crispness", "fd")}
+    return {"base": base, "at_budget": at_budget, "spo_at_third": third, "goal": goal, "tests": tests}
+
+
+def plot(runs: dict, budget: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.linspace(0, budget, 41)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for arm, by_seed in runs.items():
+        for ax, metric in zip(axes, ("crispness", "fd", "class_accuracy")):
+            values = np.array([[value_at(r["curve"], metric, x) if value_at(r["curve"], metric, x) is not None
+                                else np.nan for x in grid] for r in by_seed.values()])
+            mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0, ddof=1)
+            ax.plot(grid / 1e3, mean, label=arm)
+            ax.fill_between(grid / 1e3, mean - std, mean + std, alpha=0.15)
+    for ax, title in zip(axes, ("hidden aesthetic (stroke crispness) ↑", "FD to held-out digits ↓",
+                                "class accuracy ↑")):
+        ax.set_title(title)
+        ax.set_xlabel("denoiser evaluations (thousands of rows)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SPO vs trajectory DPO on 8x8 digits (mean ± sample sd over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sample_grid(base: Path, runs: dict, seed: int, path: Path) -> None:
+    """Rows of 10 classes: the base model, SPO and trajectory DPO at the end of their runs, same noise."""
+    import torch
+
+    from data_tools.images import save_image_grid
+    from diffusion.pipeline import DiffusionPipeline
+    from spo.collect import sample_chain
+    from spo.policy import DenoiserPolicy
+
+    rows = []
+    for folder in (base, *(Path(runs[arm][seed]["path"]) / "model" for arm in ("spo", "trajectory-dpo"))):
+        policy = DenoiserPolicy.from_pipeline(DiffusionPipeline.from_pretrained(folder), 10)
+        generator = torch.Generator().manual_seed(TEST_SEED)
+        rows.append(sample_chain(policy, policy.model, torch.arange(40) % 10, generator)[1])
+    save_image_grid(torch.cat(rows), path, nrow=20, scale=6)
+
+
+def write_report(results: dict, path: Path) -> None:
+    a = results["analysis"]
+    g = a["goal"]
+    budget = results["budget"]
+    lines = ["# SPO in miniature: step-wise preference pairs against trajectory-level DPO", "",
+             *(["**QUICK RUN: tiny settings that check the pipeline and prove nothing.**", ""] if results["quick"]
+               else []),
+             "Generated by `python benchmarks/bench_spo.py`; the design is in [../spo.md](../spo.md).", "",
+             f"- Machine: {results['machine']}; torch {results['versions']['torch']}, diffusers "
+             f"{results['versions']['diffusers']}, peft {results['versions']['peft']}; {results['minutes']:.1f} min "
+             "for the last invocation (finished runs are reused).",
+             f"- Base: class-conditional 8x8 digits, 1M-parameter DiT (`spo/digits-base`), DDIM eta=1, 10 steps, "
+             f"guidance 2. Budget {budget:,.0f} denoiser rows per run (a guided prediction of one image is 2 rows; "
+             "a backward pass counts as 2 rows; the reference model's rows count too).",
+             f"- Training seeds {results['seeds']} for the main runs; the learning rate was chosen on seed "
+             f"{SWEEP_SEED} with samples from validation noise seed {VAL_SEED}; the main runs are scored on "
+             f"test noise seed {TEST_SEED} ({results['samples']} samples per evaluation), used for no choice.",
+             "- Spread: sample standard deviation over seeds; tests: two-sided Welch t-tests on per-seed values.",
+             "", "## Preference models", ""]
+    spm = results["spm_report"]
+    lines += [f"{spm['pairs_train']} training and {spm['pairs_val']} validation pairs of the base model's own samples "
+              f"(same prompt); {spm['ties'] * 100:.1f}% ties; the labels agree with the hidden aesthetic's order on "
+              f"{spm['labels_agree_with_hidden'] * 100:.1f}% of decided pairs (the rest is the layout confounder and "
+              "label noise). Accuracy on validation pairs, after one denoising step from the same noise:", "",
+              "| step (logSNR) | " + " | ".join(f"{name}: labels / hidden" for name in spm["models"]) + " |",
+              "|---|" + "---|" * len(spm["models"])]
+    names = list(spm["models"])
+    for i, row in enumerate(spm["models"][names[0]]):
+        where = "clean" if row["step"] is None else f"{row['step']} ({row['logsnr']:.1f})"
+        cells = [f"{spm['models'][n][i]['label_accuracy'] * 100:.1f} / "
+                 f"{spm['models'][n][i]['hidden_accuracy'] * 100:.1f}" for n in names]
+        lines.append(f"| {where} | " + " | ".join(cells) + " |")
+    lines += ["", "## Learning rates (seed 0, validation noise)", "",
+              "| run | lr | crispness at budget | class acc. | FD | reached budget |", "|---|---|---|---|---|---|"]
+    for name, r in results["sweep"]["runs"].items():
+        at = r["at_budget"]
+        lines.append(f"| {name} | {r['lr']:g} | {at['crispness']:.4f} | {at['class_accuracy'] * 100:.1f} | "
+                     f"{at['fd']:.2f} | {r['reached_budget']} |")
+    chosen = results["sweep"]["chosen"]
+    lines += ["", f"Chosen: SPO lr {chosen['spo']['lr']:g}, trajectory DPO lr {chosen['trajectory-dpo']['lr']:g} "
+              "(largest crispness at the budget with class accuracy within 2 points of the base).", "",
+              f"## Results at the budget ({budget:,.0f} rows), test noise", "",
+              f"Base model: crispness {a['base']['crispness']:.4f}, centring {a['base']['centring']:.3f}, class "
+              f"accuracy {a['base']['class_accuracy'] * 100:.1f}%, FD {a['base']['fd']:.2f}.", "",
+              "| arm | crispness | gain over base | centring | class acc. % | FD |", "|---|---|---|---|---|---|"]
+
+    def fmt(values, digits=4, scale=1.0):
+        values = [v * scale for v in values if v is not None]
+        if not values:
+            return "n/a"
+        mean, std = mean_std(values)
+        return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+    for arm, at in a["at_budget"].items():
+        gains = [c - a["base"]["crispness"] for c in at["crispness"] if c is not None]
+        lines.append(f"| {arm} | {fmt(at['crispness'])} | {fmt(gains)} | {fmt(at['centring'], 3)} | "
+                     f"{fmt(at['class_accuracy'], 1, 100)} | {fmt(at['fd'], 2)} |")
+    lines += ["", "Comparisons at the budget (Welch, two-sided):", "", "| comparison | crispness p | FD p |",
+              "|---|---|---|"]
+    for name, t in a["tests"].items():
+        lines.append(f"| {name} | {fmt_p(t['crispness']['p'] if t['crispness'] else None)} | "
+                     f"{fmt_p(t['fd']['p'] if t['fd'] else None)} |")
+    lines += ["", "## The goal", "", "| seed | DPO's gain at the budget | SPO reaches it at (rows) | ratio | SPO class "
+              "acc. there | SPO FD there |", "|---|---|---|---|---|---|"]
+    for e in g["per_seed"]:
+        reach = f"{e['spo_nfe_to_reach']:,.0f}" if e["spo_nfe_to_reach"] else "never"
+        ratio = f"{e['ratio']:.1f}x" if e["ratio"] else "n/a"
+        acc = f"{e['spo_class_accuracy_there'] * 100:.1f}" if e["spo_nfe_to_reach"] else "n/a"
+        fd = f"{e['spo_fd_there']:.2f}" if e["spo_nfe_to_reach"] else "n/a"
+        lines.append(f"| {e['seed']} | {e['dpo_final_gain']:+.4f} | {reach} | {ratio} | {acc} | {fd} |")
+    if g.get("ratio_mean_std"):
+        mean, std = g["ratio_mean_std"]
+        lines += ["", f"Speed-up {mean:.1f}x ± {std:.1f} (sample sd); one-sided t-test of log ratio > log 3: "
+                      f"p = {fmt_p(g.get('ratio_above_3_p'))}."]
+    lines += ["", f"- SPO reaches DPO's final gain with at most a third of its evaluations: "
+                  f"**{'met' if g['speed_met'] else 'not met'}**",
+              "- class accuracy within 2 points of the base there: "
+              f"**{'met' if g['class_accuracy_met'] else 'not met'}**",
+              f"- FD not worse than the base's by more than 10% there: **{'met' if g['fd_met'] else 'not met'}**",
+              "", "![curves](spo_curves.png)", "",
+              "Samples (rows of 10 classes, same noise): base, SPO and trajectory DPO at the end of their seed-"
+              f"{results['seeds'][0]} runs.", "", "![samples](spo_samples.png)", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/spo/bench")
+    parser.add_argument("--out", default="docs/results")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4])
+    parser.add_argument("--budget", type=float, default=400_000)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--val-every", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS))
+    parser.add_argument("--quick", action="store_true", help="tiny settings: checks the pipeline, proves nothing")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.lrs, args.budget, args.samples, args.val_every = args.seeds[:2], args.lrs[:1], 12_000, 60, 2
+    started = time.time()
+    root = Path(args.runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = ensure_base(root, args.quick, args.threads)
+    spm = ensure_spm(root, base, args.quick, args.threads)
+    # sweep lengths from measured rows per step (SPO ~1,700, trajectory DPO ~2,850 at batch 16), with a margin
+    probe = {"spo": int(math.ceil(1.15 * args.budget / 1500 / args.val_every)) * args.val_every,
+             "trajectory-dpo": int(math.ceil(1.15 * args.budget / 2600 / args.val_every)) * args.val_every}
+    if args.quick:
+        probe = {"spo": 8, "trajectory-dpo": 6}
+    swept = sweep(root, base, spm, args.lrs, args.budget, probe, args.samples, args.val_every, args.threads)
+    runs = main_runs(root, base, spm, swept["chosen"], args.seeds, args.budget, args.samples, args.val_every,
+                     args.threads, args.arms)
+    import diffusers
+    import peft
+    import torch
+
+    from common import machine_line
+
+    results = {"budget": args.budget, "seeds": args.seeds, "samples": args.samples, "quick": args.quick,
+               "machine": machine_line(), "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                                                       "peft": peft.__version__},
+               "spm_report": json.loads((spm / "report.json").read_text()), "sweep": swept, "runs": runs,
+               "analysis": analyse(runs, args.budget, args.seeds), "minutes": (time.time() - started) / 60}
+    from data_tools.files import atomic_write_json
+
+    atomic_write_json(out / "spo.json", results)
+    plot(runs, args.budget, out / "spo_curves.png")
+    sample_grid(base, runs, args.seeds[0], out / "spo_samples.png")
+    write_report(results, out / "spo.md")
+    print(f"wrote {out / 'spo.md'} in {(time.time() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
