@@ -198,6 +198,7 @@ def analyse(runs: dict, budget: float, seeds: list[int]) -> dict:
         # reach 0: DPO ended no better than the base, which SPO "reaches" without training (no ratio to report)
         entry = {"seed": seed, "dpo_final_gain": dpo_gain, "spo_nfe_to_reach": reach,
                  "ratio": budget / reach if reach else None}
+        entry["dpo_fd_final"] = value_at(dpo, "fd", budget)
         if reach is not None:
             entry.update({f"spo_{m}_there": value_at(spo, m, reach) for m in ("class_accuracy", "fd")})
         goal["per_seed"].append(entry)
@@ -213,6 +214,8 @@ def analyse(runs: dict, budget: float, seeds: list[int]) -> dict:
     goal["speed_met"] = len(reached) == len(seeds) and all(e["ratio"] is None or e["ratio"] >= 3 for e in reached)
     goal["class_accuracy_met"] = all(e["spo_class_accuracy_there"] >= base["class_accuracy"] - 0.02 for e in reached)
     goal["fd_met"] = all(e["spo_fd_there"] <= 1.1 * base["fd"] for e in reached)
+    # the fair question behind the FD goal: at the same aesthetic gain, does SPO cost more FD than DPO?
+    goal["fd_at_equal_gain"] = welch([e["spo_fd_there"] for e in reached], [e["dpo_fd_final"] for e in reached])
     tests = {}
     for a, b in (("spo", "trajectory-dpo"), ("spo", "spo-winner"), ("spo", "spo-final-image"),
                  ("spo", "spo-coinflip"), ("spo-oracle", "spo")):
@@ -235,19 +238,28 @@ def plot(runs: dict, budget: float, path: Path) -> None:
     import numpy as np
 
     grid = np.linspace(0, budget, 41)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     for arm, by_seed in runs.items():
+        color = None
         for ax, metric in zip(axes, ("crispness", "fd", "class_accuracy")):
-            values = np.array([[value_at(r["curve"], metric, x) if value_at(r["curve"], metric, x) is not None
-                                else np.nan for x in grid] for r in by_seed.values()])
+            values = np.array([[np.nan if value_at(r["curve"], metric, x) is None else value_at(r["curve"], metric, x)
+                                for x in grid] for r in by_seed.values()])
             mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0, ddof=1)
-            ax.plot(grid / 1e3, mean, label=arm)
-            ax.fill_between(grid / 1e3, mean - std, mean + std, alpha=0.15)
+            (line,) = ax.plot(grid / 1e3, mean, label=arm, color=color)
+            color = line.get_color()
+            ax.fill_between(grid / 1e3, mean - std, mean + std, alpha=0.15, color=color)
+        for i, r in enumerate(by_seed.values()):  # the trade-off: each run's evaluations in (crispness, FD)
+            axes[3].plot(r["curve"]["crispness"], r["curve"]["fd"], ".-", ms=3, alpha=0.6, color=color,
+                         label=arm if i == 0 else None)
     for ax, title in zip(axes, ("hidden aesthetic (stroke crispness) ↑", "FD to held-out digits ↓",
                                 "class accuracy ↑")):
         ax.set_title(title)
         ax.set_xlabel("denoiser evaluations (thousands of rows)")
         ax.grid(alpha=0.3)
+    axes[3].set_title("trade-off: FD against crispness, every evaluation")
+    axes[3].set_xlabel("crispness")
+    axes[3].set_ylabel("FD")
+    axes[3].grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("SPO vs trajectory DPO on 8x8 digits (mean ± sample sd over seeds)")
     fig.tight_layout()
@@ -335,13 +347,14 @@ def write_report(results: dict, path: Path) -> None:
         lines.append(f"| {name} | {fmt_p(t['crispness']['p'] if t['crispness'] else None)} | "
                      f"{fmt_p(t['fd']['p'] if t['fd'] else None)} |")
     lines += ["", "## The goal", "", "| seed | DPO's gain at the budget | SPO reaches it at (rows) | ratio | SPO class "
-              "acc. there | SPO FD there |", "|---|---|---|---|---|---|"]
+              "acc. there | SPO FD there | DPO's FD at the budget |", "|---|---|---|---|---|---|---|"]
     for e in g["per_seed"]:
         reach = f"{e['spo_nfe_to_reach']:,.0f}" if e["spo_nfe_to_reach"] else "never"
         ratio = f"{e['ratio']:.1f}x" if e["ratio"] else "n/a"
         acc = f"{e['spo_class_accuracy_there'] * 100:.1f}" if e["spo_nfe_to_reach"] else "n/a"
         fd = f"{e['spo_fd_there']:.2f}" if e["spo_nfe_to_reach"] else "n/a"
-        lines.append(f"| {e['seed']} | {e['dpo_final_gain']:+.4f} | {reach} | {ratio} | {acc} | {fd} |")
+        lines.append(f"| {e['seed']} | {e['dpo_final_gain']:+.4f} | {reach} | {ratio} | {acc} | {fd} | "
+                     f"{e['dpo_fd_final']:.2f} |")
     if g.get("ratio_mean_std"):
         mean, std = g["ratio_mean_std"]
         lines += ["", f"Speed-up {mean:.1f}x ± {std:.1f} (sample sd); one-sided t-test of log ratio > log 3: "
@@ -351,6 +364,8 @@ def write_report(results: dict, path: Path) -> None:
               "- class accuracy within 2 points of the base there: "
               f"**{'met' if g['class_accuracy_met'] else 'not met'}**",
               f"- FD not worse than the base's by more than 10% there: **{'met' if g['fd_met'] else 'not met'}**",
+              "- at equal gain, SPO's FD against DPO's (Welch, two-sided): p = "
+              f"{fmt_p(g['fd_at_equal_gain']['p'] if g['fd_at_equal_gain'] else None)}",
               "", "![curves](spo_curves.png)", "",
               "Samples (rows of 10 classes, same noise): base, SPO and trajectory DPO at the end of their seed-"
               f"{results['seeds'][0]} runs.", "", "![samples](spo_samples.png)", ""]

@@ -21,9 +21,16 @@ from typing import Any, Callable
 
 import torch
 
+from .policy import randn_like_on
 from .steps import ddim_transition, next_parent, select_pairs
 
-Scorer = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (images, prompt ids, λ) -> scores [B]
+# (images, prompt ids, λ) -> scores [B] as CPU floats; higher = preferred (spo.scorers)
+Scorer = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def _per_sample(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample [B] tensor shaped to broadcast over `like` [B, ...], on its device."""
+    return mask.to(like.device).view(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass
@@ -64,6 +71,7 @@ def step_pairs(policy: Any, net: Any, scorer: Scorer, prompt_ids: torch.Tensor, 
     b = prompt_ids.shape[0]
     cond = policy.condition(prompt_ids)
     x = policy.start(b, generator)
+    device = x.device
     rows = 0
 
     def predict(x_, lam):
@@ -77,26 +85,27 @@ def step_pairs(policy: Any, net: Any, scorer: Scorer, prompt_ids: torch.Tensor, 
     for i in range(steps):
         mean, std = ddim_transition(x0, eps, grid[i], grid[i + 1], policy.eta)
         if i < divert_start:
-            x = mean + std * torch.randn(mean.shape, generator=generator)
+            x = mean + std * randn_like_on(mean.shape, generator, device)
             x0, eps = predict(x, grid[i + 1])
             continue
         # k candidates per parent, laid out candidate-major: [k * B, ...]
-        noise = torch.randn((k, *mean.shape), generator=generator)
+        noise = randn_like_on((k, *mean.shape), generator, device)
         candidates = (mean[None] + std * noise).reshape(k * b, *mean.shape[1:])
         c_x0, c_eps = predict(candidates, grid[i + 1])
-        scores = scorer(policy.decode(c_x0), prompt_ids.repeat(k), grid[i + 1]).reshape(k, b).T  # [B, k]
-        best, worst, keep = select_pairs(scores, threshold)
+        scores = scorer(policy.decode(c_x0), prompt_ids.repeat(k), grid[i + 1]).float().cpu().reshape(k, b).T
+        best, worst, keep = select_pairs(scores, threshold)  # [B] each, on the CPU
         by_parent = candidates.reshape(k, b, *mean.shape[1:]).transpose(0, 1)  # [B, k, ...]
-        rows_idx = torch.arange(b)
+        rows_idx = torch.arange(b, device=device)
         if bool(keep.any()):
-            parents.append(x[keep])
-            wins.append(by_parent[rows_idx, best][keep])
-            loses.append(by_parent[rows_idx, worst][keep])
+            on = keep.to(device)
+            parents.append(x[on])
+            wins.append(by_parent[rows_idx, best.to(device)][on])
+            loses.append(by_parent[rows_idx, worst.to(device)][on])
             step_index.append(torch.full((int(keep.sum()),), i, dtype=torch.long))
             prompts.append(prompt_ids[keep])
         kept += int(keep.sum())
         margins.append((scores.max(dim=1).values - scores.min(dim=1).values).mean())
-        chosen = next_parent(scores, continue_rule, generator)
+        chosen = next_parent(scores, continue_rule, generator).to(device)
         x = by_parent[rows_idx, chosen]
         x0 = c_x0.reshape(k, b, *mean.shape[1:]).transpose(0, 1)[rows_idx, chosen]
         eps = c_eps.reshape(k, b, *mean.shape[1:]).transpose(0, 1)[rows_idx, chosen]
@@ -123,7 +132,7 @@ def sample_chain(policy: Any, net: Any, prompt_ids: torch.Tensor, generator: tor
     for i in range(len(grid) - 1):
         x0, eps = policy.predict(net, x, torch.full((b,), grid[i]), cond)
         mean, std = ddim_transition(x0, eps, grid[i], grid[i + 1], policy.eta)
-        x = mean + std * torch.randn(mean.shape, generator=generator)
+        x = mean + std * randn_like_on(mean.shape, generator, x.device)
         states.append(x)
     x0, _ = policy.predict(net, x, torch.full((b,), grid[-1]), cond)
     return states, policy.decode(x0), b * len(grid) * policy.rows_per_call
@@ -132,20 +141,23 @@ def sample_chain(policy: Any, net: Any, prompt_ids: torch.Tensor, generator: tor
 @torch.no_grad()
 def trajectory_pairs(policy: Any, net: Any, scorer: Scorer, prompt_ids: torch.Tensor, threshold: float = 0.0,
                      generator: torch.Generator | None = None) -> tuple[Transitions, int]:
-    """Two chains per prompt, labelled by the scorer on the final images, the label copied to every step."""
+    """Two chains per prompt, labelled by the scorer on the final images, the label copied to every step.
+    Diffusion-DPO keeps every labelled pair (threshold 0)."""
     states_a, final_a, rows_a = sample_chain(policy, net, prompt_ids, generator)
     states_b, final_b, rows_b = sample_chain(policy, net, prompt_ids, generator)
     clean = policy.grid[-1]
-    scores = torch.stack([scorer(final_a, prompt_ids, clean), scorer(final_b, prompt_ids, clean)], dim=1)
+    scores = torch.stack([scorer(final_a, prompt_ids, clean).float().cpu(),
+                          scorer(final_b, prompt_ids, clean).float().cpu()], dim=1)
     best, _, keep = select_pairs(scores, threshold)
-    a_wins = (best == 0)[:, None, None, None]
+    a_wins = _per_sample(best == 0, states_a[0])
+    on = keep.to(states_a[0].device)
     steps = len(policy.grid) - 1
     pw, pl, w, lo, idx, pr = [], [], [], [], [], []
     for i in range(steps):
-        pw.append(torch.where(a_wins, states_a[i], states_b[i])[keep])
-        pl.append(torch.where(a_wins, states_b[i], states_a[i])[keep])
-        w.append(torch.where(a_wins, states_a[i + 1], states_b[i + 1])[keep])
-        lo.append(torch.where(a_wins, states_b[i + 1], states_a[i + 1])[keep])
+        pw.append(torch.where(a_wins, states_a[i], states_b[i])[on])
+        pl.append(torch.where(a_wins, states_b[i], states_a[i])[on])
+        w.append(torch.where(a_wins, states_a[i + 1], states_b[i + 1])[on])
+        lo.append(torch.where(a_wins, states_b[i + 1], states_a[i + 1])[on])
         idx.append(torch.full((int(keep.sum()),), i, dtype=torch.long))
         pr.append(prompt_ids[keep])
     stats = {"pairs_offered": prompt_ids.shape[0] * steps, "pairs_kept": int(keep.sum()) * steps,

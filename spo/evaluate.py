@@ -20,7 +20,7 @@ from .preference import centring, stroke_crispness
 
 @dataclass
 class SPOEvalConfig:
-    samples: int = 500
+    samples: int = 500  # 0: validation records the compute count only
     seed: int = 1234
     dataset: str = "digits"  # the real images for FD and the classifier's training set
     classifier_cache: str = "runs/diffusion/feature-classifiers"
@@ -46,7 +46,7 @@ class PolicyJudge:
         n = self.cfg.samples if n is None else n
         generator = torch.Generator().manual_seed(self.cfg.seed if seed is None else seed)
         prompts = torch.arange(n) % len(policy.prompts)
-        images = [sample_chain(policy, net, prompts[i:i + self.cfg.batch_size], generator)[1]
+        images = [sample_chain(policy, net, prompts[i:i + self.cfg.batch_size], generator)[1].cpu()
                   for i in range(0, n, self.cfg.batch_size)]
         return torch.cat(images).float().clamp(-1, 1), prompts
 

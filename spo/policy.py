@@ -11,7 +11,8 @@ Interface (`net` is the network to evaluate: the live model, a DeepSpeed engine 
 
     policy.grid                      increasing logSNR values λ_0 < ... < λ_N; step i goes λ_i -> λ_{i+1}
     policy.condition(prompt_ids)     the conditioning of a batch of prompts (labels, text embeddings)
-    policy.start(n, generator)       x at λ_0
+    policy.start(n, generator)       x at λ_0, on the policy's device (drawn on the generator's device, then moved,
+                                     so a seed gives the same chain on CPU and GPU)
     policy.predict(net, x, logsnr [B], cond) -> (x0_hat, eps_hat), guided and clipped
     policy.decode(x0_hat)            images in [-1, 1] for the scorer
     policy.rows_per_call             network rows per predicted image (2 with classifier-free guidance)
@@ -25,6 +26,11 @@ from torch import nn
 
 from diffusion.process import alpha_sigma, broadcast, predict_x0_eps
 from diffusion.samplers import guided, logsnr_grid
+
+
+def randn_like_on(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (the CPU by default), then moved to `device`."""
+    return torch.randn(tuple(shape), generator=generator).to(device)
 
 
 class DenoiserPolicy:
@@ -62,8 +68,12 @@ class DenoiserPolicy:
             return None
         return torch.as_tensor([self.prompts[int(i)] for i in prompt_ids], dtype=torch.long)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def start(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn((n, *self.shape), generator=generator)
+        return randn_like_on((n, *self.shape), generator, self.device)
 
     def predict(self, net: Any, x: torch.Tensor, logsnr: torch.Tensor, cond: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +82,8 @@ class DenoiserPolicy:
 
         model_fn = guided(fn, self.guidance, null_cond=self.num_classes) if self.guidance != 1.0 else fn
         logsnr = logsnr.to(device=x.device, dtype=x.dtype)
+        if logsnr.dim() == 0:
+            logsnr = logsnr.expand(x.shape[0])
         prediction = model_fn(x, logsnr, None if cond is None else cond.to(x.device))
         x0, eps = predict_x0_eps(prediction.to(x.dtype), x, logsnr, self.target)
         if self.clip_x0 is not None:  # as the core's samplers do: clip x0 and keep x = α x0 + σ ε
@@ -87,4 +99,4 @@ class DenoiserPolicy:
         return self.model
 
 
-__all__ = ["DenoiserPolicy"]
+__all__ = ["DenoiserPolicy", "randn_like_on"]

@@ -52,8 +52,9 @@ def modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class AdaLNBlock(nn.Module):
-    """h + gate · MLP(modulate(LN(h), shift, scale)), the modulation from the timestep embedding (zero-initialised,
-    so every block starts as the identity, as DiT's)."""
+    """h + (1 + gate) · MLP(modulate(LN(h), shift, scale)), the modulation from the timestep embedding.
+    The modulation starts at zero, so at initialisation every block ignores the timestep (a plain residual MLP
+    block), and the timestep's influence is learnt from there."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -161,11 +162,12 @@ class PreferencePairs:
 
 def one_step_x0(policy: Any, images: torch.Tensor, cond: Any, logsnr: torch.Tensor, noise: torch.Tensor
                 ) -> torch.Tensor:
-    """Noise clean images to λ and denoise once with the frozen policy model: the decoded x0_hat."""
-    x_t = add_noise(images, noise, logsnr)
+    """Noise clean images to λ and denoise once with the frozen policy model: the decoded x0_hat, on the CPU."""
+    device = policy.device
+    x_t = add_noise(images.to(device), noise.to(device), logsnr.to(device))
     with torch.no_grad():
-        x0, _ = policy.predict(policy.model, x_t, logsnr, cond)
-    return policy.decode(x0)
+        x0, _ = policy.predict(policy.model, x_t, logsnr.to(device), cond)
+    return policy.decode(x0).float().cpu()
 
 
 @dataclass
@@ -199,7 +201,7 @@ def _judged_images(policy: Any, pairs: PreferencePairs, logsnr: torch.Tensor, ge
     lam = torch.where(clean, torch.zeros_like(logsnr), logsnr)
     a = one_step_x0(policy, pairs.a, cond, lam, noise)
     b = one_step_x0(policy, pairs.b, cond, lam, noise)
-    keep = clean[:, None, None, None]
+    keep = clean.view(-1, *([1] * (pairs.a.dim() - 1)))
     return torch.where(keep, pairs.a, a), torch.where(keep, pairs.b, b)
 
 
@@ -247,14 +249,17 @@ def accuracy_per_step(model: StepAwarePreferenceModel, policy: Any, pairs: Prefe
     return rows
 
 
-def load_spm(path: str, map_location: str | torch.device = "cpu") -> StepAwarePreferenceModel:
+def load_spm(path: str | Path, map_location: str | torch.device = "cpu") -> StepAwarePreferenceModel:
     return StepAwarePreferenceModel.from_pretrained(path, map_location).eval().requires_grad_(False)
 
 
 def scorer_fn(model: StepAwarePreferenceModel):
-    """(images, prompt ids, λ) -> scores, the interface the SPO loop calls."""
+    """(images, prompt ids, λ) -> scores on the CPU, the interface the SPO loop calls; images go to the model's
+    device."""
+    device = next(model.parameters()).device
+
     def score(images: torch.Tensor, prompts: torch.Tensor, logsnr: float) -> torch.Tensor:
-        return model.score(images, prompts, logsnr)
+        return model.score(images.to(device), prompts.to(device), logsnr).float().cpu()
 
     return score
 

@@ -22,6 +22,8 @@ from torch import nn
 
 from diffusion.process import predict_x0_eps
 
+from .policy import randn_like_on
+
 # peft target regex for a Stable Diffusion UNet: the attention projections, as SPO's and most LoRA recipes do
 SD_LORA_TARGETS = r".*(to_q|to_k|to_v|to_out\.0)"
 
@@ -57,8 +59,11 @@ class StableDiffusionPolicy:
         scheduler = pipe.scheduler
         scheduler.set_timesteps(steps)
         timesteps = scheduler.timesteps.long().cpu()  # descending: noisiest first
-        if int(timesteps[-1]) > 0:  # the last DDIM step lands on ᾱ_0: timestep 0 is the grid's clean end
-            timesteps = torch.cat([timesteps, torch.zeros(1, dtype=torch.long)])
+        if int(timesteps[-1]) == 0:
+            raise ValueError("the scheduler's timesteps end at 0 (trailing spacing or steps_offset 0): its last step "
+                             "would land beyond the grid; use SD's leading spacing with steps_offset 1")
+        # the last DDIM step lands on ᾱ_0: timestep 0 is the grid's clean end
+        timesteps = torch.cat([timesteps, torch.zeros(1, dtype=torch.long)])
         self.timesteps = timesteps
         alpha_bar = scheduler.alphas_cumprod.double()[self.timesteps]
         lam = torch.log(alpha_bar) - torch.log1p(-alpha_bar)
@@ -95,14 +100,19 @@ class StableDiffusionPolicy:
         return self._null.to(like.device, like.dtype).expand_as(like)
 
     def _timesteps_for(self, logsnr: torch.Tensor) -> torch.Tensor:
+        logsnr = logsnr.reshape(-1) if logsnr.dim() else logsnr.reshape(1)
         index = (logsnr.float().cpu()[:, None] - self._grid[None]).abs().argmin(dim=1)
         if not bool(torch.allclose(self._grid[index], logsnr.float().cpu(), atol=1e-4)):
             raise ValueError("logsnr values off the scheduler's grid: a Stable Diffusion UNet is called at its "
                              "own timesteps only")
         return self.timesteps[index]
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def start(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn((n, *self.shape), generator=generator)
+        return randn_like_on((n, *self.shape), generator, self.device)
 
     def predict(self, net: Any, x: torch.Tensor, logsnr: torch.Tensor, cond: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +131,7 @@ class StableDiffusionPolicy:
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
         scale = getattr(vae.config, "scaling_factor", 0.18215)
-        images = vae.decode((x0 / scale).to(vae.dtype)).sample
+        images = vae.decode((x0 / scale).to(vae.device, vae.dtype)).sample
         return images.float().clamp(-1.0, 1.0)
 
 

@@ -67,7 +67,8 @@ class SPOConfig:
     continue_rule: str = "random"  # spo: which candidate continues the chain (random | winner)
     k: int = 4  # candidates per parent
     divert_start: int = 2  # steps sampled before pairs are collected
-    threshold: float = 0.3  # keep a pair when softmax([s_best, s_worst]) differ by more than this
+    threshold: float = 0.3  # spo: keep a pair when softmax([s_best, s_worst]) differ by more than this
+    dpo_threshold: float = 0.0  # trajectory_dpo: the same filter on the final images (Diffusion-DPO keeps all)
     beta: float = 10.0
     clip: float = 0.1  # ε of the ratio clip
     steps: int = 10  # DDIM steps
@@ -97,8 +98,9 @@ class SPOConfig:
                               f"steps={self.steps}, divert_start={self.divert_start}")
         if not 0 < self.clip < 1 or self.beta <= 0 or self.eta <= 0 or self.max_pairs < 1:
             raise ConfigError("need 0 < clip < 1, beta > 0, eta > 0 and max_pairs >= 1")
-        if not 0 <= self.threshold < 1:
-            raise ConfigError(f"threshold is a softmax-probability margin in [0, 1), got {self.threshold}")
+        if not (0 <= self.threshold < 1 and 0 <= self.dpo_threshold < 1):
+            raise ConfigError("threshold and dpo_threshold are softmax-probability margins in [0, 1), got "
+                              f"{self.threshold} and {self.dpo_threshold}")
 
 
 def add_lora(model: nn.Module, settings: LoraSettings, default_targets: str = DIT_LORA_TARGETS) -> nn.Module:
@@ -130,13 +132,14 @@ class SPOObjective:
         self.judge = judge
         self.nfe = 0  # denoiser rows spent so far (sampling + policy forward/backward + reference)
         self.pairs_seen = 0
+        self._draws = (-1, 0)  # (step, micro-batches drawn at it): each micro-batch draws its own noise
 
     def collect(self, net: Any, prompt_ids: torch.Tensor, generator: torch.Generator) -> tuple[Transitions, int]:
         cfg = self.cfg
         if cfg.method == "spo":
             return step_pairs(self.policy, net, self.scorer, prompt_ids, cfg.k, cfg.divert_start, cfg.threshold,
                               cfg.continue_rule, generator)
-        return trajectory_pairs(self.policy, net, self.scorer, prompt_ids, cfg.threshold, generator)
+        return trajectory_pairs(self.policy, net, self.scorer, prompt_ids, cfg.dpo_threshold, generator)
 
     def _log_probs(self, net: Any, pairs: Transitions) -> tuple[torch.Tensor, torch.Tensor, int]:
         """log π(win | parent_win) and log π(lose | parent_lose) under `net`, and the rows it took."""
@@ -163,25 +166,39 @@ class SPOObjective:
             with peft_model.disable_adapter():
                 return self._log_probs(peft_model, pairs)
 
+    def _generator(self, step: int) -> torch.Generator:
+        """The step's generator; micro-batches after the first (grad_accum > 1) draw from shifted seeds."""
+        micro = self._draws[1] + 1 if self._draws[0] == step else 0
+        self._draws = (step, micro)
+        return step_generator(self.cfg.train.seed + 7919 * micro, step)
+
     def loss(self, model: Any, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        generator = step_generator(self.cfg.train.seed, step)
+        """The pairs' clipped DPO loss. `rows` is this step's compute in denoiser rows (its mean over a logging
+        window times the window's steps is exact); the running total is `val/nfe` at each validation."""
+        generator = self._generator(step)
         live = model.module if hasattr(model, "module") else model
         pairs, rows = self.collect(live, batch["prompt_ids"].cpu(), generator)
-        self.nfe += rows
         stats = {"pairs_kept": torch.tensor(float(pairs.stats["pairs_kept"])),
                  "keep_rate": torch.tensor(pairs.stats["pairs_kept"] / max(1, pairs.stats["pairs_offered"])),
                  "score_spread": torch.tensor(pairs.stats["score_spread"])}
-        if len(pairs) == 0:  # nothing passed the margin: a zero loss that still reaches every trainable weight
-            zero = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
-            return {"loss": zero, **stats}
+        if len(pairs) == 0:
+            # nothing passed the margin: a zero loss that reaches every trainable weight. The optimizer still
+            # steps: with a zero gradient AdamW moves the weights by its momentum and weight decay only.
+            self.nfe += rows
+            zero = torch.zeros((), device=next(model.parameters()).device)
+            for p in model.parameters():
+                if p.requires_grad:
+                    zero = zero + (p * 0).sum()
+            return {"loss": zero, **stats, "rows": torch.tensor(float(rows))}
         if len(pairs) > self.cfg.max_pairs:
             pairs = pairs.subset(torch.randperm(len(pairs), generator=generator)[:self.cfg.max_pairs])
-        logp_w, logp_l, rows = self._log_probs(model, pairs)
+        logp_w, logp_l, train_rows = self._log_probs(model, pairs)
         ref_w, ref_l, ref_rows = self._reference_log_probs(model, pairs)
-        self.nfe += rows * (1 + BACKWARD_COST) + ref_rows
+        rows += train_rows * (1 + BACKWARD_COST) + ref_rows
+        self.nfe += rows
         self.pairs_seen += len(pairs)
         out = clipped_dpo_loss(logp_w, ref_w, logp_l, ref_l, self.cfg.beta, self.cfg.clip)
-        return {**out, **stats, "nfe": torch.tensor(float(self.nfe))}
+        return {**out, **stats, "rows": torch.tensor(float(rows))}
 
     def state_dict(self) -> dict:
         return {"nfe": self.nfe, "pairs_seen": self.pairs_seen}
@@ -233,7 +250,10 @@ def run_train(cfg: SPOConfig, resume: bool = False) -> dict[str, Any] | None:
     from diffusion.pipeline import DiffusionPipeline
 
     out = start_run(cfg)
+    device = D.pick_device()  # the trainer's; the reference and the preference model live there too
     policy = build_policy(cfg)
+    if cfg.base_kind == "stable-diffusion":
+        policy.pipe.to(device)  # the VAE and the text encoder; the trainer moves the UNet
     model = policy.model.train().requires_grad_(True)
     reference = None
     if cfg.finetune == "lora":
@@ -241,13 +261,16 @@ def run_train(cfg: SPOConfig, resume: bool = False) -> dict[str, Any] | None:
 
         model = add_lora(model, cfg.lora, SD_LORA_TARGETS if cfg.base_kind == "stable-diffusion" else DIT_LORA_TARGETS)
     else:
-        reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
+        reference = copy.deepcopy(policy.model).eval().requires_grad_(False).to(device)
     policy.model = model
-    judge = PolicyJudge(cfg.eval) if cfg.train.val_every > 0 and cfg.base_kind == "diffusion" else None
+    # eval.samples 0 (or a Stable Diffusion base, which has no digits to judge): validation logs the count only
+    judge = (PolicyJudge(cfg.eval) if cfg.train.val_every > 0 and cfg.eval.samples > 0
+             and cfg.base_kind == "diffusion" else None)
     if judge is not None and D.is_main() and not (out / "base_eval.json").exists():
         base_policy = DenoiserPolicy.from_pipeline(load_base(cfg), cfg.steps, cfg.guidance, cfg.eta)
+        base_policy.model.to(device)
         atomic_write_json(out / "base_eval.json", judge(base_policy, base_policy.model))
-    objective = SPOObjective(cfg, policy, load_scorer(cfg.scorer, cfg.train.seed), reference, judge)
+    objective = SPOObjective(cfg, policy, load_scorer(cfg.scorer, cfg.train.seed, device), reference, judge)
     if D.is_main():
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("%s on %s: %s fine-tuning (%.3fM trainable), k=%d, divert_start=%d, threshold %.2f, continue %s",

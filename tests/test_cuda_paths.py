@@ -124,3 +124,33 @@ def test_diffusion_loss_and_sampler_match_cpu(config, tmp_path):
     _close(out["cuda"][1], out["cpu"][1], atol=1e-3, rtol=1e-2)
     assert out["cuda"][2].device.type == "cpu"
     _close(out["cuda"][2], out["cpu"][2], atol=2e-3, rtol=1e-2)
+
+
+def test_spo_pairs_and_log_probs_match_cpu():
+    """SPO's resampler and the transition densities on the GPU: noise is drawn on the CPU generator and moved, so the
+    same seed gives the same pairs on both devices."""
+    from diffusion.models import create_model
+    from spo.collect import step_pairs
+    from spo.policy import DenoiserPolicy
+    from spo.scorers import load_scorer
+    from spo.steps import ddim_transition, gaussian_log_prob
+
+    torch.manual_seed(0)
+    model = create_model("dit-digits", num_classes=10, width=32, depth=1, heads=2).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    results = {}
+    for device in ("cpu", "cuda"):
+        policy = DenoiserPolicy(copy.deepcopy(model).to(device), "v", steps=5, guidance=2.0)
+        pairs, _ = step_pairs(policy, policy.model, load_scorer("oracle-crispness"), torch.arange(6), k=3,
+                              divert_start=1, threshold=0.0, generator=torch.Generator().manual_seed(1))
+        grid = torch.tensor(policy.grid, dtype=torch.float64)
+        with torch.no_grad():
+            x0, eps = policy.predict(policy.model, pairs.parent_win, grid[pairs.step].float(),
+                                     policy.condition(pairs.prompt_ids))
+        mean, std = ddim_transition(x0, eps, grid[pairs.step], grid[pairs.step + 1])
+        results[device] = (pairs.win, gaussian_log_prob(pairs.win, mean, std))
+    assert results["cuda"][0].device.type == "cuda"
+    _close(results["cuda"][0], results["cpu"][0])
+    _close(results["cuda"][1], results["cpu"][1], atol=1e-2)

@@ -19,7 +19,47 @@ from spo.spm import (PreferencePairs, SPMConfig, SPMTrainConfig, StepAwarePrefer
 def policy():
     torch.manual_seed(0)
     model = create_model("dit-digits", num_classes=10, width=32, depth=1, heads=2).eval()
+    with torch.no_grad():  # a DiT starts with zero output layers: give it outputs that depend on x, λ and the class
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
     return DenoiserPolicy(model, "v", steps=5, guidance=2.0)
+
+
+def test_fixture_network_depends_on_its_inputs(policy):
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        out = [policy.predict(policy.model, x, torch.zeros(2), torch.tensor([c, c]))[0] for c in (1, 2)]
+    assert out[0].abs().max() > 0 and not torch.allclose(out[0], out[1])
+
+
+def test_kept_states_are_draws_from_their_own_parents_transition(policy):
+    from spo.steps import ddim_transition
+
+    pairs, _ = step_pairs(policy, policy.model, load_scorer("oracle-crispness"), torch.arange(10).repeat(4), k=4,
+                          divert_start=1, threshold=0.0, generator=torch.Generator().manual_seed(5))
+    grid = torch.tensor(policy.grid, dtype=torch.float64)
+    lam, lam_next = grid[pairs.step], grid[pairs.step + 1]
+    with torch.no_grad():
+        x0, eps = policy.predict(policy.model, pairs.parent_win, lam.float(), policy.condition(pairs.prompt_ids))
+    mean, std = ddim_transition(x0, eps, lam, lam_next)
+    for state in (pairs.win, pairs.lose):  # standardised by the parent's transition: N(0, 1)
+        z = (state - mean) / std
+        assert abs(float(z.mean())) < 0.05 and float(z.std()) == pytest.approx(1.0, abs=0.05)
+    shuffled = (pairs.win[torch.randperm(len(pairs))] - mean) / std  # another parent's state is far off
+    assert float(shuffled.std()) > 1.5
+
+
+def test_scores_are_taken_for_each_candidates_own_prompt(policy):
+    seen = []
+
+    def scorer(images, prompts, logsnr):
+        seen.append(prompts.clone())
+        return prompts.float() * 0 + images.flatten(1).mean(dim=1)
+
+    prompts = torch.tensor([4, 1, 7])
+    step_pairs(policy, policy.model, scorer, prompts, k=3, divert_start=3, threshold=0.0,
+               generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, prompts.repeat(3)) for p in seen)  # candidate-major: k copies of the batch
 
 
 def test_step_pairs_share_parents_and_the_winner_scores_higher(policy):
@@ -55,24 +95,27 @@ def test_step_pairs_threshold_drops_close_calls(policy):
 
 
 def test_trajectory_pairs_copy_the_final_label_to_every_step(policy):
-    prompts = torch.tensor([1, 2])
+    prompts = torch.arange(8)
     pairs, rows = trajectory_pairs(policy, policy.model, load_scorer("oracle-crispness"), prompts,
                                    generator=torch.Generator().manual_seed(0))
     steps = len(policy.grid) - 1
     assert not pairs.shared_parent
-    assert len(pairs) == 2 * steps and pairs.step.tolist() == sorted(list(range(steps)) * 2)
-    assert rows == 2 * 2 * (steps + 1) * 2  # two chains of N + 1 guided predictions per prompt
+    assert len(pairs) == 8 * steps and pairs.step.tolist() == sorted(list(range(steps)) * 8)
+    assert rows == 8 * 2 * (steps + 1) * 2  # two chains of N + 1 guided predictions per prompt
     # the same draws again: every pair's preferred states come from the chain that ends in the crisper image
     generator = torch.Generator().manual_seed(0)
     states_a, final_a, _ = sample_chain(policy, policy.model, prompts, generator)
     states_b, final_b, _ = sample_chain(policy, policy.model, prompts, generator)
     a_wins = stroke_crispness(final_a) > stroke_crispness(final_b)
+    assert 0 < int(a_wins.sum()) < 8  # both outcomes occur, so a swapped label would show
+    side = a_wins[:, None, None, None]
     for i in range(steps):
         at_step = pairs.step == i
-        expected_win = torch.where(a_wins[:, None, None, None], states_a[i + 1], states_b[i + 1])
-        expected_parent_lose = torch.where(a_wins[:, None, None, None], states_b[i], states_a[i])
-        assert torch.allclose(pairs.win[at_step], expected_win)
-        assert torch.allclose(pairs.parent_lose[at_step], expected_parent_lose)
+        assert torch.equal(pairs.prompt_ids[at_step], prompts)
+        assert torch.allclose(pairs.parent_win[at_step], torch.where(side, states_a[i], states_b[i]))
+        assert torch.allclose(pairs.parent_lose[at_step], torch.where(side, states_b[i], states_a[i]))
+        assert torch.allclose(pairs.win[at_step], torch.where(side, states_a[i + 1], states_b[i + 1]))
+        assert torch.allclose(pairs.lose[at_step], torch.where(side, states_b[i + 1], states_a[i + 1]))
 
 
 def test_labeller_is_noisy_but_follows_the_hidden_utility():

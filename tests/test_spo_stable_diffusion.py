@@ -29,12 +29,20 @@ def test_policy_follows_the_pipeline_scheduler(sd_folder):
     assert cond.shape[0] == 2 and not torch.equal(cond[0], cond[1])
     x = policy.start(2, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        x0, eps = policy.predict(policy.model, x, torch.full((2,), policy.grid[1]), cond)
-    alpha2 = torch.sigmoid(torch.tensor(policy.grid[1]))
-    assert torch.allclose(x, alpha2.sqrt() * x0 + (1 - alpha2).sqrt() * eps, atol=1e-4)  # x = α x0 + σ ε
-    assert policy.decode(x0).shape == (2, 3, 16, 16)
+        _, eps = policy.predict(policy.model, x, torch.full((2,), policy.grid[1]), cond)
+        # classifier-free guidance at the pipeline's timestep: the UNet's ε with text and with the empty prompt
+        t = torch.full((2,), int(policy.timesteps[1]))
+        with_text = pipe.unet(x, t, encoder_hidden_states=cond).sample
+        empty = pipe.unet(x, t, encoder_hidden_states=policy._encode([""]).expand_as(cond)).sample
+    assert torch.allclose(eps, empty + 3.0 * (with_text - empty), atol=1e-5)
+    assert policy.decode(x).shape == (2, 3, 16, 16)
     with pytest.raises(ValueError, match="off the scheduler"):
         policy.predict(policy.model, x, torch.full((2,), 0.123), cond)
+    from diffusers import DDIMScheduler
+
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0)  # timesteps end at 0
+    with pytest.raises(ValueError, match="end at 0"):
+        StableDiffusionPolicy(pipe, PROMPTS, steps=4)
     with pytest.raises(FileNotFoundError, match="model_index"):
         load_stable_diffusion(sd_folder / "unet")
 
@@ -53,6 +61,7 @@ def test_pairs_from_a_stable_diffusion_policy(sd_folder):
 def test_lora_spo_run_on_stable_diffusion(sd_folder, tmp_path):
     from safetensors.torch import load_file
 
+    before = {k: v.clone() for k, v in load_stable_diffusion(sd_folder).unet.state_dict().items()}
     out = tmp_path / "run"
     args = ["--quiet", "spo", "train", "--config", "spo/digits", f"base={sd_folder}", "base_kind=stable-diffusion",
             f"prompts={PROMPTS}", "scorer=brightness", "finetune=lora", "steps=4", "divert_start=1", "k=2",
@@ -63,7 +72,6 @@ def test_lora_spo_run_on_stable_diffusion(sd_folder, tmp_path):
     assert any("to_q" in k for k in adapter)
     ups = [v for k, v in adapter.items() if "lora_B" in k]
     assert ups and any(v.abs().sum() > 0 for v in ups)  # LoRA's B starts at zero: it trained
-    unet = load_stable_diffusion(sd_folder).unet.state_dict()
-    fresh = load_stable_diffusion(sd_folder).unet.state_dict()
-    assert all(torch.equal(unet[k], fresh[k]) for k in unet)  # the base folder is untouched
+    after = load_stable_diffusion(sd_folder).unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the base folder is untouched
     assert not (out / "model").exists()  # a Stable Diffusion run exports its adapter only
