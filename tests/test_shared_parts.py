@@ -376,13 +376,16 @@ def test_floor_imports_no_higher_package():
             "[importlib.import_module(m.name) for m in pkgutil.walk_packages(data_tools.__path__, 'data_tools.')]")
     loaded = _modules_loaded_by(code)
     assert "data_tools.training.small_fit" in loaded and "data_tools.decoders.pyav_backend" in loaded
-    assert [m for m in loaded if m.split(".")[0] in ("hdvila", "diffusion", "animation", "instruct", "spo")] == []
+    assert [m for m in loaded if m.split(".")[0] in ("hdvila", "diffusion", "animation", "instruct", "spo",
+                                                             "bridge")] == []
 
 
 def test_model_packages_import_no_cli_and_inference_no_training_module():
     loaded = _modules_loaded_by("import diffusion.pipeline, animation, hdvila.models, hdvila.recipes.pretrain, "
-                                "hdvila.recipes.retrieval, hdvila.encoder, spo.train, spo.stable_diffusion")
+                                "hdvila.recipes.retrieval, hdvila.encoder, spo.train, spo.stable_diffusion, "
+                                "bridge.ipf, bridge.pipeline")
     assert [m for m in loaded if m.startswith("hdvila.cli")] == []
     # the diffusion core is below the packages built on it
-    assert [m for m in _modules_loaded_by("import diffusion.train, diffusion.pipeline") if m.split(".")[0] == "spo"] == []
+    core = _modules_loaded_by("import diffusion.train, diffusion.pipeline")
+    assert [m for m in core if m.split(".")[0] in ("spo", "bridge")] == []
     assert "diffusion.train" not in _modules_loaded_by("import diffusion.pipeline")

@@ -23,6 +23,8 @@ Subcommands import their packages lazily so `hdvila --help` stays fast. Configs 
     hdvila spo spm-train --config spo/spm [key=value ...]
     hdvila spo train --config spo/digits [--resume] [method=trajectory_dpo continue_rule=winner finetune=lora ...]
     hdvila spo eval --model RUN/model [--samples 1000] [--seed 2024] [--out metrics.json]
+    hdvila bridge train --config bridge/<name> [key=value ...]
+    hdvila bridge sample --model RUN --from data|prior --out FIG.png [--n 1024]
     hdvila animate train-gan --config animation/<name> [--resume] [key=value ...]
     hdvila animate train --config animation/<name> [--resume] [key=value ...]
     hdvila animate run --model RUN/animator --image FACE.png --text "the person smiles" --out out.mp4
@@ -81,7 +83,7 @@ def print_summary(summary: dict | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hdvila.cli import animate, data, demo, diffusion, instruct, pretrain, pretrained, retrieval, spo
+    from hdvila.cli import animate, bridge, data, demo, diffusion, instruct, pretrain, pretrained, retrieval, spo
 
     parser = argparse.ArgumentParser(prog="hdvila", description="HD-VILA video-language platform")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the `deepspeed` launcher passes --local_rank; LOCAL_RANK in the environment says the same
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (data, pretrain, pretrained, retrieval, diffusion, instruct, spo, animate, demo):
+    for group in (data, pretrain, pretrained, retrieval, diffusion, instruct, spo, bridge, animate, demo):
         group.add_parser(sub)
     return parser
 
