@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test demo bench bench-diffusion bench-animation bench-spo clean
+.PHONY: venv test demo bench bench-diffusion bench-animation bench-spo bench-bridge clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,10 @@ bench-diffusion: $(STAMP)
 # SPO against trajectory DPO at equal compute, with its ablations, 3 seeds (docs/results/spo.md)
 bench-spo: $(STAMP)
 	$(PY) benchmarks/bench_spo.py
+
+# DSB, SDSB, TR/FR and flow-matching-initialised bridges on Gaussian -> checkerboard, 3 seeds (docs/results/bridge.md)
+bench-bridge: $(STAMP)
+	$(PY) benchmarks/bench_bridge.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from common import run_hdvila as hdvila  # noqa: E402
 from diffusion_stats import fmt_p, mean_std, welch  # noqa: E402
 
 VAL_SEED = 1234  # noise seed of the samples the sweep chooses on
@@ -49,18 +48,6 @@ METRICS = ("crispness", "centring", "class_accuracy", "fd")
 
 
 # ------------------------------------------------------------------------------------------------ runs
-
-def hdvila(args: list[str], log_path: Path, threads: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "hdvila.cli", "--quiet", "--log-level", "WARNING", *args]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
-
 
 def ensure_base(root: Path, quick: bool, threads: int) -> Path:
     model = root / "base" / "model"

@@ -36,6 +36,26 @@ def machine_line() -> str:
             f"Python {platform.python_version()}")
 
 
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def run_hdvila(args: list[str], log_path: Path, threads: int, cwd: Path | None = None) -> None:
+    """`hdvila ARGS` in its own process on `threads` OpenMP threads, its output in `log_path`; a failure raises
+    with the command and the log's path. The launcher's variables are dropped: each run is a world of one."""
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    for key in LAUNCHER_VARIABLES:
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "hdvila.cli", "--quiet", "--log-level", "WARNING", *args]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, cwd=cwd or Path(__file__).resolve().parents[1], env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log_path}")
+
+
 def load_average() -> float:
     """The 1-minute load average: other work on the machine shows here and skews wall-clock figures."""
     return round(os.getloadavg()[0], 2)
