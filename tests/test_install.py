@@ -37,7 +37,7 @@ def installed(tmp_path_factory):
     source = tmp_path_factory.mktemp("source")
     for name in ("setup.py", "requirements.txt", "README.md"):
         shutil.copy2(REPO / name, source / name)
-    for package in ("data_tools", "hdvila", "diffusion", "animation"):
+    for package in ("data_tools", "hdvila", "diffusion", "animation", "instruct", "spo", "bridge"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     site = tmp_path_factory.mktemp("site")
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
@@ -58,11 +58,12 @@ def installed(tmp_path_factory):
 
 def test_the_installed_copy_is_imported_and_ships_its_configs(installed):
     site, work, run = installed
-    printed = run("-c", "import json, data_tools, hdvila, diffusion, animation;"
+    printed = run("-c", "import json, data_tools, hdvila, diffusion, animation, instruct, spo, bridge;"
                         "from data_tools.config import resolve_config;"
                         "from data_tools.training.trainer import resolve_deepspeed_config;"
-                        "print(json.dumps([m.__file__ for m in (data_tools, hdvila, diffusion, animation)]"
-                        " + [str(resolve_config('pretrain/small')), str(resolve_deepspeed_config('zero1'))]))",
+                        "print(json.dumps([m.__file__ for m in (data_tools, hdvila, diffusion, animation, instruct,"
+                        " spo, bridge)] + [str(resolve_config(name)) for name in ('pretrain/small', 'spo/digits',"
+                        " 'bridge/toy')] + [str(resolve_deepspeed_config('zero1'))]))",
                   module="")
     for path in json.loads(printed):
         assert Path(path).resolve().is_relative_to(site.resolve()), path
