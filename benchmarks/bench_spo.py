@@ -214,7 +214,10 @@ def analyse(runs: dict, budget: float, seeds: list[int]) -> dict:
     tests["spo at budget/3 vs trajectory-dpo at budget"] = {m: welch(_known(third[m]),
                                                                     _known(at_budget["trajectory-dpo"][m]))
                                                             for m in ("crispness", "fd")}
-    return {"base": base, "at_budget": at_budget, "spo_at_third": third, "goal": goal, "tests": tests}
+    # the best crispness along each run up to the budget: an arm that peaks and then collapses shows here
+    peak = {arm: [max((c, n) for n, c in zip(r["curve"]["nfe"], r["curve"]["crispness"]) if n <= budget)
+                  for r in by_seed.values()] for arm, by_seed in runs.items()}
+    return {"base": base, "at_budget": at_budget, "peak": peak, "spo_at_third": third, "goal": goal, "tests": tests}
 
 
 def plot(runs: dict, budget: float, path: Path) -> None:
@@ -315,7 +318,8 @@ def write_report(results: dict, path: Path) -> None:
               f"## Results at the budget ({budget:,.0f} rows), test noise", "",
               f"Base model: crispness {a['base']['crispness']:.4f}, centring {a['base']['centring']:.3f}, class "
               f"accuracy {a['base']['class_accuracy'] * 100:.1f}%, FD {a['base']['fd']:.2f}.", "",
-              "| arm | crispness | gain over base | centring | class acc. % | FD |", "|---|---|---|---|---|---|"]
+              "| arm | crispness | gain over base | centring | class acc. % | FD | best crispness on the way (at rows) |",
+              "|---|---|---|---|---|---|---|"]
 
     def fmt(values, digits=4, scale=1.0):
         values = [v * scale for v in values if v is not None]
@@ -326,8 +330,10 @@ def write_report(results: dict, path: Path) -> None:
 
     for arm, at in a["at_budget"].items():
         gains = [c - a["base"]["crispness"] for c in at["crispness"] if c is not None]
+        peaks = a["peak"][arm]
         lines.append(f"| {arm} | {fmt(at['crispness'])} | {fmt(gains)} | {fmt(at['centring'], 3)} | "
-                     f"{fmt(at['class_accuracy'], 1, 100)} | {fmt(at['fd'], 2)} |")
+                     f"{fmt(at['class_accuracy'], 1, 100)} | {fmt(at['fd'], 2)} | {fmt([c for c, _ in peaks])} "
+                     f"({', '.join(f'{n / 1e3:.0f}k' for _, n in peaks)}) |")
     lines += ["", "Comparisons at the budget (Welch, two-sided):", "", "| comparison | crispness p | FD p |",
               "|---|---|---|"]
     for name, t in a["tests"].items():
@@ -354,8 +360,8 @@ def write_report(results: dict, path: Path) -> None:
               "- at equal gain, SPO's FD against DPO's (Welch, two-sided): p = "
               f"{fmt_p(g['fd_at_equal_gain']['p'] if g['fd_at_equal_gain'] else None)}",
               "", "![curves](spo_curves.png)", "",
-              "Samples (rows of 10 classes, same noise): base, SPO and trajectory DPO at the end of their seed-"
-              f"{results['seeds'][0]} runs.", "", "![samples](spo_samples.png)", ""]
+              "Samples (the same noise, digits 0-9 twice per row): two rows each of the base model, SPO and "
+              f"trajectory DPO, at the end of their seed-{results['seeds'][0]} runs.", "", "![samples](spo_samples.png)", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
