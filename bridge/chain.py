@@ -28,6 +28,8 @@ from typing import Callable, Optional
 
 import torch
 
+from diffusion.process import broadcast
+
 DIRECTIONS = ("forward", "backward")
 PARAMETERISATIONS = ("mean", "terminal", "flow")
 TARGETS = ("dsb", "simplified")  # what a "mean" network regresses onto
@@ -70,18 +72,13 @@ def _heading(direction: str, t: torch.Tensor) -> torch.Tensor:
     return t if direction == "backward" else 1.0 - t
 
 
-def _per_sample(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    return value.reshape(-1, *([1] * (like.dim() - 1))) if value.dim() else value
-
-
 def next_mean(parameterisation: str, direction: str, output: torch.Tensor, x_from: torch.Tensor,
               t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
     """The mean of the next state from a network's output (see the module docstring)."""
     if parameterisation == "mean":
         return output
-    s_from = _per_sample(_heading(direction, t_from), x_from)
-    s_to = _per_sample(_heading(direction, t_to), x_from)
+    s_from = broadcast(_heading(direction, t_from), x_from)
+    s_to = broadcast(_heading(direction, t_to), x_from)
     if parameterisation == "terminal":
         other = (x_from - (1.0 - s_from) * output) / s_from
         return (1.0 - s_to) * output + s_to * other
@@ -108,7 +105,7 @@ def training_target(parameterisation: str, target: str, direction: str, x_from: 
     if parameterisation == "terminal":
         return x_start
     if parameterisation == "flow":
-        return (x_start - x_from) / _per_sample(_heading(direction, t_from), x_from)
+        return (x_start - x_from) / broadcast(_heading(direction, t_from), x_from)
     raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}")
 
 

@@ -60,9 +60,6 @@ class DenoiserPolicy:
         return cls(pipeline.model, pipeline.config.target, steps or s.steps,
                    s.guidance if guidance is None else guidance, eta, s.logsnr_min, s.logsnr_max, s.clip_x0)
 
-    def prompt_text(self, prompt_id: int) -> str:
-        return f"digit {self.prompts[prompt_id]}"
-
     def condition(self, prompt_ids: torch.Tensor) -> torch.Tensor | None:
         if self.num_classes <= 0:
             return None
@@ -94,9 +91,6 @@ class DenoiserPolicy:
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return x0.clamp(-1.0, 1.0)
-
-    def trainable(self) -> nn.Module:
-        return self.model
 
 
 __all__ = ["DenoiserPolicy", "randn_like_on"]

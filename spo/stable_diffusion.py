@@ -76,9 +76,6 @@ class StableDiffusionPolicy:
         self._embeddings: dict[int, torch.Tensor] = {}
         self._null: torch.Tensor | None = None
 
-    def prompt_text(self, prompt_id: int) -> str:
-        return self.prompts[prompt_id]
-
     @torch.no_grad()
     def _encode(self, texts: list[str]) -> torch.Tensor:
         tokenizer, encoder = self.pipe.tokenizer, self.pipe.text_encoder

@@ -235,13 +235,15 @@ def save_adapter(peft_model: Any, folder: Path) -> Path:
     return Path(folder)
 
 
-def build_policy(cfg: SPOConfig) -> Any:
-    """The base model as a policy (`spo.policy` interface) with its network in policy.model."""
+def build_policy(cfg: SPOConfig, base: Any = None) -> Any:
+    """The base model as a policy (`spo.policy` interface) with its network in policy.model; `base` is the loaded
+    diffusion pipeline, if the caller has it."""
     if cfg.base_kind == "stable-diffusion":
         from .stable_diffusion import stable_diffusion_policy
 
         return stable_diffusion_policy(cfg.base, cfg.prompts, cfg.steps, cfg.guidance, cfg.eta)
-    return DenoiserPolicy.from_pipeline(load_base(cfg), cfg.steps, cfg.guidance, cfg.eta)
+    return DenoiserPolicy.from_pipeline(base if base is not None else load_base(cfg), cfg.steps, cfg.guidance,
+                                        cfg.eta)
 
 
 def run_train(cfg: SPOConfig, resume: bool = False) -> dict[str, Any] | None:
@@ -251,9 +253,16 @@ def run_train(cfg: SPOConfig, resume: bool = False) -> dict[str, Any] | None:
 
     out = start_run(cfg)
     device = D.pick_device()  # the trainer's; the reference and the preference model live there too
-    policy = build_policy(cfg)
+    base = load_base(cfg) if cfg.base_kind == "diffusion" else None
+    policy = build_policy(cfg, base)
     if cfg.base_kind == "stable-diffusion":
         policy.pipe.to(device)  # the VAE and the text encoder; the trainer moves the UNet
+    # eval.samples 0 (or a Stable Diffusion base, which has no digits to judge): validation logs the count only
+    judge = (PolicyJudge(cfg.eval) if cfg.train.val_every > 0 and cfg.eval.samples > 0
+             and cfg.base_kind == "diffusion" else None)
+    if judge is not None and D.is_main() and not (out / "base_eval.json").exists():
+        policy.model.to(device)  # still the untouched base: score it before fine-tuning starts
+        atomic_write_json(out / "base_eval.json", judge(policy, policy.model))
     model = policy.model.train().requires_grad_(True)
     reference = None
     if cfg.finetune == "lora":
@@ -263,13 +272,6 @@ def run_train(cfg: SPOConfig, resume: bool = False) -> dict[str, Any] | None:
     else:
         reference = copy.deepcopy(policy.model).eval().requires_grad_(False).to(device)
     policy.model = model
-    # eval.samples 0 (or a Stable Diffusion base, which has no digits to judge): validation logs the count only
-    judge = (PolicyJudge(cfg.eval) if cfg.train.val_every > 0 and cfg.eval.samples > 0
-             and cfg.base_kind == "diffusion" else None)
-    if judge is not None and D.is_main() and not (out / "base_eval.json").exists():
-        base_policy = DenoiserPolicy.from_pipeline(load_base(cfg), cfg.steps, cfg.guidance, cfg.eta)
-        base_policy.model.to(device)
-        atomic_write_json(out / "base_eval.json", judge(base_policy, base_policy.model))
     objective = SPOObjective(cfg, policy, load_scorer(cfg.scorer, cfg.train.seed, device), reference, judge)
     if D.is_main():
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -281,7 +283,7 @@ def run_train(cfg: SPOConfig, resume: bool = False) -> dict[str, Any] | None:
     summary = trainer.fit()
     if D.is_main():
         if cfg.base_kind == "diffusion":
-            DiffusionPipeline(merged_denoiser(trainer.engine), load_base(cfg).config).save_pretrained(
+            DiffusionPipeline(merged_denoiser(trainer.engine), base.config).save_pretrained(
                 out / "model", meta={"fine_tuned_by": cfg.method, "base": cfg.base, "spo_config": to_dict(cfg)})
         if cfg.finetune == "lora":
             save_adapter(trainer.engine.module, out / "lora")
