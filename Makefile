@@ -21,6 +21,7 @@ $(STAMP): requirements.txt setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || echo "note: no chromium on PATH: the search page's browser tests will be skipped (install it: apt-get install -y chromium)"
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)

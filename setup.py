@@ -24,7 +24,7 @@ setup(
                                      exclude=["*.__pycache__"]),
     package_data={
         "data_tools": ["assets/**/*", "training/deepspeed/*.json"],
-        "hdvila": ["models/model_configs/*.yaml", "configs/**/*.yaml"],
+        "hdvila": ["models/model_configs/*.yaml", "configs/**/*.yaml", "serve/static/*"],
     },
     include_package_data=True,
     install_requires=REQUIREMENTS,

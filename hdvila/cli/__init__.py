@@ -14,6 +14,7 @@ Subcommands import their packages lazily so `hdvila --help` stays fast. Configs 
     hdvila retrieval eval --config retrieval/<dataset> [--model DIR] [--out DIR] [key=value ...]
     hdvila retrieval index --model DIR --shards PATTERN... --out INDEX_DIR [--kind flat|hnsw|ivf]
     hdvila retrieval search --index INDEX_DIR "a text query" [-k 10]
+    hdvila serve --index INDEX_DIR [--model DIR] [--host 127.0.0.1] [--port 8000]
     hdvila diffusion train --config diffusion/<name> [--resume] [key=value ...]
     hdvila diffusion sample --model RUN/model --out grid.png [--n 64] [--sampler heun --steps 25 ...]
     hdvila diffusion eval --model RUN/model [--samples 1000] [--out metrics.json]
@@ -83,7 +84,8 @@ def print_summary(summary: dict | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hdvila.cli import animate, bridge, data, demo, diffusion, instruct, pretrain, pretrained, retrieval, spo
+    from hdvila.cli import (animate, bridge, data, demo, diffusion, instruct, pretrain, pretrained, retrieval, serve,
+                            spo)
 
     parser = argparse.ArgumentParser(prog="hdvila", description="HD-VILA video-language platform")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the `deepspeed` launcher passes --local_rank; LOCAL_RANK in the environment says the same
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (data, pretrain, pretrained, retrieval, diffusion, instruct, spo, bridge, animate, demo):
+    for group in (data, pretrain, pretrained, retrieval, serve, diffusion, instruct, spo, bridge, animate, demo):
         group.add_parser(sub)
     return parser
 

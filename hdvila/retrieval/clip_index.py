@@ -3,8 +3,9 @@
     build_clip_index(encoder, ["shards/*.tar"], "runs/index", kind="hnsw")
     hits = search_clips("runs/index", ["a red circle moves left"], k=10)   # uses the model recorded at build time
 
-The folder holds index.faiss, clips.jsonl (index id -> sample key, source video, span, caption) and
-info.json (model folder, kind, sampling, counts).
+The folder holds index.faiss, clips.jsonl (index id -> sample key, source video, span, caption),
+info.json (model folder, kind, sampling, counts, the shard files) and the clip media a search page serves:
+where each clip's video lies in its shard, and a thumbnail (`clip_media`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 
 from data_tools.logs import get_logger
 
+from .clip_media import write_clip_media
 from .evaluate import ClipIds, EvalConfig, encode_gallery, gallery_loader_config
 from .index import IndexParams, build_index, load_index_folder, save_index_folder, search, set_search_params
 
@@ -24,8 +26,10 @@ log = get_logger(__name__)
 
 def build_clip_index(encoder, shards: Sequence[str] | str, out_dir: str | Path, kind: str = "flat",
                      params: IndexParams | None = None, model_dir: str | Path | None = None,
-                     batch_size: int = 16, num_workers: int = 2, progress: bool = True) -> dict[str, Any]:
-    """Encode every clip of `shards` once and write an index folder; returns its info."""
+                     batch_size: int = 16, num_workers: int = 2, progress: bool = True,
+                     media: bool = True) -> dict[str, Any]:
+    """Encode every clip of `shards` once and write an index folder; returns its info. `media` also writes the
+    thumbnails and video locations that `hdvila serve` shows and plays."""
     params = params or IndexParams()
     started = time.perf_counter()
     cfg = EvalConfig(batch_size=batch_size, num_workers=num_workers)
@@ -33,24 +37,31 @@ def build_clip_index(encoder, shards: Sequence[str] | str, out_dir: str | Path, 
     gallery = encode_gallery(encoder.encode_clips, loader_cfg, encoder.sampling, ClipIds("key"), progress=progress)
     encoded = time.perf_counter()
     index = build_index(gallery.embeddings, kind, params)
+    shard_files = [str(Path(s).resolve()) for s in loader_cfg.shards]
     info = {
         "model": str(Path(model_dir).resolve()) if model_dir else None,
         "shards": loader_cfg.shards,
+        "shard_files": shard_files,
         "params": asdict(params),
         "inference": asdict(encoder.inference),
         "loader": gallery.counts,
         "encode_seconds": round(encoded - started, 2),
         "build_seconds": round(time.perf_counter() - encoded, 2),
     }
-    save_index_folder(out_dir, index, gallery.records, info)
+
+    def write_media(folder: Path) -> dict:
+        info["media"] = write_clip_media(folder, shard_files, [r["key"] for r in gallery.records],
+                                         backend=encoder.inference.backend, progress=progress)
+        return {"media": info["media"]}
+
+    info = {"kind": kind, "count": int(index.ntotal), "dim": int(index.d), **info}
+    save_index_folder(out_dir, index, gallery.records, info, extra=write_media if media else None)
     log.info("indexed %d clips (%s) into %s", index.ntotal, kind, out_dir)
-    return {"kind": kind, "count": int(index.ntotal), "dim": int(index.d), **info}
+    return info
 
 
-def search_clips(index_dir: str | Path, queries: Sequence[str] | str, k: int = 10, encoder=None,
-                 ef_search: int | None = None, nprobe: int | None = None) -> list[list[dict]]:
-    """Top-k clips per text query: [{rank, score, key, clip_id, video_id, source, span, caption}, ...]."""
-    index, records, info = load_index_folder(index_dir)
+def encoder_for_index(index_dir: str | Path, index, info: dict, encoder=None):
+    """`encoder`, else the model folder recorded at build time; either must embed into the index's dims."""
     if encoder is None:
         from ..encoder import load_pretrained
 
@@ -60,6 +71,14 @@ def search_clips(index_dir: str | Path, queries: Sequence[str] | str, k: int = 1
     if encoder.embed_dim != index.d:
         raise ValueError(f"the model embeds into {encoder.embed_dim} dims, the index holds {index.d}-dim vectors: "
                          "search with the model that built the index")
+    return encoder
+
+
+def search_clips(index_dir: str | Path, queries: Sequence[str] | str, k: int = 10, encoder=None,
+                 ef_search: int | None = None, nprobe: int | None = None) -> list[list[dict]]:
+    """Top-k clips per text query: [{rank, score, key, clip_id, video_id, source, span, caption}, ...]."""
+    index, records, info = load_index_folder(index_dir)
+    encoder = encoder_for_index(index_dir, index, info, encoder)
     set_search_params(index, ef_search=ef_search, nprobe=nprobe)
     queries = [queries] if isinstance(queries, str) else list(queries)
     scores, ids = search(index, encoder.encode_text(queries).numpy(), min(k, index.ntotal))

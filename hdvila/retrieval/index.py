@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -128,13 +128,17 @@ def search(index: Any, queries: Any, k: int, batch_size: int = 4096) -> tuple[np
 
 # --------------------------------------------------------------------------------------------- on disk
 
-def save_index_folder(directory: str | Path, index: Any, records: list[dict], info: dict | None = None) -> Path:
-    """Write index.faiss, clips.jsonl (record i describes index id i) and info.json, atomically as a folder."""
+def save_index_folder(directory: str | Path, index: Any, records: list[dict], info: dict | None = None,
+                      extra: Callable[[Path], dict] | None = None) -> Path:
+    """Write index.faiss, clips.jsonl (record i describes index id i) and info.json, atomically as a folder.
+    `extra(tmp_folder)` may add files to the same folder before it is published; what it returns joins info."""
     faiss = _faiss()
     if len(records) != index.ntotal:
         raise ValueError(f"{len(records)} records for an index of {index.ntotal} vectors")
     info = {"kind": index_kind(index), "count": int(index.ntotal), "dim": int(index.d), **(info or {})}
     with atomic_directory(directory) as tmp:
+        if extra is not None:
+            info.update(extra(tmp))
         faiss.write_index(index, str(tmp / INDEX_FILE))
         with open(tmp / RECORDS_FILE, "w", encoding="utf-8") as fh:
             for i, record in enumerate(records):
