@@ -139,8 +139,9 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
     print(f"  pretrain/      config.yaml, metrics.jsonl, tensorboard/, checkpoints/, pretrained/ (exported model)")
     print(f"  plots/         {Path(curves).name if curves else '-'} (loss and validation recall over steps)")
     print(f"  retrieval/     results.json (with the oracles), results.md, composition.md, recall_at_k.png")
-    print(f"  index/         FAISS index of the test clips (hdvila retrieval search --index {index_dir} ...)")
+    print(f"  index/         FAISS index of the test clips, with thumbnails (hdvila retrieval search --index {index_dir} ...)")
     print(f"  contact_sheet.png")
     print(f"load the model: hdvila.load_pretrained('{model_dir}')")
     print(f"done in {(time.time() - started) / 60:.1f} min")
+    print(f"\nsearch it in a browser: hdvila serve --index {index_dir}   (then open http://127.0.0.1:8000/)")
     return 0

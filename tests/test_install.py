@@ -63,9 +63,13 @@ def test_the_installed_copy_is_imported_and_ships_its_configs(installed):
                         "from data_tools.training.trainer import resolve_deepspeed_config;"
                         "print(json.dumps([m.__file__ for m in (data_tools, hdvila, diffusion, animation, instruct,"
                         " spo, bridge)] + [str(resolve_config(name)) for name in ('pretrain/small', 'spo/digits',"
-                        " 'bridge/toy')] + [str(resolve_deepspeed_config('zero1'))]))",
+                        " 'bridge/toy')] + [str(resolve_deepspeed_config('zero1'))]"
+                        " + [str(p) for p in __import__('importlib.resources').resources.files('hdvila.serve')"
+                        ".joinpath('static').iterdir()]))",
                   module="")
-    for path in json.loads(printed):
+    paths = json.loads(printed)
+    assert {"index.html", "app.js", "style.css"} <= {Path(p).name for p in paths}  # the search page ships
+    for path in paths:
         assert Path(path).resolve().is_relative_to(site.resolve()), path
         assert not Path(path).resolve().is_relative_to(REPO), path
     assert "pretrain" in run("--help")

@@ -19,11 +19,13 @@ never sent as a traceback.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
@@ -130,19 +132,28 @@ def create_app(service: SearchService) -> FastAPI:
     def effort():  # a fresh Query per parameter: FastAPI binds one to the first name it meets
         return Query(None, ge=1, le=limits.max_effort)
 
+    # answers are plain dicts of JSON types: JSONResponse skips FastAPI's per-field encoder walk
     @app.get("/api/info")
     def info():
-        return service.about()
+        return JSONResponse(service.about())
+
+    # searches queue for one worker thread of their own (the service runs one at a time anyway) instead of
+    # holding a thread of the shared pool each while they wait; thumbnails and video keep flowing meanwhile
+    searcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search")
+
+    async def on_searcher(fn, *args):
+        return JSONResponse(await asyncio.get_running_loop().run_in_executor(searcher, fn, *args))
 
     @app.get("/api/search")
-    def search(q: str = Query(..., max_length=limits.max_query_chars), k: int = Query(10, ge=1, le=limits.max_k),
-               nprobe: int | None = effort(), ef: int | None = effort()):
-        return service.search_text(q, k, nprobe, ef)
+    async def search(q: str = Query(..., max_length=limits.max_query_chars),
+                     k: int = Query(10, ge=1, le=limits.max_k), nprobe: int | None = effort(),
+                     ef: int | None = effort()):
+        return await on_searcher(service.search_text, q, k, nprobe, ef)
 
     @app.get("/api/similar")
-    def similar(id: int = Query(..., ge=0), k: int = Query(10, ge=1, le=limits.max_k),
-                nprobe: int | None = effort(), ef: int | None = effort()):
-        return service.similar(id, k, nprobe, ef)
+    async def similar(id: int = Query(..., ge=0), k: int = Query(10, ge=1, le=limits.max_k),
+                      nprobe: int | None = effort(), ef: int | None = effort()):
+        return await on_searcher(service.similar, id, k, nprobe, ef)
 
     @app.get("/api/clips/{clip}/thumbnail")
     def thumbnail(clip: int):

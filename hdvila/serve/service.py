@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,6 +62,9 @@ class SearchService:
         self.name = name
         self.kind = index_kind(index)
         self._faiss = faiss
+        # one query at a time through the model: with 20 request threads inside torch at once the server
+        # answered half as many searches per second (docs/benchmarks/serve.md)
+        self._model_lock = threading.Lock()
         self.nlist = int(faiss.extract_index_ivf(index).nlist) if self.kind == "ivf" else None
         if self.kind == "ivf":
             faiss.extract_index_ivf(index).make_direct_map()  # "more like this" reads stored vectors back
@@ -173,7 +177,8 @@ class SearchService:
     def search_text(self, query: Any, k: Any = 10, nprobe: int | None = None, ef: int | None = None) -> dict:
         started = time.perf_counter()
         text, k = self.check_query(query), self.check_k(k)
-        vector = self.encoder.encode_text([text]).numpy()[0]
+        with self._model_lock:
+            vector = self.encoder.encode_text([text]).numpy()[0]
         hits, used = self._hits(vector, k, nprobe, ef)
         return {"query": text, "k": k, **used, "hits": hits, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
 
