@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         "server_threads": args.server_threads, "reference": reference, **loads,
         "overhead_pct": 100 * (1 - search["requests_per_s"] / reference["requests_per_s"]),
         "screenshot": screenshot, "machine": machine_line(), "load_average": load_before,
-        "versions": {name: version(name) for name in ("fastapi", "starlette", "uvicorn", "httpx", "faiss-cpu",
-                                                      "torch")} | {"python": platform.python_version()},
+        "versions": {name: version(name) for name in ("fastapi", "starlette", "uvicorn", "httptools",
+                                                      "uvloop", "httpx", "faiss-cpu", "torch")} | {"python": platform.python_version()},
     }
     write_report(results, Path(args.out))
     print(Path(args.out).with_suffix(".md").read_text())

@@ -20,7 +20,7 @@ from PIL import Image
 
 import hdvila  # noqa: F401  (registers the model configs)
 from data_tools.decoders import open_video
-from hdvila.retrieval.clip_media import MEDIA_FILE, THUMB_OFFSETS_FILE, THUMBS_FILE, ClipMedia
+from hdvila.retrieval.clip_media import MEDIA_FILE, THUMB_OFFSETS_FILE, THUMBS_FILE, ClipMedia, write_clip_media
 from hdvila.retrieval.index import load_index_folder
 from hdvila.serve.app import CONTENT_SECURITY_POLICY, create_app, is_loopback, running_server
 from hdvila.serve.service import RangeNotSatisfiable, SearchService, ServeLimits, parse_byte_range
@@ -80,6 +80,29 @@ def test_thumbnail_is_the_clips_middle_frame(service):
             thumb.size, Image.Resampling.BILINEAR), np.float32)
         error = np.abs(np.asarray(thumb.convert("RGB"), np.float32) - expected).mean()
         assert error < 6.0 and error < np.abs(other - expected).mean() / 2
+
+
+def test_a_bad_clip_is_reported_and_the_good_ones_keep_their_media(service, tmp_path):
+    good = member_bytes(service, 0)
+    shard = tmp_path / "mixed.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, payload in (("a.mp4", good), ("a.txt", b"caption"), ("b.mp4", b"\x00not a video" * 50),
+                              ("c.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    out = tmp_path / "media"
+    out.mkdir()
+    counts = write_clip_media(out, [str(shard)], ["a", "b", "c"], backend="pyav", progress=False)
+    assert counts == {"playable": 2, "thumbnails": 1, "missing_video": 1, "thumbnail_failures": 1}
+    media = ClipMedia(out, [str(shard)], 3)
+    assert Image.open(io.BytesIO(media.thumbnail(0))).format == "JPEG"
+    assert media.thumbnail(1) is None and media.thumbnail(2) is None
+    path, offset, size = media.video_location(0)
+    assert path.read_bytes()[offset:offset + size] == good
+    assert media.video_location(2) is None
+    with pytest.raises(KeyError):
+        media.thumbnail(3)
 
 
 def test_clip_media_refuses_files_that_do_not_describe_the_index(folders, tmp_path):

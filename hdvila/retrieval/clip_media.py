@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data_tools.decoders import DecodeError, open_video
+from data_tools.loading.pipeline import LoaderConfig, ShardMetadataError, check_dims
 from data_tools.logs import get_logger
 
 log = get_logger(__name__)
@@ -36,6 +37,7 @@ THUMB_BOX = (320, 180)  # (width, height) a thumbnail fits inside
 THUMB_QUALITY = 85
 VIDEO_MEMBER = "mp4"
 PROXY_MEMBER = "proxy.mp4"  # the ingest's small copy: the cheap source of a thumbnail
+MAX_MEMBER_BYTES = LoaderConfig.max_video_member_bytes  # a shard is untrusted: no bigger read than the loader's
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -50,9 +52,9 @@ def thumbnail_jpeg(video: bytes, backend: str = "pyav", box: tuple[int, int] = T
     from PIL import Image
 
     with open_video(video, backend=backend) as reader:
-        if reader.num_frames < 1:
-            raise DecodeError("the clip has no decodable frame")
-        frame = reader.get_frames([reader.num_frames // 2])[0]
+        # the loader's limits on what a stream header may declare, before a frame is decoded at that size
+        count, _, _ = check_dims(reader.num_frames, reader.height, reader.width)
+        frame = reader.get_frames([count // 2])[0]
     image = Image.fromarray(np.ascontiguousarray(frame))
     image.thumbnail(box, Image.Resampling.LANCZOS)
     out = io.BytesIO()
@@ -80,33 +82,44 @@ def write_clip_media(folder: str | os.PathLike, shard_files: Sequence[str], keys
     found: dict[str, _Found] = {}
     failures: dict[str, str] = {}
     bar = tqdm(total=len(keys), desc="thumbnails", unit="clip", disable=not progress, leave=False)
+
+    def thumbnail_of(key: str, members: dict[str, bytes]) -> None:
+        if thumbs[wanted[key]] or not members:
+            return
+        try:
+            thumbs[wanted[key]] = thumbnail_jpeg(members.get(PROXY_MEMBER) or members[VIDEO_MEMBER], backend)
+        except (DecodeError, ShardMetadataError, OSError, ValueError) as exc:
+            failures[key] = str(exc)[:200]
+        bar.update(1)
+
     for shard_number, shard in enumerate(shard_files):
-        sources: dict[str, dict[str, bytes]] = {}
+        # a sample's members lie next to each other in its tar: only the current one's bytes are held
+        current, members = None, {}
         try:
             in_place = _is_plain_tar(shard)
             with tarfile.open(shard, "r:*") as tar:
                 for member in tar:
                     key, ext = _split_member(member.name)
+                    if key != current:
+                        if current is not None:
+                            thumbnail_of(current, members)
+                        current, members = key, {}
                     if not member.isfile() or key not in wanted or ext not in (VIDEO_MEMBER, PROXY_MEMBER):
                         continue
                     if key in found and found[key].shard != shard_number:
                         continue  # a second copy in a later shard: the gallery kept the first
                     if ext == VIDEO_MEMBER:
                         found[key] = _Found(shard_number, member.offset_data if in_place else -1, member.size)
+                    if member.size > MAX_MEMBER_BYTES:
+                        failures[key] = f"{ext} member of {member.size} bytes is over the loader's limit"
+                        continue
                     handle = tar.extractfile(member)
                     if handle is not None:
-                        sources.setdefault(key, {})[ext] = handle.read()
+                        members[ext] = handle.read()
         except (OSError, tarfile.TarError) as exc:
             log.warning("cannot read %s for clip media: %s", shard, exc)
-        for key, members in sources.items():
-            if thumbs[wanted[key]]:
-                continue
-            source = members.get(PROXY_MEMBER) or members.get(VIDEO_MEMBER)
-            try:
-                thumbs[wanted[key]] = thumbnail_jpeg(source, backend)
-            except (DecodeError, OSError, ValueError) as exc:
-                failures[key] = str(exc)[:200]
-            bar.update(1)
+        if current is not None:
+            thumbnail_of(current, members)
     bar.close()
     for key, where in found.items():
         media[wanted[key]] = (where.shard, where.offset, where.size)
