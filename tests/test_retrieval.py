@@ -250,7 +250,7 @@ def finetune_overrides(root: Path, out: Path, model: Path) -> list[str]:
         "data.num_workers": 0, "data.decode_timeout": 0, "data.backend": "pyav", "data.hflip_prob": 0.0,
         "data.train_segments": 1, "data.test_segments": 2, "data.sample_rate": 2, "data.max_text_len": 24,
         "eval.num_workers": 0, "eval.dual_softmax": "true", "eval.qb_norm": "true",
-        "train.max_steps": 60, "train.batch_size": 8, "train.save_every": 60, "train.val_every": 30,
+        "train.max_steps": 120, "train.batch_size": 8, "train.save_every": 120, "train.val_every": 60,
         "train.log_every": 10, "train.progress": "false", "train.seed": 0,
         "optim.lr": 2e-3, "optim.warmup_ratio": 0.1, "optim.weight_decay": 0.0,
     }
@@ -271,17 +271,18 @@ def finetuned(msrvtt_style_corpus, tmp_path_factory):
 def test_finetune_learns_the_training_clips_and_reports(finetuned):
     run, summary, clips = finetuned
     records = read_metrics(run / "metrics.jsonl")
-    # one batch's loss, and the caption drawn per clip is seeded by the shard path (a new tmp dir each run), so
-    # the ratio varies (0.45-0.57 seen); the retrieval numbers below are the real evidence of learning
+    # one batch's loss, so the ratio is noisy; the retrieval numbers below are the real evidence of learning
     assert records[-1]["loss"] < 0.75 * records[0]["loss"]
     validated = [r for r in records if "val/t2v_R@1" in r]
-    assert [r["step"] for r in validated] == [30, 60]
+    assert [r["step"] for r in validated] == [60, 120]
     for key in ("val/t2v_R@1", "val/v2t_MdR", "val/dsl_t2v_R@1", "val/qbnorm_t2v_R@1"):
         assert key in validated[-1]
     final = json.loads((run / "eval" / "results.json").read_text())
     chance = final["chance"]["t2v"]["R@1"]
     assert final["data"]["videos"] == len(clips) and chance == pytest.approx(100 / len(clips))
+    # 120 steps: R@1 50-75% over train seeds 0-2 on an AVX2 CPU; after 60 steps it was 17-50%, too close to call
     assert final["plain"]["t2v"]["R@1"] >= 4 * chance
+    assert final["plain"]["t2v"]["MnR"] <= final["chance"]["t2v"]["MnR"] / 2
     assert final["qb_norm"]["t2v"]["bank"].startswith("training captions")
     assert "| t2v | plain |" in (run / "eval" / "results.md").read_text()
     assert (run / "eval" / "recall_at_k.png").stat().st_size > 10_000
