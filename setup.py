@@ -4,11 +4,15 @@ from pathlib import Path
 from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
-REQUIREMENTS = [
-    line.strip()
-    for line in (HERE / "requirements.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#")
-]
+# requirements.txt is what `make` installs (tests included); a line ending in "# extra: NAME" is optional for users
+REQUIREMENTS: list[str] = []
+EXTRAS: dict[str, list[str]] = {}
+for line in (HERE / "requirements.txt").read_text().splitlines():
+    requirement, _, comment = line.partition("#")
+    if not requirement.strip():
+        continue
+    extra = comment.strip().removeprefix("extra:").strip() if comment.strip().startswith("extra:") else None
+    (EXTRAS.setdefault(extra, []) if extra else REQUIREMENTS).append(requirement.strip())
 
 setup(
     name="hdvila",
@@ -28,5 +32,6 @@ setup(
     },
     include_package_data=True,
     install_requires=REQUIREMENTS,
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["hdvila=hdvila.cli:main"]},
 )

@@ -5,6 +5,10 @@ order -> cut + transcode shards in parallel processes -> build_report.json. Bad 
 the job goes on: any exception while discovering, probing, planning or cutting one input, of any type, is a
 report entry (input, stage, reason); only a failure of the build machinery itself (writing a shard, a crashed
 worker process) stops the build. Finished shards are skipped on a rerun, so a killed build resumes where it stopped.
+
+Two engines run the same steps: `local` (threads to probe, processes to cut; the default) and `ray`
+(data_tools.ingest.ray_engine: the plan and every clip's cut are Ray tasks). Both call the per-video and per-clip
+functions below and assign shards here, so their shards are byte-identical for the same inputs and settings.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolE
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -72,42 +76,71 @@ def _probe_job(job: VideoJob) -> tuple[VideoJob, VideoInfo | None, str | None]:
         return job, None, _reason(exc)
 
 
-def plan_build(inputs: list[str], cfg: BuildConfig, progress: bool = True
-               ) -> tuple[list[ShardTask], list[InputProblem], dict[str, int]]:
-    """Everything before cutting: deterministic given the inputs and the config."""
-    jobs, problems = discover_inputs(inputs, video_root=cfg.video_root, clip_text=cfg.clip_text, limits=cfg.limits)
-    jobs = sorted(jobs, key=lambda j: (j.video_id, j.video_path))
-    counts = {"videos_found": len(jobs), "videos_ok": 0}
+@dataclass
+class PlannedVideo:
+    """What probing and planning one video gives: its clips (keys not yet assigned) and its problems."""
+
+    clips: list[PlannedClip]
+    problems: list[InputProblem]
+
+
+def plan_video(job: VideoJob, cfg: BuildConfig) -> PlannedVideo:
+    """Probe one video and turn its transcript or spans into clips; every failure is a report entry."""
+    job, info, error = _probe_job(job)
+    if info is None:
+        return PlannedVideo([], [InputProblem(input=job.video_path, stage="probe", reason=error or "unknown")])
+    try:
+        clips, clip_problems = plan_clips(job, info.duration, cfg.sentences, cfg.limits)
+        items = [_planned_clip(job, info, clip, cfg.shards.absolute_source_paths) for clip in clips]
+    except Exception as exc:  # a bug or an input nobody foresaw: report this video, plan the others
+        log.warning("unexpected error planning %s: %s", job.video_path, _reason(exc))
+        return PlannedVideo([], [InputProblem(input=job.transcript_path or job.video_path, stage="plan",
+                                              reason=_reason(exc))])
+    return PlannedVideo(items, list(clip_problems))
+
+
+def plan_videos_locally(jobs: list[VideoJob], cfg: BuildConfig, progress: bool = True) -> list[PlannedVideo]:
     # Probing reads container headers only; threads are enough.
     with ThreadPoolExecutor(max_workers=max(1, min(8, cfg.workers * 2))) as pool:
-        results = list(tqdm(pool.map(_probe_job, jobs), total=len(jobs), desc="probe", unit="video",
-                            disable=not progress, leave=False))
-    planned: list[PlannedClip] = []
-    for job, info, error in results:
-        if info is None:
-            problems.append(InputProblem(input=job.video_path, stage="probe", reason=error or "unknown"))
-            continue
-        try:
-            clips, clip_problems = plan_clips(job, info.duration, cfg.sentences, cfg.limits)
-            items = [_planned_clip(job, info, clip, cfg.shards.absolute_source_paths) for clip in clips]
-        except Exception as exc:  # a bug or an input nobody foresaw: report this video, plan the others
-            log.warning("unexpected error planning %s: %s", job.video_path, _reason(exc))
-            problems.append(InputProblem(input=job.transcript_path or job.video_path, stage="plan",
-                                         reason=_reason(exc)))
-            continue
-        problems.extend(clip_problems)
-        counts["videos_ok"] += bool(clips)
-        planned.extend(items)
+        return list(tqdm(pool.map(lambda job: plan_video(job, cfg), jobs), total=len(jobs), desc="probe",
+                         unit="video", disable=not progress, leave=False))
+
+
+def discover_jobs(inputs: list[str], cfg: BuildConfig) -> tuple[list[VideoJob], list[InputProblem]]:
+    """The videos to plan, in the build's fixed order, and the problems found while listing them."""
+    jobs, problems = discover_inputs(inputs, video_root=cfg.video_root, clip_text=cfg.clip_text, limits=cfg.limits)
+    return sorted(jobs, key=lambda j: (j.video_id, j.video_path)), list(problems)
+
+
+def assign_shards(jobs: list[VideoJob], planned: list[PlannedVideo], problems: list[InputProblem],
+                  cfg: BuildConfig) -> tuple[list[ShardTask], list[InputProblem], dict[str, int]]:
+    """Number the clips in job order and cut the sequence into shards: the one place keys are decided."""
+    if len(planned) != len(jobs):
+        raise ValueError(f"{len(planned)} plans for {len(jobs)} videos")
+    counts = {"videos_found": len(jobs), "videos_ok": 0}
+    clips: list[PlannedClip] = []
+    problems = list(problems)
+    for video in planned:
+        problems.extend(video.problems)
+        counts["videos_ok"] += bool(video.clips)
+        clips.extend(video.clips)
     per_shard = cfg.shards.samples_per_shard
     shards: list[ShardTask] = []
-    for i, item in enumerate(planned):
+    for i, item in enumerate(clips):
         shard_index, position = divmod(i, per_shard)
         if shard_index == len(shards):
             shards.append(ShardTask(index=shard_index))
         item.key = sample_key(shard_index, position)
         shards[shard_index].clips.append(item)
-    counts["clips_planned"] = len(planned)
+    counts["clips_planned"] = len(clips)
     return shards, problems, counts
+
+
+def plan_build(inputs: list[str], cfg: BuildConfig, progress: bool = True
+               ) -> tuple[list[ShardTask], list[InputProblem], dict[str, int]]:
+    """Everything before cutting: deterministic given the inputs and the config."""
+    jobs, problems = discover_jobs(inputs, cfg)
+    return assign_shards(jobs, plan_videos_locally(jobs, cfg, progress), problems, cfg)
 
 
 def _planned_clip(job: VideoJob, info: VideoInfo, clip: ClipRequest, absolute_source: bool = False) -> PlannedClip:
@@ -164,29 +197,35 @@ def _sample(clip: PlannedClip, media: Any) -> tuple[dict[str, bytes | str], dict
     return files, row
 
 
-def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: int,
-                counter: Any = None) -> dict:
-    """Cut every clip of one shard and publish the shard. Runs in a worker process."""
+def cut_sample(clip: PlannedClip, tcfg: TranscodeConfig, threads: int
+               ) -> tuple[dict[str, bytes | str], dict[str, Any]] | dict[str, Any]:
+    """Cut and encode one clip: its shard members and parquet row, or its report entry if the input is bad."""
+    try:  # everything that depends on this clip's input; writing the shard is the machinery's
+        media = cut_clip(clip.video_path, VideoInfo(**clip.info), clip.start, clip.end, tcfg, threads=threads)
+        return _sample(clip, media)
+    except Exception as exc:  # one bad clip must not cost the shard: report it and go on
+        if not isinstance(exc, (TranscodeError, ProbeError, OSError)):
+            log.exception("unexpected error on %s [%s, %s]", clip.video_path, clip.start, clip.end)
+        reason = str(exc) if isinstance(exc, (TranscodeError, ProbeError)) else _reason(exc)
+        return {"input": clip.video_path, "clip_id": clip.clip_id, "stage": "transcode",
+                "span": [clip.start, clip.end], "reason": reason}
+
+
+def publish_shard(task: ShardTask, samples: Iterable, out_dir: str) -> dict:
+    """Write the cut samples of one shard, in order, and publish it; `samples` yields `cut_sample` results.
+
+    Samples are consumed one at a time, so a shard never needs to fit in memory. If anything raises, nothing of
+    the shard becomes visible."""
     started = time.time()
     writer = ShardWriter(out_dir, task.index)
     failures: list[dict] = []
     try:
-        for clip in task.clips:
-            try:  # everything that depends on this clip's input; writing the shard is the machinery's
-                media = cut_clip(clip.video_path, VideoInfo(**clip.info), clip.start, clip.end, tcfg,
-                                 threads=threads)
-                files, row = _sample(clip, media)
-            except Exception as exc:  # one bad clip must not cost the shard: report it and go on
-                if not isinstance(exc, (TranscodeError, ProbeError, OSError)):
-                    log.exception("unexpected error on %s [%s, %s]", clip.video_path, clip.start, clip.end)
-                reason = str(exc) if isinstance(exc, (TranscodeError, ProbeError)) else _reason(exc)
-                failures.append({"input": clip.video_path, "clip_id": clip.clip_id, "stage": "transcode",
-                                 "span": [clip.start, clip.end], "reason": reason})
+        for clip, result in zip(task.clips, samples, strict=True):
+            if isinstance(result, dict):
+                failures.append(result)
             else:
+                files, row = result
                 writer.write(clip.key, files, row)
-            if counter is not None:
-                with counter.get_lock():
-                    counter.value += 1
         stats = {"shard": task.index, "planned": len(task.clips), "successes": len(writer.rows),
                  "failed": len(failures), "failures": failures, "seconds": round(time.time() - started, 3)}
         writer.close(stats)
@@ -194,6 +233,20 @@ def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: i
         writer.abort()
         raise
     return stats
+
+
+def write_shard(task: ShardTask, out_dir: str, tcfg: TranscodeConfig, threads: int,
+                counter: Any = None) -> dict:
+    """Cut every clip of one shard and publish the shard. Runs in a worker process."""
+
+    def samples() -> Iterator:
+        for clip in task.clips:
+            yield cut_sample(clip, tcfg, threads)
+            if counter is not None:
+                with counter.get_lock():
+                    counter.value += 1
+
+    return publish_shard(task, samples(), out_dir)
 
 
 _COUNTER = None
@@ -228,22 +281,18 @@ def _check_same_build(out: Path, inputs: list[str], cfg: BuildConfig) -> None:
     atomic_write_text(marker, fingerprint + "\n")
 
 
-def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig, progress: bool = True) -> dict:
-    """Run the whole build; returns the report (also written to OUT/build_report.json)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_temporaries(out)
-    if removed:
-        log.info("removed %d partial files left by an earlier, interrupted build", removed)
-    _check_same_build(out, inputs, cfg)
-    save_config(cfg, out / "build_config.yaml")
-    started = time.time()
-    shards, problems, counts = plan_build(inputs, cfg, progress=progress)
+ENGINES = ("local", "ray")
+
+
+def _unfinished(shards: list[ShardTask], out: Path) -> list[ShardTask]:
     todo = [s for s in shards if not shard_is_finished(out, s.index)]
-    skipped = len(shards) - len(todo)
-    if skipped:
-        log.info("%d of %d shards are already finished; building the other %d", skipped, len(shards), len(todo))
-    threads = _encoder_threads(cfg)
+    if len(todo) < len(shards):
+        log.info("%d of %d shards are already finished; building the other %d", len(shards) - len(todo),
+                 len(shards), len(todo))
+    return todo
+
+
+def _cut_locally(todo: list[ShardTask], out: Path, cfg: BuildConfig, threads: int, progress: bool) -> None:
     ctx = mp.get_context("fork")
     counter = ctx.Value("l", 0)
     total = sum(len(s.clips) for s in todo)
@@ -253,25 +302,62 @@ def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig
             for task in todo:
                 write_shard(task, str(out), cfg.transcode, threads, counter)
                 bar.update(counter.value - bar.n)
-        else:
-            with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(counter,)) as pool:
-                pending = {pool.submit(_run_shard, t, str(out), cfg.transcode, threads) for t in todo}
-                while pending:
-                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        if fut.exception() is not None:  # a crashed worker is a bug: stop now, not hours later
-                            pool.shutdown(wait=False, cancel_futures=True)
-                            raise fut.exception()
-                    bar.update(counter.value - bar.n)
+            return
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(counter,)) as pool:
+            pending = {pool.submit(_run_shard, t, str(out), cfg.transcode, threads) for t in todo}
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut.exception() is not None:  # a crashed worker is a bug: stop now, not hours later
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise fut.exception()
+                bar.update(counter.value - bar.n)
+
+
+def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig, progress: bool = True,
+                 engine: str = "local", ray_address: str | None = None, ray_max_retries: int = 3) -> dict:
+    """Run the whole build; returns the report (also written to OUT/build_report.json).
+
+    engine "ray" runs the plan and the cuts as Ray tasks: on the cluster at `ray_address` ("auto", HOST:PORT),
+    or on a Ray instance of `cfg.workers` CPUs started for this build when it is None; a task whose worker dies
+    is rerun up to `ray_max_retries` times."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temporaries(out)
+    if removed:
+        log.info("removed %d partial files left by an earlier, interrupted build", removed)
+    _check_same_build(out, inputs, cfg)
+    save_config(cfg, out / "build_config.yaml")
+    started = time.time()
+    unbuilt: list[dict] = []
+    if engine == "ray":
+        from .ray_engine import RayEngine
+
+        with RayEngine(address=ray_address, workers=cfg.workers, max_retries=ray_max_retries) as ray_engine:
+            jobs, problems = discover_jobs(inputs, cfg)
+            shards, problems, counts = assign_shards(jobs, ray_engine.plan(jobs, cfg, progress), problems, cfg)
+            todo = _unfinished(shards, out)
+            # "cores // workers" means nothing across machines: each cut task asks Ray for its encoder threads
+            unbuilt = ray_engine.cut(todo, str(out), cfg.transcode, cfg.transcode.threads or 1, progress)
+    else:
+        shards, problems, counts = plan_build(inputs, cfg, progress=progress)
+        todo = _unfinished(shards, out)
+        _cut_locally(todo, out, cfg, _encoder_threads(cfg), progress)
+    skipped = len(shards) - len(todo)
     failures = [asdict(p) for p in problems]
     written = 0
     shard_files = []
     for shard in shards:
+        if not shard_is_finished(out, shard.index):
+            continue  # only where workers kept dying (reported in `unbuilt`): a rerun builds it
         stats = read_shard_stats(out, shard.index)
         written += stats["successes"]
         failures.extend(stats["failures"])
         shard_files.append(f"{shard.index:05d}.tar")
+    failures.extend(unbuilt)
     report = {
         **counts,
         "clips_written": written,
@@ -284,6 +370,9 @@ def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig
         "failures": failures,
     }
     atomic_write_json(out / "build_report.json", report)
+    if unbuilt:
+        raise BuildFailed(f"{len(unbuilt)} shards were not built because their workers kept dying (see "
+                          f"{out / 'build_report.json'}); run the same command again to build them")
     if written == 0:
         raise BuildFailed(f"no clip could be written ({len(failures)} problems; see {out / 'build_report.json'})")
     return report

@@ -19,9 +19,12 @@ def cmd_data_build(args: argparse.Namespace) -> int:
         raise SystemExit("hdvila data build: give at least one input (folder, manifest or HD-VILA-100M JSONL)")
     if args.workers is not None:
         overrides.append(f"workers={args.workers}")
+    if args.address is not None and args.engine != "ray":
+        raise SystemExit("hdvila data build: --address is for --engine ray")
     cfg = load_config(BuildConfig, args.config or "data/build", overrides)
     try:
-        report = build_shards(inputs, args.out, cfg, progress=not args.quiet)
+        report = build_shards(inputs, args.out, cfg, progress=not args.quiet, engine=args.engine,
+                              ray_address=args.address)
     except BuildFailed as exc:
         log.error("%s", exc)
         return 1
@@ -72,7 +75,12 @@ def add_parser(subparsers) -> None:
     b.add_argument("inputs", nargs="+", help="folders, manifests (.jsonl/.csv/.parquet) or HD-VILA-100M JSONL; "
                                              "plus dotted key=value config overrides")
     b.add_argument("--out", required=True, help="output folder for shards and build_report.json")
-    b.add_argument("--workers", type=int, default=None, help="parallel processes")
+    b.add_argument("--workers", type=int, default=None,
+                   help="parallel processes (local engine), or CPUs of the Ray instance started for the build")
+    b.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: processes on this machine; ray: the plan and the cuts as Ray tasks")
+    b.add_argument("--address", default=None,
+                   help="Ray cluster to run on: 'auto' or HOST:PORT (default: start Ray on this machine)")
     b.add_argument("--config", default=None, help="config name or YAML path (default data/build)")
     b.set_defaults(func=cmd_data_build)
 
