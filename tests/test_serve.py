@@ -187,6 +187,32 @@ def test_recall_options_reach_the_index(folders, kind, param, value, echo):
         assert c.get("/api/similar", params={"id": 1, "k": 3, param: value}).status_code == 200
 
 
+def test_an_ivfpq_gallery_is_served_with_nprobe_and_more_like_this(folders, service, tmp_path):
+    """A compressed (ivfpq) folder: too big a gallery for the tiny corpus, so 600 stored vectors around its
+    clips' own embeddings, with the tiny model to embed the text."""
+    from hdvila.retrieval.index import IndexParams, build_index, save_index_folder
+
+    flat, _, _ = load_index_folder(folders["flat"])
+    clips = np.stack([flat.reconstruct(i) for i in range(flat.ntotal)])
+    rng = np.random.default_rng(0)
+    vectors = clips[np.arange(600) % len(clips)] + 0.05 * rng.standard_normal((600, clips.shape[1]))
+    index = build_index(vectors, "ivfpq", IndexParams(nlist=8, pq_m=16, nprobe=2, rerank=50))
+    save_index_folder(tmp_path / "ivfpq", index, [{"key": f"v{i}", "caption": f"vector {i}"} for i in range(600)],
+                      {"model": str(folders["model"]), "params": vars(index.params)})
+    compressed = SearchService.from_folder(tmp_path / "ivfpq")
+    with TestClient(create_app(compressed), raise_server_exceptions=False) as c:
+        about = c.get("/api/info").json()
+        assert about["kind"] == "ivfpq" and about["nlist"] == 8 and about["count"] == 600
+        answer = c.get("/api/search", params={"q": "a square", "k": 5, "nprobe": 4096}).json()
+        assert answer["nprobe"] == 8 and len(answer["hits"]) == 5
+        scores = [h["score"] for h in answer["hits"]]
+        assert scores == sorted(scores, reverse=True) and answer["hits"][0]["caption"].startswith("vector ")
+        like = c.get("/api/similar", params={"id": 3, "k": 4}).json()
+        assert like["like"]["id"] == 3 and all(h["id"] != 3 for h in like["hits"])
+        # the nearest stored vectors of clip 3's neighbours share its source clip (ids 3 + 12j)
+        assert any(h["id"] % len(clips) == 3 for h in like["hits"])
+
+
 def test_video_is_served_from_the_shard_with_range_requests(client, service):
     whole = member_bytes(service, 1)
     size = len(whole)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from hdvila.cli import add_training_command, print_summary, training_config
 
@@ -47,12 +48,29 @@ def cmd_retrieval_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieval_index(args: argparse.Namespace) -> int:
-    from hdvila.encoder import load_pretrained
-    from hdvila.retrieval.clip_index import build_clip_index
     from hdvila.retrieval.index import IndexParams
 
     params = IndexParams(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
-                         nlist=args.nlist, nprobe=args.nprobe)
+                         nlist=args.nlist, nprobe=args.nprobe, train_size=args.train_size, pq_m=args.pq_m,
+                         pq_bits=args.pq_bits, opq=args.opq, rerank=args.rerank, on_disk=args.on_disk)
+    if args.embeddings:
+        from hdvila.retrieval.compressed import EmbeddingFiles, build_ivfpq_folder, read_records
+
+        if args.kind != "ivfpq" or args.shards:
+            raise SystemExit("hdvila retrieval index: --embeddings builds --kind ivfpq, without --shards")
+        records = read_records(args.records) if args.records else None
+        info = build_ivfpq_folder(EmbeddingFiles(args.embeddings), args.out, params, records=records,
+                                  info={"model": str(Path(args.model).resolve()) if args.model else None,
+                                        "embedding_files": [str(Path(p).resolve()) for p in args.embeddings]},
+                                  progress=not args.quiet)
+        print(f"indexed {info['count']} vectors ({info['factory']}, {info['memory_bytes_per_vector']} B each in "
+              f"memory, {info['disk_bytes_per_vector']} B on disk) into {args.out}")
+        return 0
+    if not args.model or not args.shards:
+        raise SystemExit("hdvila retrieval index: give --model and --shards (or --embeddings with --kind ivfpq)")
+    from hdvila.encoder import load_pretrained
+    from hdvila.retrieval.clip_index import build_clip_index
+
     info = build_clip_index(load_pretrained(args.model), args.shards, args.out, kind=args.kind, params=params,
                             model_dir=args.model, batch_size=args.batch_size, num_workers=args.workers,
                             progress=not args.quiet)
@@ -68,7 +86,7 @@ def cmd_retrieval_search(args: argparse.Namespace) -> int:
     encoder = load_pretrained(args.model) if args.model else None
     queries = args.query
     results = search_clips(args.index, queries, k=args.k, encoder=encoder, ef_search=args.ef_search,
-                           nprobe=args.nprobe)
+                           nprobe=args.nprobe, rerank=args.rerank)
     if args.json:
         print(json.dumps([{"query": q, "hits": h} for q, h in zip(queries, results)], indent=2, default=str))
     else:
@@ -100,11 +118,14 @@ def add_parser(subparsers) -> None:
     re_.add_argument("--out", default=None, help="report folder (default output_dir/eval)")
     re_.set_defaults(func=cmd_retrieval_eval)
 
-    ri = rsub.add_parser("index", help="embed the clips of shards into a FAISS index folder")
-    ri.add_argument("--model", required=True, help="pretrained folder")
-    ri.add_argument("--shards", required=True, nargs="+", help="shard paths, globs or brace patterns")
+    ri = rsub.add_parser("index", help="embed the clips of shards (or read embedding files) into an index folder")
+    ri.add_argument("--model", default=None, help="pretrained folder (with --embeddings: the one that made them)")
+    ri.add_argument("--shards", nargs="+", help="shard paths, globs or brace patterns")
+    ri.add_argument("--embeddings", nargs="+", help="[N, D] float16/float32 .npy files to index (--kind ivfpq)")
+    ri.add_argument("--records", default=None,
+                    help="with --embeddings: JSONL, one object per vector in order (default {row: i})")
     ri.add_argument("--out", required=True, help="index folder to write")
-    ri.add_argument("--kind", default="flat", choices=("flat", "hnsw", "ivf"))
+    ri.add_argument("--kind", default="flat", choices=("flat", "hnsw", "ivf", "ivfpq"))
     ri.add_argument("--hnsw-m", type=int, default=32)
     ri.add_argument("--ef-construction", type=int, default=40,
                     help="HNSW build effort: on 1M clustered vectors 40 caps recall@10 near 0.9; on 100k, "
@@ -112,6 +133,14 @@ def add_parser(subparsers) -> None:
     ri.add_argument("--ef-search", type=int, default=64)
     ri.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4*sqrt(N))")
     ri.add_argument("--nprobe", type=int, default=16)
+    ri.add_argument("--train-size", type=int, default=262_144, help="IVF k-means sample")
+    ri.add_argument("--pq-m", type=int, default=None,
+                    help="ivfpq: sub-quantizers, must divide the dimension (default D/8: 64 at 512 dims)")
+    ri.add_argument("--pq-bits", type=int, default=4, choices=(4, 8), help="ivfpq: 4 = fast-scan, 8 = classic")
+    ri.add_argument("--opq", action="store_true", help="ivfpq: learn an OPQ rotation first (slow to train)")
+    ri.add_argument("--rerank", type=int, default=100,
+                    help="ivfpq: candidates per query rescored from the float16 vectors on disk (0 = off)")
+    ri.add_argument("--on-disk", action="store_true", help="ivfpq: inverted lists in a mapped file (8-bit codes)")
     ri.add_argument("--batch-size", type=int, default=16)
     ri.add_argument("--workers", type=int, default=2)
     ri.set_defaults(func=cmd_retrieval_index)
@@ -123,5 +152,6 @@ def add_parser(subparsers) -> None:
     rs.add_argument("--model", default=None, help="pretrained folder (default: the one that built the index)")
     rs.add_argument("--ef-search", type=int, default=None)
     rs.add_argument("--nprobe", type=int, default=None)
+    rs.add_argument("--rerank", type=int, default=None, help="ivfpq: candidates rescored exactly")
     rs.add_argument("--json", action="store_true")
     rs.set_defaults(func=cmd_retrieval_search)

@@ -75,11 +75,12 @@ def encoder_for_index(index_dir: str | Path, index, info: dict, encoder=None):
 
 
 def search_clips(index_dir: str | Path, queries: Sequence[str] | str, k: int = 10, encoder=None,
-                 ef_search: int | None = None, nprobe: int | None = None) -> list[list[dict]]:
+                 ef_search: int | None = None, nprobe: int | None = None,
+                 rerank: int | None = None) -> list[list[dict]]:
     """Top-k clips per text query: [{rank, score, key, clip_id, video_id, source, span, caption}, ...]."""
     index, records, info = load_index_folder(index_dir)
     encoder = encoder_for_index(index_dir, index, info, encoder)
-    set_search_params(index, ef_search=ef_search, nprobe=nprobe)
+    set_search_params(index, ef_search=ef_search, nprobe=nprobe, rerank=rerank)
     queries = [queries] if isinstance(queries, str) else list(queries)
     scores, ids = search(index, encoder.encode_text(queries).numpy(), min(k, index.ntotal))
     hits = []

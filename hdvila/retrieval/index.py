@@ -7,7 +7,9 @@
 
 Choice of kind (FAISS wiki, "Guidelines to choose an index"): exact `flat` for evaluation galleries and up
 to ~100k items; `hnsw` (M=32) for the best speed/recall when the vectors fit in RAM twice over; `ivf`
-(nlist ~ 4*sqrt(N) lists, nprobe probed per query) when build time or memory matter more.
+(nlist ~ 4*sqrt(N) lists, nprobe probed per query) when build time or memory matter more; `ivfpq` (`compressed`:
+product-quantised codes in memory, the best candidates re-ranked from float16 vectors on disk) from millions of
+clips up, when even the vectors do not fit.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from data_tools.files import atomic_directory
 
-INDEX_KINDS = ("flat", "hnsw", "ivf")
+INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 INDEX_FILE = "index.faiss"
 RECORDS_FILE = "clips.jsonl"
 INFO_FILE = "info.json"
@@ -36,6 +38,12 @@ class IndexParams:
     nprobe: int = 16  # IVF lists scanned per query
     train_size: int = 262_144  # IVF k-means sample (the wiki's 30K-256K)
     seed: int = 0
+    # ivfpq only (see `compressed`)
+    pq_m: int | None = None  # sub-quantizers, pq_m * pq_bits / 8 bytes of code per vector; None = D / 8
+    pq_bits: int = 4  # 4 = FAISS fast-scan; 8 = classic codes (needed for on_disk)
+    opq: bool = False  # learn a rotation first (slow to train, better codes)
+    rerank: int = 100  # candidates per query rescored exactly from the float16 vectors; 0 = codes only
+    on_disk: bool = False  # inverted lists in a memory-mapped file
 
 
 def _faiss():
@@ -73,6 +81,10 @@ def build_index(vectors: Any, kind: str = "flat", params: IndexParams | None = N
         index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params.ef_construction
         index.hnsw.efSearch = params.ef_search
+    elif kind == "ivfpq":
+        from .compressed import EmbeddingFiles, build_ivfpq_index
+
+        return build_ivfpq_index(EmbeddingFiles.from_array(data), params)
     elif kind == "ivf":
         nlist = params.nlist or default_nlist(n)
         if nlist > n:
@@ -93,6 +105,10 @@ def build_index(vectors: Any, kind: str = "flat", params: IndexParams | None = N
 
 
 def index_kind(index: Any) -> str:
+    from .compressed import RerankedIndex
+
+    if isinstance(index, RerankedIndex):
+        return "ivfpq"
     faiss = _faiss()
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexHNSW):
@@ -102,8 +118,15 @@ def index_kind(index: Any) -> str:
     return "flat"
 
 
-def set_search_params(index: Any, ef_search: int | None = None, nprobe: int | None = None) -> None:
+def set_search_params(index: Any, ef_search: int | None = None, nprobe: int | None = None,
+                      rerank: int | None = None) -> None:
     """Per-query effort of an approximate index (ignored by kinds it does not apply to)."""
+    from .compressed import RerankedIndex
+
+    if isinstance(index, RerankedIndex):
+        if rerank is not None:
+            index.rerank = max(0, int(rerank))
+        index = index.ivf
     faiss = _faiss()
     index = faiss.downcast_index(index)
     if ef_search is not None and isinstance(index, faiss.IndexHNSW):
@@ -139,10 +162,15 @@ def save_index_folder(directory: str | Path, index: Any, records: list[dict], in
     with atomic_directory(directory) as tmp:
         if extra is not None:
             info.update(extra(tmp))
-        faiss.write_index(index, str(tmp / INDEX_FILE))
-        with open(tmp / RECORDS_FILE, "w", encoding="utf-8") as fh:
-            for i, record in enumerate(records):
-                fh.write(json.dumps({"id": i, **record}, ensure_ascii=False) + "\n")
+        if info["kind"] == "ivfpq":
+            from .compressed import write_reranked_index
+
+            info.update(write_reranked_index(tmp, index, records))
+        else:
+            faiss.write_index(index, str(tmp / INDEX_FILE))
+            with open(tmp / RECORDS_FILE, "w", encoding="utf-8") as fh:
+                for i, record in enumerate(records):
+                    fh.write(json.dumps({"id": i, **record}, ensure_ascii=False) + "\n")
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
     return Path(directory)
 
@@ -154,10 +182,15 @@ def load_index_folder(directory: str | Path) -> tuple[Any, list[dict], dict]:
     if missing:
         raise FileNotFoundError(f"{directory} is not an index folder (missing {', '.join(missing)}); "
                                 "build one with `hdvila retrieval index`")
+    info = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
+    if info.get("kind") == "ivfpq":  # records stay on disk: the gallery may hold a hundred million clips
+        from .compressed import load_ivfpq
+
+        index, records = load_ivfpq(directory, info)
+        return index, records, info
     index = faiss.read_index(str(directory / INDEX_FILE))
     with open(directory / RECORDS_FILE, encoding="utf-8") as fh:
         records = [json.loads(line) for line in fh if line.strip()]
-    info = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
     if len(records) != index.ntotal:
         raise ValueError(f"{directory}: {len(records)} records for {index.ntotal} vectors")
     return index, records, info

@@ -65,7 +65,9 @@ class SearchService:
         # one query at a time through the model: with 20 request threads inside torch at once the server
         # answered half as many searches per second (docs/benchmarks/serve.md)
         self._model_lock = threading.Lock()
-        self.nlist = int(faiss.extract_index_ivf(index).nlist) if self.kind == "ivf" else None
+        # ivfpq (a RerankedIndex) probes lists like ivf; its "more like this" reads the float16 vectors back
+        self.nlist = int(faiss.extract_index_ivf(getattr(index, "index", index)).nlist) \
+            if self.kind in ("ivf", "ivfpq") else None
         if self.kind == "ivf":
             faiss.extract_index_ivf(index).make_direct_map()  # "more like this" reads stored vectors back
         params = info.get("params") or {}
@@ -122,7 +124,7 @@ class SearchService:
         if ef is not None:
             self._check_int("ef", ef, 1, self.limits.max_effort)
         # per-call parameters: concurrent requests with different settings never touch shared index state
-        if self.kind == "ivf":
+        if self.kind in ("ivf", "ivfpq"):
             params = faiss.SearchParametersIVF()
             params.nprobe = min(int(nprobe or self.default_nprobe), self.nlist)
             return params, {"nprobe": int(params.nprobe)}

@@ -20,7 +20,7 @@ async function getJSON(url) {
 
 function recallParams() {
   const params = new URLSearchParams({ k: $("k").value });
-  if (about && about.kind === "ivf" && $("nprobe").value) params.set("nprobe", $("nprobe").value);
+  if (about && about.nlist && $("nprobe").value) params.set("nprobe", $("nprobe").value);
   if (about && about.kind === "hnsw" && $("ef").value) params.set("ef", $("ef").value);
   return params;
 }
@@ -112,7 +112,7 @@ async function start() {
   }
   $("query").maxLength = about.limits.max_query_chars;
   $("about").textContent = `${about.count} clips · ${about.kind} index` + (about.model ? ` · model ${about.model}` : "");
-  $("nprobe-label").hidden = about.kind !== "ivf";
+  $("nprobe-label").hidden = !about.nlist;
   $("ef-label").hidden = about.kind !== "hnsw";
   $("exact-note").hidden = about.kind !== "flat";
   for (const name of ["nprobe", "ef"]) {
