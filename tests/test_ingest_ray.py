@@ -189,9 +189,13 @@ except RuntimeError as exc:
     assert "the ray engine needs Ray: pip install" in done.stdout
 
 
-def test_unknown_engines_and_a_stray_address_are_refused(inputs, tmp_path):
+def test_unknown_engines_a_stray_address_and_tasks_too_big_for_any_node_are_refused(inputs, ray_address, tmp_path):
     with pytest.raises(ValueError, match="unknown engine 'spark'"):
         build_shards([str(inputs)], tmp_path / "out", settings(), progress=False, engine="spark")
+    wide = settings()
+    wide.transcode.threads = 4  # each cut task would wait forever for 4 CPUs on a 2-CPU cluster
+    with pytest.raises(BuildFailed, match="needs 4 CPUs .* largest Ray node has 2"):
+        build_shards([str(inputs)], tmp_path / "wide", wide, progress=False, engine="ray", ray_address=ray_address)
     cli = subprocess.run([sys.executable, "-m", "hdvila.cli", "data", "build", str(inputs), "--out",
                           str(tmp_path / "out"), "--address", "auto"], capture_output=True, text=True)
     assert cli.returncode != 0 and "--address is for --engine ray" in cli.stderr

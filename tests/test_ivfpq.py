@@ -135,6 +135,9 @@ def test_bad_files_and_settings_are_refused_clearly(data, tmp_path):
     (tmp_path / "records.jsonl").write_text('{"a": 1}\n[1, 2]\n')
     with pytest.raises(ValueError, match="records.jsonl:2: a record must be a JSON object"):
         list(read_records(tmp_path / "records.jsonl"))
+    (tmp_path / "odd.jsonl").write_text('{"a": 1}\n{"a": "\\ud800"}\n' + "[" * 100_000 + "\n")
+    with pytest.raises(ValueError, match="odd.jsonl:2: not a JSON record"):
+        list(read_records(tmp_path / "odd.jsonl"))
     (tmp_path / "few.jsonl").write_text("".join(json.dumps({"n": i}) + "\n" for i in range(99)))
     with pytest.raises(ValueError, match="fewer records"):
         build_ivfpq_folder(EmbeddingFiles([tmp_path / "good.npy"]), tmp_path / "x",
@@ -168,5 +171,66 @@ def test_the_command_line_builds_from_embedding_files_and_searches(data, tmp_pat
     index, records, info = load_index_folder(tmp_path / "index")
     assert info["embedding_files"][1].endswith("part-1.npy") and records[7999]["key"] == "k7999"
     assert index.rerank == 30 and index.ivf.nlist == 32
+    # records without a "key" (the default {row: i}) still print, and a record cannot mask rank or score
+    (tmp_path / "scored.jsonl").write_text("".join(json.dumps({"score": "fake", "rank": 0}) + "\n"
+                                                   for _ in range(5000)))
+    assert cli_main(["--quiet", "retrieval", "index", "--kind", "ivfpq", "--embeddings", str(tmp_path / "part-0.npy"),
+                     "--records", str(tmp_path / "scored.jsonl"), "--nlist", "32", "--pq-m", "16", "--out",
+                     str(tmp_path / "scored")]) == 0
+    from hdvila.retrieval.clip_index import format_hits, search_clips
+
+    class Encoder:  # the text tower is not under test: queries arrive as gallery vectors
+        embed_dim = DIM
+
+        def encode_text(self, texts):
+            import torch
+            return torch.from_numpy(gallery[:len(texts)])
+
+    hits = search_clips(tmp_path / "scored", ["first", "second"], k=3, encoder=Encoder(), rerank=10)
+    assert [h["rank"] for h in hits[0]] == [1, 2, 3] and isinstance(hits[0][0]["score"], float)
+    assert hits[0][0]["id"] == 0 and hits[1][0]["id"] == 1
+    assert "query: first" in format_hits("first", hits[0])
     with pytest.raises(SystemExit, match="--kind ivfpq"):
         cli_main(["retrieval", "index", "--embeddings", str(tmp_path / "part-0.npy"), "--out", str(tmp_path / "y")])
+
+
+def test_an_opq_rotation_is_learnt_saved_and_searched_through(data, tmp_path):
+    gallery, queries, _, _ = data
+    small = gallery[:2000]
+    index = build_index(small, "ivfpq", IndexParams(nlist=8, pq_m=16, opq=True, rerank=30, train_size=2000))
+    exact = np.argsort(-(queries @ small.T), axis=1)[:, :10]
+    _, ids = search(index, queries, 10)
+    assert one_recall_at_10(ids, exact) >= 0.9
+    save_index_folder(tmp_path / "opq", index, [{"row": i} for i in range(2000)])
+    loaded, _, info = load_index_folder(tmp_path / "opq")
+    assert info["factory"] == "OPQ16,IVF8,PQ16x4fs" and loaded.ivf.nlist == 8
+    assert np.array_equal(search(loaded, queries, 10)[1], ids)
+    # with on-disk lists too: the merged count must reach the rotation's wrapper, or the folder would not load
+    build_ivfpq_folder(EmbeddingFiles.from_array(small), tmp_path / "opq-disk", IndexParams(
+        nlist=8, pq_m=8, pq_bits=8, opq=True, on_disk=True, rerank=30, train_size=2000), progress=False,
+        part_size=700)
+    on_disk, _, info = load_index_folder(tmp_path / "opq-disk")
+    assert info["factory"] == "OPQ8,IVF8,PQ8x8" and on_disk.ntotal == 2000
+    assert one_recall_at_10(search(on_disk, queries, 10)[1], exact) >= 0.9
+
+
+def test_fewer_vectors_than_k_pad_with_minus_one_with_or_without_reranking(data):
+    gallery, queries, _, _ = data
+    index = build_index(gallery[:40], "ivfpq", IndexParams(nlist=2, pq_m=16, rerank=10))
+    for rerank in (10, 0):
+        set_search_params(index, rerank=rerank)
+        scores, ids = search(index, queries[:3], 50)
+        assert ids.shape == (3, 50) and np.all(ids[:, 40:] == -1) and sorted(ids[0, :40]) == list(range(40))
+        assert np.all(np.isfinite(scores[:, :40]))
+
+
+def test_an_hnsw_coarse_quantizer_probes_like_the_flat_one(data, tmp_path):
+    gallery, queries, truth, _ = data
+    flat = build_index(gallery, "ivfpq", IndexParams(**PARAMS, rerank=200))
+    graph = build_index(gallery, "ivfpq", IndexParams(**PARAMS, rerank=200, coarse_hnsw=True))
+    source = EmbeddingFiles.from_array(gallery[:3000])
+    info = build_ivfpq_folder(source, tmp_path / "g", IndexParams(nlist=16, pq_m=16, coarse_hnsw=True),
+                              progress=False)
+    assert info["factory"] == "IVF16_HNSW32,PQ16x4fs"
+    found_flat, found_graph = (one_recall_at_10(search(i, queries, 10)[1], truth) for i in (flat, graph))
+    assert found_graph >= 0.9 and abs(found_graph - found_flat) <= 0.03

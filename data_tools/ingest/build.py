@@ -324,7 +324,7 @@ def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig
     is rerun up to `ray_max_retries` times."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # Ray's workers may run elsewhere, in another working directory
     out.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_temporaries(out)
     if removed:
@@ -336,12 +336,15 @@ def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig
     if engine == "ray":
         from .ray_engine import RayEngine
 
+        # "cores // workers" means nothing across machines: each cut task asks Ray for its encoder threads, 1
+        # unless transcode.threads says otherwise (pin it in both engines to compare their output byte for byte)
+        threads = cfg.transcode.threads or 1
         with RayEngine(address=ray_address, workers=cfg.workers, max_retries=ray_max_retries) as ray_engine:
+            ray_engine.check_fits(threads)
             jobs, problems = discover_jobs(inputs, cfg)
             shards, problems, counts = assign_shards(jobs, ray_engine.plan(jobs, cfg, progress), problems, cfg)
             todo = _unfinished(shards, out)
-            # "cores // workers" means nothing across machines: each cut task asks Ray for its encoder threads
-            unbuilt = ray_engine.cut(todo, str(out), cfg.transcode, cfg.transcode.threads or 1, progress)
+            unbuilt = ray_engine.cut(todo, str(out), cfg.transcode, threads, progress)
     else:
         shards, problems, counts = plan_build(inputs, cfg, progress=progress)
         todo = _unfinished(shards, out)
@@ -350,14 +353,15 @@ def build_shards(inputs: list[str], out_dir: str | os.PathLike, cfg: BuildConfig
     failures = [asdict(p) for p in problems]
     written = 0
     shard_files = []
+    lost = {entry["shard"] for entry in unbuilt}
     for shard in shards:
-        if not shard_is_finished(out, shard.index):
-            continue  # only where workers kept dying (reported in `unbuilt`): a rerun builds it
+        if shard.index in lost:
+            continue  # its workers kept dying: reported, and a rerun builds it
         stats = read_shard_stats(out, shard.index)
         written += stats["successes"]
         failures.extend(stats["failures"])
         shard_files.append(f"{shard.index:05d}.tar")
-    failures.extend(unbuilt)
+    failures.extend({k: v for k, v in entry.items() if k != "shard"} for entry in unbuilt)
     report = {
         **counts,
         "clips_written": written,

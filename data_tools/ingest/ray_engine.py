@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..files import remove_stale_temporaries
 from ..logs import get_logger
-from .build import PlannedVideo, ShardTask, cut_sample, plan_video, publish_shard
+from .build import BuildFailed, PlannedVideo, ShardTask, cut_sample, plan_video, publish_shard
 from .config import BuildConfig, TranscodeConfig
 from .sources import VideoJob
 
@@ -53,6 +53,17 @@ def _write_shard_from_refs(task: ShardTask, sample_refs: list, out_dir: str) -> 
     return publish_shard(task, (ray.get(ref) for ref in sample_refs), out_dir)
 
 
+def _caused_by(exc: BaseException | None, kinds: tuple) -> bool:
+    """Whether `exc`, or what it wraps (a RayTaskError's cause, an exception's __cause__), is one of `kinds`."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, kinds):
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+    return False
+
+
 def _reason(exc: BaseException) -> str:
     first_line = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first_line[:300]}"
@@ -75,13 +86,21 @@ class RayEngine:
         ray = self._ray = _import_ray()
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
-            if self.address is None:  # a Ray instance of this machine for this build only
+            if self.address is None:  # a Ray instance of this machine for this build only, never a running one
                 options["num_cpus"] = self.workers
-            ray.init(address=self.address, **options)
+            ray.init(address=self.address or "local", **options)
             self._started_here = True
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         log.info("ray engine: %d CPUs in the cluster", self.cpus)
         return self
+
+    def check_fits(self, threads: int) -> None:
+        """A cut task asks for `threads` CPUs: refuse now if no node has that many, rather than wait forever."""
+        largest = max((node["Resources"].get("CPU", 0) for node in self._ray.nodes() if node.get("Alive")),
+                      default=0)
+        if threads > largest:
+            raise BuildFailed(f"a cut task needs {threads} CPUs (transcode.threads) but the largest Ray node has "
+                              f"{largest:g}: lower transcode.threads or give the Ray instance more (--workers)")
 
     def __exit__(self, *exc_info) -> None:
         if self._started_here:
@@ -121,6 +140,10 @@ class RayEngine:
         cut = ray.remote(cut_sample).options(num_cpus=threads, max_retries=self.max_retries, name=CUT_TASK_NAME)
         write = ray.remote(_write_shard_from_refs).options(num_cpus=0.25, max_retries=self.max_retries,
                                                            name=WRITE_TASK_NAME)
+        # what a dead worker or node leaves: work lost, not wrong, and a rerun redoes it
+        lost_work = tuple(getattr(ray.exceptions, name) for name in (
+            "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError", "OutOfMemoryError",
+            "TaskUnschedulableError", "LocalRayletDiedError") if hasattr(ray.exceptions, name))
         limit = self._open_shard_limit(todo)
         queue = deque(todo)
         open_shards: dict[int, tuple[ShardTask, list]] = {}
@@ -138,7 +161,10 @@ class RayEngine:
                     left[task.index] = len(refs)
                     cutting.update((ref, task.index) for ref in refs)
                 # fetch_local=False: the driver only learns that a clip is done; its bytes go to the writer
-                ready, _ = ray.wait(list(cutting) + list(writing), num_returns=1, fetch_local=False)
+                pending = list(cutting) + list(writing)
+                ready, rest = ray.wait(pending, num_returns=1, fetch_local=False)
+                if rest:  # and whatever else is done already, in the same pass
+                    ready += ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)[0]
                 for ref in ready:
                     if ref in writing:
                         task = writing.pop(ref)
@@ -146,8 +172,14 @@ class RayEngine:
                         try:
                             ray.get(ref)
                         except ray.exceptions.RayError as exc:
+                            if not _caused_by(exc, lost_work):
+                                # the machinery's own failure (disk full, a bug): stop, as the local engine does
+                                for other in list(cutting) + list(writing):
+                                    ray.cancel(other)
+                                raise
                             log.error("shard %05d was not built: %s", task.index, _reason(exc))
                             unbuilt.append({"input": f"shard {task.index:05d}", "stage": "shard",
+                                            "shard": task.index,
                                             "reason": f"not built, a rerun builds it: {_reason(exc)}"})
                         continue
                     index = cutting.pop(ref)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import functools
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import ffmpeg
 
+from ..decoders.isolation import die_with_parent
 from ..media import ProbeError, VideoInfo, count_video_packets, ffmpeg_exe
 from .config import TranscodeConfig
 
@@ -140,7 +142,9 @@ def cut_clip(src: str | os.PathLike, info: VideoInfo, start: float, end: float, 
         dst_proxy = str(Path(tmp) / "proxy.mp4") if cfg.proxy_short_side else None
         args, plan = build_command(str(src), dst, dst_proxy, info, start, end, cfg, threads)
         try:
-            proc = subprocess.run(args, capture_output=True, timeout=cfg.timeout_s, check=False)
+            # die_with_parent: an ffmpeg whose worker was killed (OOM killer, a lost Ray task) stops with it
+            proc = subprocess.run(args, capture_output=True, timeout=cfg.timeout_s, check=False,
+                                  preexec_fn=functools.partial(die_with_parent, os.getpid()))
         except subprocess.TimeoutExpired:
             raise TranscodeError(f"ffmpeg took longer than {cfg.timeout_s:.0f} s") from None
         if proc.returncode != 0 or not os.path.exists(dst):

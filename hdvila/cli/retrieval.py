@@ -52,7 +52,8 @@ def cmd_retrieval_index(args: argparse.Namespace) -> int:
 
     params = IndexParams(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
                          nlist=args.nlist, nprobe=args.nprobe, train_size=args.train_size, pq_m=args.pq_m,
-                         pq_bits=args.pq_bits, opq=args.opq, rerank=args.rerank, on_disk=args.on_disk)
+                         pq_bits=args.pq_bits, opq=args.opq, coarse_hnsw=args.coarse_hnsw, rerank=args.rerank,
+                         on_disk=args.on_disk)
     if args.embeddings:
         from hdvila.retrieval.compressed import EmbeddingFiles, build_ivfpq_folder, read_records
 
@@ -138,6 +139,8 @@ def add_parser(subparsers) -> None:
                     help="ivfpq: sub-quantizers, must divide the dimension (default D/8: 64 at 512 dims)")
     ri.add_argument("--pq-bits", type=int, default=4, choices=(4, 8), help="ivfpq: 4 = fast-scan, 8 = classic")
     ri.add_argument("--opq", action="store_true", help="ivfpq: learn an OPQ rotation first (slow to train)")
+    ri.add_argument("--coarse-hnsw", action="store_true",
+                    help="ivfpq: an HNSW graph picks the lists to probe (for tens of thousands of lists)")
     ri.add_argument("--rerank", type=int, default=100,
                     help="ivfpq: candidates per query rescored from the float16 vectors on disk (0 = off)")
     ri.add_argument("--on-disk", action="store_true", help="ivfpq: inverted lists in a mapped file (8-bit codes)")

@@ -85,7 +85,7 @@ def search_clips(index_dir: str | Path, queries: Sequence[str] | str, k: int = 1
     scores, ids = search(index, encoder.encode_text(queries).numpy(), min(k, index.ntotal))
     hits = []
     for row_scores, row_ids in zip(scores, ids):
-        hits.append([{"rank": r + 1, "score": float(s), **records[i]}
+        hits.append([{**records[i], "rank": r + 1, "score": float(s)}  # a record's own fields never mask these
                      for r, (s, i) in enumerate(zip(row_scores, row_ids)) if i >= 0])
     return hits
 
@@ -105,6 +105,7 @@ def format_hits(query: str, hits: list[dict]) -> str:
         span = hit.get("span") or []
         span_text = f"{span[0]:.1f}-{span[1]:.1f}" if len(span) == 2 else "-"
         source = _printable(Path(hit["source"]).name) if hit.get("source") else "-"
-        lines.append(f"{hit['rank']:>4}  {hit['score']:>6.3f}  {_printable(hit['key']):<14}  {span_text:<13}  {source}")
+        key = hit.get("key", hit.get("id", "-"))  # records written from embedding files may have no key
+        lines.append(f"{hit['rank']:>4}  {hit['score']:>6.3f}  {_printable(key):<14}  {span_text:<13}  {source}")
         lines.append(f"{'':>4}  {'':>6}  {'':<14}  {'':<13}  \"{_printable(hit.get('caption', ''))}\"")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from array import array
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -37,6 +38,7 @@ VECTORS_FILE = "vectors.f16"
 LISTS_FILE = "lists.ivfdata"
 RECORD_OFFSETS_FILE = "clips.offsets.npy"
 ON_DISK_PART_VECTORS = 1_000_000  # vectors per part merged into the on-disk lists
+RERANK_CHUNK = 256  # queries re-ranked at once: 256 x 1000 candidates x 512 dims x 4 B = 0.5 GB at most
 
 
 def _faiss():
@@ -50,34 +52,42 @@ def _faiss():
 class EmbeddingFiles:
     """[N, D] vectors spread over .npy files (float16 or float32), read by memory map, never whole.
 
-    Rows are L2-normalised as they are read (inner product = cosine, as in every index kind)."""
+    Only the headers are read up front; each file is mapped while it is read and closed after, so a gallery may
+    come in thousands of files. Rows are L2-normalised as they are read (inner product = cosine)."""
 
     def __init__(self, paths: Sequence[str | os.PathLike] = (), arrays: Sequence[np.ndarray] = ()):
         self.paths = [str(p) for p in paths]
-        parts: list[np.ndarray] = []
+        self.arrays = [np.asarray(a) for a in arrays]
+        shapes: list[tuple[str, tuple, np.dtype]] = []
         for path in self.paths:
-            try:
-                part = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"{path}: not a readable .npy array ({exc})") from exc
-            parts.append(part)
-        parts.extend(arrays)
-        if not parts:
+            part = self._map(path)
+            shapes.append((path, part.shape, part.dtype))
+            del part
+        shapes.extend((f"array {i}", a.shape, a.dtype) for i, a in enumerate(self.arrays))
+        if not shapes:
             raise ValueError("no embeddings: give at least one .npy file")
         dims = set()
-        for i, part in enumerate(parts):
-            label = self.paths[i] if i < len(self.paths) else f"array {i}"
-            if part.ndim != 2 or part.dtype not in (np.float16, np.float32):
-                raise ValueError(f"{label}: expected a 2-D float16/float32 array, got {part.dtype} {part.shape}")
-            dims.add(part.shape[1])
+        for label, shape, dtype in shapes:
+            if len(shape) != 2 or dtype not in (np.float16, np.float32):
+                raise ValueError(f"{label}: expected a 2-D float16/float32 array, got {dtype} {shape}")
+            dims.add(shape[1])
         if len(dims) != 1:
             raise ValueError(f"the embedding files disagree on the dimension: {sorted(dims)}")
-        self.parts = parts
         self.dim = dims.pop()
-        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.starts = np.cumsum([0] + [shape[0] for _, shape, _ in shapes])
         self.count = int(self.starts[-1])
         if self.count == 0:
             raise ValueError("the embedding files hold no vectors")
+
+    @staticmethod
+    def _map(path: str) -> np.ndarray:
+        try:  # allow_pickle=False: an object array in a file is refused, never unpickled
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable .npy array ({exc})") from exc
+
+    def _part(self, number: int) -> np.ndarray:
+        return self._map(self.paths[number]) if number < len(self.paths) else self.arrays[number - len(self.paths)]
 
     @classmethod
     def from_array(cls, vectors: np.ndarray) -> EmbeddingFiles:
@@ -94,18 +104,24 @@ class EmbeddingFiles:
 
     def batches(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 [n, D] normalised rows), in order; a batch never spans two files."""
-        for start, part in zip(self.starts[:-1], self.parts):
+        for number, start in enumerate(self.starts[:-1]):
+            part = self._part(number)
             for offset in range(0, len(part), size):
                 yield int(start + offset), self._normalised(part[offset:offset + size])
+            del part
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
-        """The rows at sorted global `indices`, normalised."""
+        """The rows at sorted global `indices`, normalised (in place: one float32 copy of the sample)."""
         out = np.empty((len(indices), self.dim), np.float32)
         which = np.searchsorted(self.starts, indices, side="right") - 1
-        for part_number in np.unique(which):
-            mask = which == part_number
-            out[mask] = self.parts[part_number][indices[mask] - self.starts[part_number]]
-        return self._normalised(out)
+        for number in np.unique(which):
+            mask = which == number
+            out[mask] = self._part(number)[indices[mask] - self.starts[number]]
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)):
+            raise ValueError("the embeddings hold a NaN or infinite value")
+        out /= np.maximum(norms, 1e-12)
+        return out
 
 
 MAX_RECORD_BYTES = 1 << 20  # a records line longer than this is refused, not read into memory
@@ -119,8 +135,9 @@ def read_records(path: str | os.PathLike) -> Iterator[dict]:
                 raise ValueError(f"{path}:{number}: a record longer than {MAX_RECORD_BYTES} bytes")
             try:
                 record = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
+                json.dumps(record, ensure_ascii=False).encode("utf-8")  # a lone surrogate fails here, not later
+            except (ValueError, RecursionError) as exc:
+                raise ValueError(f"{path}:{number}: not a JSON record ({type(exc).__name__})") from exc
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{number}: a record must be a JSON object")
             yield record
@@ -128,13 +145,15 @@ def read_records(path: str | os.PathLike) -> Iterator[dict]:
 
 # ------------------------------------------------------------------------------------------ building
 
-def ivfpq_factory(dim: int, nlist: int, pq_m: int, pq_bits: int, opq: bool) -> str:
+def ivfpq_factory(dim: int, nlist: int, pq_m: int, pq_bits: int, opq: bool, coarse_hnsw: bool = False) -> str:
+    """The FAISS factory string. An HNSW coarse quantizer finds the lists to probe in about log(nlist) steps
+    instead of a scan of every centroid: what keeps queries fast at the 65k-262k lists of 100M vectors."""
     if pq_bits not in (4, 8):
         raise ValueError(f"pq_bits must be 4 (fast-scan) or 8, got {pq_bits}")
     if dim % pq_m:
         raise ValueError(f"pq_m={pq_m} must divide the dimension {dim}")
     codes = f"PQ{pq_m}x4fs" if pq_bits == 4 else f"PQ{pq_m}x8"
-    return f"{f'OPQ{pq_m},' if opq else ''}IVF{nlist},{codes}"
+    return f"{f'OPQ{pq_m},' if opq else ''}IVF{nlist}{'_HNSW32' if coarse_hnsw else ''},{codes}"
 
 
 def sub_quantizers(params: Any, dim: int) -> int:
@@ -158,7 +177,7 @@ def _trained_index(source: EmbeddingFiles, params: Any) -> Any:
     nlist = params.nlist or default_ivfpq_nlist(n, params.train_size)
     if nlist > n:
         raise ValueError(f"ivfpq with nlist={nlist} needs at least that many vectors, got {n}")
-    factory = ivfpq_factory(dim, nlist, sub_quantizers(params, dim), params.pq_bits, params.opq)
+    factory = ivfpq_factory(dim, nlist, sub_quantizers(params, dim), params.pq_bits, params.opq, params.coarse_hnsw)
     if min(n, params.train_size) < 2 ** params.pq_bits:
         raise ValueError(f"ivfpq trains {2 ** params.pq_bits} codewords per sub-quantizer and needs at least as "
                          f"many vectors, got {min(n, params.train_size)}: use kind flat for a gallery this small")
@@ -178,7 +197,7 @@ def _info(index: Any, params: Any, on_disk: bool = False) -> dict:
     ivf = _faiss().extract_index_ivf(index)
     pq_m = sub_quantizers(params, index.d)
     return {
-        "factory": ivfpq_factory(index.d, ivf.nlist, pq_m, params.pq_bits, params.opq),
+        "factory": ivfpq_factory(index.d, ivf.nlist, pq_m, params.pq_bits, params.opq, params.coarse_hnsw),
         "nlist": int(ivf.nlist),
         "memory_bytes_per_vector": memory_bytes_per_vector(pq_m, params.pq_bits),
         "disk_bytes_per_vector": 2 * int(index.d),
@@ -243,7 +262,7 @@ def build_ivfpq_folder(source: EmbeddingFiles, out_dir: str | Path, params: Any,
         if params.on_disk:
             from faiss.contrib.ondisk import merge_ondisk
 
-            merge_ondisk(faiss.extract_index_ivf(index), parts, str(tmp / LISTS_FILE))
+            merge_ondisk(index, parts, str(tmp / LISTS_FILE))  # the whole index: with OPQ both counts move
             for path in parts:
                 os.unlink(path)
         faiss.write_index(index, str(tmp / "index.faiss"))
@@ -267,19 +286,16 @@ def _write_part(part: Any, folder: Path, number: int) -> str:
 
 def _write_records(folder: Path, records: Iterable[dict] | None, n: int) -> int:
     """clips.jsonl plus the byte offset of each line, so a search reads only the records it returns."""
-    offsets = np.empty(n + 1, np.int64)
-    count = 0
+    offsets = array("q", [0])  # grows with the records actually written, whatever the files claim
     with open(folder / "clips.jsonl", "wb") as fh:
-        offsets[0] = 0
         for i, record in enumerate(records if records is not None else ({"row": i} for i in range(n))):
             if i >= n:
                 raise ValueError(f"more records than the {n} vectors")
             line = (json.dumps({**record, "id": i}, ensure_ascii=False) + "\n").encode("utf-8")
             fh.write(line)
-            offsets[i + 1] = offsets[i] + len(line)
-            count = i + 1
-    np.save(folder / RECORD_OFFSETS_FILE, offsets[:count + 1])
-    return count
+            offsets.append(offsets[-1] + len(line))
+    np.save(folder / RECORD_OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
+    return len(offsets) - 1
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -289,10 +305,14 @@ class JsonlRecords(Sequence):
 
     def __init__(self, path: Path, offsets: np.ndarray):
         self.path = Path(path)
-        self.offsets = offsets
+        self.offsets = offsets  # memory-mapped: 8 B per record on disk, not in memory
         size = self.path.stat().st_size
-        if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != size or np.any(np.diff(offsets) <= 0):
+        if offsets.ndim != 1 or offsets.dtype != np.int64 or len(offsets) < 1 or offsets[0] != 0 \
+                or offsets[-1] != size:
             raise ValueError(f"{self.path}: the offsets file does not describe this records file")
+        for start in range(0, len(offsets) - 1, 1 << 20):  # increasing, checked a block at a time
+            if np.any(np.diff(offsets[start:start + (1 << 20) + 1]) <= 0):
+                raise ValueError(f"{self.path}: the offsets file does not describe this records file")
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -338,24 +358,29 @@ class RerankedIndex:
 
     def search(self, queries: np.ndarray, k: int, params: Any = None) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        first = min(max(k, self.rerank), self.ntotal)
-        scores, ids = self.index.search(queries, first, params=params)
         if not self.rerank:
-            return scores[:, :k], ids[:, :k]
-        valid = ids >= 0
+            return self.index.search(queries, k, params=params)
+        first = min(max(k, self.rerank), self.ntotal)
+        candidate_scores, candidate_ids = self.index.search(queries, first, params=params)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(queries), RERANK_CHUNK):  # bounds the [queries, candidates, D] block
+            block = slice(start, start + RERANK_CHUNK)
+            scores[block], ids[block] = self._rerank(queries[block], candidate_ids[block], k)
+        return scores, ids
+
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        valid = candidates >= 0
         # read each distinct candidate once, in file order: friendlier to the disk than the queries' order
-        unique, inverse = np.unique(np.where(valid, ids, 0), return_inverse=True)
-        candidates = np.asarray(self.vectors[unique], dtype=np.float32)
-        exact = np.einsum("qkd,qd->qk", candidates[inverse.reshape(ids.shape)], queries)
+        unique, inverse = np.unique(np.where(valid, candidates, 0), return_inverse=True)
+        vectors = np.asarray(self.vectors[unique], dtype=np.float32)
+        exact = np.einsum("qkd,qd->qk", vectors[inverse.reshape(candidates.shape)], queries)
         exact[~valid] = -np.inf
         order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
         top_scores = np.take_along_axis(exact, order, axis=1)
-        top_ids = np.where(np.isfinite(top_scores), np.take_along_axis(ids, order, axis=1), -1)
-        pad = k - top_ids.shape[1]
-        if pad > 0:
-            top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
-        return top_scores.astype(np.float32), top_ids
+        top_ids = np.where(np.isfinite(top_scores), np.take_along_axis(candidates, order, axis=1), -1)
+        pad = ((0, 0), (0, k - top_ids.shape[1]))  # fewer candidates than k: -1 ids, as FAISS pads
+        return np.pad(top_scores, pad, constant_values=-np.inf), np.pad(top_ids, pad, constant_values=-1)
 
     def reconstruct(self, i: int) -> np.ndarray:
         return np.asarray(self.vectors[int(i)], dtype=np.float32)
@@ -370,7 +395,8 @@ def load_ivfpq(directory: Path, info: dict) -> tuple[RerankedIndex, JsonlRecords
     from .index import IndexParams
 
     params = IndexParams(**info.get("params", {}))
-    records = JsonlRecords(directory / "clips.jsonl", np.load(directory / RECORD_OFFSETS_FILE, allow_pickle=False))
+    records = JsonlRecords(directory / "clips.jsonl",
+                           np.load(directory / RECORD_OFFSETS_FILE, mmap_mode="r", allow_pickle=False))
     if len(records) != index.ntotal:
         raise ValueError(f"{directory}: {len(records)} records for {index.ntotal} vectors")
     return RerankedIndex(index, vectors, params.rerank, params), records

@@ -42,6 +42,7 @@ class IndexParams:
     pq_m: int | None = None  # sub-quantizers, pq_m * pq_bits / 8 bytes of code per vector; None = D / 8
     pq_bits: int = 4  # 4 = FAISS fast-scan; 8 = classic codes (needed for on_disk)
     opq: bool = False  # learn a rotation first (slow to train, better codes)
+    coarse_hnsw: bool = False  # find the lists to probe with an HNSW graph over the centroids (nlist >= ~16k)
     rerank: int = 100  # candidates per query rescored exactly from the float16 vectors; 0 = codes only
     on_disk: bool = False  # inverted lists in a memory-mapped file
 

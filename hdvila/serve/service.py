@@ -52,6 +52,17 @@ def _basename(value: Any) -> str | None:
     return Path(str(value)).name if value not in (None, "") else None
 
 
+def _span(span: Any) -> list[float] | None:
+    """[start, end] in seconds, or None where a record's span is missing or not two finite numbers."""
+    if not isinstance(span, (list, tuple)) or len(span) != 2:
+        return None
+    try:
+        values = [float(span[0]), float(span[1])]
+    except (TypeError, ValueError):
+        return None
+    return values if all(math.isfinite(v) for v in values) else None
+
+
 class SearchService:
     def __init__(self, index, records: list[dict], info: dict, encoder, media: ClipMedia,
                  limits: ServeLimits | None = None, name: str = "index"):
@@ -81,8 +92,9 @@ class SearchService:
         encoder = encoder_for_index(index_dir, index, info, encoder)
         media = ClipMedia(index_dir, info.get("shard_files"), index.ntotal)
         if not media.has_thumbnails or not media.has_video:
-            log.warning("%s has no clip media (built before thumbnails and playback existed): results show no "
-                        "thumbnails and do not play; rebuild it with `hdvila retrieval index`", index_dir)
+            log.warning("%s has no clip media (built from embedding files, or before thumbnails and playback "
+                        "existed): results show no thumbnails and do not play; `hdvila retrieval index --shards` "
+                        "writes them", index_dir)
         return cls(index, records, info, encoder, media, limits, name=Path(index_dir).name)
 
     # ------------------------------------------------------------------------------------ checks
@@ -171,7 +183,7 @@ class SearchService:
             "caption": str(record.get("caption") or ""),
             "video_id": record.get("video_id"), "clip_id": record.get("clip_id"),
             "source": _basename(record.get("source")),
-            "span": [float(span[0]), float(span[1])] if isinstance(span, (list, tuple)) and len(span) == 2 else None,
+            "span": _span(span),
             "thumbnail": f"/api/clips/{clip}/thumbnail" if self.media.has_thumbnails else None,
             "video": f"/api/clips/{clip}/video" if self.media.has_video else None,
         }
