@@ -32,19 +32,16 @@ from tqdm.auto import tqdm
 from data_tools.files import atomic_directory
 from data_tools.logs import get_logger
 
+from .index import INDEX_FILE, INFO_FILE, RECORDS_FILE, IndexParams, _faiss
+
 log = get_logger(__name__)
 
+# the folder's other files are index.py's: INDEX_FILE, RECORDS_FILE, INFO_FILE
 VECTORS_FILE = "vectors.f16"
 LISTS_FILE = "lists.ivfdata"
 RECORD_OFFSETS_FILE = "clips.offsets.npy"
 ON_DISK_PART_VECTORS = 1_000_000  # vectors per part merged into the on-disk lists
 RERANK_CHUNK = 256  # queries re-ranked at once: 256 x 1000 candidates x 512 dims x 4 B = 0.5 GB at most
-
-
-def _faiss():
-    import faiss
-
-    return faiss
 
 
 # ------------------------------------------------------------------------------------------ embeddings
@@ -94,13 +91,17 @@ class EmbeddingFiles:
         return cls(arrays=[np.asarray(vectors, dtype=np.float32)])
 
     @staticmethod
-    def _normalised(block: np.ndarray) -> np.ndarray:
-        out = np.array(block, dtype=np.float32, order="C")  # a copy: the files are mapped read-only
+    def _normalise_in_place(out: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         if not np.all(np.isfinite(norms)):
             raise ValueError("the embeddings hold a NaN or infinite value")
         out /= np.maximum(norms, 1e-12)
         return out
+
+    @classmethod
+    def _normalised(cls, block: np.ndarray) -> np.ndarray:
+        # a copy: the files are mapped read-only
+        return cls._normalise_in_place(np.array(block, dtype=np.float32, order="C"))
 
     def batches(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 [n, D] normalised rows), in order; a batch never spans two files."""
@@ -117,11 +118,7 @@ class EmbeddingFiles:
         for number in np.unique(which):
             mask = which == number
             out[mask] = self._part(number)[indices[mask] - self.starts[number]]
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)):
-            raise ValueError("the embeddings hold a NaN or infinite value")
-        out /= np.maximum(norms, 1e-12)
-        return out
+        return self._normalise_in_place(out)
 
 
 MAX_RECORD_BYTES = 1 << 20  # a records line longer than this is refused, not read into memory
@@ -218,7 +215,7 @@ def build_ivfpq_index(source: EmbeddingFiles, params: Any, batch_size: int = 65_
 
 def write_reranked_index(folder: Path, index: RerankedIndex, records: Iterable[dict]) -> dict:
     """The files of an ivfpq folder for an index built in memory (`save_index_folder` calls it)."""
-    _faiss().write_index(index.index, str(folder / "index.faiss"))
+    _faiss().write_index(index.index, str(folder / INDEX_FILE))
     with open(folder / VECTORS_FILE, "wb") as fh:
         for start in range(0, index.ntotal, 65_536):
             fh.write(np.ascontiguousarray(index.vectors[start:start + 65_536], dtype=np.float16).tobytes())
@@ -265,14 +262,14 @@ def build_ivfpq_folder(source: EmbeddingFiles, out_dir: str | Path, params: Any,
             merge_ondisk(index, parts, str(tmp / LISTS_FILE))  # the whole index: with OPQ both counts move
             for path in parts:
                 os.unlink(path)
-        faiss.write_index(index, str(tmp / "index.faiss"))
+        faiss.write_index(index, str(tmp / INDEX_FILE))
         if _write_records(tmp, records, n) != n:
             raise ValueError(f"fewer records than the {n} vectors")
         info = {"kind": "ivfpq", "count": n, "dim": source.dim, **(info or {}),
                 **_info(index, params, on_disk=bool(params.on_disk))}
         if extra is not None:
             info.update(extra(tmp))
-        (tmp / "info.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
     log.info("indexed %d vectors (%s, %d bytes each in memory) into %s", n, info["factory"],
              info["memory_bytes_per_vector"], out_dir)
     return info
@@ -287,7 +284,7 @@ def _write_part(part: Any, folder: Path, number: int) -> str:
 def _write_records(folder: Path, records: Iterable[dict] | None, n: int) -> int:
     """clips.jsonl plus the byte offset of each line, so a search reads only the records it returns."""
     offsets = array("q", [0])  # grows with the records actually written, whatever the files claim
-    with open(folder / "clips.jsonl", "wb") as fh:
+    with open(folder / RECORDS_FILE, "wb") as fh:
         for i, record in enumerate(records if records is not None else ({"row": i} for i in range(n))):
             if i >= n:
                 raise ValueError(f"more records than the {n} vectors")
@@ -389,13 +386,11 @@ class RerankedIndex:
 def load_ivfpq(directory: Path, info: dict) -> tuple[RerankedIndex, JsonlRecords]:
     faiss = _faiss()
     flags = faiss.IO_FLAG_ONDISK_SAME_DIR if (directory / LISTS_FILE).is_file() else 0
-    index = faiss.read_index(str(directory / "index.faiss"), flags)
+    index = faiss.read_index(str(directory / INDEX_FILE), flags)
     vectors = np.memmap(directory / VECTORS_FILE, dtype=np.float16, mode="r",
                         shape=(int(index.ntotal), int(index.d)))
-    from .index import IndexParams
-
     params = IndexParams(**info.get("params", {}))
-    records = JsonlRecords(directory / "clips.jsonl",
+    records = JsonlRecords(directory / RECORDS_FILE,
                            np.load(directory / RECORD_OFFSETS_FILE, mmap_mode="r", allow_pickle=False))
     if len(records) != index.ntotal:
         raise ValueError(f"{directory}: {len(records)} records for {index.ntotal} vectors")
