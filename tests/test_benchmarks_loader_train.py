@@ -211,7 +211,10 @@ def test_cpu_tracker_leaves_out_skipped_threads():
     release.set()
     thread.join()
     assert after_all - before_all >= 0.3
-    assert after_skip - before_skip < 0.15, after_skip - before_skip
+    # both trackers see the same other work (this process's children included, which once added 0.4 s in CI);
+    # what skipping must remove is the busy thread's own ~0.6 s
+    removed = (after_all - before_all) - (after_skip - before_skip)
+    assert removed >= 0.3, (after_all - before_all, after_skip - before_skip)
 
 
 # --- bench_train helpers
