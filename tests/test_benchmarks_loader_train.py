@@ -211,10 +211,9 @@ def test_cpu_tracker_leaves_out_skipped_threads():
     release.set()
     thread.join()
     assert after_all - before_all >= 0.3
-    # both trackers see the same other work (this process's children included, which once added 0.4 s in CI);
-    # what skipping must remove is the busy thread's own ~0.6 s
-    removed = (after_all - before_all) - (after_skip - before_skip)
-    assert removed >= 0.3, (after_all - before_all, after_skip - before_skip)
+    # read at the same moment, the two trackers differ by the skipped thread's own time (it spun 0.6 s), whatever
+    # else the process and its children did meanwhile (in CI that once added 0.4 s to both)
+    assert after_all - after_skip >= 0.45, (after_all, after_skip)
 
 
 # --- bench_train helpers
