@@ -20,6 +20,7 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from data_tools.decoders import DEFAULT_BACKEND
 from data_tools.files import atomic_write_bytes, atomic_write_text
 from data_tools.logs import get_logger
 from data_tools.media import VIDEO_EXTENSIONS
@@ -182,7 +183,7 @@ def _source_items(path: Path) -> Iterator[tuple[str, Path | bytes | str]]:
 
 
 def iter_sources(sources: Iterable[str | Path], every: int = 1, max_frames: int | None = None,
-                 backend: str = "decord", report: CropReport | None = None) -> Iterator[tuple[str, np.ndarray]]:
+                 backend: str = DEFAULT_BACKEND, report: CropReport | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(label, uint8 frame) from video files, webdataset shards (.tar, every video member) and image folders.
     Sources that fail to decode go to report.unreadable (or raise when no report is given)."""
     from PIL import Image
@@ -206,7 +207,7 @@ def iter_sources(sources: Iterable[str | Path], every: int = 1, max_frames: int 
 
 def write_face_crops(sources: Sequence[str | Path], out_dir: str | Path, size: int = 64, *,
                      detector: str | None = "mtcnn", align: bool = True, margin: float = 0.35, every: int = 1,
-                     max_frames: int | None = None, backend: str = "decord", progress: bool = True) -> CropReport:
+                     max_frames: int | None = None, backend: str = DEFAULT_BACKEND, progress: bool = True) -> CropReport:
     """Crop every `every`-th frame of every source into out_dir/000000.png ... plus out_dir/crops_report.json."""
     from PIL import Image
     from tqdm import tqdm

@@ -201,10 +201,10 @@ class RssMonitor:
 
 
 def run_loader(shards: Path, workers: int, samples: int, decode_fn=None, backend="decord",
-               shard_glob="*.tar") -> dict:
+               shard_glob="*.tar", sampling: ClipSamplingConfig = HDVILA) -> dict:
     cfg = LoaderConfig(shards=[str(shards / shard_glob)], batch_size=8, num_workers=workers, resampled=True,
                        epoch_samples=samples, backend=backend, shuffle_buffer=16, decode_timeout=30.0)
-    loader, dataset = make_loader(cfg, "clip", HDVILA, decode_fn=decode_fn)
+    loader, dataset = make_loader(cfg, "clip", sampling, decode_fn=decode_fn)
     done = 0
     load_start = load_average()
     with RssMonitor() as monitor:

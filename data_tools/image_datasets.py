@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 
+from .decoders import DEFAULT_BACKEND
 from .images import ArrayBatches, from_uint8_images, ImageFolderDataset, resize_images, video_frame_loader
 from .registry import Registry
 
@@ -134,7 +135,7 @@ class ImageDataConfig:
     folder: Optional[str] = None
     shards: list[str] = field(default_factory=list)
     num_workers: int = 0  # video: DataLoader workers
-    backend: str = "decord"  # video: decoder backend
+    backend: str = DEFAULT_BACKEND  # video: decoder backend
     epoch_samples: int = 2048  # video: frames per rank per epoch (resampled shards)
     split_seed: int = 0  # array: the train/test split; fixed across training seeds so every run sees the same split
     test_fraction: float = TEST_FRACTION  # array: held-out share per class; 0 = train and score on every image

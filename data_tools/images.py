@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .decoders import DEFAULT_BACKEND
 from .files import atomic_open
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class ArrayBatches:
 
 
 def video_frame_loader(shards: Sequence[str], size: int, batch_size: int, *, num_workers: int = 2,
-                       epoch_samples: int = 2048, seed: int = 0, backend: str = "decord", hflip_prob: float = 0.5):
+                       epoch_samples: int = 2048, seed: int = 0, backend: str = DEFAULT_BACKEND, hflip_prob: float = 0.5):
     """(DataLoader, dataset) of single frames [B, 1, size, size, 3] uint8 from video shards built by
     `hdvila data build`: resampled shards, random frames, the shared data layer's decoders and skip reports.
     Turn a batch into images with `frames_to_images(batch["frames"])`; `dataset.set_epoch` reshuffles."""

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data_tools.config import dump_config, load_config
+from data_tools.decoders import DEFAULT_BACKEND
 from data_tools.loading.pipeline import clip_from_frames, decode_clip
 from data_tools.loading.sampling import ClipSamplingConfig
 from data_tools.pretrained import CONFIG_FILE, read_pretrained
@@ -48,7 +49,7 @@ class InferenceConfig:
     sample_rate: int = 12
     canvas_short_side: int | None = None
     max_text_len: int = 40
-    backend: str = "decord"
+    backend: str = DEFAULT_BACKEND
 
 
 class VideoTextEncoder:

@@ -167,6 +167,25 @@ def test_pyav_recovers_when_a_seek_lands_late(pal_clip):
         assert _read_indices(reader.get_frames([30, 3, 47, 50])) == [30, 3, 47, 50]
 
 
+def test_pyav_decodes_a_lone_keyframe_alone(pal_clip):
+    """A keyframe whose successor needs a seek anyway costs one decoded frame, with the same pixels."""
+    with open_video(pal_clip, backend="pyav") as reader:
+        assert reader.keyframe_indices() == [0, 12, 24, 36, 48]
+        decoded0 = reader.frames_decoded
+        alone = reader.get_frames([0, 24, 48])
+        assert _read_indices(alone) == [0, 24, 48]
+        assert reader.frames_decoded - decoded0 == 3
+        # the decoder works on after being drained: forward runs, backward seeks, a keyframe inside a run
+        assert _read_indices(reader.get_frames([13, 24, 25, 47])) == [13, 24, 25, 47]
+        assert _read_indices(reader.get_frames([1])) == [1]
+    with open_video(pal_clip, backend="pyav") as reader:  # the general path: decoded forward up to each one
+        forward = reader.get_frames([23, 24, 47, 48])[[1, 3]]
+    assert np.array_equal(alone[1:], forward)
+    with open_video(pal_clip, backend="pyav") as reader:  # a seek that lands elsewhere falls back
+        reader._key_ts = [reader._key_ts[-1]] * len(reader._key_ts)
+        assert _read_indices(reader.get_frames([24, 0])) == [24, 0]
+
+
 @pytest.mark.parametrize("container, backends", [
     ("mkv", ["decord", "pyav", "ffmpeg"]),
     ("ts", ["pyav", "ffmpeg"]),  # decord is not frame-accurate on MPEG-TS; ingest writes mp4

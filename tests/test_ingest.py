@@ -84,6 +84,21 @@ def test_output_sizes_never_upscale_and_stay_even():
     assert proxy_size(176, 144, 180) is None
 
 
+def test_intra_only_proxy_has_every_frame_a_keyframe(indexed_video):
+    import io
+
+    info = probe_video(indexed_video)
+    media = cut_clip(indexed_video, info, 3.0, 4.0,
+                     TranscodeConfig(preset="ultrafast", crf=18, proxy_short_side=24, proxy_keyint=1), threads=1)
+    with av.open(io.BytesIO(media.proxy)) as proxy, av.open(io.BytesIO(media.mp4)) as main:
+        proxy_keys = [p.is_keyframe for p in proxy.demux(proxy.streams.video[0]) if p.size]
+        main_keys = [p.is_keyframe for p in main.demux(main.streams.video[0]) if p.size]
+    assert len(proxy_keys) == len(main_keys) == media.num_frames and all(proxy_keys)
+    assert sum(main_keys) == 1  # the main stream keeps its GOP (1 s here: one keyframe in the second)
+    with pytest.raises(ValueError, match="proxy_keyint"):
+        cut_clip(indexed_video, info, 3.0, 4.0, TranscodeConfig(proxy_keyint=0, proxy_short_side=24), threads=1)
+
+
 def test_proxy_stream_has_same_frames_at_quarter_size(indexed_video):
     info = probe_video(indexed_video)
     media = cut_clip(indexed_video, info, 3.0, 5.0,

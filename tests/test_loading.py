@@ -6,6 +6,7 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 
 from data_tools.config import load_config
 from data_tools.decoders import open_video, register_backend
@@ -107,6 +108,24 @@ def test_hdvila_sample_is_frame_accurate_and_decoded_small(shards):
             neighbours = [first + i for i in np.delete(idx[s], 2)]
             assert [read_frame_index(f) for f in batch["lr"][b, s].numpy()] == neighbours
         assert batch["text"][b].startswith("Video ")
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_keyframes_on_iframes_puts_every_keyframe_on_an_iframe(shards, backend):
+    """Ingested clips have 1 s GOPs (I-frames at 0 and 25 of 50 frames); only 25 leaves room for a segment."""
+    cfg = ClipSamplingConfig(n_segments=2, num_frm=5, sample_rate=6, hr_size=(96, 128), lr_factor=4,
+                             keyframes_on_iframes=True)
+    loader, _ = make_loader(loader_cfg(shards, batch_size=4, num_workers=0, shuffle_buffer=0, backend=backend),
+                            "clip", cfg)
+    batch = next(iter(loader))
+    for b in range(4):
+        first = batch["meta"][b]["source_frames"][0]
+        idx = batch["frame_indices"][b].numpy()
+        assert idx[:, 2].tolist() == [25, 25]
+        assert np.all(np.diff(idx, axis=1) == 6)
+        for s in range(2):
+            assert read_frame_index(batch["hr"][b, s].numpy()) == first + 25
+            assert [read_frame_index(f) for f in batch["lr"][b, s].numpy()] == [first + i for i in np.delete(idx[s], 2)]
 
 
 def test_frame_mode_returns_frames_at_the_requested_size(shards):
@@ -212,3 +231,27 @@ def test_caption_hook_replaces_texts_and_skips_clips_before_decoding(shards):
     assert len(decoded) == CLIPS_PER_VIDEO  # the other videos' clips were never decoded
     counts = dataset.counts()
     assert counts["ok"] == CLIPS_PER_VIDEO and counts["no_caption"] == (NUM_VIDEOS - 1) * CLIPS_PER_VIDEO
+
+
+def test_synthetic_batches_have_the_loader_batches_shapes_and_types(shards):
+    from data_tools.loading.synthetic import SyntheticClips, synthetic_clip_batch
+
+    real = next(iter(make_loader(loader_cfg(shards, batch_size=3, num_workers=0), "clip", SMALL_CLIP)[0]))
+    fake = synthetic_clip_batch(3, SMALL_CLIP, max_text_len=40, vocab_size=500, seed=1)
+    assert set(fake) == set(real)
+    for key, value in real.items():
+        if isinstance(value, torch.Tensor):
+            assert fake[key].shape == value.shape and fake[key].dtype == value.dtype, key
+    ids, mask = fake["input_ids"], fake["attention_mask"]
+    assert int(ids[mask.bool()].min()) >= 100 and int(ids.max()) < 500 and bool((ids[~mask.bool()] == 0).all())
+    assert fake["hr"].float().std() > 50  # random pixels, not a blank frame
+    assert torch.equal(synthetic_clip_batch(3, SMALL_CLIP, 40, 500, seed=1)["hr"], fake["hr"])
+    source = SyntheticClips(3, SMALL_CLIP, 40, 500, batches_per_epoch=4)
+    assert len(list(source)) == 4
+    source.skip_batches(3)
+    assert len(list(source)) == 1  # a resumed epoch continues where it stopped
+    source.set_epoch(1)
+    assert len(list(source)) == 4
+    with pytest.raises(ValueError):
+        synthetic_clip_batch(3, SMALL_CLIP, 40, vocab_size=50)
+

@@ -32,6 +32,34 @@ def test_rate_shrinks_for_short_clips_and_repeats_when_tiny():
     assert tiny.min() >= 0 and tiny.max() <= 3
 
 
+def test_keyframes_on_iframes_draw_distinct_fitting_iframes():
+    iframes = list(range(0, 300, 25))  # 1 s GOPs at 25 fps; a segment of 7 at rate 12 needs 36 frames each side
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        idx = segment_indices(300, 2, 7, 12, rng, iframes=iframes)
+        centres = idx[:, 3].tolist()
+        assert all(c in iframes and 36 <= c <= 263 for c in centres)
+        assert centres[0] < centres[1]  # distinct while there are enough
+        assert np.all(np.diff(idx, axis=1) == 12)
+        seen.update(centres)
+    assert seen == {c for c in iframes if 36 <= c <= 263}  # every fitting I-frame is drawn
+    even = segment_indices(300, 2, 7, 12, None, iframes=iframes)[:, 3]
+    plain = segment_indices(300, 2, 7, 12, None)[:, 3]
+    assert even.tolist() == [min(iframes, key=lambda k: abs(k - c)) for c in plain]
+    # one fitting I-frame for two segments: both take it; none fitting: as without I-frames
+    assert segment_indices(80, 2, 7, 12, rng, iframes=[0, 40, 79])[:, 3].tolist() == [40, 40]
+    assert np.array_equal(segment_indices(300, 2, 7, 12, None, iframes=[0, 299])[:, 3], plain)
+
+
+def test_plan_uses_iframes_only_when_asked():
+    iframes = [50, 100, 150, 200]
+    on = plan_clip(300, 720, 1280, ClipSamplingConfig(keyframes_on_iframes=True), np.random.default_rng(1), iframes)
+    off = plan_clip(300, 720, 1280, ClipSamplingConfig(), np.random.default_rng(1), iframes)
+    assert set(on.keyframes.tolist()) <= set(iframes)
+    assert np.array_equal(off.indices, plan_clip(300, 720, 1280, ClipSamplingConfig(), np.random.default_rng(1)).indices)
+
+
 def test_even_num_frm_rejected():
     with pytest.raises(ValueError, match="odd"):
         segment_indices(100, 1, 6, 2, None)

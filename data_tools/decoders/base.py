@@ -27,7 +27,8 @@ class VideoReader(Protocol):
     width: int
     # Optional (not required of registered backends): `native_size`, the (height, width) the container's
     # stream header declares, or None where the backend cannot tell without decoding. The loader holds
-    # untrusted shard metadata to it.
+    # untrusted shard metadata to it. `keyframe_indices()`, the I-frames' indices, lets the sampler put
+    # keyframes on them (the built-in decord and PyAV readers have it).
 
     def get_frames(self, indices: Sequence[int]) -> np.ndarray: ...
 
@@ -54,7 +55,10 @@ class _BuiltinBackend:
         return module.open_reader
 
 
-_BUILTIN = ("decord", "pyav", "ffmpeg")  # in order of preference
+_BUILTIN = ("decord", "pyav", "ffmpeg")
+# The default everywhere: PyAV uses 1.7x less CPU than decord per HD-VILA sample on 720p H.264 (its own seek
+# logic, non-reference frames skipped, lone keyframes decoded alone; docs/benchmarks/loader.md).
+DEFAULT_BACKEND = "pyav"
 DECODER_BACKENDS: Registry[Factory | _BuiltinBackend] = Registry("decoder backend")
 for _name in _BUILTIN:
     DECODER_BACKENDS.register(_name, _BuiltinBackend(f"data_tools.decoders.{_name}_backend"))
@@ -125,7 +129,7 @@ def _check_size(size) -> tuple[int, int] | None:
     return h, w
 
 
-def open_video(source: str | os.PathLike | bytes, backend: str = "decord", size: tuple[int, int] | None = None,
+def open_video(source: str | os.PathLike | bytes, backend: str = DEFAULT_BACKEND, size: tuple[int, int] | None = None,
                num_frames_hint: int | None = None, threads: int = 1) -> VideoReader:
     """Open a video for random frame access.
 
@@ -211,7 +215,7 @@ class BaseReader:
                 f"out={self.height}x{self.width}>")
 
 
-def decode_frames(source: str | os.PathLike | bytes, indices: Sequence[int], backend: str = "decord",
+def decode_frames(source: str | os.PathLike | bytes, indices: Sequence[int], backend: str = DEFAULT_BACKEND,
                   size: tuple[int, int] | None = None, num_frames_hint: int | None = None,
                   threads: int = 1) -> np.ndarray:
     """Open, read `indices`, close: a module-level function, so IsolatedRunner can run it in its child."""

@@ -78,6 +78,14 @@ class DecordReader(BaseReader):
     def width(self) -> int:
         return self._native_shape()[1]
 
+    def keyframe_indices(self) -> list[int]:
+        """Indices of the frames that decode on their own (I-frames), ascending."""
+        try:
+            keys = _to_numpy(self._vr.get_key_indices())
+        except Exception as exc:
+            raise DecodeError(f"decord cannot list the keyframes of {self.label}: {short_message(exc)}") from None
+        return sorted(int(k) for k in keys if 0 <= int(k) < self.num_frames)
+
     def _decode_sorted(self, indices: list[int]) -> np.ndarray:
         if self._fallback is not None:
             return self._fallback.get_frames(indices)

@@ -4,6 +4,11 @@ A demux pass (no decoding) lists every packet's timestamp and keyframe flag. For
 in ascending order it then decodes forward from where the decoder already is when no keyframe lies
 between, and otherwise seeks to the keyframe at or before the target. Decoded frames are mapped to
 indices from their pts, so B-frame reordering and edit-list offsets cannot shift the result.
+
+Two shortcuts keep sparse reads cheap: opening probes the stream without decoding a frame (FFmpeg's probe
+otherwise decodes the first one, a whole I-frame at 720p), and a requested keyframe whose successor needs a
+seek anyway is decoded alone: its packet, then the decoder drained, instead of feeding the frames behind it
+until the B-frame reordering delay lets it out.
 """
 from __future__ import annotations
 
@@ -47,12 +52,19 @@ class PyAVReader(BaseReader):
             self._container.close()
             raise
 
-    def _open(self):
+    def _open(self, probe_decodes: bool = False):
         src = io.BytesIO(self._source) if isinstance(self._source, bytes) else str(self._source)
+        # skip_frame applies to the probe's own decoder only: the stream's codec context starts afresh.
+        options = None if probe_decodes else {"skip_frame": "all"}
         try:
-            return self._av.open(src, mode="r")
+            container = self._av.open(src, mode="r", options=options)
         except self._av.error.FFmpegError as exc:
             raise DecodeError(f"pyav cannot open {self.label}: {short_message(exc)}") from None
+        videos = container.streams.video
+        if not probe_decodes and videos and not (videos[0].codec_context.width and videos[0].codec_context.height):
+            container.close()  # a container whose header lacks the size: let the probe decode to find it
+            return self._open(probe_decodes=True)
+        return container
 
     def _select_stream(self):
         videos = self._container.streams.video
@@ -92,6 +104,7 @@ class PyAVReader(BaseReader):
         if not meta and st.duration is not None:
             meta = int(round(float(st.duration * self._tb * self._rate)))
         self._keys: list[int] | None = None  # keyframe indices, ascending
+        self._leading_frames = False  # _keys[0] is frame 0 standing in for a missing first keyframe
         self._key_ts: list[tuple[int, int]] = []  # (pts, dts) of each keyframe
         self._seek_by_dts = False
         self._first_pts = st.start_time if st.start_time is not None else 0
@@ -119,7 +132,8 @@ class PyAVReader(BaseReader):
         # Seek targets per keyframe: its pts (mov, mkv index by pts and land exactly on it) and its dts
         # (MPEG-TS seeks by dts; by pts it lands one keyframe late). pts first; dts once pts misses.
         keys = sorted((self._index_of(pts), pts, dts) for pts, dts, key in packets if key)
-        if not keys or keys[0][0] > 0:
+        self._leading_frames = not keys or keys[0][0] > 0
+        if self._leading_frames:
             # Leading frames before the first keyframe: start from the very first packet.
             start = min(p[1] for p in packets)
             keys.insert(0, (0, start, start))
@@ -179,17 +193,55 @@ class PyAVReader(BaseReader):
             frame = self._reformatter.reformat(frame, format="rgb24", threads=self._threads)
         return frame.to_ndarray()
 
+    def keyframe_indices(self) -> list[int]:
+        """Indices of the frames that decode on their own (I-frames), ascending."""
+        if self._keys is None:
+            self._scan()
+        return [k for k in self._keys[1 if self._leading_frames else 0:] if k < self.num_frames]
+
     def _decode_sorted(self, indices: list[int]) -> np.ndarray:
         if self._keys is None:
             self._scan()  # opened with a hint: learn the keyframes on first use
         out = np.empty((len(indices), self.height, self.width, 3), np.uint8)
         for i, t in enumerate(indices):
-            out[i] = self._decode_one(t)
+            following = indices[i + 1] if i + 1 < len(indices) else None
+            out[i] = self._decode_one(t, following)
         return out
 
-    def _decode_one(self, t: int) -> np.ndarray:
+    def _decode_keyframe_alone(self, t: int, k: int) -> np.ndarray | None:
+        """Seek to keyframe t (number k), decode its packet and drain the decoder: one frame decoded, none of
+        those behind it. None when the seek does not land on t (the caller then takes the general path)."""
+        self._seek_key(k)
+        ctx = self._stream.codec_context
+        if self._skip_nonref:
+            ctx.skip_frame = "DEFAULT"
+        frames = []
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.pts is None or self._index_of(packet.pts) != t:
+                    break
+                frames = [*packet.decode(), *ctx.decode(None)]  # decode(None) drains the reordering delay
+                break
+        except self._av.error.FFmpegError as exc:
+            raise DecodeError(f"pyav: decoding {self.label} failed: {short_message(exc)}") from None
+        finally:
+            self._frames, self._pos = None, None  # a drained decoder takes packets again only after a seek
+        for frame in frames:
+            if frame.pts is not None and self._index_of(frame.pts) == t:
+                self.frames_decoded += 1
+                return self._to_rgb(frame)
+        return None
+
+    def _decode_one(self, t: int, following: int | None = None) -> np.ndarray:
         self._target = t
         k = self._key_at_or_before(t)
+        # A keyframe is decoded alone when the next request lies past the next keyframe (a seek either way).
+        if self._keys[k] == t and not (k == 0 and self._leading_frames):
+            next_key = self._keys[k + 1] if k + 1 < len(self._keys) else None
+            if following is None or (next_key is not None and following >= next_key):
+                frame = self._decode_keyframe_alone(t, k)
+                if frame is not None:
+                    return frame
         # Decode forward when the decoder already is at or past the target's keyframe (or just before
         # it); otherwise jump to that keyframe.
         forward = self._pos is not None and self._pos < t and self._keys[k] <= self._pos + 1

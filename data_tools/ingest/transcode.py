@@ -88,6 +88,9 @@ def build_command(src: str, dst: str, dst_proxy: str | None, info: VideoInfo, st
     width, height = output_size(info.width, info.height, cfg.max_short_side)
     proxy_wh = proxy_size(width, height, cfg.proxy_short_side) if dst_proxy else None
     keyint = max(1, int(round(cfg.keyint_seconds * float(rate))))
+    if cfg.proxy_keyint is not None and int(cfg.proxy_keyint) < 1:
+        raise ValueError(f"transcode.proxy_keyint must be at least 1 frame (or null), got {cfg.proxy_keyint}")
+    proxy_keyint = keyint if cfg.proxy_keyint is None else int(cfg.proxy_keyint)
 
     video = ffmpeg.input(src, ss=f"{seek:.6f}").video.setpts("PTS-STARTPTS")
     video = video.filter("scale", width, height, flags="bicubic").filter("format", "yuv420p")
@@ -115,7 +118,8 @@ def build_command(src: str, dst: str, dst_proxy: str | None, info: VideoInfo, st
         outputs = [
             ffmpeg.output(main_in, dst, preset=cfg.preset, crf=cfg.crf, **common),
             ffmpeg.output(proxy_in.filter("scale", proxy_wh[0], proxy_wh[1], flags="area"), dst_proxy,
-                          preset=cfg.preset, crf=cfg.proxy_crf, **common),
+                          preset=cfg.preset, crf=cfg.proxy_crf, **{**common, "g": proxy_keyint,
+                                                                   "keyint_min": proxy_keyint}),
         ]
         stream = ffmpeg.merge_outputs(*outputs)
     else:
@@ -130,6 +134,7 @@ def build_command(src: str, dst: str, dst_proxy: str | None, info: VideoInfo, st
         "proxy": proxy_wh,
         "fps": f"{rate.numerator}/{rate.denominator}",
         "keyint": keyint,
+        "proxy_keyint": proxy_keyint if proxy_wh else None,
     }
     return args, plan
 

@@ -36,9 +36,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..decoders import DecodeError, DecodeTimeout, IsolatedRunner, open_video
+from ..decoders import DEFAULT_BACKEND, DecodeError, DecodeTimeout, IsolatedRunner, open_video
 from ..logs import get_logger
-from .sampling import ClipSamplingConfig, FrameSamplingConfig, apply_crop, plan_clip, plan_frames
+from .sampling import ClipSamplingConfig, FrameSamplingConfig, apply_crop, cover_size, plan_clip, plan_frames
 
 log = get_logger(__name__)
 
@@ -53,7 +53,7 @@ class LoaderConfig:
     shuffle_shards: bool = True
     shuffle_buffer: int = 64  # samples; 0 keeps shard order
     seed: int = 0
-    backend: str = "decord"
+    backend: str = DEFAULT_BACKEND
     decode_timeout: float = 30.0  # seconds per sample; 0 decodes in the worker without a watchdog
     decode_threads: int = 1
     max_text_len: int = 40
@@ -204,16 +204,26 @@ def _open_checked(source, backend: str, size: tuple[int, int], num_frames: int, 
     return reader
 
 
+def _iframes(reader) -> list[int] | None:
+    """The reader's I-frame indices, or None from a backend that cannot tell (ffmpeg)."""
+    keyframe_indices = getattr(reader, "keyframe_indices", None)
+    return list(keyframe_indices()) if keyframe_indices is not None else None
+
+
 def decode_clip(mp4: bytes, proxy: bytes | None, meta: dict, cfg: ClipSamplingConfig, backend: str,
                 seed: int, threads: int = 1, limits: MetadataLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
     """HD-VILA sample: hr [S, H, W, 3] keyframes and lr [S, T-1, h, w, 3] neighbours, uint8."""
     num_frames, height, width = _native_meta(mp4, meta, backend, limits)
     rng = np.random.default_rng(seed)
-    plan = plan_clip(num_frames, height, width, cfg, rng)
-    neighbours = plan.neighbours
-    check_decode_bytes([(plan.keyframes.size, plan.hr_canvas), (neighbours.size, plan.lr_canvas)], limits)
-    with _open_checked(mp4, backend, plan.hr_canvas, num_frames, threads, (height, width)) as reader:
+    canvas = cover_size(height, width, cfg.hr_size, cfg.canvas_short_side)
+    lr_canvas = (canvas[0] // cfg.lr_factor, canvas[1] // cfg.lr_factor)
+    check_decode_bytes([(cfg.n_segments, canvas), (cfg.n_segments * (cfg.num_frm - 1), lr_canvas)], limits)
+    with _open_checked(mp4, backend, canvas, num_frames, threads, (height, width)) as reader:
+        # the plan waits for the reader when keyframes go on I-frames: the stream says where they are
+        iframes = _iframes(reader) if cfg.keyframes_on_iframes else None
+        plan = plan_clip(num_frames, height, width, cfg, rng, iframes=iframes)
         hr = reader.get_frames(plan.keyframes.tolist())
+    neighbours = plan.neighbours
     if neighbours.size:
         lr_source = proxy if proxy is not None else mp4
         expect = _proxy_size(meta, limits) if proxy is not None else (height, width)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -26,6 +27,10 @@ class ClipSamplingConfig:
     # Short side the decoder scales frames to before cropping; None keeps the native size (720p for a
     # 640x1024 crop, as HD-VILA did). Frames smaller than the crop are always scaled up to cover it.
     canvas_short_side: int | None = None
+    # Centre each segment on an I-frame of the main stream (one per GOP, 1 s at ingest) instead of on any
+    # frame: the keyframe then decodes alone instead of after half a GOP of 720p frames on average. Keyframe
+    # positions become a 1 s grid; clips with no I-frame where a segment fits sample as usual.
+    keyframes_on_iframes: bool = False
 
 
 @dataclass
@@ -40,11 +45,13 @@ class FrameSamplingConfig:
 
 
 def segment_indices(num_frames: int, n_segments: int, num_frm: int, sample_rate: int,
-                    rng: np.random.Generator | None) -> np.ndarray:
+                    rng: np.random.Generator | None, iframes: Sequence[int] | None = None) -> np.ndarray:
     """[n_segments, num_frm] frame indices; the middle column holds the keyframes.
 
     Keyframe centres are uniform random (sorted) when `rng` is given, else evenly spaced. When the clip is
     too short for `sample_rate`, the rate shrinks; a clip shorter than `num_frm` frames repeats frames.
+    With `iframes` (the stream's I-frame indices), centres are drawn from the I-frames where a whole segment
+    fits, distinct while there are enough (evenly spaced ones move to the nearest); none fitting, as usual.
     """
     if num_frames <= 0:
         raise ValueError("clip has no decodable frames")
@@ -58,10 +65,15 @@ def segment_indices(num_frames: int, n_segments: int, num_frm: int, sample_rate:
     lo, hi = half, num_frames - 1 - half  # inclusive range of valid centres
     if hi < lo:  # only possible when rate == 0 and the clip is empty-ish
         lo = hi = (num_frames - 1) // 2
-    if rng is not None:
+    fitting = np.unique(np.asarray([k for k in (iframes or ()) if lo <= k <= hi], dtype=np.int64))
+    if fitting.size and rng is not None:
+        centres = np.sort(rng.choice(fitting, size=n_segments, replace=fitting.size < n_segments))
+    elif rng is not None:
         centres = np.sort(rng.integers(lo, hi + 1, size=n_segments))
     else:
         centres = np.floor(lo + (np.arange(n_segments) + 0.5) * (hi - lo + 1) / n_segments).astype(np.int64)
+        if fitting.size:
+            centres = fitting[np.abs(fitting[None, :] - centres[:, None]).argmin(axis=1)]
     offsets = (np.arange(num_frm) - half_frames) * rate
     return np.clip(centres[:, None] + offsets[None, :], 0, num_frames - 1).astype(np.int64)
 
@@ -108,13 +120,15 @@ class ClipPlan:
 
 
 def plan_clip(num_frames: int, height: int, width: int, cfg: ClipSamplingConfig,
-              rng: np.random.Generator | None) -> ClipPlan:
+              rng: np.random.Generator | None, iframes: Sequence[int] | None = None) -> ClipPlan:
+    """The clip's plan; `iframes` (the main stream's I-frame indices) is used when cfg.keyframes_on_iframes."""
     f = cfg.lr_factor
     hr_h, hr_w = cfg.hr_size
     if hr_h % f or hr_w % f:
         raise ValueError(f"hr_size {cfg.hr_size} must be divisible by lr_factor {f}")
     use_rng = rng if cfg.random else None
-    indices = segment_indices(num_frames, cfg.n_segments, cfg.num_frm, cfg.sample_rate, use_rng)
+    indices = segment_indices(num_frames, cfg.n_segments, cfg.num_frm, cfg.sample_rate, use_rng,
+                              iframes if cfg.keyframes_on_iframes else None)
     canvas = cover_size(height, width, cfg.hr_size, cfg.canvas_short_side)
     y, x = crop_offset(canvas, cfg.hr_size, f, use_rng)
     flip = bool(use_rng is not None and cfg.hflip_prob > 0 and use_rng.random() < cfg.hflip_prob)

@@ -10,8 +10,10 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
+from data_tools.decoders import DEFAULT_BACKEND
 from data_tools.loading.pipeline import LoaderConfig, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig
+from data_tools.loading.synthetic import SyntheticClips
 from data_tools.logs import get_logger
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, TrainConfig
@@ -37,17 +39,21 @@ class PretrainDataConfig:
     resampled: bool = True
     epoch_samples: int = 0  # per rank; 0 = 1000 batches
     shuffle_buffer: int = 64
-    backend: str = "decord"
+    backend: str = DEFAULT_BACKEND
     decode_timeout: float = 30.0
     n_segments: int = 2  # frames per segment, keyframe size and LR factor come from the model config
     sample_rate: int = 12
     canvas_short_side: int | None = None  # scale frames to this short side before cropping (None: native)
     hflip_prob: float = 0.0
+    keyframes_on_iframes: bool = False  # segment centres on the 1 s I-frame grid: about 2x less loader CPU
     max_text_len: int = 40
     tokenizer: str | None = None  # None = the committed default vocabulary
     val_segments: int = 2
     val_batch_size: int = 16
     val_max_clips: int = 2000
+    # Train on one fixed batch of random pixels and tokens of the real shapes, no shards: measures the model
+    # step alone (benchmarks/bench_gpu.py). Never for a model you keep.
+    synthetic: bool = False
 
 
 @dataclass
@@ -71,7 +77,8 @@ def train_sampling(model_cfg, data: PretrainDataConfig) -> ClipSamplingConfig:
     return ClipSamplingConfig(n_segments=data.n_segments, num_frm=model_cfg.video.num_frm,
                               sample_rate=data.sample_rate, hr_size=tuple(model_cfg.video.hr_size),
                               lr_factor=model_cfg.video.lr_factor, hflip_prob=data.hflip_prob, random=True,
-                              canvas_short_side=data.canvas_short_side)
+                              canvas_short_side=data.canvas_short_side,
+                              keyframes_on_iframes=data.keyframes_on_iframes)
 
 
 class PretrainObjective:
@@ -152,9 +159,14 @@ def build_model(cfg: PretrainConfig) -> HDVILA:
 def make_loaders(cfg: PretrainConfig, model: HDVILA) -> tuple[Any, Any, LoaderConfig | None]:
     """The training loader and dataset, and the held-out gallery's loader config (None without val_shards)."""
     data = cfg.data
+    epoch_samples = data.epoch_samples or 1000 * cfg.train.batch_size
+    if data.synthetic:
+        source = SyntheticClips(cfg.train.batch_size, train_sampling(model.config, data), data.max_text_len,
+                                model.config.text.vocab_size, max(1, epoch_samples // cfg.train.batch_size),
+                                seed=cfg.train.seed)
+        return source, source, None
     if not data.train_shards:
         raise ValueError("data.train_shards is empty: point it at shards built by `hdvila data build`")
-    epoch_samples = data.epoch_samples or 1000 * cfg.train.batch_size
     train_cfg = LoaderConfig(shards=data.train_shards, batch_size=cfg.train.batch_size, num_workers=data.num_workers,
                              resampled=data.resampled, epoch_samples=epoch_samples if data.resampled else 0,
                              shuffle_buffer=data.shuffle_buffer, seed=cfg.train.seed, backend=data.backend,

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from data_tools.decoders import DEFAULT_BACKEND
 from data_tools.loading.pipeline import LoaderConfig, make_loader
 from data_tools.loading.sampling import ClipSamplingConfig
 from data_tools.logs import get_logger
@@ -48,7 +49,7 @@ class RetrievalDataConfig:
     test_shards: list[str] = field(default_factory=list)
     id_field: str = "clip_id"  # shard metadata field holding the annotation's video id ("key": the sample key)
     num_workers: int = 2
-    backend: str = "decord"
+    backend: str = DEFAULT_BACKEND
     decode_timeout: float = 30.0
     shuffle_buffer: int = 64
     epoch_samples: int = 0  # per rank per epoch; 0 = one pass over the training captions

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from data_tools.decoders import DEFAULT_BACKEND
 from data_tools.files import atomic_write_json, atomic_write_text
 from data_tools.loading.pipeline import LoaderConfig, expand_shards, make_loader
 from data_tools.logs import get_logger
@@ -84,7 +85,7 @@ class ClipIds:
         return text
 
 
-def gallery_loader_config(shards: Sequence[str] | str, cfg: EvalConfig, backend: str = "decord",
+def gallery_loader_config(shards: Sequence[str] | str, cfg: EvalConfig, backend: str = DEFAULT_BACKEND,
                           max_text_len: int = 40, tokenizer: str | None = None,
                           decode_timeout: float | None = None) -> LoaderConfig:
     """One pass over the shards in order; a worker per shard at most, so each sample is read exactly once.
