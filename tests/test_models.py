@@ -361,6 +361,58 @@ def test_mask_tokens_statistics(special, vocab):
     assert torch.equal(again, masked)  # reproducible from the generator
 
 
+@pytest.mark.parametrize("special,vocab", [((0, 1, 2, 3, 4), 6990), ((0, 100, 101, 102, 103, 40000), 30522)])
+def test_mask_tokens_equals_the_boolean_index_formulation(special, vocab):
+    """The shape-static masking draws the same tokens as a pool of allowed ids indexed by the same draws."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (64, 48), generator=g)
+    mask = (torch.rand(64, 48, generator=g) < 0.9).long()
+    masked, labels = mask_tokens(ids, mask, special, special[-2], vocab, 0.3, torch.Generator().manual_seed(5))
+    # the former formulation: a pool of allowed ids and boolean-index assignments, replaying the same draws
+    g = torch.Generator().manual_seed(5)
+    specials = torch.tensor(sorted(special))
+    picked = mask.bool() & ~torch.isin(ids, specials) & (torch.rand(ids.shape, generator=g) < 0.3)
+    action = torch.rand(ids.shape, generator=g)
+    allowed = torch.ones(vocab, dtype=torch.bool)
+    allowed[specials[specials < vocab]] = False
+    pool = allowed.nonzero().squeeze(1)
+    choice = torch.randint(len(pool), ids.shape, generator=g)
+    expected = ids.clone()
+    expected[picked & (action < 0.8)] = special[-2]
+    to_random = picked & (action >= 0.8) & (action < 0.9)
+    expected[to_random] = pool[choice[to_random]]
+    assert to_random.sum() > 20
+    assert torch.equal(masked, expected)
+    assert torch.equal(labels, torch.where(picked, ids, torch.full_like(ids, -100)))
+
+
+def test_static_and_gathered_mlm_give_the_same_loss_and_gradients():
+    model = tiny().eval()
+    batch = make_batch(model, length=16)
+    cfg = model.config
+    masked, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], cfg.special_ids, cfg.mask_id,
+                                 cfg.text.vocab_size, cfg.mlm_prob, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        _, tokens = model.encode_video(batch["hr"], batch["lr"])
+        seq, _ = model.cross_forward(model.text(masked, batch["attention_mask"]), batch["attention_mask"], tokens)
+    results = []
+    for static in (False, True):
+        model.zero_grad()
+        logits, kept = model.masked_logits(seq, labels, static=static)
+        assert logits.shape[0] == (labels.numel() if static else int((labels != -100).sum()))
+        loss = model.losses({"mlm_logits": logits, "mlm_labels": kept})["mlm"]
+        loss.backward()
+        results.append((loss.detach(), model.mlm_head.decoder.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    # nothing masked: a zero loss, still on the graph, in both forms
+    none = torch.full_like(labels, -100)
+    for static in (False, True):
+        logits, kept = model.masked_logits(seq, none, static=static)
+        loss = model.losses({"mlm_logits": logits, "mlm_labels": kept})["mlm"]
+        assert loss.item() == 0.0 and loss.requires_grad
+
+
 def test_hard_negatives_exclude_the_positive_and_follow_similarity():
     g = torch.Generator().manual_seed(0)
     logits = torch.tensor([[9.0, 8.0, -20.0], [-20.0, 5.0, 4.0], [3.0, -20.0, 9.0]])

@@ -17,28 +17,37 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_i
     Returns (masked_ids, labels): labels hold the original id at picked positions and -100 elsewhere.
     Random numbers come from `generator` (on its own device) so masking is reproducible per step.
     """
-    special = torch.tensor(sorted(set(int(i) for i in special_ids)), dtype=torch.long)
-    rng_device = generator.device if generator is not None else input_ids.device
+    specials = sorted(set(int(i) for i in special_ids))
+    in_vocab = [i for i in specials if 0 <= i < vocab_size]
+    special = torch.tensor(specials, dtype=torch.long, device=input_ids.device)
+    pick_draw, action, choice = _masking_draws(input_ids.shape, generator, input_ids.device,
+                                               vocab_size - len(in_vocab))
 
-    def uniform(shape: torch.Size) -> torch.Tensor:
-        return torch.rand(shape, generator=generator, device=rng_device).to(input_ids.device)
-
-    eligible = attention_mask.bool() & ~torch.isin(input_ids, special.to(input_ids.device))
-    picked = eligible & (uniform(input_ids.shape) < prob)
+    eligible = attention_mask.bool() & ~torch.isin(input_ids, special)
+    picked = eligible & (pick_draw < prob)
     labels = torch.where(picked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
     # One draw splits the picked tokens 80 / 10 / 10.
-    action = uniform(input_ids.shape)
     to_mask = picked & (action < 0.8)
     to_random = picked & (action >= 0.8) & (action < 0.9)
 
-    # Random replacements come from the non-special ids only, so no [PAD]/[CLS]/[SEP] appears mid-text.
-    allowed = torch.ones(vocab_size, dtype=torch.bool)
-    allowed[special[special < vocab_size]] = False
-    pool = allowed.nonzero().squeeze(1).to(input_ids.device)
-    choice = torch.randint(len(pool), input_ids.shape, generator=generator, device=rng_device).to(input_ids.device)
+    # Random replacements come from the non-special ids only, so no [PAD]/[CLS]/[SEP] appears mid-text: the
+    # c-th non-special id is c shifted past each special id at or below it (ascending). Shape-static, with no
+    # boolean indexing, so it neither waits for the GPU nor breaks a compiled graph.
+    for special_id in in_vocab:
+        choice = choice + (choice >= special_id).long()
 
-    masked = input_ids.clone()
-    masked[to_mask] = mask_id
-    masked[to_random] = pool[choice[to_random]]
-    return masked, labels
+    masked = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
+    return torch.where(to_random, choice, masked), labels
+
+
+@torch.compiler.disable
+def _masking_draws(shape: torch.Size, generator: torch.Generator | None, device: torch.device,
+                   replacements: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three draws of `mask_tokens`, in their order, from `generator` on its own device. Kept out of
+    compiled graphs (a torch.Generator argument cannot be traced): one graph break instead of three."""
+    rng_device = generator.device if generator is not None else device
+    pick = torch.rand(shape, generator=generator, device=rng_device).to(device)
+    action = torch.rand(shape, generator=generator, device=rng_device).to(device)
+    choice = torch.randint(replacements, shape, generator=generator, device=rng_device).to(device)
+    return pick, action, choice
