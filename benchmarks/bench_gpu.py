@@ -1,12 +1,14 @@
 """Pretraining speed on one GPU: the real `hdvila pretrain` path near the chip's limit, and the loader's cost.
 
 Per model size, recipe and mode (eager, torch.compile), one run of `run_pretrain` (the shared trainer,
-DeepSpeed ZeRO-1, one process) on synthetic batches of the paper's shapes (`data.synthetic`: random uint8
+DeepSpeed at the size's configured ZeRO stage (paper: ZeRO-2), one process) on synthetic batches of the paper's shapes (`data.synthetic`: random uint8
 pixels, pinned, copied to the GPU every step as a real batch is), which measures the model step alone:
 - samples/s: the mean over logged windows after the first (the first holds start-up and compilation);
 - model TFLOP/s = samples/s x FLOPs per sample (forward + backward, torch FlopCounterMode on a batch of 2);
 - MFU against the datasheet's dense bf16 peak and against a measured bf16 matrix-product peak;
-- peak GPU memory (torch.cuda.max_memory_allocated) and the compile time (first window minus a steady one).
+- peak GPU memory (torch.cuda.max_memory_allocated) and the compile time (first window minus a steady one);
+  runs are separated by a garbage collection, a compiler reset and an emptied CUDA cache, and a run that runs
+  out of memory is retried at half the batch.
 Then the loader: clips/s and CPU-seconds per clip for the paper sampling with `--loader-workers` workers on
 `--shards`, and the cores per GPU it takes to feed each run's samples/s.
 
@@ -34,8 +36,7 @@ from common import machine_line
 from data_tools.config import load_config
 from data_tools.files import atomic_write_json, atomic_write_text
 from data_tools.training.metrics import read_metrics
-from hdvila.models import create_model
-from hdvila.recipes.pretrain import RECIPE_OBJECTIVES, PretrainConfig, run_pretrain, train_sampling
+from hdvila.recipes.pretrain import RECIPE_OBJECTIVES, PretrainConfig, build_model, run_pretrain, train_sampling
 
 REPO = Path(__file__).resolve().parent.parent
 # Dense bf16 tensor-core peak from the datasheets (SXM parts), TFLOP/s; matched against the device name.
@@ -78,9 +79,9 @@ def flops_per_sample(cfg: PretrainConfig, device: torch.device, batch: int = 2) 
     """Forward + backward FLOPs of the recipe's losses per sample, counted on a real batch on `device`."""
     from data_tools.loading.synthetic import synthetic_clip_batch
 
-    model = create_model(cfg.model, **cfg.model_overrides).to(device)
+    model = build_model(cfg).to(device)  # as the recipe builds it: stage 2 freezes the stage-1 parts
     data = synthetic_clip_batch(batch, train_sampling(model.config, cfg.data), cfg.data.max_text_len,
-                                model.config.text.vocab_size)
+                                model.config.text.vocab_size, special_ids=model.config.special_ids)
     inputs = {k: data[k].to(device) for k in ("hr", "lr", "input_ids", "attention_mask")}
     with FlopCounterMode(display=False) as counter:
         model.compute_losses(inputs, RECIPE_OBJECTIVES[cfg.recipe])["loss"].backward()
@@ -114,11 +115,16 @@ def run_one(size: str, recipe: str, compile_: bool, batch: int, steps: int, log_
         f"train.compile={str(compile_).lower()}", "train.val_every=0", "train.save_every=0",
         "train.save_at_end=false", "export=false", "train.progress=false", "data.val_shards=[]",
         *overrides])
+    release_memory()
+    before = torch.cuda.memory_allocated() / 2 ** 30 if torch.cuda.is_available() else 0.0
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    run_pretrain(cfg)
-    wall = time.perf_counter() - started
+    try:
+        run_pretrain(cfg)
+    finally:
+        wall = time.perf_counter() - started
+        release_memory()
     records = read_metrics(out / "metrics.jsonl")
     shutil.rmtree(out, ignore_errors=True)
     sps = steady_samples_per_s(records)
@@ -127,8 +133,25 @@ def run_one(size: str, recipe: str, compile_: bool, batch: int, steps: int, log_
     return {"size": size, "recipe": recipe, "mode": "compile" if compile_ else "eager", "batch": batch,
             "steps": steps, "precision": precision, "samples_per_s": round(sps, 2), "wall_s": round(wall, 1),
             "startup_and_compile_s": round(compile_seconds(records, log_every * batch) or 0.0, 1),
+            "allocated_before_gib": round(before, 2), "zero_stage": cfg.train.zero_stage,
+            "deepspeed_config": cfg.train.deepspeed_config,
             "peak_memory_gib": round(peak, 2), "memory_kind": "cuda allocated" if torch.cuda.is_available()
             else "process max RSS", "final_loss": round(records[-1]["loss"], 4), "overrides": overrides}
+
+
+def release_memory() -> None:
+    """Between runs in one process: the last engine's cycles, compiled graphs and cached blocks, so that each
+    run's peak memory and compile time are its own."""
+    import gc
+
+    gc.collect()
+    torch._dynamo.reset()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def significant(x: float, digits: int = 4) -> float:
@@ -172,9 +195,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shards", default=None, help="shard folder for the loader measurement (none: skipped)")
     parser.add_argument("--loader-workers", type=int, default=None, help="default: all CPU cores")
     parser.add_argument("--loader-samples", type=int, default=400)
+    parser.add_argument("--budget-s", type=float, default=420.0 if cuda else 0.0,
+                        help="start no run after this many seconds (0: no limit); the loader goes first")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "hdvila-bench-gpu"))
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks"))
+    parser.add_argument("--render-only", action="store_true", help="rewrite gpu.md from gpu.json")
     args = parser.parse_args(argv)
+    if args.render_only:
+        results = json.loads((Path(args.out) / "gpu.json").read_text())
+        atomic_write_text(Path(args.out) / "gpu.md", render(results))
+        return results
     if args.shards and args.loader_samples < 24:
         parser.error("--loader-samples must be at least 24: 3 batches of 8, the first one left out as start-up")
     device = torch.device("cuda" if cuda else "cpu")
@@ -192,31 +222,58 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"device": name, "machine": machine_line(), "versions": versions,
                "matmul_peak_tflops": significant(measured), "matmul_dtype": str(matmul_dtype).split(".")[-1],
                "matmul_n": args.matmul_n, "datasheet_peak_tflops": datasheet, "runs": [], "loader": None}
-    work = Path(args.work)
-    for size in args.sizes:
-        for recipe in args.recipes:
-            cfg = load_config(PretrainConfig, f"pretrain/{size}", [f"recipe={recipe}", *args.override])
-            flops = flops_per_sample(cfg, device)
-            for mode in args.modes:
-                try:
-                    run = run_one(size, recipe, mode == "compile", args.batch, args.steps, args.log_every,
-                                  args.precision, work, args.override)
-                    add_rates(run, flops, datasheet, measured)
-                except Exception as exc:  # a failing compile or an out-of-memory is a result, not a crash
-                    run = {"size": size, "recipe": recipe, "mode": mode, "batch": args.batch,
-                           "error": f"{type(exc).__name__}: {exc}"[:400]}
-                results["runs"].append(run)
-                print(json.dumps(run), flush=True)
-    if args.shards:
+    work, out = Path(args.work), Path(args.out)
+    started = time.perf_counter()
+
+    def save() -> None:  # after every measurement, so that a run stopped by a time limit keeps what it has
+        atomic_write_json(out / "gpu.json", results)
+        atomic_write_text(out / "gpu.md", render(results))
+
+    if args.shards:  # first: it is quick and needs no GPU
         import os
 
         workers = args.loader_workers or os.cpu_count() or 1
         results["loader"] = {key: loader_cost(args.shards, workers, args.loader_samples, on)
                              for key, on in (("any_frame", False), ("keyframes_on_iframes", True))}
         print(json.dumps(results["loader"]), flush=True)
-    out = Path(args.out)
-    atomic_write_json(out / "gpu.json", results)
-    atomic_write_text(out / "gpu.md", render(results))
+        save()
+    flops: dict[tuple[str, str], float] = {}
+    # every recipe eager before any compiled run: compiling costs minutes, so the budget cuts those first
+    for mode in args.modes:
+        for size in args.sizes:
+            for recipe in args.recipes:
+                if args.budget_s and time.perf_counter() - started > args.budget_s:
+                    run = {"size": size, "recipe": recipe, "mode": mode, "batch": args.batch,
+                           "error": f"not run: the {args.budget_s:.0f} s budget was spent"}
+                    results["runs"].append(run)
+                    continue
+                # a row before the run, so that a run killed by an outer time limit still shows
+                results["runs"].append({"size": size, "recipe": recipe, "mode": mode, "batch": args.batch,
+                                        "error": "started, did not finish (killed by a time limit?)"})
+                save()
+                batch = args.batch
+                while True:
+                    try:
+                        if (size, recipe) not in flops:
+                            cfg = load_config(PretrainConfig, f"pretrain/{size}",
+                                              [f"recipe={recipe}", *args.override])
+                            flops[size, recipe] = flops_per_sample(cfg, device)
+                        run = run_one(size, recipe, mode == "compile", batch, args.steps, args.log_every,
+                                      args.precision, work, args.override)
+                        add_rates(run, flops[size, recipe], datasheet, measured)
+                    except Exception as exc:  # a failing compile or an out-of-memory is a result, not a crash
+                        release_memory()
+                        if is_out_of_memory(exc) and batch > 1:
+                            print(f"out of memory at batch {batch}; trying {batch // 2}", flush=True)
+                            batch //= 2
+                            continue
+                        run = {"size": size, "recipe": recipe, "mode": mode, "batch": batch,
+                               "error": f"{type(exc).__name__}: {exc}"[:400]}
+                    break
+                results["runs"][-1] = run
+                print(json.dumps(run), flush=True)
+                save()
+    save()
     return results
 
 
@@ -243,8 +300,17 @@ def render(res: dict) -> str:
         loader = ("| keyframes | workers | clips/s | CPU-s per clip | clips/s per core | cores per GPU at each run's rate |\n"
                   "|---|---|---|---|---|---|\n" + "\n".join(lines))
     v = res["versions"]
+    rehearsal = ""
+    if res["datasheet_peak_tflops"] is None:
+        rehearsal = """
+**No GPU figure is on this page yet.** It is the script's rehearsal on a CPU with hdvila-tiny in fp32: it
+shows that every path (synthetic batches, the trainer, compile, FLOP counting, the loader) runs and how the
+figures are derived, nothing about a GPU. The paper-size rows come from `bash benchmarks/gpu_session.sh` on
+a GPU machine (after `bash benchmarks/gpu_prepare.sh` here); until then the starting point below is the
+only GPU measurement. The loader rows are real measurements of this CPU, with the paper's sampling.
+"""
     return f"""# Pretraining speed on {res['device']}
-
+{rehearsal}
 Command: `python benchmarks/bench_gpu.py` (see its docstring); this page and `gpu.json` are its output.
 Machine: {res['machine']}. Software: torch {v['torch']}, CUDA {v['cuda']}, DeepSpeed {v['deepspeed']},
 Python {v['python']}.
@@ -252,7 +318,8 @@ Python {v['python']}.
 Peaks: datasheet dense bf16 {res['datasheet_peak_tflops'] or 'n/a'} TFLOP/s; measured {res['matmul_dtype']}
 matrix product ({res['matmul_n']}-cube) {res['matmul_peak_tflops']} TFLOP/s.
 
-Each row is one `hdvila pretrain` run through the shared trainer (DeepSpeed ZeRO-1, one process) on synthetic
+Each row is one `hdvila pretrain` run through the shared trainer (DeepSpeed with the size's configured ZeRO
+stage, recorded in gpu.json; one process) on synthetic
 batches of the model's shapes (`data.synthetic: true`), so it measures the model step, host-to-device copy
 included, without the loader. samples/s is the mean over logged windows after the first; TFLOP/s counts forward
 + backward FLOPs (torch FlopCounterMode); startup + compile = the first window's time over a steady window's.

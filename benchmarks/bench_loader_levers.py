@@ -39,6 +39,13 @@ def cores_per_gpu(clips_per_s: float, cpu_s_per_clip: float) -> float:
     return clips_per_s * cpu_s_per_clip
 
 
+def welch_less(a: list[float], b: list[float]) -> float:
+    """One-sided Welch test that mean(a) < mean(b)."""
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(a, b, equal_var=False, alternative="less").pvalue)
+
+
 def summarise(runs: list[dict]) -> dict:
     cpu = [r["cpu_s_per_clip"] for r in runs]
     return {"cpu_s_per_clip": round(statistics.mean(cpu), 4),
@@ -93,6 +100,13 @@ def render(res: dict) -> str:
         rows.append(f"| {name} | {a['cpu_s_per_clip']:.4f}{sd} | {base / a['cpu_s_per_clip']:.2f}x | "
                     f"{a['clips_per_s_per_core']:.1f} | {a['clips_per_s']:.2f} | {cores} | {a['skipped']} | "
                     f"{a['load_avg_1min'][0]} / {a['load_avg_1min'][1]} |")
+    names = list(res["arms"])
+    tests = []
+    for before, after in zip(names, names[1:]):
+        a = [r["cpu_s_per_clip"] for r in res["arms"][before]["runs"]]
+        b = [r["cpu_s_per_clip"] for r in res["arms"][after]["runs"]]
+        tests.append(f"- {after} against {before}: {statistics.mean(a) / statistics.mean(b):.2f}x less CPU per "
+                     f"clip, Welch one-sided p = {welch_less(b, a):.1g}")
     gop, intra = res["storage"]["gop"], res["storage"]["intra"]
     growth = 100.0 * (res["shard_bytes"]["intra"] / res["shard_bytes"]["gop"] - 1.0)
     return f"""# Loader levers: CPU cores to feed one GPU
@@ -114,6 +128,10 @@ both measured by plain torch in an earlier GPU session, not by this script) and 
 | arm | CPU-s per clip | vs decord | clips/s per core | clips/s (2 workers) | cores per GPU at {rates['eager']:.0f} / {rates['compile']:.0f} / {rates['goal_40pct_mfu']:.0f} clips/s | skipped | load avg start / end |
 |---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+Each lever against the arm above it ({res['repeats']} runs each, CPU-s per clip):
+
+{chr(10).join(tests)}
 
 Storage: the 180p proxy with the main stream's 1 s GOP is {gop['proxy_bytes_per_clip'] / 1e3:.0f} kB per clip
 ({gop['proxy_pct_of_main']:.1f}% of the main stream's {gop['main_bytes_per_clip'] / 1e3:.0f} kB); intra-only it is

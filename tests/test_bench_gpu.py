@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bench_helpers import load_benchmark
 from data_tools.config import load_config
@@ -59,3 +60,31 @@ def test_cpu_rehearsal_writes_consistent_figures(shards, tmp_path):
         assert loader["samples"] == 24 and loader["skipped"] == 0 and loader["cpu_s_per_clip"] > 0
     page = (tmp_path / "out" / "gpu.md").read_text()
     assert "| tiny | stage1 | eager | 2 |" in page and "CPU cores per GPU" in page
+
+
+def test_a_spent_budget_records_the_runs_it_skips(tmp_path):
+    res = bench_gpu.main(["--sizes", "tiny", "--recipes", "stage1", "joint", "--budget-s", "1e-9",
+                          "--matmul-n", "64", "--out", str(tmp_path)])
+    assert [(r["recipe"], r["mode"]) for r in res["runs"]] == [("stage1", "eager"), ("joint", "eager"),
+                                                               ("stage1", "compile"), ("joint", "compile")]
+    assert all(r["error"].startswith("not run") for r in res["runs"])
+    assert "not run" in (tmp_path / "gpu.md").read_text()
+
+
+def test_a_run_out_of_memory_is_retried_at_half_the_batch(tmp_path, monkeypatch):
+    batches = []
+
+    def fake_run(size, recipe, compile_, batch, *rest):
+        batches.append(batch)
+        if batch > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"size": size, "recipe": recipe, "mode": "eager", "batch": batch, "samples_per_s": 10.0,
+                "peak_memory_gib": 1.0, "startup_and_compile_s": 0.0}
+
+    monkeypatch.setattr(bench_gpu, "run_one", fake_run)
+    monkeypatch.setattr(bench_gpu, "flops_per_sample", lambda cfg, device: 1e9)
+    res = bench_gpu.main(["--sizes", "tiny", "--recipes", "stage1", "--modes", "eager", "--batch", "8",
+                          "--matmul-n", "64", "--out", str(tmp_path)])
+    assert batches == [8, 4, 2]
+    (run,) = res["runs"]
+    assert run["batch"] == 2 and run["model_tflops"] == pytest.approx(0.01)

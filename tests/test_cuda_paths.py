@@ -154,3 +154,37 @@ def test_spo_pairs_and_log_probs_match_cpu():
     assert results["cuda"][0].device.type == "cuda"
     _close(results["cuda"][0], results["cpu"][0])
     _close(results["cuda"][1], results["cpu"][1], atol=1e-2)
+
+
+def test_hdvila_mlm_static_path_on_gpu_matches_the_gathered_path_on_cpu():
+    """On a GPU the MLM loss projects every position (no gather); it must equal the CPU's masked-only loss,
+    and the masking drawn from a CPU generator must be the same tokens on both."""
+    from hdvila.models import create_model
+    from data_tools.loading.sampling import ClipSamplingConfig
+    from data_tools.loading.synthetic import synthetic_clip_batch
+
+    torch.manual_seed(0)
+    model = create_model("hdvila-tiny").eval()
+    v = model.config.video
+    sampling = ClipSamplingConfig(n_segments=2, num_frm=v.num_frm, hr_size=tuple(v.hr_size), lr_factor=v.lr_factor)
+    batch = synthetic_clip_batch(3, sampling, 24, model.config.text.vocab_size, seed=1)
+    inputs = {k: batch[k] for k in ("hr", "lr", "input_ids", "attention_mask")}
+    cpu = model.compute_losses(inputs, ("vtc", "mlm"), generator=torch.Generator().manual_seed(7))
+    gpu_model = copy.deepcopy(model).cuda()
+    gpu_inputs = {k: t.cuda() for k, t in inputs.items()}
+    gpu = gpu_model.compute_losses(gpu_inputs, ("vtc", "mlm"), generator=torch.Generator().manual_seed(7))
+    for key in ("vtc", "mlm", "loss"):
+        _close(gpu[key], cpu[key])
+
+
+def test_mask_tokens_on_gpu_from_a_cpu_generator_matches_cpu():
+    from hdvila.models import mask_tokens
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 30522, (8, 40), generator=g)
+    mask = torch.ones_like(ids)
+    special = (0, 100, 101, 102, 103)
+    cpu = mask_tokens(ids, mask, special, 103, 30522, 0.3, torch.Generator().manual_seed(4))
+    gpu = mask_tokens(ids.cuda(), mask.cuda(), special, 103, 30522, 0.3, torch.Generator().manual_seed(4))
+    for a, b in zip(gpu, cpu):
+        assert a.device.type == "cuda" and torch.equal(a.cpu(), b)

@@ -254,4 +254,6 @@ def test_synthetic_batches_have_the_loader_batches_shapes_and_types(shards):
     assert len(list(source)) == 4
     with pytest.raises(ValueError):
         synthetic_clip_batch(3, SMALL_CLIP, 40, vocab_size=50)
+    bert = synthetic_clip_batch(8, SMALL_CLIP, 40, 30522, special_ids=(0, 100, 101, 102, 103))
+    assert int(bert["input_ids"][bert["attention_mask"].bool()].min()) >= 104  # no [CLS]/[SEP]/[MASK] in texts
 

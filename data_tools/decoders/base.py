@@ -56,8 +56,8 @@ class _BuiltinBackend:
 
 
 _BUILTIN = ("decord", "pyav", "ffmpeg")
-# The default everywhere: PyAV uses 1.7x less CPU than decord per HD-VILA sample on 720p H.264 (its own seek
-# logic, non-reference frames skipped, lone keyframes decoded alone; docs/benchmarks/loader.md).
+# The default everywhere: PyAV uses 1.64x less CPU than decord per HD-VILA sample on 720p H.264 (its own seek
+# logic, non-reference frames skipped, lone keyframes decoded alone; docs/benchmarks/loader_levers.md).
 DEFAULT_BACKEND = "pyav"
 DECODER_BACKENDS: Registry[Factory | _BuiltinBackend] = Registry("decoder backend")
 for _name in _BUILTIN:

@@ -61,7 +61,8 @@ class PyAVReader(BaseReader):
         except self._av.error.FFmpegError as exc:
             raise DecodeError(f"pyav cannot open {self.label}: {short_message(exc)}") from None
         videos = container.streams.video
-        if not probe_decodes and videos and not (videos[0].codec_context.width and videos[0].codec_context.height):
+        ctx = videos[0].codec_context if videos else None
+        if not probe_decodes and ctx is not None and not (ctx.width and ctx.height):
             container.close()  # a container whose header lacks the size: let the probe decode to find it
             return self._open(probe_decodes=True)
         return container
@@ -105,6 +106,7 @@ class PyAVReader(BaseReader):
             meta = int(round(float(st.duration * self._tb * self._rate)))
         self._keys: list[int] | None = None  # keyframe indices, ascending
         self._leading_frames = False  # _keys[0] is frame 0 standing in for a missing first keyframe
+        self._lone_keyframes = True  # off after a lone-keyframe decode whose seek did not land on it
         self._key_ts: list[tuple[int, int]] = []  # (pts, dts) of each keyframe
         self._seek_by_dts = False
         self._first_pts = st.start_time if st.start_time is not None else 0
@@ -230,13 +232,14 @@ class PyAVReader(BaseReader):
             if frame.pts is not None and self._index_of(frame.pts) == t:
                 self.frames_decoded += 1
                 return self._to_rgb(frame)
+        self._lone_keyframes = False  # seeks land elsewhere in this file: stop paying for a wasted try
         return None
 
     def _decode_one(self, t: int, following: int | None = None) -> np.ndarray:
         self._target = t
         k = self._key_at_or_before(t)
         # A keyframe is decoded alone when the next request lies past the next keyframe (a seek either way).
-        if self._keys[k] == t and not (k == 0 and self._leading_frames):
+        if self._lone_keyframes and self._keys[k] == t and not (k == 0 and self._leading_frames):
             next_key = self._keys[k + 1] if k + 1 < len(self._keys) else None
             if following is None or (next_key is not None and following >= next_key):
                 frame = self._decode_keyframe_alone(t, k)

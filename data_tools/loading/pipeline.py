@@ -204,10 +204,20 @@ def _open_checked(source, backend: str, size: tuple[int, int], num_frames: int, 
     return reader
 
 
+_WARNED_NO_IFRAMES: set[str] = set()
+
+
 def _iframes(reader) -> list[int] | None:
-    """The reader's I-frame indices, or None from a backend that cannot tell (ffmpeg)."""
+    """The reader's I-frame indices, or None (with a warning, once per backend) from a backend that cannot
+    tell (ffmpeg): keyframes are then sampled as without keyframes_on_iframes."""
     keyframe_indices = getattr(reader, "keyframe_indices", None)
-    return list(keyframe_indices()) if keyframe_indices is not None else None
+    if keyframe_indices is None:
+        backend = getattr(reader, "backend", type(reader).__name__)
+        if backend not in _WARNED_NO_IFRAMES:
+            _WARNED_NO_IFRAMES.add(backend)
+            log.warning("keyframes_on_iframes: the %s backend cannot list I-frames; keyframes go anywhere", backend)
+        return None
+    return list(keyframe_indices())
 
 
 def decode_clip(mp4: bytes, proxy: bytes | None, meta: dict, cfg: ClipSamplingConfig, backend: str,
@@ -248,7 +258,8 @@ def clip_from_frames(frames: Any, cfg: ClipSamplingConfig, seed: int = 0) -> dic
     """The HD-VILA sample of `decode_clip`, from frames already in memory: [T, H, W, 3] uint8 (numpy or torch).
 
     Same plan (segments, canvas, crop, flip); frames are resized here with antialiased bilinear filtering
-    instead of inside the decoder, so pixels can differ slightly from decoding the file.
+    instead of inside the decoder, so pixels can differ slightly from decoding the file. Frames in memory have
+    no I-frames, so `keyframes_on_iframes` does not apply here.
     """
     x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
     if x.ndim != 4 or x.shape[-1] != 3:

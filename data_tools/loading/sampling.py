@@ -65,7 +65,8 @@ def segment_indices(num_frames: int, n_segments: int, num_frm: int, sample_rate:
     lo, hi = half, num_frames - 1 - half  # inclusive range of valid centres
     if hi < lo:  # only possible when rate == 0 and the clip is empty-ish
         lo = hi = (num_frames - 1) // 2
-    fitting = np.unique(np.asarray([k for k in (iframes or ()) if lo <= k <= hi], dtype=np.int64))
+    fitting = np.unique(np.asarray([k for k in (() if iframes is None else iframes) if lo <= k <= hi],
+                                   dtype=np.int64))
     if fitting.size and rng is not None:
         centres = np.sort(rng.choice(fitting, size=n_segments, replace=fitting.size < n_segments))
     elif rng is not None:

@@ -19,11 +19,12 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_i
     """
     specials = sorted(set(int(i) for i in special_ids))
     in_vocab = [i for i in specials if 0 <= i < vocab_size]
-    special = torch.tensor(specials, dtype=torch.long, device=input_ids.device)
     pick_draw, action, choice = _masking_draws(input_ids.shape, generator, input_ids.device,
                                                vocab_size - len(in_vocab))
 
-    eligible = attention_mask.bool() & ~torch.isin(input_ids, special)
+    eligible = attention_mask.bool()
+    for special_id in specials:  # scalar comparisons: no tensor of ids to copy to the device
+        eligible = eligible & (input_ids != special_id)
     picked = eligible & (pick_draw < prob)
     labels = torch.where(picked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
 
@@ -45,9 +46,17 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_i
 def _masking_draws(shape: torch.Size, generator: torch.Generator | None, device: torch.device,
                    replacements: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three draws of `mask_tokens`, in their order, from `generator` on its own device. Kept out of
-    compiled graphs (a torch.Generator argument cannot be traced): one graph break instead of three."""
+    compiled graphs (a torch.Generator argument cannot be traced): one graph break instead of three. Draws
+    made on the CPU for a GPU travel in one pinned, non-blocking copy, so the GPU's queue is not drained."""
     rng_device = generator.device if generator is not None else device
-    pick = torch.rand(shape, generator=generator, device=rng_device).to(device)
-    action = torch.rand(shape, generator=generator, device=rng_device).to(device)
-    choice = torch.randint(replacements, shape, generator=generator, device=rng_device).to(device)
-    return pick, action, choice
+    pick = torch.rand(shape, generator=generator, device=rng_device)
+    action = torch.rand(shape, generator=generator, device=rng_device)
+    choice = torch.randint(replacements, shape, generator=generator, device=rng_device)
+    if torch.device(rng_device) == torch.device(device):
+        return pick, action, choice
+    # float64 holds every id exactly (a vocabulary is far below 2**53), so one tensor carries all three
+    draws = torch.stack([pick.double(), action.double(), choice.double()])
+    if torch.device(device).type == "cuda":
+        draws = draws.pin_memory()
+    draws = draws.to(device, non_blocking=True)
+    return draws[0].to(pick.dtype), draws[1].to(action.dtype), draws[2].long()
