@@ -9,7 +9,8 @@ pixels, pinned, copied to the GPU every step as a real batch is), which measures
 - peak GPU memory (torch.cuda.max_memory_allocated) and the compile time (first window minus a steady one);
   runs are separated by a garbage collection, a compiler reset and an emptied CUDA cache, and a run that runs
   out of memory is retried at half the batch.
-Then the loader: clips/s and CPU-seconds per clip for the paper sampling with `--loader-workers` workers on
+Stage 1 eager and compiled are also profiled (torch.profiler over their last steps: self time per op and per
+op group, and the share of the wall time the GPU was busy). Then the loader: clips/s and CPU-seconds per clip for the paper sampling with `--loader-workers` workers on
 `--shards`, and the cores per GPU it takes to feed each run's samples/s.
 
 On a machine without CUDA the same code runs as a rehearsal (default: hdvila-tiny, fp32, a few steps), so
@@ -20,6 +21,7 @@ Usage (GPU): python benchmarks/bench_gpu.py --sizes paper --recipes stage1 stage
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import resource
@@ -105,8 +107,86 @@ def compile_seconds(records: list[dict], samples_per_window: int) -> float | Non
     return max(0.0, first - samples_per_window / steady_samples_per_s(records))
 
 
+# Op name fragments -> the groups a profile is summed into (first match wins); the rest is "other".
+OP_GROUPS = (
+    ("batch norm", ("batch_norm",)),
+    ("convolution", ("convolution", "conv2d", "cudnn_conv", "conv_")),
+    ("attention", ("attention", "flash", "sdpa", "efficient_attention")),
+    ("matrix products", ("addmm", "::mm", "bmm", "matmul", "linear", "gemm")),
+    ("optimizer", ("adam", "_foreach", "optimizer")),
+    ("copies and casts", ("copy_", "::to", "_to_copy", "memcpy", "contiguous", "clone")),
+    ("normalisation (layer)", ("layer_norm",)),
+    ("elementwise and activations", ("relu", "gelu", "add", "mul", "div", "sub", "silu", "softmax", "where")),
+)
+
+
+def op_group(name: str) -> str:
+    if name.startswith(("ProfilerStep", "## ")):  # a step's or a compiled graph's own time: no op ran in it
+        return "Python and framework (outside ops)"
+    low = name.lower()
+    for group, fragments in OP_GROUPS:
+        if any(fragment in low for fragment in fragments):
+            return group
+    return "other"
+
+
+def profile_summary(events, wall_s: float, steps: int, top: int = 25) -> dict:
+    """Self time per op (device time where there is a device, else CPU time), per op group, and how busy the
+    device was over the profiled steps' wall time."""
+    device = any(e.self_device_time_total > 0 for e in events)
+    key = "self_device_time_total" if device else "self_cpu_time_total"
+    ops = sorted(((e.key, getattr(e, key) / 1e6, e.count) for e in events), key=lambda t: -t[1])
+    total = sum(t for _, t, _ in ops) or 1e-12
+    groups: dict[str, float] = {}
+    for name, seconds, _ in ops:
+        groups[op_group(name)] = groups.get(op_group(name), 0.0) + seconds
+    return {"timer": "device" if device else "cpu", "steps": steps, "wall_s": round(wall_s, 4),
+            "profiled_s": round(total, 4), "busy_fraction": round(total / wall_s, 3) if device and wall_s else None,
+            "groups": {g: round(t / total, 4) for g, t in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"op": n, "share": round(t / total, 4), "ms_per_step": round(1e3 * t / steps, 3),
+                         "calls": c} for n, t, c in ops[:top]]}
+
+
+@contextlib.contextmanager
+def profiled_steps(skip: int, steps: int, sink: dict):
+    """torch.profiler over training steps skip+1 .. skip+steps of the run inside the block (the trainer's
+    `_train_step` is wrapped for the duration); the summary lands in `sink`."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from data_tools.training.trainer import Trainer
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    window: dict[str, float] = {}
+
+    def on_trace_ready(prof) -> None:
+        sink.update(profile_summary(prof.key_averages(), window["end"] - window["start"], steps))
+
+    original = Trainer._train_step
+    prof = profile(activities=activities, schedule=schedule(wait=skip, warmup=1, active=steps, repeat=1),
+                   on_trace_ready=on_trace_ready)
+    calls = {"n": 0}
+
+    def step(self) -> None:
+        if calls["n"] == skip + 1:
+            sync(self.device)
+            window["start"] = time.perf_counter()
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == skip + 1 + steps:
+            sync(self.device)
+            window["end"] = time.perf_counter()
+        prof.step()
+
+    Trainer._train_step = step
+    try:
+        with prof:
+            yield sink
+    finally:
+        Trainer._train_step = original
+
+
 def run_one(size: str, recipe: str, compile_: bool, batch: int, steps: int, log_every: int, precision: str,
-            work: Path, overrides: list[str]) -> dict:
+            work: Path, overrides: list[str], profile_steps: int = 0) -> dict:
     out = work / f"{size}-{recipe}-{'compile' if compile_ else 'eager'}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(PretrainConfig, f"pretrain/{size}", [
@@ -120,8 +200,13 @@ def run_one(size: str, recipe: str, compile_: bool, batch: int, steps: int, log_
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
+    profile: dict = {}
     try:
-        run_pretrain(cfg)
+        if profile_steps:  # the last profile_steps steps before the end, after start-up and compilation
+            with profiled_steps(max(0, steps - profile_steps - 1), profile_steps, profile):
+                run_pretrain(cfg)
+        else:
+            run_pretrain(cfg)
     finally:
         wall = time.perf_counter() - started
         release_memory()
@@ -134,7 +219,7 @@ def run_one(size: str, recipe: str, compile_: bool, batch: int, steps: int, log_
             "steps": steps, "precision": precision, "samples_per_s": round(sps, 2), "wall_s": round(wall, 1),
             "startup_and_compile_s": round(compile_seconds(records, log_every * batch) or 0.0, 1),
             "allocated_before_gib": round(before, 2), "zero_stage": cfg.train.zero_stage,
-            "deepspeed_config": cfg.train.deepspeed_config,
+            "deepspeed_config": cfg.train.deepspeed_config, "profile": profile or None,
             "peak_memory_gib": round(peak, 2), "memory_kind": "cuda allocated" if torch.cuda.is_available()
             else "process max RSS", "final_loss": round(records[-1]["loss"], 4), "overrides": overrides}
 
@@ -195,6 +280,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shards", default=None, help="shard folder for the loader measurement (none: skipped)")
     parser.add_argument("--loader-workers", type=int, default=None, help="default: all CPU cores")
     parser.add_argument("--loader-samples", type=int, default=400)
+    parser.add_argument("--profile", nargs="*", default=["stage1:eager", "stage1:compile"],
+                        help="RECIPE:MODE runs to profile (torch.profiler over their last --profile-steps steps)")
+    parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=420.0 if cuda else 0.0,
                         help="start no run after this many seconds (0: no limit); the loader goes first")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "hdvila-bench-gpu"))
@@ -258,8 +346,10 @@ def main(argv: list[str] | None = None) -> dict:
                             cfg = load_config(PretrainConfig, f"pretrain/{size}",
                                               [f"recipe={recipe}", *args.override])
                             flops[size, recipe] = flops_per_sample(cfg, device)
+                        wanted = f"{recipe}:{mode}" in args.profile
                         run = run_one(size, recipe, mode == "compile", batch, args.steps, args.log_every,
-                                      args.precision, work, args.override)
+                                      args.precision, work, args.override,
+                                      args.profile_steps if wanted else 0)
                         add_rates(run, flops[size, recipe], datasheet, measured)
                     except Exception as exc:  # a failing compile or an out-of-memory is a result, not a crash
                         release_memory()
@@ -299,6 +389,25 @@ def render(res: dict) -> str:
                          f"{l['clips_per_s_per_core']:.1f} | {feeds} |")
         loader = ("| keyframes | workers | clips/s | CPU-s per clip | clips/s per core | cores per GPU at each run's rate |\n"
                   "|---|---|---|---|---|---|\n" + "\n".join(lines))
+    profiles = []
+    for r in res["runs"]:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        groups = ", ".join(f"{g} {100 * share:.0f}%" for g, share in prof["groups"].items() if share >= 0.01)
+        busy = (f"; the device was busy {100 * prof['busy_fraction']:.0f}% of the wall time"
+                if prof.get("busy_fraction") is not None else "")
+        ops = "\n".join(f"| {o['op']} | {100 * o['share']:.1f}% | {o['ms_per_step']:.2f} | {o['calls']} |"
+                        for o in prof["top_ops"][:12])
+        profiles.append(f"""### {r['size']} {r['recipe']} {r['mode']}, batch {r['batch']}: {prof['steps']} steps ({prof['timer']} self time)
+
+By group: {groups}{busy}.
+
+| op | share | ms per step | calls |
+|---|---|---|---|
+{ops}
+""")
+    profile_text = "\n".join(profiles) or "No run was profiled."
     v = res["versions"]
     rehearsal = ""
     if res["datasheet_peak_tflops"] is None:
@@ -327,6 +436,10 @@ included, without the loader. samples/s is the mean over logged windows after th
 | model | recipe | mode | batch | samples/s | model TFLOP/s | MFU (datasheet) | MFU (measured peak) | peak memory (GiB) | startup + compile (s) |
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+## Profiles (torch.profiler)
+
+{profile_text}
 
 ## Loader: CPU cores per GPU
 

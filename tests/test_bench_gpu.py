@@ -16,6 +16,23 @@ from data_tools.media.testclips import make_indexed_clip
 bench_gpu = load_benchmark("bench_gpu")
 
 
+def test_profile_summary_groups_ops_and_measures_device_busy_time():
+    class Event:
+        def __init__(self, key, device_us, cpu_us, count=1):
+            self.key, self.self_device_time_total, self.self_cpu_time_total, self.count = key, device_us, cpu_us, count
+
+    events = [Event("aten::cudnn_batch_norm", 300_000, 10), Event("aten::convolution_backward", 200_000, 10),
+              Event("aten::_efficient_attention_forward", 100_000, 10), Event("ProfilerStep*", 0, 900_000)]
+    summary = bench_gpu.profile_summary(events, wall_s=1.2, steps=2)
+    assert summary["timer"] == "device" and summary["busy_fraction"] == 0.5  # 0.6 s of kernels in 1.2 s
+    assert summary["groups"] == {"batch norm": 0.5, "convolution": 0.3333, "attention": 0.1667,
+                                 "Python and framework (outside ops)": 0.0}
+    assert summary["top_ops"][0] == {"op": "aten::cudnn_batch_norm", "share": 0.5, "ms_per_step": 150.0, "calls": 1}
+    on_cpu = bench_gpu.profile_summary([Event("ProfilerStep*", 0, 600), Event("aten::addmm", 0, 400)], 1.0, 1)
+    assert on_cpu["timer"] == "cpu" and on_cpu["busy_fraction"] is None
+    assert on_cpu["groups"] == {"Python and framework (outside ops)": 0.6, "matrix products": 0.4}
+
+
 def test_peaks_rates_and_compile_time_arithmetic():
     assert bench_gpu.datasheet_peak_tflops("NVIDIA H200") == bench_gpu.datasheet_peak_tflops("NVIDIA H100 80GB HBM3")
     assert bench_gpu.datasheet_peak_tflops("NVIDIA GeForce RTX 4090") is None
@@ -60,6 +77,8 @@ def test_cpu_rehearsal_writes_consistent_figures(shards, tmp_path):
         assert loader["samples"] == 24 and loader["skipped"] == 0 and loader["cpu_s_per_clip"] > 0
     page = (tmp_path / "out" / "gpu.md").read_text()
     assert "| tiny | stage1 | eager | 2 |" in page and "CPU cores per GPU" in page
+    assert run["profile"]["steps"] == 3 and run["profile"]["timer"] == "cpu"  # stage1:eager is profiled
+    assert abs(sum(run["profile"]["groups"].values()) - 1.0) < 0.01 and "### tiny stage1 eager" in page
 
 
 def test_a_spent_budget_records_the_runs_it_skips(tmp_path):
