@@ -57,6 +57,34 @@ def summarise(runs: list[dict]) -> dict:
             "runs": [{k: r[k] for k in ("clips_per_s", "cpu_s_per_clip", "samples")} for r in runs]}
 
 
+def in_process_cpu_per_clip(shards: Path, backend: str, sampling, rounds: int = 3) -> float:
+    """`decode_clip` alone on every clip of the shards, `rounds` times, in this process: the decoding's own CPU,
+    without the loader (tar reading, the watchdog process, DataLoader transfer, collation)."""
+    import resource
+    import tarfile
+
+    from data_tools.loading.pipeline import decode_clip
+
+    samples: dict[str, dict[str, bytes]] = {}
+    for tar_path in sorted(shards.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                samples.setdefault(f"{tar_path.name}/{key}", {})[ext] = tar.extractfile(member).read()
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    start, n = cpu(), 0
+    for r in range(rounds):
+        for i, sample in enumerate(samples.values()):
+            decode_clip(sample["mp4"], sample.get("proxy.mp4"), json.loads(sample["json"]), sampling, backend,
+                        seed=1000 * r + i)
+            n += 1
+    return (cpu() - start) / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=320)
@@ -79,7 +107,10 @@ def main() -> None:
             r = run_loader(shards[which], 2, args.samples, backend=backend, sampling=sampling)
             runs[name].append(r)
             print(f"{name}: {r['clips_per_s']} clips/s, {r['cpu_s_per_clip']} CPU-s/clip", flush=True)
+    in_process = {name: round(in_process_cpu_per_clip(shards[which], backend, sampling), 4)
+                  for name, (which, backend, sampling) in ARMS.items()}
     results = {"machine": machine_line(), "samples": args.samples, "repeats": args.repeats,
+               "in_process_cpu_s_per_clip": in_process,
                "gpu_clips_per_s": {**H200_CLIPS_PER_S, "goal_40pct_mfu": GOAL_CLIPS_PER_S},
                "storage": {k: stream_bytes(v) for k, v in shards.items()},
                "shard_bytes": {k: sum(p.stat().st_size for p in v.glob("*.tar")) for k, v in shards.items()},
@@ -107,6 +138,10 @@ def render(res: dict) -> str:
         b = [r["cpu_s_per_clip"] for r in res["arms"][after]["runs"]]
         tests.append(f"- {after} against {before}: {statistics.mean(a) / statistics.mean(b):.2f}x less CPU per "
                      f"clip, Welch one-sided p = {welch_less(b, a):.1g}")
+    inproc = res.get("in_process_cpu_s_per_clip") or {}
+    overhead = "\n".join(
+        f"| {name} | {inproc[name]:.4f} | {a['cpu_s_per_clip']:.4f} | {1e3 * (a['cpu_s_per_clip'] - inproc[name]):.0f} |"
+        for name, a in res["arms"].items() if name in inproc)
     gop, intra = res["storage"]["gop"], res["storage"]["intra"]
     growth = 100.0 * (res["shard_bytes"]["intra"] / res["shard_bytes"]["gop"] - 1.0)
     return f"""# Loader levers: CPU cores to feed one GPU
@@ -132,6 +167,14 @@ both measured by plain torch in an earlier GPU session, not by this script) and 
 Each lever against the arm above it ({res['repeats']} runs each, CPU-s per clip):
 
 {chr(10).join(tests)}
+
+Where the CPU goes: `decode_clip` alone, in one process over every clip 3 times, against the loader. The
+difference is the loader's own work: reading the tars, handing each sample to the decode watchdog process
+and back, DataLoader transfer and collation, tokenising.
+
+| arm | decode alone (CPU-s per clip) | loader (CPU-s per clip) | loader's own (ms per clip) |
+|---|---|---|---|
+{overhead}
 
 Storage: the 180p proxy with the main stream's 1 s GOP is {gop['proxy_bytes_per_clip'] / 1e3:.0f} kB per clip
 ({gop['proxy_pct_of_main']:.1f}% of the main stream's {gop['main_bytes_per_clip'] / 1e3:.0f} kB); intra-only it is

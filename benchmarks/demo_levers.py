@@ -45,6 +45,9 @@ ARMS: dict[str, list[str]] = {
     # with --demo pointing at a --group-batches corpus: every batch is one factorial group of 16 training clips
     # (2 shapes x 2 colours x 2 motions x 2 backgrounds), so only shape and motion tell its clips apart
     "group-batches": ["data.shuffle_buffer=0"],
+    # every backbone BatchNorm frozen (running statistics at their initial values: an affine map that still
+    # trains) and folded into its convolution, the GPU-speed lever of docs/gpu.md, here from scratch
+    "norm-eval-folded": ["model_overrides.video.norm_eval=true", "model_overrides.video.fold_norm=true"],
     # with --demo pointing at the 464-video corpus: the levers together
     "data464-lr2-depth2": ["model_overrides.video.lr_factor=2", "model_overrides.video.temporal_depth=2"],
 }

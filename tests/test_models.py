@@ -654,3 +654,54 @@ def test_init_from_local_hf_bert(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="hidden_size"):
         tiny(text={"init_from": str(tmp_path / "bert"), "hidden": 128, "heads": 2})
+
+
+@pytest.mark.parametrize("name", ["hdvila-tiny", "hdvila-small"])
+def test_folded_batchnorms_compute_what_frozen_batchnorms_do(name):
+    """fold_norm: every backbone BatchNorm folded into its convolution; same outputs, gradients and weights."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    torch.manual_seed(0)
+    frozen = create_model(name, video={"norm_eval": True})
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # statistics and affine maps far from the identity, as after real training
+        for bn in (m for m in frozen.video.modules() if isinstance(m, _BatchNorm)):
+            bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.5)
+            bn.running_var.copy_(torch.rand(bn.num_features, generator=g) * 2 + 0.2)
+            bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+            bn.bias.copy_(torch.randn(bn.num_features, generator=g) * 0.2)
+    folded = create_model(name, video={"norm_eval": True, "fold_norm": True})
+    assert list(folded.state_dict()) == list(frozen.state_dict())  # checkpoints unchanged
+    folded.load_state_dict(frozen.state_dict())
+    norms = [m for m in folded.video.modules() if isinstance(m, _BatchNorm)]
+    assert folded.video.folded_norms == len(norms) > 0
+    assert all(type(m).__name__ == "_FoldedAwayBatchNorm2d" for m in norms)
+    batch = make_batch(frozen, b=2)
+    outputs = []
+    for model in (frozen, folded):
+        model.train()  # norm_eval keeps the BatchNorms in eval mode: running statistics do not move
+        model.zero_grad()
+        video_emb, _, _ = model._encode_video(batch["hr"], batch["lr"])
+        video_emb.square().sum().backward()
+        first_bn = next(m for m in model.video.hr_backbone.modules() if isinstance(m, _BatchNorm))
+        outputs.append((video_emb.detach(), model.video.hr_backbone.conv1[0].weight.grad.clone()
+                        if isinstance(model.video.hr_backbone.conv1, torch.nn.Sequential)
+                        else model.video.hr_backbone.conv1.weight.grad.clone(), first_bn.weight.grad.clone()))
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="norm_eval"):
+        create_model(name, video={"fold_norm": True})
+
+
+def test_fold_norm_is_refused_under_zero3():
+    from data_tools.config import load_config
+    from data_tools.training.config import TrainConfig
+    from data_tools.training.trainer import zero_stage_of
+    from hdvila.recipes.pretrain import PretrainConfig, build_model
+
+    assert zero_stage_of(TrainConfig(deepspeed_config="zero2")) == 2
+    assert zero_stage_of(TrainConfig(deepspeed_config="zero1", zero_stage=3)) == 3
+    folding = ["model=hdvila-tiny", "model_overrides={video: {norm_eval: true, fold_norm: true}}"]
+    assert build_model(load_config(PretrainConfig, None, folding + ["train.deepspeed_config=zero2"])).video.folded_norms
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        build_model(load_config(PretrainConfig, None, folding + ["train.deepspeed_config=zero3"]))

@@ -56,7 +56,7 @@ class _BuiltinBackend:
 
 
 _BUILTIN = ("decord", "pyav", "ffmpeg")
-# The default everywhere: PyAV uses 1.64x less CPU than decord per HD-VILA sample on 720p H.264 (its own seek
+# The default everywhere: PyAV uses 1.62x less CPU than decord per HD-VILA sample on 720p H.264 (its own seek
 # logic, non-reference frames skipped, lone keyframes decoded alone; docs/benchmarks/loader_levers.md).
 DEFAULT_BACKEND = "pyav"
 DECODER_BACKENDS: Registry[Factory | _BuiltinBackend] = Registry("decoder backend")

@@ -148,6 +148,14 @@ def resolve_deepspeed_config(name_or_path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"DeepSpeed config not found: {exc}") from None
 
 
+def zero_stage_of(cfg: TrainConfig) -> int:
+    """The ZeRO stage a run will use: train.zero_stage, else the stage in its DeepSpeed JSON (0 if none)."""
+    if cfg.zero_stage is not None:
+        return int(cfg.zero_stage)
+    ds = json.loads(resolve_deepspeed_config(cfg.deepspeed_config).read_text(encoding="utf-8"))
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
 def build_deepspeed_config(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """The DeepSpeed JSON (a shipped name such as zero1, or a file) with batch sizes, clipping, precision and the
     ZeRO stage filled in."""

@@ -35,6 +35,10 @@ class VideoEncoderConfig:
     hr_size: tuple[int, int] = (640, 1024)  # keyframe (height, width)
     lr_factor: int = 4  # neighbours are hr_size / lr_factor
     norm_eval: bool = False  # keep every BatchNorm in eval mode while training (running stats frozen)
+    # With norm_eval: fold each frozen BatchNorm of the backbones into the convolution before it (one conv
+    # with per-channel scaled weights and a bias instead of conv + a memory-bound pass over the activations).
+    # The same function, weights and checkpoints; not with ZeRO-3 (the conv reads the BatchNorm's parameters).
+    fold_norm: bool = False
     channels_last: bool = True  # backbone activations in channels_last (NHWC) memory format
     pretrained_path: str | None = None  # local .safetensors/.pth for the HR backbone (timm key names)
     lr_pretrained_path: str | None = None  # for the LR backbone; None = pretrained_path
@@ -90,6 +94,8 @@ class HDVILAConfig:
     special_ids: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # never masked by MLM
 
     def __post_init__(self) -> None:
+        if self.video.fold_norm and not self.video.norm_eval:
+            raise ValueError("video.fold_norm needs video.norm_eval: only a frozen BatchNorm is a fixed affine map")
         if self.video.num_frm < 1 or self.video.num_frm % 2 != 1:
             raise ValueError(f"video.num_frm must be odd (the middle frame is the keyframe), got {self.video.num_frm}")
         if self.video.d % self.video.temporal_heads:

@@ -95,6 +95,60 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     log.info("loaded %d backbone tensors from %s", len(loaded), path)
 
 
+class _FoldedConv2d(nn.Conv2d):
+    """A convolution that applies the frozen BatchNorm after it to its own weights: conv(x, W * s) + b with
+    s = gamma / sqrt(running_var + eps), b = beta - running_mean * s (+ its own bias * s). Gradients reach W,
+    gamma and beta as through conv + BatchNorm in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self._folded_bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        bias = bn.bias - bn.running_mean * scale
+        if self.bias is not None:
+            bias = bias + self.bias * scale
+        return self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), bias)
+
+
+class _FoldedAwayBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm whose affine map the convolution before it applies: here the identity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _fold_pair(conv: nn.Module, bn: nn.Module) -> bool:
+    if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
+        return False
+    if not bn.affine or bn.running_mean is None or conv.out_channels != bn.num_features:
+        return False
+    conv.__class__ = _FoldedConv2d  # same parameters and state-dict keys, another forward
+    object.__setattr__(conv, "_folded_bn", bn)  # a plain reference, not a submodule
+    bn.__class__ = _FoldedAwayBatchNorm2d
+    return True
+
+
+def fold_frozen_batchnorms(module: nn.Module) -> int:
+    """Fold every BatchNorm2d that directly follows a Conv2d (timm's ResNet layout: `convN` then `bnN` in a
+    block or the stem, also when `convN` is a deep stem ending in a convolution; consecutive items of a
+    Sequential) into that convolution. Only right for BatchNorms kept in eval mode. Returns the pairs folded."""
+    folded = 0
+    for parent in module.modules():
+        children = dict(parent.named_children())
+        if isinstance(parent, nn.Sequential):
+            items = list(children.values())
+            folded += sum(_fold_pair(a, b) for a, b in zip(items, items[1:]))
+        for name, child in children.items():
+            suffix = name[len("conv"):]
+            if not name.startswith("conv") or not (suffix == "" or suffix.isdigit()):
+                continue
+            bn = children.get("bn" + name[4:])
+            if bn is None:
+                continue
+            conv = child[-1] if isinstance(child, nn.Sequential) and len(child) else child
+            folded += _fold_pair(conv, bn)
+    return folded
+
+
 class HybridVideoEncoder(nn.Module):
     def __init__(self, cfg: VideoEncoderConfig):
         super().__init__()
@@ -118,6 +172,8 @@ class HybridVideoEncoder(nn.Module):
         self.grid = cfg.nominal_grid(self.reduction)
         self.temporal = DividedSpaceTimeTransformer(d, cfg.temporal_depth, cfg.temporal_heads,
                                                     cfg.temporal_mlp_ratio, cfg.drop_path, self.grid, cfg.num_frm)
+        if cfg.fold_norm:
+            self.folded_norms = fold_frozen_batchnorms(self.hr_backbone) + fold_frozen_batchnorms(self.lr_backbone)
         # x * scale + shift == (x / 255 - mean) / std on the 0-255 scale, in one fused pass
         std = torch.tensor(IMAGENET_STD) * 255.0
         mean = torch.tensor(IMAGENET_MEAN) * 255.0

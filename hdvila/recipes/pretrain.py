@@ -18,7 +18,7 @@ from data_tools.logs import get_logger
 from data_tools.training import distributed as D
 from data_tools.training.config import OptimConfig, TrainConfig
 from data_tools.training.run import run_summary, start_run, step_generator
-from data_tools.training.trainer import Trainer, move_to_device
+from data_tools.training.trainer import Trainer, move_to_device, zero_stage_of
 
 from ..encoder import InferenceConfig
 from ..models import HDVILA, create_model
@@ -45,7 +45,7 @@ class PretrainDataConfig:
     sample_rate: int = 12
     canvas_short_side: int | None = None  # scale frames to this short side before cropping (None: native)
     hflip_prob: float = 0.0
-    keyframes_on_iframes: bool = False  # segment centres on the 1 s I-frame grid: 1.4x less loader CPU
+    keyframes_on_iframes: bool = False  # segment centres on the 1 s I-frame grid: 1.42x less loader CPU
     max_text_len: int = 40
     tokenizer: str | None = None  # None = the committed default vocabulary
     val_segments: int = 2
@@ -153,6 +153,10 @@ def build_model(cfg: PretrainConfig) -> HDVILA:
         raise ValueError(f"vtm: true needs a matching head, and {cfg.init_from or cfg.model} was saved without one")
     if cfg.recipe == "stage2":
         model.freeze_stage1()
+    if model.config.video.fold_norm and zero_stage_of(cfg.train) == 3:
+        # ZeRO-3 gathers a module's parameters when that module runs; a folded convolution reads its
+        # BatchNorm's parameters before the BatchNorm runs
+        raise ValueError("video.fold_norm cannot run under ZeRO-3; use zero0-2 or fold_norm: false")
     return model
 
 
