@@ -31,6 +31,13 @@ Subcommands import their packages lazily so `hdvila --help` stays fast. Configs 
     hdvila animate run --model RUN/animator --image FACE.png --text "the person smiles" --out out.mp4
     hdvila animate crops SOURCE... --out DIR [--size 64] [--detector mtcnn|none]
     hdvila animate eval --model RUN/animator [--faces 8] [--out metrics.json] [--gan-ceiling]
+    hdvila heads train-prior --config heads/<name> [key=value ...]
+    hdvila heads prior-from-gan --gan RUN/gan --out PRIOR
+    hdvila heads measure-prior --prior PRIOR [--faces 500] [--split val|test] [--out report.json]
+    hdvila heads train-manipulation --config heads/<name> [use_text=false ...]
+    hdvila heads manipulate --model RUN/manipulator --image FACE.png --text "she smiles" --out OUT.png
+    hdvila heads train-superres --config heads/<name> [use_text=false ...]
+    hdvila heads superres --model RUN/superres --image LR.png --text "a person ..." --scale 4 --out OUT.png
     hdvila demo [--out DIR] [--pretrain-steps N]
 """
 from __future__ import annotations
@@ -84,8 +91,8 @@ def print_summary(summary: dict | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hdvila.cli import (animate, bridge, data, demo, diffusion, instruct, pretrain, pretrained, retrieval, serve,
-                            spo)
+    from hdvila.cli import (animate, bridge, data, demo, diffusion, heads, instruct, pretrain, pretrained, retrieval,
+                            serve, spo)
 
     parser = argparse.ArgumentParser(prog="hdvila", description="HD-VILA video-language platform")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
@@ -93,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the `deepspeed` launcher passes --local_rank; LOCAL_RANK in the environment says the same
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (data, pretrain, pretrained, retrieval, serve, diffusion, instruct, spo, bridge, animate, demo):
+    for group in (data, pretrain, pretrained, retrieval, serve, diffusion, instruct, spo, bridge, animate, heads, demo):
         group.add_parser(sub)
     return parser
 

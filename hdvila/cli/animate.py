@@ -8,7 +8,7 @@ from pathlib import Path
 from hdvila.cli import add_training_command, print_summary, training_config
 
 
-def _hdvila_text_encoder(path: str):
+def hdvila_text_encoder(path: str):
     """The HD-VILA text encoder as a plain callable for the animation package (which never imports hdvila)."""
     import hdvila
 
@@ -26,14 +26,14 @@ def cmd_animate_train(args: argparse.Namespace) -> int:
     from animation.animator import AnimatorConfig, run_train_animator
 
     cfg = training_config(AnimatorConfig, args)
-    return print_summary(run_train_animator(cfg, _hdvila_text_encoder(cfg.text_model), resume=args.resume,
+    return print_summary(run_train_animator(cfg, hdvila_text_encoder(cfg.text_model), resume=args.resume,
                                             progress=not args.quiet))
 
 
 def cmd_animate_run(args: argparse.Namespace) -> int:
     from animation.animator import animate_file, exported_text_model
 
-    text_encoder = _hdvila_text_encoder(args.text_model or exported_text_model(args.model))
+    text_encoder = hdvila_text_encoder(args.text_model or exported_text_model(args.model))
     out, sheet = animate_file(args.model, args.image, args.text, args.out, text_encoder=text_encoder,
                               frames=args.frames, fps=args.fps, seed=args.seed, device=args.device)
     print(f"wrote {out} ({args.frames} frames) and the contact sheet {sheet}")
@@ -57,7 +57,7 @@ def cmd_animate_eval(args: argparse.Namespace) -> int:
     from data_tools.files import atomic_write_json
     from data_tools.images import save_image_grid
 
-    text_encoder = _hdvila_text_encoder(args.text_model or exported_text_model(args.model))
+    text_encoder = hdvila_text_encoder(args.text_model or exported_text_model(args.model))
     metrics, clips, _ = evaluate_animator(args.model, text_encoder,
                                           faces=args.faces, frames=args.frames, seed=args.seed,
                                           with_gan_ceiling=args.gan_ceiling, sentences=args.sentences)

@@ -1,0 +1,402 @@
+"""Text-to-visual manipulation (HD-VILA supplement D.3): edit a face by a sentence in the W+ space of a prior.
+
+    hdvila heads train-manipulation --config heads/faces32-manipulation
+    hdvila heads manipulate --model RUN/manipulator --image face.png --text "she smiles" --out edited.png
+
+The input image is inverted into W+ by the prior's encoder (plus a few optimisation steps): that is the visual
+embedding's path to its W+ code. The sentence is embedded by a frozen text encoder the caller supplies (the CLI
+wires HD-VILA's `encode_text`; this package never imports `hdvila`), and the mapper (`heads.mapper`) turns
+(w, sentence) into a W+ offset; the generator renders w + Δw.
+
+Losses (weights in `loss`), all through the frozen generator:
+- text: the edited face must match its sentence by a frozen image-text scorer that is not the input encoder
+  (`animation.oracle.FaceTextScorer`), contrastively against the batch's other sentences (of other actions);
+- offset: mean squared Δw in units of w's spread (StyleCLIP's latent L2);
+- keep: what the sentence does not name must not move. The frozen attribute oracle reads the identity factors
+  and the expression factors the action leaves alone on G(w) and G(w + Δw); their squared change is the loss.
+  The oracle never sees the factors an action targets, so it does not teach the edit itself; the evaluation
+  reads those with the same oracle, which is why the text term alone has to produce them.
+
+The export (RUN/manipulator) is a pretrained folder of kind "text-manipulator": the mapper's weights and config;
+the prior and text model are referenced by path. `TextManipulator.from_pretrained` loads it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import data_tools.training.distributed as dist
+from data_tools.config import dump_config, from_dict
+from data_tools.images import save_image_grid
+from data_tools.logs import get_logger
+from data_tools.pretrained import PretrainedMixin
+from data_tools.training.config import OptimConfig, TrainConfig
+from data_tools.training.run import run_summary, start_run
+from data_tools.training.trainer import Trainer
+
+from animation.faces import ACTIONS, action_sentences, face_tensors
+from animation.inversion import invert
+from animation.motion import contrastive_text_loss, single_text_loss
+from animation.stylegan2 import Generator
+
+from .attributes import touched
+from .mapper import MapperConfig, TextMapper, offset_penalty
+from .prior import FaceSplit, load_prior
+
+log = get_logger(__name__)
+TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # sentences -> [N, D]
+ACTION_NAMES = [a.name for a in ACTIONS]
+# [A, F] True where the oracle's reading must stay: identity factors and the expression factors an action leaves
+KEEP_MASK = torch.tensor(np.stack([~touched(name) for name in ACTION_NAMES]))
+
+
+@dataclass
+class ManipulationLossConfig:
+    text: float = 1.0
+    contrastive: bool = True  # InfoNCE over the batch's sentences (distinct actions); false: 1 - cos
+    temperature: float = 0.07
+    offset: float = 0.1
+    keep: float = 10.0  # squared change of the oracle's kept factors, in units of their range
+
+
+@dataclass
+class ManipulationConfig:
+    prior_dir: str = "runs/heads/faces32-prior/prior"
+    text_model: str = "runs/demo/pretrain/pretrained"  # HD-VILA pretrained folder for encode_text (wired by the CLI)
+    cache_dir: str = "runs/heads/cache"  # the frozen oracle and scorer (shared with the animator's settings)
+    oracle: dict = field(default_factory=dict)
+    scorer: dict = field(default_factory=dict)
+    faces: int = 4096  # training faces, train-side identities
+    invert_steps: int = 0  # optimisation steps after the prior's encoder (training faces and inference)
+    split: FaceSplit = field(default_factory=FaceSplit)
+    hidden: int = 256
+    layers: int = 3
+    use_text: bool = True  # false: the no-text ablation (the mapper sees no sentence)
+    output_dir: str = "runs/heads/faces32-manipulation"
+    loss: ManipulationLossConfig = field(default_factory=ManipulationLossConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1500, batch_size=16, seed=0,
+                                                                   deepspeed_config="zero0", grad_clip=0.0,
+                                                                   log_every=50, save_every=500))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, betas=(0.9, 0.99),
+                                                                   weight_decay=0.0, schedule="cosine",
+                                                                   warmup_ratio=0.02))
+
+
+class ManipulationModel(PretrainedMixin, nn.Module):
+    """Frozen generator + trainable mapper. Its pretrained folder holds the mapper only (the generator comes from
+    the prior folder its config names)."""
+
+    pretrained_kind = "text-manipulator"
+
+    def __init__(self, generator: Generator, mapper: TextMapper, config: dict):
+        super().__init__()
+        self.generator = generator.eval().requires_grad_(False)
+        self.mapper, self.config = mapper, dict(config)
+
+    def train(self, mode: bool = True) -> "ManipulationModel":
+        super().train(mode)
+        self.generator.eval()  # frozen: never in training mode
+        return self
+
+    def forward(self, w: torch.Tensor, text_emb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        dw = self.mapper(w, text_emb)
+        return dw, self.generator.synthesis(w + dw, noise_mode="const")
+
+    def pretrained_config(self) -> dict:
+        return {**self.config, "mapper": asdict(self.mapper.cfg)}
+
+    @classmethod
+    def from_pretrained_config(cls, config: dict, meta: dict) -> "ManipulationModel":
+        generator, _ = load_prior(config["prior_dir"])
+        return cls(generator, TextMapper(from_dict(MapperConfig, config["mapper"])), config).eval()
+
+    def pretrained_weights(self) -> dict:
+        return {"model": {k: v for k, v in self.state_dict().items() if not k.startswith("generator.")}}
+
+    def load_pretrained_weights(self, folder, map_location) -> None:
+        from safetensors.torch import load_file
+
+        missing, unexpected = self.load_state_dict(load_file(str(folder.weights["model"]), device=str(map_location)),
+                                                    strict=False)
+        missing = [k for k in missing if not k.startswith("generator.")]
+        if missing or unexpected:
+            raise ValueError(f"manipulator weights do not fit: missing {missing}, unexpected {unexpected}")
+
+
+# ------------------------------------------------------------------------------------------------ frozen parts
+
+@dataclass
+class Judges:
+    oracle: nn.Module
+    scorer: nn.Module
+
+
+def get_judges(cache_dir: str | Path, size: int, oracle: dict | None = None, scorer: dict | None = None) -> Judges:
+    """The frozen attribute oracle and image-text scorer (trained once per settings, cached)."""
+    from animation.oracle import get_oracle, get_scorer
+
+    return Judges(get_oracle(cache_dir, size=size, **(oracle or {})).eval().requires_grad_(False),
+                  get_scorer(cache_dir, size=size, **(scorer or {})).eval().requires_grad_(False))
+
+
+def invert_images(generator: Generator, encoder, images: torch.Tensor, steps: int, progress: bool = False
+                  ) -> torch.Tensor:
+    """W+ codes of images: the prior's encoder, then `steps` of optimisation (0: the encoder alone)."""
+    if steps == 0:
+        return encoder.encode(images)
+    return invert(generator, images, steps=steps, init="encoder", encoder=encoder, progress=progress).ws
+
+
+class ManipulationBatches:
+    """B training faces and B sentences of distinct actions (so the contrastive loss has true negatives); a new
+    seeded draw every epoch."""
+
+    def __init__(self, ws: torch.Tensor, sentence_action: torch.Tensor, text_emb: torch.Tensor,
+                 scorer_emb: torch.Tensor, batch_size: int, seed: int, steps_per_epoch: int = 100):
+        self.ws, self.sentence_action, self.text_emb, self.scorer_emb = ws, sentence_action, text_emb, scorer_emb
+        self.batch_size, self.seed, self.steps, self.epoch = batch_size, seed, steps_per_epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch + dist.rank() * 104_729)
+        by_action = [torch.nonzero(self.sentence_action == a).flatten() for a in range(len(ACTION_NAMES))]
+        for _ in range(self.steps):
+            faces = torch.randint(len(self.ws), (self.batch_size,), generator=gen)
+            order = torch.randperm(len(ACTION_NAMES), generator=gen)
+            actions = order[torch.arange(self.batch_size) % len(order)]
+            sentence = torch.stack([by_action[a][torch.randint(len(by_action[a]), (1,), generator=gen)][0]
+                                    for a in actions.tolist()])
+            yield {"w": self.ws[faces], "text_emb": self.text_emb[sentence], "scorer_emb": self.scorer_emb[sentence],
+                   "action": actions}
+
+
+class ManipulationObjective:
+    def __init__(self, cfg: ManipulationConfig, judges: Judges, output_dir: Path,
+                 preview: Callable[[nn.Module], torch.Tensor] | None = None):
+        self.cfg, self.judges, self.output_dir, self.preview = cfg, judges, output_dir, preview
+
+    def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        lc, module = self.cfg.loss, getattr(model, "module", model)
+        w, action = batch["w"], batch["action"]
+        dw, edited = model(w, batch["text_emb"] if self.cfg.use_text else None)
+        image_emb = self.judges.scorer.encode_images(edited)
+        if lc.contrastive:
+            same = action[:, None] == action[None, :]
+            text = contrastive_text_loss(image_emb, batch["scorer_emb"], lc.temperature, same_text=same)
+        else:
+            text = single_text_loss(image_emb, batch["scorer_emb"])
+        with torch.no_grad():
+            before = self.judges.oracle(module.generator.synthesis(w, noise_mode="const"))
+        keep_mask = KEEP_MASK.to(w.device)[action]
+        keep = ((self.judges.oracle(edited) - before).square() * keep_mask).sum() / keep_mask.sum().clamp(min=1)
+        terms = {"text": text, "offset": offset_penalty(dw, module.mapper.w_std), "keep": keep}
+        total = sum(getattr(lc, k) * v for k, v in terms.items())
+        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, step: int) -> dict[str, float]:
+        if self.preview is not None and dist.is_main():
+            sheet = self.preview(getattr(model, "module", model))
+            path = self.output_dir / "samples" / f"step{step:07d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image_grid(sheet, path, nrow=len(PREVIEW_ACTIONS) + 1, scale=3)
+        return {}
+
+
+PREVIEW_ACTIONS = ["smile", "frown", "open_mouth", "close_eyes", "raise_brows", "turn_left", "turn_right"]
+
+
+# ------------------------------------------------------------------------------------------------ inference
+
+class TextManipulator:
+    """Everything `heads manipulate` needs: the mapper with its generator, the prior's encoder and a text
+    encoder. `edit(images, texts)` returns (edited images, W+ codes of the inputs, offsets)."""
+
+    def __init__(self, model: ManipulationModel, encoder, text_encoder: TextEncoder | None, invert_steps: int = 0):
+        self.model, self.encoder, self.text_encoder = model.eval(), encoder, text_encoder
+        self.invert_steps = invert_steps
+
+    @property
+    def resolution(self) -> int:
+        return self.model.generator.cfg.resolution
+
+    def prepare_images(self, images) -> torch.Tensor:
+        from data_tools.images import from_uint8_images, resize_images
+
+        x = torch.as_tensor(images)
+        if x.dtype == torch.uint8:  # [N, H, W, 3] or [H, W, 3]
+            x = from_uint8_images(x.numpy() if x.ndim == 4 else x.numpy()[None])
+        if x.ndim == 3:
+            x = x[None]
+        return resize_images(x.float(), self.resolution)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor | None:
+        if not self.model.mapper.cfg.use_text:
+            return None
+        if self.text_encoder is None:
+            raise ValueError("this manipulator reads text: give it a text encoder")
+        return self.text_encoder(list(texts)).float().cpu()
+
+    def invert(self, images: torch.Tensor) -> torch.Tensor:
+        return invert_images(self.model.generator, self.encoder, images, self.invert_steps)
+
+    @torch.no_grad()
+    def edit_codes(self, w: torch.Tensor, text_emb: torch.Tensor | None, batch_size: int = 256
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        outs, offsets = [], []
+        for i in range(0, len(w), batch_size):
+            dw, img = self.model(w[i:i + batch_size], None if text_emb is None else text_emb[i:i + batch_size])
+            outs.append(img)
+            offsets.append(dw)
+        return torch.cat(outs), torch.cat(offsets)
+
+    def edit(self, images, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.prepare_images(images)
+        if len(texts) != len(x):
+            raise ValueError(f"{len(x)} images but {len(texts)} sentences")
+        w = self.invert(x)
+        edited, dw = self.edit_codes(w, self.encode_texts(texts))
+        return edited, w, dw
+
+    def save_pretrained(self, directory: str | Path, run_config: ManipulationConfig | None = None) -> Path:
+        extra = {"run_config.yaml": dump_config(run_config)} if run_config is not None else None
+        return self.model.save_pretrained(directory, extra_files=extra)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, text_encoder: TextEncoder | None,
+                        map_location: str | torch.device = "cpu") -> "TextManipulator":
+        model = ManipulationModel.from_pretrained(directory, map_location=map_location)
+        _, encoder = load_prior(model.config["prior_dir"], map_location=map_location)
+        return cls(model, encoder, text_encoder, int(model.config.get("invert_steps", 0)))
+
+
+def manipulate_file(model_dir: str | Path, image: str | Path, text: str, out: str | Path, *,
+                    text_encoder: TextEncoder | None, device: str = "cpu") -> Path:
+    """`hdvila heads manipulate`: edit the face in an image file by a sentence; writes `out` (PNG) as the input's
+    reconstruction beside the edit, upscaled for viewing."""
+    from data_tools.images import read_image_file
+
+    runner = TextManipulator.from_pretrained(model_dir, text_encoder, map_location=device)
+    pixels = read_image_file(image)
+    edited, w, _ = runner.edit(pixels, [text])
+    with torch.no_grad():
+        recon = runner.model.generator.synthesis(w, noise_mode="const")
+    return save_image_grid(torch.cat([runner.prepare_images(pixels), recon, edited]).cpu(), out, nrow=3,
+                           scale=max(1, 128 // runner.resolution))
+
+
+# ------------------------------------------------------------------------------------------------ baseline
+
+def optimise_edits(generator: Generator, w: torch.Tensor, scorer_emb: torch.Tensor, actions: Sequence[str],
+                   judges: Judges, *, steps: int = 100, lr: float = 0.05, loss: ManipulationLossConfig | None = None,
+                   batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """StyleCLIP-style latent optimisation: one W+ offset per (image, sentence), Adam on 1 - cos(scorer(G(w+Δw)),
+    sentence) + the mapper's offset and keep terms with the same weights. No network is trained, so every edit
+    pays `steps` generator forward and backward passes. `lr` is in units of w's spread. Returns (edited, Δw)."""
+    from animation.inversion import frozen, w_statistics
+
+    lc = loss or ManipulationLossConfig()
+    _, w_std = w_statistics(generator)
+    keep_mask = KEEP_MASK[[ACTION_NAMES.index(a) for a in actions]]
+    outs, offsets = [], []
+    with frozen(generator):
+        for i in range(0, len(w), batch_size):
+            wb, target, mask = w[i:i + batch_size], scorer_emb[i:i + batch_size], keep_mask[i:i + batch_size]
+            with torch.no_grad():
+                before = judges.oracle(generator.synthesis(wb, noise_mode="const"))
+            dw = torch.zeros_like(wb, requires_grad=True)
+            opt = torch.optim.Adam([dw], lr=lr * float(w_std))
+            for _ in range(steps):
+                edited = generator.synthesis(wb + dw, noise_mode="const")
+                text = 1 - torch.cosine_similarity(judges.scorer.encode_images(edited), target, dim=-1)
+                keep = ((judges.oracle(edited) - before).square() * mask).sum(1) / mask.sum(1).clamp(min=1)
+                per_image = (lc.text * text + lc.offset * (dw / w_std).square().mean(dim=(1, 2)) + lc.keep * keep)
+                opt.zero_grad(set_to_none=True)
+                per_image.sum().backward()
+                opt.step()
+            with torch.no_grad():
+                outs.append(generator.synthesis(wb + dw, noise_mode="const"))
+                offsets.append(dw.detach().clone())
+    return torch.cat(outs), torch.cat(offsets)
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+def prepare_training(cfg: ManipulationConfig, text_encoder: TextEncoder | None, progress: bool = True):
+    """(generator, encoder, judges, batches) for a run: training faces inverted, sentences embedded by both
+    encoders."""
+    generator, encoder = load_prior(cfg.prior_dir)
+    size = generator.cfg.resolution
+    judges = get_judges(cfg.cache_dir, size, cfg.oracle, cfg.scorer)
+    images = face_tensors(cfg.split.faces("train", cfg.faces, cfg.train.seed), size)
+    ws = invert_images(generator, encoder, images, cfg.invert_steps, progress)
+    pairs = action_sentences("train")
+    sentences = [s for _, s in pairs]
+    action = torch.tensor([ACTION_NAMES.index(a) for a, _ in pairs])
+    with torch.no_grad():
+        scorer_emb = judges.scorer.encode_texts(sentences).float().cpu()
+        text_emb = (text_encoder(sentences).float().cpu() if cfg.use_text
+                    else torch.zeros(len(sentences), 1))
+    batches = ManipulationBatches(ws, action, text_emb, scorer_emb, cfg.train.batch_size, cfg.train.seed)
+    return generator, encoder, judges, batches
+
+
+def build_mapper(cfg: ManipulationConfig, generator: Generator, text_dim: int, encoder) -> TextMapper:
+    mapper = TextMapper(MapperConfig(generator.num_ws, generator.w_dim, text_dim, cfg.hidden, cfg.layers,
+                                     cfg.use_text))
+    mapper.w_std.copy_(encoder.w_std)
+    return mapper
+
+
+def run_train_manipulation(cfg: ManipulationConfig, text_encoder: TextEncoder | None, resume: bool = False,
+                           progress: bool = True) -> dict[str, Any] | None:
+    """Train the mapper against the frozen prior and judges; export to output_dir/manipulator."""
+    out = start_run(cfg)
+    generator, encoder, judges, batches = prepare_training(cfg, text_encoder, progress)
+    mapper = build_mapper(cfg, generator, batches.text_emb.shape[1], encoder)
+    config = {"prior_dir": str(cfg.prior_dir), "text_model": str(cfg.text_model), "invert_steps": cfg.invert_steps}
+    model = ManipulationModel(generator, mapper, config)
+    preview_faces = face_tensors(cfg.split.faces("val", 4, 0), generator.cfg.resolution)
+    preview_texts = {a: s for a, s in reversed(action_sentences("test"))}
+
+    def preview(module: nn.Module) -> torch.Tensor:
+        runner = TextManipulator(module, encoder, text_encoder, cfg.invert_steps)
+        w = runner.invert(preview_faces)
+        rows = []
+        for face in range(len(preview_faces)):
+            texts = [preview_texts[a] for a in PREVIEW_ACTIONS]
+            text_emb = runner.encode_texts(texts)
+            edited, _ = runner.edit_codes(w[face:face + 1].expand(len(texts), -1, -1), text_emb)
+            rows += [preview_faces[face:face + 1], edited]
+        module.train()
+        return torch.cat(rows)
+
+    objective = ManipulationObjective(cfg, judges, out, preview)
+    trainer = Trainer(cfg.train, cfg.optim, model, objective, batches, out, epoch_setter=batches.set_epoch,
+                      resume=resume)
+    t0 = time.perf_counter()
+    summary = trainer.fit()
+    if dist.is_main():
+        model.mapper.eval()
+        TextManipulator(model, encoder, text_encoder, cfg.invert_steps).save_pretrained(out / "manipulator",
+                                                                                       run_config=cfg)
+        save_image_grid(preview(model), out / "preview.png", nrow=len(PREVIEW_ACTIONS) + 1, scale=3)
+        log.info("manipulation mapper trained in %.0f s", time.perf_counter() - t0)
+    dist.barrier()
+    return run_summary(summary, cfg)
+
+
+__all__ = ["ManipulationConfig", "ManipulationLossConfig", "ManipulationModel", "TextManipulator", "get_judges",
+           "invert_images", "manipulate_file", "optimise_edits", "run_train_manipulation"]

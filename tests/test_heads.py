@@ -1,0 +1,284 @@
+"""HD-VILA's generation heads at toy size: the attribute scoring, the mapper, the autoencoding prior, the
+manipulation and super-resolution heads' losses, both CLIs end to end, and the evaluation arms."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from animation.faces import FACTOR_NAMES, FaceFactors, describe, render_faces, sample_factors
+from animation.stylegan2 import Generator, create_gan
+from data_tools.config import load_config
+from data_tools.training.metrics import read_metrics
+from heads.attributes import agreement, balanced_accuracy, edit_outcomes, eyes_closed
+from heads.mapper import MapperConfig, TextMapper
+from heads.prior import FaceSplit, load_prior, measure_prior, multiscale_l1
+from hdvila.cli import main as cli_main
+
+IDX = {n: i for i, n in enumerate(FACTOR_NAMES)}
+TINY_JUDGES = ["oracle={count: 128, epochs: 1, eval_count: 32}", "scorer={steps: 6, batch_size: 8, eval_per_action: 1}"]
+TINY_TRAIN = ["train.batch_size=4", "train.save_every=0", "train.log_every=1", "train.progress=false"]
+
+
+def _face(**kw) -> np.ndarray:
+    return FaceFactors(**kw).to_vector()
+
+
+# ------------------------------------------------------------------------------------------------ attributes
+
+def test_edit_outcomes_score_direction_size_unrelated_factors_and_identity():
+    start = np.stack([_face(smile=0.0)] * 4)
+    edited = start.copy()
+    edited[0, IDX["smile"]] = 0.8  # asked +1.0 (0.5 of the range), got 0.8: success
+    edited[1, IDX["smile"]] = 0.3  # got 0.3 < half of 1.0: failure
+    edited[2, IDX["smile"]] = 0.9
+    edited[2, IDX["mouth_open"]] += 0.5  # the smile worked but the mouth opened too
+    edited[2, IDX["skin_tone"]] += 0.2
+    out = edit_outcomes(start, edited, ["smile", "smile", "smile", "close_mouth"])
+    assert out["scored"].tolist() == [True, True, True, False]  # the mouth is already closed: nothing asked
+    assert out["success"][:3].tolist() == [True, False, True]
+    assert out["achieved"][0] == pytest.approx(0.8)
+    assert out["kept"][0] == 1.0 and out["kept"][2] < 1.0
+    assert out["identity_drift"][2] == pytest.approx(0.2 / 6) and out["identity_drift"][0] == 0.0
+
+
+def test_wrong_direction_fails_and_composite_actions_need_both_parts():
+    start = np.stack([_face(smile=0.0, head_turn=0.0)] * 2)
+    edited = start.copy()
+    edited[:, IDX["smile"]] = -0.8  # frowned instead
+    edited[1, IDX["smile"]] = 0.9
+    out = edit_outcomes(start, edited, ["smile", "smile+turn_left"])
+    assert not out["success"][0]
+    assert not out["success"][1]  # smiled but did not turn
+    edited[1, IDX["head_turn"]] = -0.9
+    assert edit_outcomes(start, edited, ["smile", "smile+turn_left"])["success"][1]
+
+
+def test_agreement_classes_and_balanced_accuracy():
+    truth = np.stack([_face(smile=0.9, eye_left=0.0, eye_right=0.1), _face(smile=-0.9)])
+    reading = truth.copy()
+    reading[0, IDX["smile"]] = 0.1  # smiling read as neutral
+    agree = agreement(truth, reading)
+    assert agree["smile"] == 0.5 and agree["eye_left"] == 1.0 and set(agree) >= {"mouth_open", "head_turn"}
+    assert eyes_closed(truth).tolist() == [True, False]
+    assert balanced_accuracy([True, False, False, False], [True, False, False, True]) == pytest.approx((1 + 2 / 3) / 2)
+    assert np.isnan(balanced_accuracy([False, False], [True, False]))
+
+
+def test_face_split_keeps_train_val_and_test_identities_apart():
+    split = FaceSplit(identities=60, test_fraction=0.5, val_identities=10)
+    ids = {s: {tuple(r) for r in split.identities_of(s)} for s in ("train", "val", "test")}
+    assert len(ids["val"]) == 10 and len(ids["test"]) == 20 and len(ids["train"]) == 30
+    assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    faces = split.faces("test", 50, seed=1)
+    assert {tuple(r) for r in faces[:, :6]} <= ids["test"]
+    with pytest.raises(ValueError, match="split"):
+        split.identities_of("holdout")
+
+
+# ------------------------------------------------------------------------------------------------ mapper
+
+@pytest.mark.parametrize("gan", ["sg2-tiny16", "sg2-faces32"])
+def test_mapper_starts_at_zero_then_depends_on_text_and_code(gan):
+    g, _ = create_gan(gan)
+    torch.manual_seed(0)
+    mapper = TextMapper(MapperConfig(g.num_ws, g.w_dim, text_dim=24, hidden=32, layers=2))
+    w, text = torch.randn(3, g.num_ws, g.w_dim), torch.randn(3, 24)
+    assert torch.equal(mapper(w, text), torch.zeros(3, g.num_ws, g.w_dim))
+    torch.nn.init.normal_(mapper.out.weight)
+    dw = mapper(w, text)
+    assert dw.shape == (3, g.num_ws, g.w_dim)
+    assert not torch.allclose(dw, mapper(w, text.flip(0)))
+    assert not torch.allclose(dw, mapper(w.flip(0), text))
+    with pytest.raises(ValueError, match="text_emb"):
+        mapper(w, None)
+
+
+def test_no_text_mapper_has_no_text_input_and_paper_size_builds_on_meta():
+    g, _ = create_gan("sg2-tiny16")
+    mapper = TextMapper(MapperConfig(g.num_ws, g.w_dim, text_dim=24, hidden=32, use_text=False))
+    assert mapper.text_proj is None and mapper(torch.randn(2, g.num_ws, g.w_dim)).shape == (2, g.num_ws, g.w_dim)
+    with torch.device("meta"):
+        big, _ = create_gan("sg2-ffhq1024")
+        paper = TextMapper(MapperConfig(big.num_ws, big.w_dim, text_dim=1024, hidden=512, layers=4))
+        assert paper(torch.empty(2, 18, 512), torch.empty(2, 1024)).shape == (2, 18, 512)
+
+
+def test_multiscale_l1_sees_coarse_differences_only_at_coarse_scales():
+    x = torch.zeros(1, 3, 16, 16)
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 2.0 - 1.0
+    assert multiscale_l1(x + checker, x).item() == pytest.approx(0.0, abs=1e-6)  # averages out at 1/2
+    assert multiscale_l1(x + 0.5, x).item() == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def heads_run(tmp_path_factory):
+    import hdvila
+    from hdvila.encoder import InferenceConfig, VideoTextEncoder
+    from hdvila.models import create_model
+
+    root = tmp_path_factory.mktemp("heads")
+    assert cli_main(["--quiet", "heads", "train-prior", "--config", "heads/faces32-prior", "gan=sg2-tiny16",
+                     f"output_dir={root / 'prior'}", "faces=16", "split.identities=40", "split.val_identities=4",
+                     "train.max_steps=3", "train.val_every=2", *TINY_TRAIN]) == 0
+    torch.manual_seed(0)
+    VideoTextEncoder(create_model("hdvila-tiny").eval(), None, InferenceConfig(n_segments=2, backend="pyav")
+                     ).save_pretrained(root / "text")
+    common = [f"prior_dir={root / 'prior' / 'prior'}", f"text_model={root / 'text'}", f"cache_dir={root / 'cache'}",
+              "split.identities=40", "split.val_identities=4", "hidden=16", "layers=1", *TINY_TRAIN]
+    for name, use_text in (("manip", "true"), ("manip-notext", "false")):
+        assert cli_main(["--quiet", "heads", "train-manipulation", "--config", "heads/faces32-manipulation", *common,
+                         *TINY_JUDGES, f"output_dir={root / name}", f"use_text={use_text}", "faces=16",
+                         "train.max_steps=4", "train.val_every=2"]) == 0
+    for name, use_text in (("sr", "true"), ("sr-notext", "false")):
+        assert cli_main(["--quiet", "heads", "train-superres", "--config", "heads/faces32-superres", *common,
+                         "scorer={steps: 6, batch_size: 8, eval_per_action: 1}", f"output_dir={root / name}",
+                         f"use_text={use_text}", "faces=16", "train.max_steps=3", "train.val_every=0"]) == 0
+    return root, hdvila.load_pretrained(root / "text").encode_text
+
+
+def test_prior_trains_on_the_shared_trainer_and_exports_a_prior_folder(heads_run):
+    root, _ = heads_run
+    records = [r for r in read_metrics(root / "prior" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(np.isfinite(r[k]) for r in records for k in ("pixel", "multiscale", "latent", "layer_spread"))
+    generator, encoder = load_prior(root / "prior" / "prior")
+    assert generator.cfg.resolution == 16 and not any(p.requires_grad for p in generator.parameters())
+    fresh, _ = create_gan("sg2-tiny16")
+    moved = [n for n, p in generator.synthesis.state_dict().items() if not torch.equal(p, fresh.synthesis.state_dict()[n])]
+    assert moved  # the synthesis network trained
+    assert (root / "prior" / "samples" / "step0000002.png").is_file()
+    with pytest.raises(FileNotFoundError, match="prior folder"):
+        load_prior(root / "prior")
+
+
+def test_measure_prior_reports_agreement_per_edited_attribute(heads_run):
+    from animation.oracle import get_oracle
+
+    root, _ = heads_run
+    generator, encoder = load_prior(root / "prior" / "prior")
+    oracle = get_oracle(root / "cache", size=16, count=128, epochs=1, eval_count=32)
+    factors = FaceSplit(identities=40, val_identities=4).faces("val", 6, seed=0)
+    report = measure_prior(generator, encoder, oracle, factors, invert_steps=2)
+    assert set(report["agreement"]) == {"smile", "mouth_open", "eye_left", "eye_right", "brow_raise", "head_turn"}
+    assert all(0.0 <= v <= 1.0 for v in report["agreement"].values())
+    assert report["reconstructions"].shape == (6, 3, 16, 16)
+    assert report["min_agreement"] == min(report["agreement"].values())
+
+
+def test_manipulation_trains_the_mapper_only_and_logs_each_loss(heads_run):
+    from heads.manipulation import TextManipulator
+
+    root, text_encoder = heads_run
+    records = [r for r in read_metrics(root / "manip" / "metrics.jsonl") if "loss" in r]
+    assert len(records) == 4 and all(np.isfinite(r[k]) for r in records for k in ("text", "offset", "keep"))
+    runner = TextManipulator.from_pretrained(root / "manip" / "manipulator", text_encoder)
+    prior_generator, _ = load_prior(root / "prior" / "prior")
+    for name, value in runner.model.generator.state_dict().items():
+        assert torch.equal(value, prior_generator.state_dict()[name]), name
+    assert runner.model.mapper.out.weight.abs().sum() > 0  # it moved from its zero start
+    assert (root / "manip" / "samples" / "step0000002.png").is_file() and (root / "manip" / "preview.png").is_file()
+    faces = render_faces(sample_factors(2, np.random.default_rng(0)), 16)
+    edited, w, dw = runner.edit(faces, ["she smiles", "he turns left"])
+    assert edited.shape == (2, 3, 16, 16) and dw.shape == w.shape
+    with pytest.raises(ValueError, match="sentences"):
+        runner.edit(faces, ["she smiles"])
+
+
+def test_manipulate_command_writes_input_reconstruction_and_edit(heads_run, tmp_path, capsys):
+    root, _ = heads_run
+    src = tmp_path / "face.png"
+    Image.fromarray(render_faces(sample_factors(1, np.random.default_rng(1)), 48)[0]).save(src)  # any size
+    out = tmp_path / "edit.png"
+    for model in ("manip", "manip-notext"):
+        assert cli_main(["heads", "manipulate", "--model", str(root / model / "manipulator"), "--image", str(src),
+                         "--text", "she smiles", "--out", str(out)]) == 0
+        with Image.open(out) as im:
+            assert im.size == (8 * (3 * 16 + 4), 8 * (16 + 2))  # three 16 px tiles, 1 px padding, 8x view
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_superres_consistency_term_is_zero_for_an_output_that_downsamples_to_the_input():
+    from heads.superres import downsample, upsample_bicubic
+
+    low = torch.rand(2, 3, 4, 4) * 2 - 1
+    nearest = low.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+    assert torch.allclose(downsample(nearest, 4), low, atol=1e-6)
+    assert upsample_bicubic(low, 16).shape == (2, 3, 16, 16) and upsample_bicubic(low, 16).abs().max() <= 1
+    with pytest.raises(ValueError, match="downsample"):
+        downsample(torch.zeros(1, 3, 10, 10), 4)
+
+
+def test_superres_losses_and_the_text_path(heads_run):
+    from heads.superres import SuperResConfig, SuperResObjective, TextSuperResolver, downsample
+
+    root, text_encoder = heads_run
+    records = [r for r in read_metrics(root / "sr" / "metrics.jsonl") if "loss" in r]
+    assert len(records) == 3
+    assert all(np.isfinite(r[k]) for r in records for k in ("reconstruction", "consistency", "text", "offset"))
+    runner = TextSuperResolver.from_pretrained(root / "sr" / "superres", text_encoder)
+    factors = sample_factors(2, np.random.default_rng(2))
+    high = torch.as_tensor(render_faces(factors, 16)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    low = downsample(high, 4)
+    out = runner.upscale(low, [describe(f) for f in factors])
+    assert out.shape == (2, 3, 16, 16)
+    torch.nn.init.normal_(runner.model.mapper.out.weight)  # a mapper that reads the text moves the output with it
+    assert not torch.allclose(runner.upscale(low, ["a person, with the eyes closed"] * 2),
+                              runner.upscale(low, ["a person smiling with the mouth open"] * 2))
+    with pytest.raises(ValueError, match="sentence"):
+        runner.upscale(low)
+    # the logged consistency term is the L1 between the downsampled output and the input
+    cfg = load_config(SuperResConfig, root / "sr" / "config.yaml")
+    objective = SuperResObjective(cfg, _NoScorer(), root)
+    batch = {"high": high, "text_emb": text_encoder(["a", "b"]).float(), "scorer_emb": torch.ones(2, 4)}
+    terms = objective.loss(runner.model, batch, 0)
+    _, expected = runner.model(low, batch["text_emb"])
+    assert terms["consistency"].item() == pytest.approx((downsample(expected, 4) - low).abs().mean().item(), rel=1e-5)
+
+
+class _NoScorer(torch.nn.Module):
+    def encode_images(self, x):
+        return torch.ones(len(x), 4)
+
+
+def test_superres_command_upscales_and_refuses_the_wrong_scale(heads_run, tmp_path):
+    root, _ = heads_run
+    src = tmp_path / "lr.png"
+    Image.fromarray(render_faces(sample_factors(1, np.random.default_rng(3)), 4)[0]).save(src)
+    out = tmp_path / "hr.png"
+    for model in ("sr", "sr-notext"):
+        assert cli_main(["heads", "superres", "--model", str(root / model / "superres"), "--image", str(src),
+                         "--text", "a person, with the eyes closed", "--scale", "4", "--out", str(out)]) == 0
+        with Image.open(out) as im:
+            assert im.size == (16, 16)
+    with pytest.raises(ValueError, match="4x"):
+        cli_main(["heads", "superres", "--model", str(root / "sr" / "superres"), "--image", str(src),
+                  "--text", "x", "--scale", "2", "--out", str(out)])
+
+
+def test_evaluations_score_every_arm(heads_run):
+    from heads.evaluate import evaluate_manipulation, evaluate_superres
+    from heads.manipulation import TextManipulator, get_judges
+    from heads.superres import TextSuperResolver
+
+    root, text_encoder = heads_run
+    judges = get_judges(root / "cache", 16, {"count": 128, "epochs": 1, "eval_count": 32},
+                        {"steps": 6, "batch_size": 8, "eval_per_action": 1})
+    runner = TextManipulator.from_pretrained(root / "manip" / "manipulator", text_encoder)
+    no_text = TextManipulator.from_pretrained(root / "manip-notext" / "manipulator", None)
+    factors = FaceSplit(identities=40, val_identities=4).faces("val", 2, seed=0)
+    report = evaluate_manipulation(runner, judges, factors, no_text=no_text, optimise_steps=2)
+    assert report["edits"] == 2 * 24
+    assert set(report["arms"]) == {"text", "text, another action's sentence", "no-text mapper", "no edit (inversion)",
+                                   "latent optimisation (2 steps)"}
+    for arm in report["arms"].values():
+        assert 0 <= arm["success"] <= 1 and 0 <= arm["kept"] <= 1 and arm["scored_edits"] > 0
+    assert set(report["paired_vs_text"]) == set(report["arms"]) - {"text"}
+    sr = evaluate_superres(TextSuperResolver.from_pretrained(root / "sr" / "superres", text_encoder),
+                           FaceSplit(identities=40, val_identities=4).faces("val", 6, seed=0), judges,
+                           no_text=TextSuperResolver.from_pretrained(root / "sr-notext" / "superres", None))
+    assert set(sr["arms"]) == {"truth (oracle ceiling)", "bicubic", "no-text head", "text head",
+                               "text head, another face's sentence"}
+    assert sr["arms"]["truth (oracle ceiling)"]["psnr"] > 90  # identical images: the 1e-12 floor
+    assert sr["arms"]["bicubic"]["psnr"] < sr["arms"]["truth (oracle ceiling)"]["psnr"]
