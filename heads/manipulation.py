@@ -35,8 +35,6 @@ import data_tools.training.distributed as dist
 from data_tools.config import dump_config, from_dict
 from data_tools.images import save_image_grid
 from data_tools.logs import get_logger
-from data_tools.pretrained import PretrainedMixin
-from data_tools.training.config import OptimConfig, TrainConfig
 from data_tools.training.run import run_summary, start_run
 from data_tools.training.trainer import Trainer
 
@@ -46,8 +44,8 @@ from animation.motion import contrastive_text_loss, single_text_loss
 from animation.stylegan2 import Generator
 
 from .attributes import touched
-from .mapper import MapperConfig, TextMapper, offset_penalty
-from .prior import FaceSplit, load_prior
+from .mapper import GeneratorHead, HeadConfig, MapperConfig, TextMapper, offset_penalty, save_preview
+from .prior import load_prior
 
 log = get_logger(__name__)
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # sentences -> [N, D]
@@ -66,29 +64,15 @@ class ManipulationLossConfig:
 
 
 @dataclass
-class ManipulationConfig:
-    prior_dir: str = "runs/heads/faces32-prior/prior"
-    text_model: str = "runs/demo/pretrain/pretrained"  # HD-VILA pretrained folder for encode_text (wired by the CLI)
-    cache_dir: str = "runs/heads/cache"  # the frozen oracle and scorer (shared with the animator's settings)
-    oracle: dict = field(default_factory=dict)
-    scorer: dict = field(default_factory=dict)
+class ManipulationConfig(HeadConfig):
+    oracle: dict = field(default_factory=dict)  # training settings of the frozen oracle (animation.oracle.get_oracle)
     faces: int = 4096  # training faces, train-side identities
     invert_steps: int = 0  # optimisation steps after the prior's encoder (training faces and inference)
-    split: FaceSplit = field(default_factory=FaceSplit)
-    hidden: int = 256
-    layers: int = 3
-    use_text: bool = True  # false: the no-text ablation (the mapper sees no sentence)
     output_dir: str = "runs/heads/faces32-manipulation"
     loss: ManipulationLossConfig = field(default_factory=ManipulationLossConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1500, batch_size=16, seed=0,
-                                                                   deepspeed_config="zero0", grad_clip=0.0,
-                                                                   log_every=50, save_every=500))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, betas=(0.9, 0.99),
-                                                                   weight_decay=0.0, schedule="cosine",
-                                                                   warmup_ratio=0.02))
 
 
-class ManipulationModel(PretrainedMixin, nn.Module):
+class ManipulationModel(GeneratorHead):
     """Frozen generator + trainable mapper. Its pretrained folder holds the mapper only (the generator comes from
     the prior folder its config names)."""
 
@@ -98,11 +82,6 @@ class ManipulationModel(PretrainedMixin, nn.Module):
         super().__init__()
         self.generator = generator.eval().requires_grad_(False)
         self.mapper, self.config = mapper, dict(config)
-
-    def train(self, mode: bool = True) -> "ManipulationModel":
-        super().train(mode)
-        self.generator.eval()  # frozen: never in training mode
-        return self
 
     def forward(self, w: torch.Tensor, text_emb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         dw = self.mapper(w, text_emb)
@@ -115,18 +94,6 @@ class ManipulationModel(PretrainedMixin, nn.Module):
     def from_pretrained_config(cls, config: dict, meta: dict) -> "ManipulationModel":
         generator, _ = load_prior(config["prior_dir"])
         return cls(generator, TextMapper(from_dict(MapperConfig, config["mapper"])), config).eval()
-
-    def pretrained_weights(self) -> dict:
-        return {"model": {k: v for k, v in self.state_dict().items() if not k.startswith("generator.")}}
-
-    def load_pretrained_weights(self, folder, map_location) -> None:
-        from safetensors.torch import load_file
-
-        missing, unexpected = self.load_state_dict(load_file(str(folder.weights["model"]), device=str(map_location)),
-                                                    strict=False)
-        missing = [k for k in missing if not k.startswith("generator.")]
-        if missing or unexpected:
-            raise ValueError(f"manipulator weights do not fit: missing {missing}, unexpected {unexpected}")
 
 
 # ------------------------------------------------------------------------------------------------ frozen parts
@@ -207,10 +174,8 @@ class ManipulationObjective:
     @torch.no_grad()
     def validate(self, model: nn.Module, step: int) -> dict[str, float]:
         if self.preview is not None and dist.is_main():
-            sheet = self.preview(getattr(model, "module", model))
-            path = self.output_dir / "samples" / f"step{step:07d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_image_grid(sheet, path, nrow=len(PREVIEW_ACTIONS) + 1, scale=3)
+            save_preview(self.output_dir, step, self.preview(getattr(model, "module", model)),
+                         nrow=len(PREVIEW_ACTIONS) + 1)
         return {}
 
 

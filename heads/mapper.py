@@ -1,4 +1,5 @@
-"""The text mapper both heads share: a W+ offset from a W+ code and a sentence embedding.
+"""What both heads share: the text mapper (a W+ offset from a W+ code and a sentence embedding), the config
+fields every head has, and the frozen-generator module base that exports everything but the generator.
 
     dw = mapper(ws, text_emb)          # ws [B, num_ws, w_dim], text_emb [B, D] -> dw [B, num_ws, w_dim]
 
@@ -10,14 +11,22 @@ units of w's spread (`w_std`, a buffer), so one learning rate fits generators wi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import data_tools.training.distributed as dist
+from data_tools.images import save_image_grid
+from data_tools.pretrained import PretrainedMixin
+from data_tools.training.config import OptimConfig, TrainConfig
+
 from animation.motion import pixel_norm
 from animation.stylegan2 import EqualLinear
+
+from .prior import FaceSplit
 
 
 @dataclass
@@ -65,3 +74,52 @@ class TextMapper(nn.Module):
 def offset_penalty(dw: Tensor, w_std: Tensor) -> Tensor:
     """Mean squared W+ offset in units of w's spread (StyleCLIP's latent L2 term)."""
     return (dw / w_std).square().mean()
+
+
+@dataclass
+class HeadConfig:
+    """The fields every head's run config has."""
+    prior_dir: str = "runs/heads/faces32-prior/prior"
+    text_model: str = "runs/demo/pretrain/pretrained"  # HD-VILA pretrained folder for encode_text (wired by the CLI)
+    cache_dir: str = "runs/heads/cache"  # the frozen oracle and scorer
+    scorer: dict = field(default_factory=dict)  # training settings of the frozen scorer (animation.oracle.get_scorer)
+    split: FaceSplit = field(default_factory=FaceSplit)
+    hidden: int = 256  # mapper width
+    layers: int = 3  # mapper depth
+    use_text: bool = True  # false: the no-text reference (the mapper sees no sentence)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1500, batch_size=16, seed=0,
+                                                                   deepspeed_config="zero0", grad_clip=0.0,
+                                                                   log_every=50, save_every=500))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, betas=(0.9, 0.99),
+                                                                   weight_decay=0.0, schedule="cosine",
+                                                                   warmup_ratio=0.02))
+
+
+class GeneratorHead(PretrainedMixin, nn.Module):
+    """A head trained over a frozen generator (attribute `generator`). The generator stays in eval mode, and the
+    pretrained folder holds every weight but the generator's: it is read from the prior folder the config names."""
+
+    def train(self, mode: bool = True) -> "GeneratorHead":
+        super().train(mode)
+        self.generator.eval()
+        return self
+
+    def pretrained_weights(self) -> dict:
+        return {"model": {k: v for k, v in self.state_dict().items() if not k.startswith("generator.")}}
+
+    def load_pretrained_weights(self, folder, map_location) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder.weights["model"]), device=str(map_location))
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("generator.")]
+        if missing or unexpected:
+            raise ValueError(f"{self.pretrained_kind} weights do not fit: missing {missing}, unexpected {unexpected}")
+
+
+def save_preview(output_dir: Path, step: int, images: Tensor, nrow: int) -> None:
+    """A validation preview grid at output_dir/samples/stepXXXXXXX.png (rank 0)."""
+    if dist.is_main():
+        path = Path(output_dir) / "samples" / f"step{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image_grid(images, path, nrow=nrow, scale=3)

@@ -79,6 +79,7 @@ class FaceSplit:
 class PriorLossConfig:
     pixel: float = 1.0  # L1 at full resolution
     multiscale: float = 1.0  # L1 at 1/2 and 1/4 resolution (average-pooled), each
+    gradient: float = 0.0  # L1 between horizontal and vertical pixel differences: weights edges (eyes, mouth)
     latent: float = 0.01  # mean squared W+ offset from the reference w, in units of w's spread
     layer_spread: float = 0.01  # mean squared deviation of each layer's w from the image's mean w, same units
 
@@ -122,6 +123,13 @@ def multiscale_l1(recon: torch.Tensor, target: torch.Tensor, levels: int = 2) ->
     return total
 
 
+def gradient_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error between the images' horizontal and vertical neighbour differences (edges)."""
+    dx = lambda x: x[..., :, 1:] - x[..., :, :-1]  # noqa: E731
+    dy = lambda x: x[..., 1:, :] - x[..., :-1, :]  # noqa: E731
+    return (dx(recon) - dx(target)).abs().mean() + (dy(recon) - dy(target)).abs().mean()
+
+
 def latent_penalties(ws: torch.Tensor, encoder: InversionEncoder) -> tuple[torch.Tensor, torch.Tensor]:
     """(offset, layer spread): mean squared W+ offset from the encoder's reference w and mean squared deviation
     of the layers from their mean, both in units of w's spread."""
@@ -138,7 +146,7 @@ class PriorObjective:
         ws, recon = model(images)
         offset, spread = latent_penalties(ws, getattr(model, "module", model).encoder)
         terms = {"pixel": (recon - images).abs().mean(), "multiscale": multiscale_l1(recon, images),
-                 "latent": offset, "layer_spread": spread}
+                 "gradient": gradient_l1(recon, images), "latent": offset, "layer_spread": spread}
         total = sum(getattr(lc, k) * v for k, v in terms.items())
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 

