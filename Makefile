@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test demo bench bench-diffusion bench-animation bench-spo bench-bridge clean
+.PHONY: venv test demo bench bench-diffusion bench-animation bench-spo bench-bridge bench-heads clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,18 @@ bench-spo: $(STAMP)
 # DSB, SDSB, TR/FR and flow-matching-initialised bridges on Gaussian -> checkerboard, 3 seeds (docs/results/bridge.md)
 bench-bridge: $(STAMP)
 	$(PY) benchmarks/bench_bridge.py
+
+# the generation heads (docs/results/heads.md): the prior (~25 min on one core), then text and no-text
+# manipulation and super-resolution heads for 3 seeds, two at a time (~70 min), validation and test evaluation;
+# needs `make demo` first (the HD-VILA text encoder)
+bench-heads: $(STAMP)
+	$(VENV)/bin/hdvila heads train-prior --config heads/faces32-prior
+	$(PY) benchmarks/bench_heads.py prior --split val
+	$(PY) benchmarks/bench_heads.py train --seeds 0 1 2 --jobs 2
+	$(PY) benchmarks/bench_heads.py eval --split val
+	$(PY) benchmarks/bench_heads.py eval --split test
+	$(PY) benchmarks/bench_heads.py prior --split test
+	$(PY) benchmarks/bench_heads.py smoke
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -52,10 +52,12 @@ def save_results(results: dict) -> None:
     write_report(results, DOCS / "heads.md")
 
 
-def text_encoder():
+def text_encoders() -> dict:
+    """The text encoders of the variants: HD-VILA's (the heads' own) and the packaged MiniLM (diagnostic)."""
     import hdvila
+    from animation.oracle import get_sentence_encoder
 
-    return hdvila.load_pretrained(TEXT_MODEL).encode_text
+    return {"text": hdvila.load_pretrained(TEXT_MODEL).encode_text, "minilm": get_sentence_encoder().encode}
 
 
 # ------------------------------------------------------------------------------------------------ prior
@@ -95,26 +97,41 @@ def stage_prior(args) -> None:
 
 # ------------------------------------------------------------------------------------------------ training
 
-def run_folder(head: str, use_text: bool, seed: int) -> Path:
-    return RUNS / f"{head}-{'text' if use_text else 'notext'}-s{seed}"
+# variant -> (use_text, extra overrides): the text head (HD-VILA's text encoder), the no-text reference, and the
+# text head on the packaged MiniLM sentence encoder (what a strong text encoder gives: a diagnostic)
+VARIANTS = {"text": (True, []), "notext": (False, []), "minilm": (True, ["text_model=minilm"])}
+
+
+def run_folder(head: str, variant: str, seed: int) -> Path:
+    return RUNS / f"{head}-{variant}-s{seed}"
 
 
 def export_of(head: str, folder: Path) -> Path:
     return folder / ("manipulator" if head == "manip" else "superres")
 
 
+def load_head(head: str, variant: str, seed: int, encoders: dict):
+    from heads.manipulation import TextManipulator
+    from heads.superres import TextSuperResolver
+
+    cls = TextManipulator if head == "manip" else TextSuperResolver
+    encoder = None if variant == "notext" else encoders[variant]
+    return cls.from_pretrained(export_of(head, run_folder(head, variant, seed)), encoder)
+
+
 def stage_train(args) -> None:
     jobs = []
     for seed in args.seeds:
         for head in args.heads:
-            for use_text in (True, False):
-                out = run_folder(head, use_text, seed)
+            for variant in args.variants:
+                use_text, extra = VARIANTS[variant]
+                out = run_folder(head, variant, seed)
                 if (export_of(head, out) / "config.json").is_file():
                     continue
                 command = "train-manipulation" if head == "manip" else "train-superres"
                 config = "heads/faces32-manipulation" if head == "manip" else "heads/faces32-superres"
                 jobs.append((["heads", command, "--config", config, f"output_dir={out}",
-                              f"use_text={str(use_text).lower()}", f"train.seed={seed}", *args.override],
+                              f"use_text={str(use_text).lower()}", f"train.seed={seed}", *extra, *args.override],
                              out.with_suffix(".log")))
     print(f"{len(jobs)} runs to train, {args.jobs} at a time")
 
@@ -133,23 +150,24 @@ def stage_eval(args) -> None:
     from data_tools.images import save_image_grid
     from heads.attributes import eyes_closed
     from heads.evaluate import evaluate_manipulation, evaluate_superres, paired_t
-    from heads.manipulation import TextManipulator, get_judges
+    from heads.manipulation import get_judges
     from heads.prior import FaceSplit
-    from heads.superres import TextSuperResolver
 
     torch.set_num_threads(args.threads)
     results = load_results()
     judges = get_judges(CACHE, 32)
-    encode = text_encoder()
+    encoders = text_encoders()
     split = FaceSplit()
     if "manip" in args.heads:
         factors = split.faces(args.split, args.faces, seed=1)
         per_seed = {}
         for seed in args.seeds:
-            text = TextManipulator.from_pretrained(export_of("manip", run_folder("manip", True, seed)), encode)
-            none = TextManipulator.from_pretrained(export_of("manip", run_folder("manip", False, seed)), None)
+            text, none = load_head("manip", "text", seed, encoders), load_head("manip", "notext", seed, encoders)
+            extra = ({"text, MiniLM text encoder (diagnostic)": load_head("manip", "minilm", seed, encoders)}
+                     if (export_of("manip", run_folder("manip", "minilm", seed)) / "config.json").is_file() else {})
             steps = args.optimise_steps if seed == args.seeds[0] else 0
-            report = evaluate_manipulation(text, judges, factors, no_text=none, optimise_steps=steps)
+            report = evaluate_manipulation(text, judges, factors, no_text=none, optimise_steps=steps,
+                                           extra_arms=extra)
             train_sentences = evaluate_manipulation(text, judges, factors, sentences="train")
             report["arms"]["text, training sentences (diagnostic)"] = train_sentences["arms"]["text"]
             per_seed[seed] = {"arms": report["arms"], "paired_vs_text": report["paired_vs_text"]}
@@ -161,8 +179,7 @@ def stage_eval(args) -> None:
         factors = split.faces(args.split, args.sr_faces, seed=2)
         per_seed = {}
         for seed in args.seeds:
-            text = TextSuperResolver.from_pretrained(export_of("sr", run_folder("sr", True, seed)), encode)
-            none = TextSuperResolver.from_pretrained(export_of("sr", run_folder("sr", False, seed)), None)
+            text, none = load_head("sr", "text", seed, encoders), load_head("sr", "notext", seed, encoders)
             report = evaluate_superres(text, factors, judges, no_text=none, seed=seed)
             arms = report["arms"]
             p_psnr = paired_t(arms["text head"].pop("psnr_per_image"), arms["no-text head"]["psnr_per_image"])
@@ -224,16 +241,15 @@ def stage_smoke(args) -> None:
     from animation.face_crops import write_face_crops
     from data_tools.corpus import real_corpus_videos
     from data_tools.images import from_uint8_images, read_image_file, save_image_grid
-    from heads.manipulation import TextManipulator
-    from heads.superres import TextSuperResolver, downsample
+    from heads.superres import downsample
 
     crops = RUNS / "carphone-crops"
     report = write_face_crops([real_corpus_videos()["carphone"]], crops, 32, detector="mtcnn", every=12,
                               max_frames=96)
     files = sorted(crops.glob("*.png"))[:6]
     faces = from_uint8_images(np.stack([read_image_file(f) for f in files]))
-    encode = text_encoder()
-    manip = TextManipulator.from_pretrained(export_of("manip", run_folder("manip", True, 0)), encode)
+    encoders = text_encoders()
+    manip = load_head("manip", "text", 0, encoders)
     sentences = ["she smiles", "he opens his mouth wide", "she closes her eyes"]
     tiles = []
     for face in faces:
@@ -242,7 +258,7 @@ def stage_smoke(args) -> None:
             recon = manip.model.generator.synthesis(w[:1], noise_mode="const")
         tiles += [face[None], recon, edited]
     save_image_grid(torch.cat(tiles), DOCS / "heads_carphone_manipulation.png", nrow=2 + len(sentences), scale=3)
-    sr = TextSuperResolver.from_pretrained(export_of("sr", run_folder("sr", True, 0)), encode)
+    sr = load_head("sr", "text", 0, encoders)
     low = downsample(faces, sr.scale)
     high = sr.upscale(low, ["a person with light skin and short black hair, with a neutral expression"] * len(faces))
     save_image_grid(torch.cat([low.repeat_interleave(4, 2).repeat_interleave(4, 3), high, faces]),
@@ -347,6 +363,7 @@ def main() -> None:
     parser.add_argument("--invert-steps", type=int, nargs="+", default=[0, 30])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--heads", nargs="+", default=["manip", "sr"], choices=("manip", "sr"))
+    parser.add_argument("--variants", nargs="+", default=["text", "notext"], choices=tuple(VARIANTS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--optimise-steps", type=int, default=100)

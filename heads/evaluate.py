@@ -102,7 +102,8 @@ def evaluate_manipulation(manipulator: TextManipulator, judges, factors: np.ndar
         t = time.perf_counter()
         with torch.no_grad():
             scorer_emb = judges.scorer.encode_texts(texts).float()
-        edited, _ = optimise_edits(generator, w, scorer_emb, actions, judges, steps=optimise_steps)
+        edited, _ = optimise_edits(generator, w, scorer_emb, actions, judges, steps=optimise_steps,
+                                   subspace=manipulator.model.mapper, encoder=manipulator.encoder)
         score(f"latent optimisation ({optimise_steps} steps)", edited, time.perf_counter() - t)
     # paired: the same edits under the text mapper and each other arm (McNemar's exact test on discordant pairs)
     tests = {}

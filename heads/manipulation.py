@@ -12,6 +12,10 @@ Losses (weights in `loss`), all through the frozen generator:
 - text: the edited face must match its sentence by a frozen image-text scorer that is not the input encoder
   (`animation.oracle.FaceTextScorer`), contrastively against the batch's other sentences (of other actions);
 - offset: mean squared Δw in units of w's spread (StyleCLIP's latent L2);
+- cycle: the prior's encoder, applied to the edited image, must give back w + Δw (mean squared error in units
+  of w's spread). An autoencoding prior renders faces only near codes its encoder produces; elsewhere it draws
+  colourful noise that can fool the frozen scorer and oracle alike. Codes that survive the round trip are on
+  the prior's manifold, so this is the realism term a discriminator would otherwise give;
 - keep: what the sentence does not name must not move. The frozen attribute oracle reads the identity factors
   and the expression factors the action leaves alone on G(w) and G(w + Δw); their squared change is the loss.
   The oracle never sees the factors an action targets, so it does not teach the edit itself; the evaluation
@@ -59,8 +63,9 @@ class ManipulationLossConfig:
     text: float = 1.0
     contrastive: bool = True  # InfoNCE over the batch's sentences (distinct actions); false: 1 - cos
     temperature: float = 0.07
-    offset: float = 0.1
+    offset: float = 1.0
     keep: float = 10.0  # squared change of the oracle's kept factors, in units of their range
+    cycle: float = 1.0  # the edited image, re-encoded by the prior's encoder, gives back its code (see below)
 
 
 @dataclass
@@ -150,8 +155,9 @@ class ManipulationBatches:
 
 class ManipulationObjective:
     def __init__(self, cfg: ManipulationConfig, judges: Judges, output_dir: Path,
-                 preview: Callable[[nn.Module], torch.Tensor] | None = None):
+                 preview: Callable[[nn.Module], torch.Tensor] | None = None, encoder: nn.Module | None = None):
         self.cfg, self.judges, self.output_dir, self.preview = cfg, judges, output_dir, preview
+        self.encoder = encoder  # the prior's (frozen) inversion encoder, for the cycle term
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, torch.Tensor]:
         lc, module = self.cfg.loss, getattr(model, "module", model)
@@ -167,7 +173,9 @@ class ManipulationObjective:
             before = self.judges.oracle(module.generator.synthesis(w, noise_mode="const"))
         keep_mask = KEEP_MASK.to(w.device)[action]
         keep = ((self.judges.oracle(edited) - before).square() * keep_mask).sum() / keep_mask.sum().clamp(min=1)
-        terms = {"text": text, "offset": offset_penalty(dw, module.mapper.w_std), "keep": keep}
+        terms = {"text": text, "offset": module.mapper.penalty(dw), "keep": keep}
+        if self.encoder is not None and lc.cycle:
+            terms["cycle"] = offset_penalty(self.encoder(edited) - (w + dw), module.mapper.w_std)
         total = sum(getattr(lc, k) * v for k, v in terms.items())
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 
@@ -266,32 +274,47 @@ def manipulate_file(model_dir: str | Path, image: str | Path, text: str, out: st
 
 def optimise_edits(generator: Generator, w: torch.Tensor, scorer_emb: torch.Tensor, actions: Sequence[str],
                    judges: Judges, *, steps: int = 100, lr: float = 0.05, loss: ManipulationLossConfig | None = None,
+                   subspace: TextMapper | None = None, encoder: nn.Module | None = None,
                    batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """StyleCLIP-style latent optimisation: one W+ offset per (image, sentence), Adam on 1 - cos(scorer(G(w+Δw)),
-    sentence) + the mapper's offset and keep terms with the same weights. No network is trained, so every edit
-    pays `steps` generator forward and backward passes. `lr` is in units of w's spread. Returns (edited, Δw)."""
+    sentence) plus the mapper's offset, keep and (with `encoder`) cycle terms at the same weights. With
+    `subspace` (a mapper with components), the offset lives in the same principal directions and is penalised
+    the same way. No network is trained, so every edit pays `steps` generator forward and backward passes. `lr`
+    is in units of w's spread. Returns (edited, Δw)."""
     from animation.inversion import frozen, w_statistics
 
     lc = loss or ManipulationLossConfig()
     _, w_std = w_statistics(generator)
     keep_mask = KEEP_MASK[[ACTION_NAMES.index(a) for a in actions]]
+    use_subspace = subspace is not None and subspace.cfg.components > 0
     outs, offsets = [], []
     with frozen(generator):
         for i in range(0, len(w), batch_size):
             wb, target, mask = w[i:i + batch_size], scorer_emb[i:i + batch_size], keep_mask[i:i + batch_size]
             with torch.no_grad():
                 before = judges.oracle(generator.synthesis(wb, noise_mode="const"))
-            dw = torch.zeros_like(wb, requires_grad=True)
-            opt = torch.optim.Adam([dw], lr=lr * float(w_std))
+            shape = (len(wb), subspace.cfg.components) if use_subspace else wb.shape
+            coef = torch.zeros(shape, requires_grad=True)
+            scale = subspace.component_std if use_subspace else w_std
+            opt = torch.optim.Adam([coef], lr=lr * (1.0 if use_subspace else float(w_std)))
+
+            def offset_of(c: torch.Tensor) -> torch.Tensor:
+                return ((c * scale) @ subspace.basis).view_as(wb) if use_subspace else c
+
             for _ in range(steps):
+                dw = offset_of(coef)
                 edited = generator.synthesis(wb + dw, noise_mode="const")
                 text = 1 - torch.cosine_similarity(judges.scorer.encode_images(edited), target, dim=-1)
                 keep = ((judges.oracle(edited) - before).square() * mask).sum(1) / mask.sum(1).clamp(min=1)
-                per_image = (lc.text * text + lc.offset * (dw / w_std).square().mean(dim=(1, 2)) + lc.keep * keep)
+                size = coef.square().flatten(1).mean(1) if use_subspace else (dw / w_std).square().mean(dim=(1, 2))
+                per_image = lc.text * text + lc.offset * size + lc.keep * keep
+                if encoder is not None and lc.cycle:
+                    per_image = per_image + lc.cycle * ((encoder(edited) - (wb + dw)) / w_std).square().mean(dim=(1, 2))
                 opt.zero_grad(set_to_none=True)
                 per_image.sum().backward()
                 opt.step()
             with torch.no_grad():
+                dw = offset_of(coef)
                 outs.append(generator.synthesis(wb + dw, noise_mode="const"))
                 offsets.append(dw.detach().clone())
     return torch.cat(outs), torch.cat(offsets)
@@ -318,10 +341,15 @@ def prepare_training(cfg: ManipulationConfig, text_encoder: TextEncoder | None, 
     return generator, encoder, judges, batches
 
 
-def build_mapper(cfg: ManipulationConfig, generator: Generator, text_dim: int, encoder) -> TextMapper:
+def build_mapper(cfg: HeadConfig, generator: Generator, text_dim: int, encoder, codes: torch.Tensor | None = None
+                 ) -> TextMapper:
+    """A fresh mapper for the generator, in the units of the encoder's w spread; with `cfg.components`, its edit
+    subspace from the training `codes`."""
     mapper = TextMapper(MapperConfig(generator.num_ws, generator.w_dim, text_dim, cfg.hidden, cfg.layers,
-                                     cfg.use_text))
+                                     cfg.use_text, cfg.components))
     mapper.w_std.copy_(encoder.w_std)
+    if cfg.components:
+        mapper.set_code_statistics(codes)
     return mapper
 
 
@@ -330,7 +358,7 @@ def run_train_manipulation(cfg: ManipulationConfig, text_encoder: TextEncoder | 
     """Train the mapper against the frozen prior and judges; export to output_dir/manipulator."""
     out = start_run(cfg)
     generator, encoder, judges, batches = prepare_training(cfg, text_encoder, progress)
-    mapper = build_mapper(cfg, generator, batches.text_emb.shape[1], encoder)
+    mapper = build_mapper(cfg, generator, batches.text_emb.shape[1], encoder, batches.ws)
     config = {"prior_dir": str(cfg.prior_dir), "text_model": str(cfg.text_model), "invert_steps": cfg.invert_steps}
     model = ManipulationModel(generator, mapper, config)
     preview_faces = face_tensors(cfg.split.faces("val", 4, 0), generator.cfg.resolution)
@@ -348,7 +376,8 @@ def run_train_manipulation(cfg: ManipulationConfig, text_encoder: TextEncoder | 
         module.train()
         return torch.cat(rows)
 
-    objective = ManipulationObjective(cfg, judges, out, preview)
+    encoder.requires_grad_(False).eval()
+    objective = ManipulationObjective(cfg, judges, out, preview, encoder=encoder)
     trainer = Trainer(cfg.train, cfg.optim, model, objective, batches, out, epoch_setter=batches.set_epoch,
                       resume=resume)
     t0 = time.perf_counter()

@@ -8,6 +8,11 @@ embedding of the layer index go through one MLP shared by all layers (equalised-
 mapping network). Its last layer starts at zero, so an untrained mapper changes nothing. Offsets come out in
 units of w's spread (`w_std`, a buffer), so one learning rate fits generators with different W scales.
 `use_text=False` builds the no-text ablation: the same network with the sentence input removed.
+
+`components > 0` restricts offsets to the top principal directions of the data's codes (GANSpace's idea), set by
+`set_code_statistics(codes)`, and `penalty` measures them in units of each direction's spread (a Gaussian prior
+on the edit). A generator renders faces only near the codes it was trained on; an offset along directions the
+data never varies in lands where it draws noise that can still fool a frozen scorer.
 """
 from __future__ import annotations
 
@@ -37,10 +42,13 @@ class MapperConfig:
     hidden: int = 256
     layers: int = 3  # hidden layers of the shared MLP
     use_text: bool = True
+    components: int = 0  # > 0: offsets live in the span of this many principal directions of the data's codes
 
     def __post_init__(self):
         if min(self.num_ws, self.w_dim, self.text_dim, self.hidden, self.layers) < 1:
             raise ValueError(f"mapper sizes must be >= 1: {self}")
+        if not 0 <= self.components <= self.num_ws * self.w_dim:
+            raise ValueError(f"components must be in 0..{self.num_ws * self.w_dim}, got {self.components}")
 
 
 class TextMapper(nn.Module):
@@ -56,6 +64,28 @@ class TextMapper(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.register_buffer("w_std", torch.ones(1))
+        if cfg.components:
+            self.register_buffer("basis", torch.zeros(cfg.components, cfg.num_ws * cfg.w_dim))
+            self.register_buffer("component_std", torch.ones(cfg.components))
+
+    @torch.no_grad()
+    def set_code_statistics(self, codes: Tensor) -> None:
+        """The principal directions (and their spreads) of codes [N, num_ws, w_dim]: the subspace edits live in."""
+        if not self.cfg.components:
+            raise ValueError("this mapper has components=0: edits use the whole W+ space")
+        flat = codes.reshape(len(codes), -1).float()
+        if len(flat) <= self.cfg.components:
+            raise ValueError(f"need more than {self.cfg.components} codes, got {len(flat)}")
+        _, s, vh = torch.linalg.svd(flat - flat.mean(0), full_matrices=False)
+        self.basis.copy_(vh[:self.cfg.components])
+        self.component_std.copy_(s[:self.cfg.components] / (len(flat) - 1) ** 0.5)
+
+    def penalty(self, dw: Tensor) -> Tensor:
+        """Mean squared offset: per principal direction in units of its spread, or (components=0) per coordinate
+        in units of w's spread (StyleCLIP's latent L2)."""
+        if self.cfg.components:
+            return ((dw.flatten(1) @ self.basis.t()) / self.component_std).square().mean()
+        return offset_penalty(dw, self.w_std)
 
     def forward(self, ws: Tensor, text_emb: Tensor | None = None) -> Tensor:
         b, num_ws, _ = ws.shape
@@ -68,7 +98,10 @@ class TextMapper(nn.Module):
                                  f"{None if text_emb is None else tuple(text_emb.shape)}")
             text = self.text_proj(F.normalize(text_emb.float(), dim=-1) * self.cfg.text_dim ** 0.5)
             parts.insert(1, text[:, None].expand(-1, num_ws, -1))
-        return self.out(self.body(torch.cat(parts, dim=-1))) * self.w_std
+        dw = self.out(self.body(torch.cat(parts, dim=-1))) * self.w_std
+        if self.cfg.components:  # project onto the data's principal directions
+            dw = ((dw.flatten(1) @ self.basis.t()) @ self.basis).view_as(dw)
+        return dw
 
 
 def offset_penalty(dw: Tensor, w_std: Tensor) -> Tensor:
@@ -80,13 +113,14 @@ def offset_penalty(dw: Tensor, w_std: Tensor) -> Tensor:
 class HeadConfig:
     """The fields every head's run config has."""
     prior_dir: str = "runs/heads/faces32-prior/prior"
-    text_model: str = "runs/demo/pretrain/pretrained"  # HD-VILA pretrained folder for encode_text (wired by the CLI)
+    text_model: str = "runs/demo/pretrain/pretrained"  # HD-VILA pretrained folder (or "minilm"), wired by the CLI
     cache_dir: str = "runs/heads/cache"  # the frozen oracle and scorer
     scorer: dict = field(default_factory=dict)  # training settings of the frozen scorer (animation.oracle.get_scorer)
     split: FaceSplit = field(default_factory=FaceSplit)
     hidden: int = 256  # mapper width
     layers: int = 3  # mapper depth
     use_text: bool = True  # false: the no-text reference (the mapper sees no sentence)
+    components: int = 0  # > 0: offsets in the span of the training codes' top principal directions (mapper)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1500, batch_size=16, seed=0,
                                                                    deepspeed_config="zero0", grad_clip=0.0,
                                                                    log_every=50, save_every=500))

@@ -80,6 +80,7 @@ class PriorLossConfig:
     pixel: float = 1.0  # L1 at full resolution
     multiscale: float = 1.0  # L1 at 1/2 and 1/4 resolution (average-pooled), each
     gradient: float = 0.0  # L1 between horizontal and vertical pixel differences: weights edges (eyes, mouth)
+    perceptual: float = 0.0  # LPIPS-style distance on the frozen scorer's conv features (see FeatureDistance)
     latent: float = 0.01  # mean squared W+ offset from the reference w, in units of w's spread
     layer_spread: float = 0.01  # mean squared deviation of each layer's w from the image's mean w, same units
 
@@ -91,6 +92,8 @@ class PriorConfig:
     encoder: dict = field(default_factory=dict)  # EncoderConfig overrides (base_channels, max_channels, hidden)
     faces: int = 8192  # training renders, train-side identities
     split: FaceSplit = field(default_factory=FaceSplit)
+    cache_dir: str = "runs/heads/cache"  # the frozen scorer whose features the perceptual term uses
+    scorer: dict = field(default_factory=dict)  # its training settings (animation.oracle.get_scorer)
     output_dir: str = "runs/heads/faces32-prior"
     loss: PriorLossConfig = field(default_factory=PriorLossConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=6000, batch_size=32, seed=0,
@@ -130,6 +133,46 @@ def gradient_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (dx(recon) - dx(target)).abs().mean() + (dy(recon) - dy(target)).abs().mean()
 
 
+class FeatureDistance(nn.Module):
+    """LPIPS without learned weights, on a frozen conv trunk (a `animation.oracle` network's `_conv_trunk`):
+    after each activation of the convolutional stages, unit-normalise every pixel's feature vector and take the
+    mean squared difference; sum over stages. The heads use the frozen face-text scorer's image trunk: it was
+    trained to tell expressions apart, so its features weigh the small parts (eyes, mouth) that pixel losses
+    average away. The attribute oracle, which measures the prior, is never used for training it."""
+
+    def __init__(self, trunk: nn.Sequential, size: int):
+        super().__init__()
+        self.size = size
+        self.stages = nn.ModuleList()
+        current: list[nn.Module] = []
+        for layer in trunk:
+            if isinstance(layer, nn.Flatten):
+                break
+            current.append(layer)
+            if not isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)):  # an activation closes a stage
+                self.stages.append(nn.Sequential(*current))
+                current = []
+        self.requires_grad_(False).eval()
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised feature maps of every stage (also a `feature_fn` for `animation.inversion.invert`)."""
+        from animation.oracle import resize_inputs
+
+        x = resize_inputs(x, self.size)
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(F.normalize(x, dim=1))
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        total = x.new_zeros(())
+        for both in self.features(torch.cat([x, y])):
+            fx, fy = both.chunk(2)
+            total = total + (fx - fy).square().sum(dim=1).mean()
+        return total
+
+
 def latent_penalties(ws: torch.Tensor, encoder: InversionEncoder) -> tuple[torch.Tensor, torch.Tensor]:
     """(offset, layer spread): mean squared W+ offset from the encoder's reference w and mean squared deviation
     of the layers from their mean, both in units of w's spread."""
@@ -138,8 +181,9 @@ def latent_penalties(ws: torch.Tensor, encoder: InversionEncoder) -> tuple[torch
 
 
 class PriorObjective:
-    def __init__(self, cfg: PriorConfig, preview_images: torch.Tensor, output_dir: Path):
-        self.cfg, self.preview_images, self.output_dir = cfg, preview_images, output_dir
+    def __init__(self, cfg: PriorConfig, preview_images: torch.Tensor, output_dir: Path,
+                 features: FeatureDistance | None = None):
+        self.cfg, self.preview_images, self.output_dir, self.features = cfg, preview_images, output_dir, features
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, torch.Tensor]:
         lc, images = self.cfg.loss, batch["images"]
@@ -147,6 +191,8 @@ class PriorObjective:
         offset, spread = latent_penalties(ws, getattr(model, "module", model).encoder)
         terms = {"pixel": (recon - images).abs().mean(), "multiscale": multiscale_l1(recon, images),
                  "gradient": gradient_l1(recon, images), "latent": offset, "layer_spread": spread}
+        if self.features is not None:
+            terms["perceptual"] = self.features(recon, images)
         total = sum(getattr(lc, k) * v for k, v in terms.items())
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 
@@ -208,7 +254,13 @@ def run_train_prior(cfg: PriorConfig, resume: bool = False) -> dict[str, Any] | 
     preview = face_tensors(cfg.split.faces("val", 16, 0), size)
     batches = ArrayBatches(images, torch.zeros(len(images), dtype=torch.long), cfg.train.batch_size,
                            cfg.train.seed, dist.rank(), dist.world_size())
-    objective = PriorObjective(cfg, preview, out)
+    features = None
+    if cfg.loss.perceptual:
+        from animation.oracle import get_scorer
+
+        scorer = get_scorer(cfg.cache_dir, size=size, **cfg.scorer)
+        features = FeatureDistance(scorer.image_tower, scorer.size)
+    objective = PriorObjective(cfg, preview, out, features)
     trainer = Trainer(cfg.train, cfg.optim, model, objective, batches, out, epoch_setter=batches.set_epoch,
                       resume=resume)
     summary = trainer.fit()

@@ -44,6 +44,7 @@ from animation.faces import describe, face_tensors
 from animation.inversion import EncoderConfig, InversionEncoder
 from animation.stylegan2 import Generator
 
+from .manipulation import build_mapper
 from .mapper import GeneratorHead, HeadConfig, MapperConfig, TextMapper, offset_penalty, save_preview
 from .prior import load_prior, multiscale_l1
 
@@ -234,9 +235,8 @@ def run_train_superres(cfg: SuperResConfig, text_encoder: TextEncoder | None, re
         scorer_emb = scorer.encode_texts(sentences).float().cpu()
         text_emb = text_encoder(sentences).float().cpu() if cfg.use_text else torch.zeros(len(sentences), 1)
     encoder = copy.deepcopy(prior_encoder).train().requires_grad_(True)
-    mapper = TextMapper(MapperConfig(generator.num_ws, generator.w_dim, text_emb.shape[1], cfg.hidden, cfg.layers,
-                                     cfg.use_text))
-    mapper.w_std.copy_(encoder.w_std)
+    codes = prior_encoder.encode(images) if cfg.components else None
+    mapper = build_mapper(cfg, generator, text_emb.shape[1], encoder, codes)
     model = SuperResModel(generator, encoder, mapper, {"prior_dir": str(cfg.prior_dir), "scale": cfg.scale,
                                                        "text_model": str(cfg.text_model)})
     preview_factors = cfg.split.faces("val", 8, 0)

@@ -103,6 +103,27 @@ def test_no_text_mapper_has_no_text_input_and_paper_size_builds_on_meta():
         assert paper(torch.empty(2, 18, 512), torch.empty(2, 1024)).shape == (2, 18, 512)
 
 
+def test_mapper_components_keep_edits_in_the_codes_principal_span():
+    torch.manual_seed(0)
+    num_ws, w_dim = 4, 8
+    directions = torch.linalg.qr(torch.randn(num_ws * w_dim, 3))[0].t()  # the data vary along 3 directions
+    codes = (torch.randn(500, 3) * torch.tensor([3.0, 2.0, 1.0])) @ directions
+    mapper = TextMapper(MapperConfig(num_ws, w_dim, text_dim=5, hidden=16, layers=1, components=2))
+    mapper.set_code_statistics(codes.view(500, num_ws, w_dim))
+    assert torch.allclose(mapper.component_std, torch.tensor([3.0, 2.0]), rtol=0.15)
+    torch.nn.init.normal_(mapper.out.weight)
+    dw = mapper(torch.randn(6, num_ws, w_dim), torch.randn(6, 5)).flatten(1)
+    basis = mapper.basis
+    assert torch.allclose(dw, (dw @ basis.t()) @ basis, atol=1e-4)  # inside the top-2 span
+    true_span = directions[:2]
+    assert torch.allclose(basis @ true_span.t() @ true_span, basis, atol=0.1)  # which is the data's top-2 span
+    assert dw.abs().sum() > 0
+    one_std = (mapper.component_std[0] * mapper.basis[0]).view(1, num_ws, w_dim)
+    assert mapper.penalty(one_std).item() == pytest.approx(0.5)  # 1 std along one of 2 directions
+    with pytest.raises(ValueError, match="more than"):
+        mapper.set_code_statistics(codes[:2].view(2, num_ws, w_dim))
+
+
 def test_multiscale_and_gradient_l1_see_coarse_and_edge_differences():
     x = torch.zeros(1, 3, 16, 16)
     checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 2.0 - 1.0

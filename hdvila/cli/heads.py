@@ -9,13 +9,26 @@ from hdvila.cli import add_training_command, print_summary, training_config
 from hdvila.cli.animate import hdvila_text_encoder
 
 
+MINILM = "minilm"
+
+
+def text_encoder_from(text_model: str):
+    """An HD-VILA pretrained folder's `encode_text`, or with "minilm" the packaged MiniLM sentence encoder (the
+    frozen scorer's text side: a reference for what a strong text encoder gives the heads)."""
+    if text_model == MINILM:
+        from animation.oracle import get_sentence_encoder
+
+        return get_sentence_encoder().encode
+    return hdvila_text_encoder(text_model)
+
+
 def _text_encoder_for(args: argparse.Namespace, model_dir: str):
     from data_tools.pretrained import read_pretrained
 
     config = read_pretrained(model_dir).config
     if not config.get("mapper", {}).get("use_text", True):
         return None  # a no-text model reads no sentence
-    return hdvila_text_encoder(args.text_model or config["text_model"])
+    return text_encoder_from(args.text_model or config["text_model"])
 
 
 def cmd_train_prior(args: argparse.Namespace) -> int:
@@ -54,7 +67,7 @@ def cmd_train_manipulation(args: argparse.Namespace) -> int:
     from heads.manipulation import ManipulationConfig, run_train_manipulation
 
     cfg = training_config(ManipulationConfig, args)
-    text_encoder = hdvila_text_encoder(cfg.text_model) if cfg.use_text else None
+    text_encoder = text_encoder_from(cfg.text_model) if cfg.use_text else None
     return print_summary(run_train_manipulation(cfg, text_encoder, resume=args.resume, progress=not args.quiet))
 
 
@@ -71,7 +84,7 @@ def cmd_train_superres(args: argparse.Namespace) -> int:
     from heads.superres import SuperResConfig, run_train_superres
 
     cfg = training_config(SuperResConfig, args)
-    text_encoder = hdvila_text_encoder(cfg.text_model) if cfg.use_text else None
+    text_encoder = text_encoder_from(cfg.text_model) if cfg.use_text else None
     return print_summary(run_train_superres(cfg, text_encoder, resume=args.resume, progress=not args.quiet))
 
 
@@ -113,7 +126,7 @@ def add_parser(subparsers) -> None:
     mn.add_argument("--image", required=True)
     mn.add_argument("--text", required=True, help='e.g. "she smiles"')
     mn.add_argument("--out", required=True, help="a .png")
-    mn.add_argument("--text-model", default=None, help="HD-VILA pretrained folder (default: the one it trained with)")
+    mn.add_argument("--text-model", default=None, help="HD-VILA pretrained folder or minilm (default: the one it trained with)")
     mn.add_argument("--device", default="cpu")
     mn.set_defaults(func=cmd_manipulate)
     add_training_command(sub, "train-superres", "heads", cmd_train_superres,
@@ -124,6 +137,6 @@ def add_parser(subparsers) -> None:
     sr.add_argument("--text", default="", help="a sentence describing the face (ignored by a no-text model)")
     sr.add_argument("--scale", type=int, default=4)
     sr.add_argument("--out", required=True, help="a .png")
-    sr.add_argument("--text-model", default=None, help="HD-VILA pretrained folder (default: the one it trained with)")
+    sr.add_argument("--text-model", default=None, help="HD-VILA pretrained folder or minilm (default: the one it trained with)")
     sr.add_argument("--device", default="cpu")
     sr.set_defaults(func=cmd_superres)
