@@ -152,7 +152,7 @@ def heads_run(tmp_path_factory):
               "split.identities=40", "split.val_identities=4", "hidden=16", "layers=1", *TINY_TRAIN]
     for name, use_text in (("manip", "true"), ("manip-notext", "false")):
         assert cli_main(["--quiet", "heads", "train-manipulation", "--config", "heads/faces32-manipulation", *common,
-                         *TINY_JUDGES, f"output_dir={root / name}", f"use_text={use_text}", "faces=16",
+                         *TINY_JUDGES, f"output_dir={root / name}", f"use_text={use_text}", "faces=16", "components=4",
                          "train.max_steps=4", "train.val_every=2"]) == 0
     for name, use_text in (("sr", "true"), ("sr-notext", "false")):
         assert cli_main(["--quiet", "heads", "train-superres", "--config", "heads/faces32-superres", *common,
