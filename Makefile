@@ -53,7 +53,7 @@ bench-spo: $(STAMP)
 bench-bridge: $(STAMP)
 	$(PY) benchmarks/bench_bridge.py
 
-# the generation heads (docs/results/heads.md): the prior (~25 min on one core), then text and no-text
+# the generation heads (docs/results/heads.md): the prior (~50 min on one core), then text and no-text
 # manipulation and super-resolution heads for 3 seeds, two at a time (~70 min), validation and test evaluation;
 # needs `make demo` first (the HD-VILA text encoder)
 bench-heads: $(STAMP)

@@ -35,6 +35,7 @@ DOCS = REPO / "docs" / "results"
 RUNS = REPO / "runs" / "heads"
 CACHE = RUNS / "cache"
 PRIORS = {"autoencoding prior (this issue)": RUNS / "faces32-prior" / "prior",
+          "autoencoding prior without the perceptual term (4000 steps)": RUNS / "faces32-prior-pixel" / "prior",
           "adversarial GAN (animate train-gan, 12k steps)": RUNS / "faces32-gan-prior"}
 TEXT_MODEL = REPO / "runs" / "demo" / "pretrain" / "pretrained"
 
@@ -154,7 +155,7 @@ def stage_eval(args) -> None:
     from heads.prior import FaceSplit
 
     torch.set_num_threads(args.threads)
-    results = load_results()
+    sections: dict = {}
     judges = get_judges(CACHE, 32)
     encoders = text_encoders()
     split = FaceSplit()
@@ -174,7 +175,7 @@ def stage_eval(args) -> None:
             print(seed, json.dumps({k: round(v["success"], 3) for k, v in report["arms"].items()}), flush=True)
             if seed == args.seeds[0]:
                 manipulation_grid(report, DOCS / f"heads_manipulation_{args.split}.png")
-        results.setdefault("manipulation", {})[args.split] = summarise_seeds(per_seed, "success", faces=len(factors))
+        sections["manipulation"] = summarise_seeds(per_seed, faces=len(factors))
     if "sr" in args.heads:
         factors = split.faces(args.split, args.sr_faces, seed=2)
         per_seed = {}
@@ -196,14 +197,16 @@ def stage_eval(args) -> None:
                 pick = np.concatenate([closed, np.setdiff1d(np.arange(12), closed)])[:12]
                 save_image_grid(torch.cat([r[pick] for r in rows]), DOCS / f"heads_superres_{args.split}.png",
                                 nrow=12, scale=3)
-        results.setdefault("superres", {})[args.split] = summarise_seeds(per_seed, "eyes_closed_bacc",
-                                                                         faces=len(factors))
-        results["superres"][args.split]["eyes_closed_rate"] = report["eyes_closed_rate"]
-        results["superres"][args.split]["mouth_open_rate"] = report["mouth_open_rate"]
+        sections["superres"] = {**summarise_seeds(per_seed, faces=len(factors)),
+                                "eyes_closed_rate": report["eyes_closed_rate"],
+                                "mouth_open_rate": report["mouth_open_rate"]}
+    results = load_results()  # read at the end: another stage may have written its part meanwhile
+    for name, section in sections.items():
+        results.setdefault(name, {})[args.split] = section
     save_results(results)
 
 
-def summarise_seeds(per_seed: dict, key: str, faces: int) -> dict:
+def summarise_seeds(per_seed: dict, faces: int) -> dict:
     """Per arm and metric: the per-seed values, their mean and sample std."""
     arms: dict = {}
     for seed, rec in per_seed.items():
@@ -333,8 +336,9 @@ def write_report(results: dict, path: Path) -> None:
                   "| arm | PSNR dB | SSIM | eyes shut, balanced acc. | mouth open, balanced acc. |",
                   "|---|---|---|---|---|"]
         for arm, m in section["arms"].items():
-            lines.append(f"| {arm} | {_ms(m['psnr'], 2)} | {_ms(m['ssim'])} | {_ms(m['eyes_closed_bacc'])} | "
-                         f"{_ms(m['mouth_open_bacc'])} |")
+            same = arm.startswith("truth")  # the truth against itself: no PSNR or SSIM to speak of
+            lines.append(f"| {arm} | {'–' if same else _ms(m['psnr'], 2)} | {'–' if same else _ms(m['ssim'])} | "
+                         f"{_ms(m['eyes_closed_bacc'])} | {_ms(m['mouth_open_bacc'])} |")
         lines += ["", "PSNR text vs no-text head, paired t-test per seed: " + ", ".join(
             f"seed {s}: p = {fmt_p(t['p_psnr_text_vs_notext'])}" for s, t in section["tests"].items()) + ".", "",
             f"![super-resolution](heads_superres_{split}.png)", "",
