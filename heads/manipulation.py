@@ -63,8 +63,8 @@ class ManipulationLossConfig:
     text: float = 1.0
     contrastive: bool = True  # InfoNCE over the batch's sentences (distinct actions); false: 1 - cos
     temperature: float = 0.07
-    offset: float = 1.0
-    keep: float = 10.0  # squared change of the oracle's kept factors, in units of their range
+    offset: float = 0.3
+    keep: float = 30.0  # squared change of the oracle's kept factors, in units of their range
     cycle: float = 1.0  # the edited image, re-encoded by the prior's encoder, gives back its code (see below)
 
 

@@ -12,7 +12,9 @@ autoencoding prior trained here.
 Why an autoencoding prior. The adversarial 32 px GAN that 75 CPU-minutes buy draws expressions faintly: its
 inversions lose closed eyes and small smiles (docs/results/heads.md measures it). The research notes'
 recommended CPU route is a GLO / auto-decoder fit: train the StyleGAN2 synthesis network to reconstruct the
-training faces from learned latents, with L1 and multi-scale L1. This is its amortised form: the latents come
+training faces from learned latents, with L1 and multi-scale L1; here also an LPIPS-style distance on the frozen
+face-text scorer's conv features (`FeatureDistance`), without which eyes and smiles stay blurred. This is its
+amortised form: the latents come
 from an encoder (the same CNN as the inversion encoder, predicting W+ offsets from a reference w), so encoder
 and generator train together on the shared trainer and the encoder is the inversion afterwards. Two small
 penalties keep the W+ space editable: offsets from the reference w stay small (a weight-decay-like prior on
