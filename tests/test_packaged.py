@@ -44,3 +44,44 @@ def test_minilm_text_tower_and_tokenizer_load_from_the_package(tmp_path):
     again = load_tokenizer(tmp_path / "export" / "tokenizer")
     assert again(["A red circle moves to the left."], max_len=16)["input_ids"][0].tolist() == ids.tolist()
     assert HDVILA.from_pretrained(tmp_path / "export").config.text.init_from == "packaged:all-minilm-l6-v2"
+
+
+def test_imagenet_mobilenet_backbones_load_from_the_package_and_match_torchvision():
+    """hdvila-small-mnv2's keyframe and neighbour CNNs hold torchvision's ImageNet MobileNetV2, renamed to
+    timm's keys by position: the stage-5 map equals torchvision's `features[:18]` on the same input."""
+    import torchvision
+
+    import hdvila  # noqa: F401 - registers the model configs
+    from hdvila.models import create_model
+
+    path = resolve_model_folder("packaged:mobilenet-v2-imagenet")
+    reference = torchvision.models.mobilenet_v2()
+    reference.load_state_dict(torch.load(path, weights_only=True))
+    reference.eval()
+    model = create_model("hdvila-small-mnv2").eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        stage4, stage5 = model.video.hr_backbone(x)
+        assert torch.allclose(stage5, reference.features[:18](x), atol=1e-5)
+        assert torch.allclose(model.video.lr_backbone(x)[0], stage4)
+    # a saved model does not need the package: from_pretrained skips the ImageNet file
+    assert not create_model("hdvila-small-mnv2", video={"pretrained_path": None}).video.hr_backbone.state_dict()[
+        "conv_stem.weight"].equal(model.video.hr_backbone.state_dict()["conv_stem.weight"])
+
+
+def test_timm_names_by_order_maps_one_architecture_and_refuses_another():
+    import timm
+
+    from hdvila.models.video_encoder import timm_names_by_order
+
+    torch.manual_seed(0)
+    source = timm.create_model("resnet18", pretrained=False, num_classes=10).state_dict()
+    renamed_source = {f"features.{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(source.items())}
+    mapped = timm_names_by_order(renamed_source, "resnet18", {"num_classes": 10})
+    assert mapped is not None and list(mapped) == list(source)
+    assert all(torch.equal(mapped[k], source[k]) for k in source)
+    assert timm_names_by_order(renamed_source, "resnet34", {"num_classes": 10}) is None  # other depth
+    assert timm_names_by_order(renamed_source, "resnet18") is None  # 1000-class head: shapes differ
+    kinds_shifted = {f"x{i}." + ("running_mean" if k.endswith("bn1.weight") else k.rsplit(".", 1)[-1]): v
+                     for i, (k, v) in enumerate(source.items())}
+    assert timm_names_by_order(kinds_shifted, "resnet18", {"num_classes": 10}) is None  # a weight read as a mean

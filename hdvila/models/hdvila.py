@@ -109,9 +109,10 @@ class HDVILA(PretrainedMixin, nn.Module):
     # ------------------------------------------------------------------------------------------------
     # encoders
 
-    def _encode_video(self, hr: torch.Tensor, lr: torch.Tensor
+    def _encode_video(self, hr: torch.Tensor, lr: torch.Tensor, with_reversed: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        tokens, grid = self.video(hr, lr)
+        """-> (embeddings, tokens, grid); `with_reversed` appends the clips played backwards to both."""
+        tokens, grid = self.video(hr, lr, with_reversed=with_reversed)
         emb = F.normalize(self.v_proj(tokens.mean(dim=(1, 2))), dim=-1)
         return emb, tokens, grid
 
@@ -170,9 +171,11 @@ class HDVILA(PretrainedMixin, nn.Module):
         return self.mlm_logits(seq[picked]), labels[picked]
 
     def forward(self, batch: dict, objectives: Iterable[str] = ("vtc",),
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | None = None, reversed_negatives: bool = False
+                ) -> dict[str, torch.Tensor]:
         """What the objectives need:
-        - vtc: video_emb [B, D], text_emb [B, D];
+        - vtc: video_emb [B, D], text_emb [B, D]; with `reversed_negatives` also reversed_video_emb [B, D],
+          the same clips played backwards (their motion runs the other way, so no caption fits them);
         - mlm: mlm_logits [M, vocab] and mlm_labels [M] at the M masked positions only (the vocabulary
           projection is the costly part, so unmasked positions are never projected); on a GPU or under
           torch.compile every position, labelled -100 where unmasked (`masked_logits`);
@@ -186,8 +189,13 @@ class HDVILA(PretrainedMixin, nn.Module):
         if unknown:
             raise ValueError(f"unknown objectives {sorted(unknown)}; choose from {OBJECTIVES}")
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        video_emb, tokens, grid = self._encode_video(batch["hr"], batch["lr"])
-        out: dict[str, torch.Tensor] = {"visual_tokens": tokens}
+        reversed_too = reversed_negatives and "vtc" in objectives
+        video_emb, tokens, grid = self._encode_video(batch["hr"], batch["lr"], with_reversed=reversed_too)
+        out: dict[str, torch.Tensor] = {}
+        if reversed_too:
+            b = ids.shape[0]
+            out["reversed_video_emb"], video_emb, tokens = video_emb[b:], video_emb[:b], tokens[:b]
+        out["visual_tokens"] = tokens
         if objectives & {"vtc", "vtm"}:
             text_emb, text_states = self.encode_text(ids, mask)
             out.update(video_emb=video_emb, text_emb=text_emb)
@@ -218,7 +226,7 @@ class HDVILA(PretrainedMixin, nn.Module):
         result: dict[str, torch.Tensor] = {}
         if "video_emb" in outputs and "text_emb" in outputs:
             result["vtc"] = contrastive_loss(outputs["video_emb"], outputs["text_emb"], temperature,
-                                             negatives=negatives)
+                                             negatives=negatives, reversed_video=outputs.get("reversed_video_emb"))
         if "mlm_logits" in outputs:
             logits, labels = outputs["mlm_logits"], outputs["mlm_labels"]
             # mean over the masked positions (-100 rows add 0); nothing masked gives a zero loss on the graph

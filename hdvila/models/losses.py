@@ -35,14 +35,23 @@ def contrastive_logits(video: torch.Tensor, text: torch.Tensor, temperature: flo
 
 
 def contrastive_loss(video: torch.Tensor, text: torch.Tensor, temperature: float = 0.05,
-                     gather: bool = True, negatives: "QueuedNegatives | None" = None) -> torch.Tensor:
+                     gather: bool = True, negatives: "QueuedNegatives | None" = None,
+                     reversed_video: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE (mean of text-to-video and video-to-text cross-entropy) on L2-normalised embeddings.
 
     `negatives` adds remembered embeddings of earlier batches as extra columns (constants, no gradient); its
-    `exclude` [N, Q] masks the entries that are the same clip as a row's positive."""
+    `exclude` [N, Q] masks the entries that are the same clip as a row's positive.
+    `reversed_video` [B, D]: the batch's clips played backwards, extra text-to-video negatives (with gradient),
+    as in time-order contrastive training (Bagad et al., "Test of Time", CVPR 2023): a caption must prefer
+    its clip to the same frames in reverse, which only the motion tells apart. They have no caption of their
+    own, so they add no video-to-text rows."""
     logits = contrastive_logits(video, text, temperature, gather)
     labels = torch.arange(logits.shape[0], device=logits.device)
     t2v, v2t = logits, logits.t()
+    if reversed_video is not None:
+        gathered_text = all_gather_with_grad(text) if gather else text
+        gathered_reversed = all_gather_with_grad(reversed_video) if gather else reversed_video
+        t2v = torch.cat([t2v, gathered_text @ gathered_reversed.t() / temperature], dim=1)
     if negatives is not None and negatives.video.shape[0]:
         if gather:
             video, text = all_gather_with_grad(video), all_gather_with_grad(text)

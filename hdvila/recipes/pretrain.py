@@ -63,6 +63,9 @@ class PretrainConfig:
     recipe: Literal["stage1", "stage2", "joint"] = "stage1"
     vtm: bool = False  # add video-text matching with hard negatives
     negative_queue: int = 0  # remember this many past (video, text) embedding pairs as extra vtc negatives
+    # every clip played backwards is an extra vtc negative for the captions (costs one more temporal
+    # Transformer pass, not a CNN pass): motion direction is what tells a clip from its reverse
+    reversed_negatives: bool = False
     init_from: str | None = None  # a save_pretrained folder to start from (stage 2 starts from stage 1)
     output_dir: str = "runs/pretrain"
     export: bool = True  # save_pretrained(output_dir/pretrained) at the end
@@ -88,8 +91,10 @@ class PretrainObjective:
 
     def __init__(self, objectives: tuple[str, ...], temperature: float, seed: int,
                  val_loader: LoaderConfig | None = None, tokenizer: str | None = None,
-                 inference: InferenceConfig | None = None, val_max_clips: int = 0, negative_queue: int = 0):
+                 inference: InferenceConfig | None = None, val_max_clips: int = 0, negative_queue: int = 0,
+                 reversed_negatives: bool = False):
         self.objectives = objectives
+        self.reversed_negatives = reversed_negatives
         self.queue = NegativeQueue(negative_queue) if negative_queue and "vtc" in objectives else None
         self.temperature = temperature
         self.seed = seed
@@ -108,7 +113,8 @@ class PretrainObjective:
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, torch.Tensor]:
         # MLM masking draws from a generator keyed by (seed, step, rank): resumable and rank-distinct.
         module = getattr(model, "module", model)
-        outputs = model(batch, self.objectives, generator=step_generator(self.seed, step))
+        outputs = model(batch, self.objectives, generator=step_generator(self.seed, step),
+                        reversed_negatives=self.reversed_negatives)
         if "vtc" not in self.objectives:  # vtm also returns the embeddings; score only what was asked for
             outputs.pop("video_emb", None)
             outputs.pop("text_emb", None)
@@ -194,7 +200,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any] | 
     loader, dataset, val_loader = make_loaders(cfg, model)
     objective = PretrainObjective(objectives, model.config.temperature, cfg.train.seed, val_loader,
                                   cfg.data.tokenizer, inference_config(cfg.data), cfg.data.val_max_clips,
-                                  cfg.negative_queue)
+                                  cfg.negative_queue, cfg.reversed_negatives)
     if D.is_main():
         log.info("model %s: %.1fM parameters (%.1fM trainable); recipe %s -> %s", cfg.model,
                  model.num_parameters("full") / 1e6, model.num_parameters("full", trainable_only=True) / 1e6,
