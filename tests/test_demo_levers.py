@@ -48,3 +48,18 @@ def test_render_names_the_corpus_and_the_twin_test():
     assert "| data464 | corpus of 464 videos (400 training) | 33.3 |" in table
     assert table.splitlines()[2].endswith("| 62 / 100 / 50 / 100 |")  # shape / colour / motion / background
     assert table.splitlines()[3].endswith("| - |")  # scored before the twin test existed
+
+
+def test_arms_apply_on_the_stop29_recipe_and_the_table_shows_only_their_changes():
+    levers = _load()
+    assert levers.on_stop29_recipe(levers.ARMS["sr4"]) == [*levers.STOP29_RECIPE, "data.sample_rate=4"]
+    from data_tools.config import load_config
+    from hdvila.recipes.pretrain import PretrainConfig
+
+    cfg = load_config(PretrainConfig, "pretrain/small", levers.on_stop29_recipe(levers.ARMS["sr8"]))
+    assert cfg.model == "hdvila-small" and cfg.data.tokenizer is None and not cfg.reversed_negatives
+    assert cfg.data.sample_rate == 8
+    cfg = load_config(PretrainConfig, "pretrain/small", levers.on_stop29_recipe(levers.ARMS["mnv2-minilm-reversed"]))
+    assert cfg.model == "hdvila-small-mnv2-minilm" and cfg.data.tokenizer and cfg.reversed_negatives  # later wins
+    table = levers.render({"arms": {"sr8": _arm(33.3, levers.STOP29_RECIPE), "mnv2": _arm(37.5, levers.ARMS["mnv2"])}})
+    assert "| sr8 | - | 33.3 |" in table and "| mnv2 | `model=hdvila-small-mnv2` | 37.5 |" in table

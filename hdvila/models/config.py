@@ -31,6 +31,7 @@ class VideoEncoderConfig:
     temporal_heads: int = 16
     temporal_mlp_ratio: float = 4.0
     temporal_time_conv: bool = False  # a depthwise space-time convolution before the blocks (temporal.py)
+    temporal_time_conv_std: float = 0.0  # its initial weights: 0 = zeros (the identity), else normal(0, std)
     drop_path: float = 0.1  # largest rate; block i gets drop_path * i / (depth - 1)
     num_frm: int = 7  # frames per segment, odd: the middle one is the HR keyframe
     hr_size: tuple[int, int] = (640, 1024)  # keyframe (height, width)

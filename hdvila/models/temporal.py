@@ -77,7 +77,7 @@ class DividedSpaceTimeTransformer(nn.Module):
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, drop_path: float,
-                 grid: tuple[int, int], num_frames: int, time_conv: bool = False):
+                 grid: tuple[int, int], num_frames: int, time_conv: bool = False, time_conv_std: float = 0.0):
         super().__init__()
         self.space_pos = nn.Parameter(torch.zeros(1, dim, *grid))
         self.time_pos = nn.Parameter(torch.zeros(1, dim, num_frames))
@@ -92,12 +92,14 @@ class DividedSpaceTimeTransformer(nn.Module):
         # order-sensitive attention needs two small weights to grow together; this branch is linear in its
         # weights, so frame order gets a gradient from the first step. It is spatial too because a shape that
         # moves leaves one cell as it enters the next: per-cell trends cancel in the mean over cells, while a
-        # filter tuned to "there before, here now" keeps the direction. Zero-initialised: it starts as the identity.
+        # filter tuned to "there before, here now" keeps the direction. Zero-initialised (it starts as the
+        # identity), or random with `time_conv_std`, so clips and their reverses differ from the first step.
         self.time_conv = None
         if time_conv:
             self.time_conv = nn.Conv3d(dim, dim, (num_frames, 3, 3), padding=(num_frames // 2, 1, 1), groups=dim,
                                        bias=False)
-            nn.init.zeros_(self.time_conv.weight)
+            nn.init.normal_(self.time_conv.weight, 0.0, time_conv_std) if time_conv_std else nn.init.zeros_(
+                self.time_conv.weight)
 
     def _positions(self, t: int, h: int, w: int) -> torch.Tensor:
         space = self.space_pos

@@ -196,7 +196,7 @@ class HybridVideoEncoder(nn.Module):
         self.grid = cfg.nominal_grid(self.reduction)
         self.temporal = DividedSpaceTimeTransformer(d, cfg.temporal_depth, cfg.temporal_heads,
                                                     cfg.temporal_mlp_ratio, cfg.drop_path, self.grid, cfg.num_frm,
-                                                    cfg.temporal_time_conv)
+                                                    cfg.temporal_time_conv, cfg.temporal_time_conv_std)
         if cfg.fold_norm:
             self.folded_norms = fold_frozen_batchnorms(self.hr_backbone) + fold_frozen_batchnorms(self.lr_backbone)
         # x * scale + shift == (x / 255 - mean) / std on the 0-255 scale, in one fused pass
