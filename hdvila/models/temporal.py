@@ -98,8 +98,10 @@ class DividedSpaceTimeTransformer(nn.Module):
         if time_conv:
             self.time_conv = nn.Conv3d(dim, dim, (num_frames, 3, 3), padding=(num_frames // 2, 1, 1), groups=dim,
                                        bias=False)
-            nn.init.normal_(self.time_conv.weight, 0.0, time_conv_std) if time_conv_std else nn.init.zeros_(
-                self.time_conv.weight)
+            if time_conv_std:
+                nn.init.normal_(self.time_conv.weight, 0.0, time_conv_std)
+            else:
+                nn.init.zeros_(self.time_conv.weight)
 
     def _positions(self, t: int, h: int, w: int) -> torch.Tensor:
         space = self.space_pos

@@ -76,7 +76,8 @@ def timm_names_by_order(source: dict[str, torch.Tensor], name: str, kwargs: dict
     """A checkpoint of the same network under other key names (torchvision's `features.0.0.weight` for timm's
     `conv_stem.weight`), renamed to the whole timm model's names by position. None unless every tensor's
     shape and kind (weight, bias, running_mean, ...) agree in order: one architecture, two namings."""
-    reference = timm.create_model(name, pretrained=False, **(kwargs or {})).state_dict()
+    with torch.device("meta"):  # names and shapes only: no memory, and safe inside ZeRO-3's partitioned init
+        reference = timm.create_model(name, pretrained=False, **(kwargs or {})).state_dict()
     if len(reference) != len(source):
         return None
     renamed = {}
@@ -85,6 +86,12 @@ def timm_names_by_order(source: dict[str, torch.Tensor], name: str, kwargs: dict
             return None
         renamed[ref_key] = tensor
     return renamed
+
+
+def _candidate_keys(key: str) -> tuple[str, str, str]:
+    """Where a feature extractor's tensor may sit in a whole-model checkpoint: FeatureGetterNet (ViTs) wraps
+    the model as `.model`; FeatureListNet keeps the original names, some with the first "." as "_"."""
+    return key, key.removeprefix("model."), key.replace("_", ".", 1)
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path, name: str | None = None,
@@ -98,14 +105,12 @@ def load_backbone_weights(model: nn.Module, path: str | Path, name: str | None =
     """
     source = read_state_dict(path)
     target = model.state_dict()
-    if name and not any(key in source or key.removeprefix("model.") in source for key in target):
+    if name and not any(c in source for key in target for c in _candidate_keys(key)):
         source = timm_names_by_order(source, name, kwargs) or source
     loaded: dict[str, torch.Tensor] = {}
     missing = []
     for key, tensor in target.items():
-        # FeatureGetterNet (ViTs) wraps the model as `.model`; FeatureListNet keeps the original names.
-        candidates = (key, key.removeprefix("model."), key.replace("_", ".", 1))
-        found = next((source[c] for c in candidates if c in source), None)
+        found = next((source[c] for c in _candidate_keys(key) if c in source), None)
         if found is None:
             if not key.endswith("num_batches_tracked"):
                 missing.append(key)
@@ -244,6 +249,8 @@ class HybridVideoEncoder(nn.Module):
         else:
             stack = key_slot
         copies = 1
+        if with_reversed and not neighbours:
+            raise ValueError("reversed clips need neighbour frames: a keyframe alone reads the same backwards")
         if with_reversed:  # the keyframe stays the middle step, the neighbours swap sides in reverse order
             stack, copies = torch.cat([stack, stack.flip(1)]), 2
         middle = self.temporal(stack, keep_step=neighbours // 2)  # [copies*B*S, N, d]

@@ -194,9 +194,11 @@ def make_loaders(cfg: PretrainConfig, model: HDVILA) -> tuple[Any, Any, LoaderCo
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict[str, Any] | None:
     """Build the model and data, run the shared trainer, export. Returns the trainer's summary."""
+    objectives = RECIPE_OBJECTIVES[cfg.recipe] + (("vtm",) if cfg.vtm else ())
+    if cfg.reversed_negatives and "vtc" not in objectives:
+        raise ValueError(f"reversed_negatives are contrastive negatives; recipe {cfg.recipe!r} has no vtc")
     out = start_run(cfg)
     model = build_model(cfg)
-    objectives = RECIPE_OBJECTIVES[cfg.recipe] + (("vtm",) if cfg.vtm else ())
     loader, dataset, val_loader = make_loaders(cfg, model)
     objective = PretrainObjective(objectives, model.config.temperature, cfg.train.seed, val_loader,
                                   cfg.data.tokenizer, inference_config(cfg.data), cfg.data.val_max_clips,
