@@ -85,6 +85,10 @@ ARMS: dict[str, list[str]] = {
         "model_overrides.video.hr_out_indices=[2,4]", "model_overrides.video.lr_out_index=2"],
     # ablations of the shipped recipe (model hdvila-small-motion): one change taken away at a time
     "motion-no-reversed": ["model=hdvila-small-motion", "data.tokenizer=packaged:all-minilm-l6-v2"],
+    "motion-no-minilm": ["model=hdvila-small-mnv2", "reversed_negatives=true",
+                         "model_overrides.video.temporal_time_conv=true",
+                         "model_overrides.video.temporal_time_conv_std=0.1",
+                         "model_overrides.video.hr_out_indices=[2,4]", "model_overrides.video.lr_out_index=2"],
 }
 
 
