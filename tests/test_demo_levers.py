@@ -59,6 +59,11 @@ def test_arms_apply_on_the_stop29_recipe_and_the_table_shows_their_changes():
     cfg = load_config(PretrainConfig, "pretrain/small", levers.on_stop29_recipe(levers.ARMS["sr8"]))
     assert cfg.model == "hdvila-small" and cfg.data.tokenizer is None and not cfg.reversed_negatives
     assert cfg.data.sample_rate == 8
+    assert [g.lr_scale for g in cfg.optim.param_groups] == [None, None, None]  # language at the full rate
+    shipped = load_config(PretrainConfig, "pretrain/small")
+    arm = load_config(PretrainConfig, "pretrain/small", levers.on_stop29_recipe(levers.ARMS["motion-text-lr0.1"]))
+    for field in ("model", "reversed_negatives", "optim", "data", "train"):
+        assert getattr(arm, field) == getattr(shipped, field), field  # that arm is the shipped recipe
     cfg = load_config(PretrainConfig, "pretrain/small", levers.on_stop29_recipe(levers.ARMS["mnv2-minilm-reversed"]))
     assert cfg.model == "hdvila-small-mnv2-minilm" and cfg.data.tokenizer and cfg.reversed_negatives  # later wins
     table = levers.render({"arms": {"sr8": _arm(33.3, levers.ARMS["sr8"]), "mnv2": _arm(37.5, levers.ARMS["mnv2"])}})
