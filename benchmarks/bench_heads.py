@@ -1,5 +1,6 @@
 """HD-VILA's generation heads on the synthetic faces: the prior, manipulation and super-resolution, with seeds.
 
+    python benchmarks/bench_heads.py text                           # text encoders on held-out phrasings
     python benchmarks/bench_heads.py prior [--split val]            # agreement of inversions, each prior
     python benchmarks/bench_heads.py train [--seeds 0 1 2] [--jobs 2]   # text and no-text heads per seed
     python benchmarks/bench_heads.py eval --split val|test [--seeds 0 1 2]
@@ -61,6 +62,39 @@ def text_encoders() -> dict:
     return {"text": hdvila.load_pretrained(TEXT_MODEL).encode_text, "minilm": get_sentence_encoder().encode}
 
 
+# ------------------------------------------------------------------------------------------------ text encoders
+
+def phrasing_agreement(encode, train: list[tuple[str, str]], test: list[tuple[str, str]]) -> dict:
+    """How well a text encoder carries the actions to unseen phrasings: for every held-out (action, sentence),
+    does its nearest training sentence (cosine) name the same action, and does the nearest action centroid?
+    Also the mean cosine between training sentences (near 1: the encoder has collapsed them)."""
+    with torch.no_grad():
+        a = torch.nn.functional.normalize(encode([t for _, t in train]).float(), dim=-1)
+        b = torch.nn.functional.normalize(encode([t for _, t in test]).float(), dim=-1)
+    actions = sorted({x for x, _ in train})
+    train_action = np.array([actions.index(x) for x, _ in train])
+    test_action = np.array([actions.index(x) for x, _ in test])
+    nearest = (b @ a.T).argmax(1).numpy()
+    centroids = torch.nn.functional.normalize(
+        torch.stack([a[torch.from_numpy(train_action == k)].mean(0) for k in range(len(actions))]), dim=-1)
+    by_centroid = (b @ centroids.T).argmax(1).numpy()
+    return {"nearest_phrasing": float(np.mean(train_action[nearest] == test_action)),
+            "nearest_centroid": float(np.mean(by_centroid == test_action)),
+            "mean_train_cosine": float((a @ a.T).mean()), "chance": 1 / len(actions),
+            "held_out": len(test), "train": len(train)}
+
+
+def stage_text(args) -> None:
+    from animation.faces import action_sentences
+
+    results = load_results()
+    results["text_encoders"] = {name: phrasing_agreement(encode, action_sentences("train"), action_sentences("test"))
+                                for name, encode in (("HD-VILA (make demo)", text_encoders()["text"]),
+                                                     ("MiniLM as packaged", text_encoders()["minilm"]))}
+    print(json.dumps(results["text_encoders"], indent=1))
+    save_results(results)
+
+
 # ------------------------------------------------------------------------------------------------ prior
 
 def stage_prior(args) -> None:
@@ -98,9 +132,18 @@ def stage_prior(args) -> None:
 
 # ------------------------------------------------------------------------------------------------ training
 
-# variant -> (use_text, extra overrides): the text head (HD-VILA's text encoder), the no-text reference, and the
-# text head on the packaged MiniLM sentence encoder (what a strong text encoder gives: a diagnostic)
-VARIANTS = {"text": (True, []), "notext": (False, []), "minilm": (True, ["text_model=minilm"])}
+# variant -> (use_text, extra overrides, label of its arm): the text head (HD-VILA's text encoder), the no-text
+# reference, the text head on the packaged MiniLM sentence encoder (what a raw pretrained sentence encoder gives:
+# a diagnostic) and the levers measured on val. Trained variants beyond text and notext join the evaluation.
+VARIANTS = {"text": (True, [], "text"), "notext": (False, [], "no-text mapper"),
+            "minilm": (True, ["text_model=minilm"], "text, raw MiniLM sentence encoder (diagnostic)"),
+            # manipulation levers (seed 0, val)
+            "minilm-mixnoise": (True, ["text_model=minilm", "text_augment.same_action_mix=true",
+                                       "text_augment.noise=0.3"], "raw MiniLM, phrasings mixed + noise 0.3 (lever)"),
+            # super-resolution: the loss before the perceptual term, with and without a pretrained text encoder
+            "l1-notext": (False, ["loss.perceptual=0"], "no-text head, L1 losses only (the previous loss)"),
+            "minilm-l1": (True, ["text_model=minilm", "loss.perceptual=0"],
+                          "text head, raw MiniLM, L1 losses only (lever)")}
 
 
 def run_folder(head: str, variant: str, seed: int) -> Path:
@@ -116,8 +159,16 @@ def load_head(head: str, variant: str, seed: int, encoders: dict):
     from heads.superres import TextSuperResolver
 
     cls = TextManipulator if head == "manip" else TextSuperResolver
-    encoder = None if variant == "notext" else encoders[variant]
+    use_text = VARIANTS[variant][0]
+    encoder = encoders["minilm" if variant.startswith("minilm") else "text"] if use_text else None
     return cls.from_pretrained(export_of(head, run_folder(head, variant, seed)), encoder)
+
+
+def trained_extras(head: str, seed: int, encoders: dict) -> dict:
+    """Label -> loaded head, for every variant beyond text and notext that has a trained folder at this seed."""
+    return {label: load_head(head, variant, seed, encoders) for variant, (_, _, label) in VARIANTS.items()
+            if variant not in ("text", "notext")
+            and (export_of(head, run_folder(head, variant, seed)) / "config.json").is_file()}
 
 
 def stage_train(args) -> None:
@@ -125,7 +176,7 @@ def stage_train(args) -> None:
     for seed in args.seeds:
         for head in args.heads:
             for variant in args.variants:
-                use_text, extra = VARIANTS[variant]
+                use_text, extra, _ = VARIANTS[variant]
                 out = run_folder(head, variant, seed)
                 if (export_of(head, out) / "config.json").is_file():
                     continue
@@ -164,8 +215,7 @@ def stage_eval(args) -> None:
         per_seed = {}
         for seed in args.seeds:
             text, none = load_head("manip", "text", seed, encoders), load_head("manip", "notext", seed, encoders)
-            extra = ({"text, MiniLM text encoder (diagnostic)": load_head("manip", "minilm", seed, encoders)}
-                     if (export_of("manip", run_folder("manip", "minilm", seed)) / "config.json").is_file() else {})
+            extra = trained_extras("manip", seed, encoders)
             steps = args.optimise_steps if seed == args.seeds[0] else 0
             report = evaluate_manipulation(text, judges, factors, no_text=none, optimise_steps=steps,
                                            extra_arms=extra)
@@ -181,7 +231,8 @@ def stage_eval(args) -> None:
         per_seed = {}
         for seed in args.seeds:
             text, none = load_head("sr", "text", seed, encoders), load_head("sr", "notext", seed, encoders)
-            report = evaluate_superres(text, factors, judges, no_text=none, seed=seed)
+            report = evaluate_superres(text, factors, judges, no_text=none, seed=seed,
+                                       extra_arms=trained_extras("sr", seed, encoders))
             arms = report["arms"]
             p_psnr = paired_t(arms["text head"].pop("psnr_per_image"), arms["no-text head"]["psnr_per_image"])
             for arm in arms.values():
@@ -290,6 +341,20 @@ def write_report(results: dict, path: Path) -> None:
              "and in docs/heads.md). Faces come from identities held out from every trained part; `val` figures "
              "chose the settings, `test` figures are reported once. ± is the sample standard deviation over "
              "training seeds.", ""]
+    if "text_encoders" in results:
+        lines += ["## Text encoders on held-out phrasings", "",
+                  "For each of the held-out action sentences of `animation.faces`, does the nearest training "
+                  "sentence (cosine of the text encoder's embeddings) name the same action, and does the nearest "
+                  "action centroid? A mapper trained on the training sentences can only carry an action to a new "
+                  "phrasing that lands near it.", "",
+                  "| text encoder | nearest phrasing | nearest centroid | mean cosine between training sentences |",
+                  "|---|---|---|---|"]
+        for name, rec in results["text_encoders"].items():
+            lines.append(f"| {name} | {rec['nearest_phrasing']:.3f} | {rec['nearest_centroid']:.3f} | "
+                         f"{rec['mean_train_cosine']:.3f} |")
+        first = next(iter(results["text_encoders"].values()))
+        lines += ["", f"{first['held_out']} held-out and {first['train']} training sentences; chance "
+                  f"{first['chance']:.3f}.", ""]
     for split, section in results.get("prior", {}).items():
         lines += [f"## Prior: inversion agreement ({split}, {next(iter(section.values()))['faces']} faces)", "",
                   "| prior | inversion steps | smile | mouth open | left eye | right eye | brows | head turn | "
@@ -344,6 +409,16 @@ def write_report(results: dict, path: Path) -> None:
             f"![super-resolution](heads_superres_{split}.png)", "",
             "Rows: the 8 px input (nearest), bicubic, the no-text head, the text head, the text head with another "
             "face's sentence, the truth. Faces with both eyes shut come first.", ""]
+    for key, title in (("manipulation_pilots_val", "Manipulation pilots (val) whose text model is gone"),
+                       ("superres_pilots_val", "Super-resolution pilots (val) whose text model is gone")):
+        if key in results:
+            pilot = results[key]
+            metrics = sorted({m for arm in pilot["arms"].values() for m in arm})
+            lines += [f"## {title}", "", pilot["note"] + ".", "", "| arm | " + " | ".join(metrics) + " |",
+                      "|---|" + "---|" * len(metrics)]
+            lines += [f"| {arm} | " + " | ".join(f"{m[k]:.3f}" if k in m else "–" for k in metrics) + " |"
+                      for arm, m in pilot["arms"].items()]
+            lines.append("")
     if "smoke" in results:
         s = results["smoke"]
         lines += ["## Real faces (smoke run)", "",
@@ -360,7 +435,7 @@ def write_report(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("prior", "train", "eval", "smoke", "report"))
+    parser.add_argument("stage", choices=("text", "prior", "train", "eval", "smoke", "report"))
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--faces", type=int, default=500, help="prior: faces; eval: manipulation faces x 24 actions")
     parser.add_argument("--sr-faces", type=int, default=1000)
@@ -378,7 +453,7 @@ def main() -> None:
     if args.stage == "report":
         write_report(load_results(), DOCS / "heads.md")
         return
-    {"prior": stage_prior, "train": stage_train, "eval": stage_eval, "smoke": stage_smoke}[args.stage](args)
+    {"text": stage_text, "prior": stage_prior, "train": stage_train, "eval": stage_eval, "smoke": stage_smoke}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -120,8 +120,10 @@ def evaluate_manipulation(manipulator: TextManipulator, judges, factors: np.ndar
 
 
 def evaluate_superres(text_model: TextSuperResolver, factors: np.ndarray, judges, *,
-                      no_text: TextSuperResolver | None = None, seed: int = 0) -> dict[str, Any]:
-    """PSNR / SSIM and the oracle's balanced accuracy on LR-hidden attributes per arm (see the module docstring)."""
+                      no_text: TextSuperResolver | None = None, seed: int = 0,
+                      extra_arms: dict[str, TextSuperResolver] | None = None) -> dict[str, Any]:
+    """PSNR / SSIM and the oracle's balanced accuracy on LR-hidden attributes per arm (see the module docstring);
+    `extra_arms` are more text heads given the true sentences."""
     size = text_model.model.generator.cfg.resolution
     high = face_tensors(factors, size)
     low = downsample(high, text_model.scale)
@@ -132,6 +134,8 @@ def evaluate_superres(text_model: TextSuperResolver, factors: np.ndarray, judges
         outputs["no-text head"] = no_text.upscale(low)
     outputs["text head"] = text_model.upscale(low, texts)
     outputs["text head, another face's sentence"] = text_model.upscale(low, shuffled)
+    for name, runner in (extra_arms or {}).items():
+        outputs[name] = runner.upscale(low, texts)
     truth_eyes, truth_mouth = eyes_closed(factors), mouth_open(factors)
     arms = {}
     for name, out in {"truth (oracle ceiling)": high, **outputs}.items():

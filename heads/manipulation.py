@@ -69,12 +69,22 @@ class ManipulationLossConfig:
 
 
 @dataclass
+class TextAugmentConfig:
+    """Training-time perturbations of the sentence embedding the mapper sees (not of the scorer's), so that a
+    paraphrase it never saw lands where it has learned something. With only a few phrasings per action the
+    mapper otherwise learns isolated points of the text space."""
+    same_action_mix: bool = False  # a random convex mix of two phrasings of the same action (the scorer's too)
+    noise: float = 0.0  # norm of isotropic Gaussian noise added to the unit-normalised embedding
+
+
+@dataclass
 class ManipulationConfig(HeadConfig):
     oracle: dict = field(default_factory=dict)  # training settings of the frozen oracle (animation.oracle.get_oracle)
     faces: int = 4096  # training faces, train-side identities
     invert_steps: int = 0  # optimisation steps after the prior's encoder (training faces and inference)
     output_dir: str = "runs/heads/faces32-manipulation"
     loss: ManipulationLossConfig = field(default_factory=ManipulationLossConfig)
+    text_augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)
 
 
 class ManipulationModel(GeneratorHead):
@@ -127,12 +137,16 @@ def invert_images(generator: Generator, encoder, images: torch.Tensor, steps: in
 
 class ManipulationBatches:
     """B training faces and B sentences of distinct actions (so the contrastive loss has true negatives); a new
-    seeded draw every epoch."""
+    seeded draw every epoch. `augment` perturbs the mapper's sentence embeddings (`TextAugmentConfig`)."""
 
     def __init__(self, ws: torch.Tensor, sentence_action: torch.Tensor, text_emb: torch.Tensor,
-                 scorer_emb: torch.Tensor, batch_size: int, seed: int, steps_per_epoch: int = 100):
+                 scorer_emb: torch.Tensor, batch_size: int, seed: int, steps_per_epoch: int = 100,
+                 augment: TextAugmentConfig | None = None):
         self.ws, self.sentence_action, self.text_emb, self.scorer_emb = ws, sentence_action, text_emb, scorer_emb
         self.batch_size, self.seed, self.steps, self.epoch = batch_size, seed, steps_per_epoch, 0
+        self.augment = augment or TextAugmentConfig()
+        if self.augment.noise < 0:
+            raise ValueError(f"text_augment.noise must be >= 0, got {self.augment.noise}")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -149,8 +163,21 @@ class ManipulationBatches:
             actions = order[torch.arange(self.batch_size) % len(order)]
             sentence = torch.stack([by_action[a][torch.randint(len(by_action[a]), (1,), generator=gen)][0]
                                     for a in actions.tolist()])
-            yield {"w": self.ws[faces], "text_emb": self.text_emb[sentence], "scorer_emb": self.scorer_emb[sentence],
-                   "action": actions}
+            text_emb, scorer_emb = self.text_emb[sentence], self.scorer_emb[sentence]
+            if self.augment.same_action_mix:
+                other = torch.stack([by_action[a][torch.randint(len(by_action[a]), (1,), generator=gen)][0]
+                                     for a in actions.tolist()])
+                mix = torch.rand(self.batch_size, 1, generator=gen)
+                text_emb = _unit(mix * _unit(text_emb) + (1 - mix) * _unit(self.text_emb[other]))
+                scorer_emb = _unit(mix * _unit(scorer_emb) + (1 - mix) * _unit(self.scorer_emb[other]))
+            if self.augment.noise:
+                noise = torch.randn(text_emb.shape, generator=gen) / text_emb.shape[1] ** 0.5
+                text_emb = _unit(text_emb) + self.augment.noise * noise
+            yield {"w": self.ws[faces], "text_emb": text_emb, "scorer_emb": scorer_emb, "action": actions}
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
 class ManipulationObjective:
@@ -337,7 +364,8 @@ def prepare_training(cfg: ManipulationConfig, text_encoder: TextEncoder | None, 
         scorer_emb = judges.scorer.encode_texts(sentences).float().cpu()
         text_emb = (text_encoder(sentences).float().cpu() if cfg.use_text
                     else torch.zeros(len(sentences), 1))
-    batches = ManipulationBatches(ws, action, text_emb, scorer_emb, cfg.train.batch_size, cfg.train.seed)
+    batches = ManipulationBatches(ws, action, text_emb, scorer_emb, cfg.train.batch_size, cfg.train.seed,
+                                  augment=cfg.text_augment if cfg.use_text else None)
     return generator, encoder, judges, batches
 
 
@@ -392,5 +420,5 @@ def run_train_manipulation(cfg: ManipulationConfig, text_encoder: TextEncoder | 
     return run_summary(summary, cfg)
 
 
-__all__ = ["ManipulationConfig", "ManipulationLossConfig", "ManipulationModel", "TextManipulator", "get_judges",
+__all__ = ["ManipulationConfig", "ManipulationLossConfig", "TextAugmentConfig", "ManipulationModel", "TextManipulator", "get_judges",
            "invert_images", "manipulate_file", "optimise_edits", "run_train_manipulation"]

@@ -13,6 +13,8 @@ generator renders the sum. Losses (weights in `loss`):
 - consistency: the output, box-downsampled to the input's size, equals the input (L1);
 - text: 1 - cos between the frozen scorer's embeddings of the output and of the sentence;
 - offset: mean squared W+ offset from the prior's reference w (keeps codes where the generator is trained).
+- perceptual (off unless set): the prior's LPIPS-style distance on the frozen scorer's conv features, which
+  weighs the few pixels of an eye or a mouth that the L1 terms average away.
 What is invisible at 8x8 (eyes open or shut, a closed or open mouth) can only come from the sentence, so the
 reconstruction loss itself teaches the mapper to read it; `use_text: false` trains the same network without
 the sentence, the fair no-text reference.
@@ -46,7 +48,7 @@ from animation.stylegan2 import Generator
 
 from .manipulation import build_mapper
 from .mapper import GeneratorHead, HeadConfig, MapperConfig, TextMapper, offset_penalty, save_preview
-from .prior import load_prior, multiscale_l1
+from .prior import FeatureDistance, load_prior, multiscale_l1
 
 log = get_logger(__name__)
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
@@ -70,6 +72,7 @@ class SuperResLossConfig:
     consistency: float = 1.0
     text: float = 0.1
     offset: float = 0.01
+    perceptual: float = 0.0  # the prior's LPIPS-style term on the scorer's conv features (heads.prior.FeatureDistance)
 
 
 @dataclass
@@ -139,6 +142,8 @@ class SuperResBatches:
 class SuperResObjective:
     def __init__(self, cfg: SuperResConfig, scorer: nn.Module, output_dir: Path, preview=None):
         self.cfg, self.scorer, self.output_dir, self.preview = cfg, scorer, output_dir, preview
+        # pixel losses average the few pixels of an eye away; the scorer's features weigh them (as in the prior)
+        self.features = FeatureDistance(scorer.image_tower, scorer.size) if cfg.loss.perceptual else None
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, torch.Tensor]:
         lc, module, high = self.cfg.loss, getattr(model, "module", model), batch["high"]
@@ -150,6 +155,8 @@ class SuperResObjective:
             "text": (1 - F.cosine_similarity(self.scorer.encode_images(out), batch["scorer_emb"], dim=-1)).mean(),
             "offset": offset_penalty(ws - module.encoder.w_mean, module.encoder.w_std),
         }
+        if self.features is not None:
+            terms["perceptual"] = self.features(out, high)
         total = sum(getattr(lc, k) * v for k, v in terms.items())
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 

@@ -124,6 +124,39 @@ def test_mapper_components_keep_edits_in_the_codes_principal_span():
         mapper.set_code_statistics(codes[:2].view(2, num_ws, w_dim))
 
 
+def test_text_augmentation_mixes_phrasings_of_the_same_action_and_adds_noise_of_the_set_norm():
+    from heads.manipulation import ManipulationBatches, TextAugmentConfig
+
+    actions = torch.arange(24).repeat_interleave(3)  # 3 phrasings per action
+    text = torch.randn(len(actions), 32)
+    scorer = torch.randn(len(actions), 16)
+    ws = torch.randn(10, 4, 8)
+
+    def one_batch(augment):
+        return next(iter(ManipulationBatches(ws, actions, text, scorer, 24, seed=3, augment=augment)))
+
+    plain = one_batch(None)
+    index = [int((text == row).all(1).nonzero()) for row in plain["text_emb"]]  # rows of the table, unchanged
+    assert (actions[index] == plain["action"]).all()
+
+    mixed = one_batch(TextAugmentConfig(same_action_mix=True))
+    unit = torch.nn.functional.normalize
+    for emb, scorer_emb, action in zip(mixed["text_emb"], mixed["scorer_emb"], mixed["action"]):
+        rows = (actions == action).nonzero().flatten()
+        # a unit vector inside the span of its own action's phrasings, in both embeddings
+        for table, e in ((text, emb), (scorer, scorer_emb)):
+            basis = torch.linalg.qr(unit(table[rows], dim=-1).t())[0]
+            assert torch.allclose(basis @ (basis.t() @ e), e, atol=1e-5) and e.norm().item() == pytest.approx(1)
+    assert not torch.allclose(mixed["text_emb"], unit(plain["text_emb"], dim=-1))
+
+    noisy = one_batch(TextAugmentConfig(noise=0.5))
+    shift = (noisy["text_emb"] - unit(plain["text_emb"], dim=-1)).norm(dim=1)
+    assert shift.mean().item() == pytest.approx(0.5, rel=0.1)
+    assert torch.equal(noisy["scorer_emb"], plain["scorer_emb"])  # the judge's target stays the sentence's own
+    with pytest.raises(ValueError, match="noise"):
+        ManipulationBatches(ws, actions, text, scorer, 24, seed=3, augment=TextAugmentConfig(noise=-1))
+
+
 def test_multiscale_and_gradient_l1_see_coarse_and_edge_differences():
     x = torch.zeros(1, 3, 16, 16)
     checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 2.0 - 1.0
@@ -252,12 +285,27 @@ def test_superres_losses_and_the_text_path(heads_run):
     with pytest.raises(ValueError, match="sentence"):
         runner.upscale(low)
     # the logged consistency term is the L1 between the downsampled output and the input
-    cfg = load_config(SuperResConfig, root / "sr" / "config.yaml")
+    cfg = load_config(SuperResConfig, root / "sr" / "config.yaml", ["loss.perceptual=0"])
     objective = SuperResObjective(cfg, _NoScorer(), root)
     batch = {"high": high, "text_emb": text_encoder(["a", "b"]).float(), "scorer_emb": torch.ones(2, 4)}
     terms = objective.loss(runner.model, batch, 0)
     _, expected = runner.model(low, batch["text_emb"])
     assert terms["consistency"].item() == pytest.approx((downsample(expected, 4) - low).abs().mean().item(), rel=1e-5)
+    assert "perceptual" not in terms
+    # the perceptual term (on by default): the scorer's feature distance between the output and the truth
+    from heads.manipulation import get_judges
+    from heads.prior import FeatureDistance
+
+    scorer = get_judges(root / "cache", 16, {"count": 128, "epochs": 1, "eval_count": 32},
+                        {"steps": 6, "batch_size": 8, "eval_per_action": 1}).scorer
+    cfg = load_config(SuperResConfig, root / "sr" / "config.yaml")
+    assert cfg.loss.perceptual == 1.0
+    with torch.no_grad():
+        scorer_emb = scorer.encode_texts(["a", "b"]).float()
+    terms = SuperResObjective(cfg, scorer, root).loss(runner.model, {**batch, "scorer_emb": scorer_emb}, 0)
+    features = FeatureDistance(scorer.image_tower, scorer.size)
+    assert terms["perceptual"].item() == pytest.approx(features(expected, high).item(), rel=1e-4)
+    assert terms["perceptual"].item() > 0 and features(high, high).item() == pytest.approx(0, abs=1e-6)
 
 
 class _NoScorer(torch.nn.Module):
@@ -298,10 +346,12 @@ def test_evaluations_score_every_arm(heads_run):
     for arm in report["arms"].values():
         assert 0 <= arm["success"] <= 1 and 0 <= arm["kept"] <= 1 and arm["scored_edits"] > 0
     assert set(report["paired_vs_text"]) == set(report["arms"]) - {"text"}
-    sr = evaluate_superres(TextSuperResolver.from_pretrained(root / "sr" / "superres", text_encoder),
-                           FaceSplit(identities=40, val_identities=4).faces("val", 6, seed=0), judges,
-                           no_text=TextSuperResolver.from_pretrained(root / "sr-notext" / "superres", None))
+    text_sr = TextSuperResolver.from_pretrained(root / "sr" / "superres", text_encoder)
+    sr = evaluate_superres(text_sr, FaceSplit(identities=40, val_identities=4).faces("val", 6, seed=0), judges,
+                           no_text=TextSuperResolver.from_pretrained(root / "sr-notext" / "superres", None),
+                           extra_arms={"the text head again": text_sr})
     assert set(sr["arms"]) == {"truth (oracle ceiling)", "bicubic", "no-text head", "text head",
-                               "text head, another face's sentence"}
+                               "text head, another face's sentence", "the text head again"}
+    assert sr["arms"]["the text head again"]["psnr"] == pytest.approx(sr["arms"]["text head"]["psnr"])
     assert sr["arms"]["truth (oracle ceiling)"]["psnr"] > 90  # identical images: the 1e-12 floor
     assert sr["arms"]["bicubic"]["psnr"] < sr["arms"]["truth (oracle ceiling)"]["psnr"]
