@@ -58,13 +58,17 @@ bench-bridge: $(STAMP)
 	$(PY) benchmarks/bench_bridge.py
 
 # the generation heads (docs/results/heads.md): the prior (~50 min on one core), then text and no-text
-# manipulation and super-resolution heads for 3 seeds, two at a time (~70 min), validation and test evaluation;
+# manipulation and super-resolution heads for 3 seeds, two at a time (~70 min), the levers at seed 0 (~30 min),
+# validation and test evaluation;
 # needs `make demo` first (the HD-VILA text encoder)
 bench-heads: $(STAMP)
 	$(VENV)/bin/hdvila heads train-prior --config heads/faces32-prior
+	$(PY) benchmarks/bench_heads.py text
 	$(PY) benchmarks/bench_heads.py prior --split val
 	$(PY) benchmarks/bench_heads.py train --seeds 0 1 2 --jobs 2
-	$(PY) benchmarks/bench_heads.py eval --split val
+	$(PY) benchmarks/bench_heads.py train --seeds 0 --heads manip --variants minilm minilm-mixnoise --jobs 2
+	$(PY) benchmarks/bench_heads.py train --seeds 0 --heads sr --variants l1-notext minilm-l1 --jobs 2
+	$(PY) benchmarks/bench_heads.py eval --split val --faces 40 --optimise-steps 0
 	$(PY) benchmarks/bench_heads.py eval --split test
 	$(PY) benchmarks/bench_heads.py prior --split test
 	$(PY) benchmarks/bench_heads.py smoke
