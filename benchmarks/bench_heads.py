@@ -87,10 +87,10 @@ def phrasing_agreement(encode, train: list[tuple[str, str]], test: list[tuple[st
 def stage_text(args) -> None:
     from animation.faces import action_sentences
 
-    results = load_results()
-    results["text_encoders"] = {name: phrasing_agreement(encode, action_sentences("train"), action_sentences("test"))
-                                for name, encode in (("HD-VILA (make demo)", text_encoders()["text"]),
-                                                     ("MiniLM as packaged", text_encoders()["minilm"]))}
+    results, encoders = load_results(), text_encoders()
+    results["text_encoders"] = {name: phrasing_agreement(encoders[key], action_sentences("train"),
+                                                         action_sentences("test"))
+                                for name, key in (("HD-VILA (make demo)", "text"), ("MiniLM as packaged", "minilm"))}
     print(json.dumps(results["text_encoders"], indent=1))
     save_results(results)
 
@@ -159,8 +159,8 @@ def load_head(head: str, variant: str, seed: int, encoders: dict):
     from heads.superres import TextSuperResolver
 
     cls = TextManipulator if head == "manip" else TextSuperResolver
-    use_text = VARIANTS[variant][0]
-    encoder = encoders["minilm" if variant.startswith("minilm") else "text"] if use_text else None
+    use_text, overrides, _ = VARIANTS[variant]
+    encoder = encoders["minilm" if "text_model=minilm" in overrides else "text"] if use_text else None
     return cls.from_pretrained(export_of(head, run_folder(head, variant, seed)), encoder)
 
 
@@ -453,7 +453,8 @@ def main() -> None:
     if args.stage == "report":
         write_report(load_results(), DOCS / "heads.md")
         return
-    {"text": stage_text, "prior": stage_prior, "train": stage_train, "eval": stage_eval, "smoke": stage_smoke}[args.stage](args)
+    stages = {"text": stage_text, "prior": stage_prior, "train": stage_train, "eval": stage_eval, "smoke": stage_smoke}
+    stages[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -420,5 +420,5 @@ def run_train_manipulation(cfg: ManipulationConfig, text_encoder: TextEncoder | 
     return run_summary(summary, cfg)
 
 
-__all__ = ["ManipulationConfig", "ManipulationLossConfig", "TextAugmentConfig", "ManipulationModel", "TextManipulator", "get_judges",
-           "invert_images", "manipulate_file", "optimise_edits", "run_train_manipulation"]
+__all__ = ["ManipulationConfig", "ManipulationLossConfig", "ManipulationModel", "TextAugmentConfig", "TextManipulator",
+           "get_judges", "invert_images", "manipulate_file", "optimise_edits", "run_train_manipulation"]
