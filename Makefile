@@ -39,11 +39,19 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_retrieval.py
 
 # the diffusion papers in miniature: ~90 min on 2 cores (docs/results/diffusion.md)
-# the faces32 GAN (~75 min on one core), then the animator ablations and speed (~40 min); needs `make demo` first
+# the animator over the heads' prior (~50 min on one core, if `make bench-heads` has not made it): the tuning runs
+# on validation faces (~35 min), then the chosen config and two ablations for 3 seeds on the test faces, and speed
+# (~70 min); needs `make demo` first. The adversarial faces32 GAN (docs/results/stylegan2_faces32.md):
+# `hdvila animate train-gan --config animation/faces32-gan`, `benchmarks/report_gan.py --run runs/animation/faces32-gan`
 bench-animation: $(STAMP)
-	$(VENV)/bin/hdvila animate train-gan --config animation/faces32-gan
-	$(PY) benchmarks/report_gan.py --run runs/animation/faces32-gan
-	$(PY) benchmarks/bench_animation.py --gan-dir runs/animation/faces32-gan/gan
+	test -f runs/heads/faces32-prior/prior/gan/config.json || \
+		$(VENV)/bin/hdvila heads train-prior --config heads/faces32-prior
+	$(PY) benchmarks/bench_animation.py --eval-split val --out-dir runs/animation/bench-prior \
+		--arms full no_text single_text no_smoothness --set loss.contrastive=true loss.text=0.5
+	$(PY) benchmarks/bench_animation.py --eval-split val --out-dir runs/animation/bench-prior-single-text1.0 --arms full
+	$(PY) benchmarks/bench_animation.py --eval-split val --out-dir runs/animation/bench-prior-single-text2.0 --arms full \
+		--set loss.text=2.0
+	$(PY) benchmarks/bench_animation.py --arms full no_text contrastive_text --seeds 3 --tuned-on-validation
 
 bench-diffusion: $(STAMP)
 	$(PY) benchmarks/bench_diffusion.py --experiment all --jobs 2

@@ -69,7 +69,7 @@ class AnimatorDataConfig:
     identities: int = 500
     test_fraction: float = 0.2  # held-out identities for evaluation
     seed: int = 0
-    encoder_steps: int = 1500  # inversion encoder, trained once on the generator's own samples
+    encoder_steps: int = 1500  # inversion encoder, trained once on the generator's own samples (no inversion_dir)
     invert_steps: int = 30  # optimisation steps after the encoder
     # Gaussian noise of about this norm on each unit sentence embedding the motion generator sees in training:
     # a few hundred training sentences are points; noise makes the motion a smooth function of the embedding,
@@ -80,6 +80,9 @@ class AnimatorDataConfig:
 @dataclass
 class AnimatorConfig:
     gan_dir: str = "runs/animation/faces32-gan/gan"
+    # an inversion encoder made with this generator (a heads prior's inversion/ folder, whose generator was never
+    # sampled from z, so one cannot be trained on its samples); empty: train one on the GAN's samples
+    inversion_dir: str = ""
     text_model: str = "runs/demo/pretrain/pretrained"  # HD-VILA pretrained folder for encode_text (wired by the CLI)
     frames: int = 4  # training clips are short, as in the reference; inference uses more
     run_frames: int = 16
@@ -225,6 +228,12 @@ def generator_digest(gan_dir: str | Path) -> str:
     return folder.checksums.get("model") or sha256_file(folder.weights["model"])
 
 
+def inversion_encoder_digest(inversion_dir: str | Path) -> str:
+    """The sha256 of an exported inversion encoder's weights (the inversions cached with it are keyed by it)."""
+    folder = read_pretrained(inversion_dir, "inversion-encoder")
+    return folder.checksums.get("model") or sha256_file(folder.weights["model"])
+
+
 def _save_tensor(value: torch.Tensor, path: Path) -> None:
     from safetensors.torch import save
 
@@ -256,7 +265,9 @@ def prepare_data(cfg: AnimatorConfig, generator: Generator, text_encoder: TextEn
     if cache_dir is None:
         w_inv = build()
     else:  # the inversions depend on the generator, the encoder and which faces: all in the key
-        settings = {"generator": generator_digest(cfg.gan_dir), "encoder_steps": data.encoder_steps,
+        encoder = ({"encoder": inversion_encoder_digest(cfg.inversion_dir)} if cfg.inversion_dir
+                   else {"encoder_steps": data.encoder_steps})
+        settings = {"generator": generator_digest(cfg.gan_dir), **encoder,
                     "seed": data.seed, "faces": data.faces, "identities": data.identities,
                     "test_fraction": data.test_fraction, "invert_steps": data.invert_steps}
         w_inv = cached(cache_dir, "inverted", settings, build=build, load=_load_tensor, save=_save_tensor,
@@ -449,12 +460,17 @@ def prepare_frozen_parts(cfg: AnimatorConfig, text_encoder: TextEncoder, progres
     cache = Path(cfg.cache_dir)
     oracle = get_oracle(cache, size=size, **cfg.oracle).eval().requires_grad_(False)
     scorer = get_scorer(cache, size=size, **cfg.scorer).eval().requires_grad_(False)
-    settings = {"generator": generator_digest(cfg.gan_dir), "steps": cfg.data.encoder_steps, "seed": cfg.data.seed}
-    inversion_encoder = cached(
-        cache, "inversion-encoder", settings, readable=("steps", "seed"), load=InversionEncoder.from_pretrained,
-        build=lambda: train_inversion_encoder(generator, steps=cfg.data.encoder_steps, seed=cfg.data.seed,
-                                              progress=progress),
-        save=lambda encoder, path: encoder.save_pretrained(path))
+    if cfg.inversion_dir:
+        inversion_encoder = InversionEncoder.from_pretrained(cfg.inversion_dir)
+        inversion_encoder.check_compatible(generator)
+    else:
+        settings = {"generator": generator_digest(cfg.gan_dir), "steps": cfg.data.encoder_steps,
+                    "seed": cfg.data.seed}
+        inversion_encoder = cached(
+            cache, "inversion-encoder", settings, readable=("steps", "seed"), load=InversionEncoder.from_pretrained,
+            build=lambda: train_inversion_encoder(generator, steps=cfg.data.encoder_steps, seed=cfg.data.seed,
+                                                  progress=progress),
+            save=lambda encoder, path: encoder.save_pretrained(path))
     data = prepare_data(cfg, generator, text_encoder, scorer, inversion_encoder, progress=progress, cache_dir=cache)
     return FrozenParts(generator, oracle, scorer, inversion_encoder, data)
 

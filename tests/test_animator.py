@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
                      ).save_pretrained(root / "text")
     text_encoder = hdvila.load_pretrained(root / "text").encode_text
     cfg = load_config(AnimatorConfig, "animation/faces32-animator", [
-        f"gan_dir={root / 'gan' / 'gan'}", f"text_model={root / 'text'}", f"cache_dir={root / 'cache'}",
+        f"gan_dir={root / 'gan' / 'gan'}", "inversion_dir=", f"text_model={root / 'text'}", f"cache_dir={root / 'cache'}",
         f"output_dir={root / 'anim'}", "oracle={count: 128, epochs: 1, eval_count: 32}",
         "scorer={steps: 6, batch_size: 8, eval_per_action: 1}", "data.faces=24", "data.identities=40",
         "data.encoder_steps=10", "data.invert_steps=2", "h_dim=16", "run_frames=4", "train.max_steps=6",
@@ -150,3 +150,26 @@ def test_text_noise_perturbs_the_motion_input_only():
     assert delta.norm(dim=-1).mean().item() == pytest.approx(0.5, rel=0.25)
     assert torch.equal(first_batch(0.5)["text_emb"], noisy["text_emb"])  # seeded
     assert not torch.equal(first_batch(0.5, epoch=1)["text_emb"], noisy["text_emb"])
+
+
+def test_a_given_inversion_encoder_is_used_instead_of_training_one(trained, tmp_path):
+    """A heads prior's generator was never sampled from z, so the animator takes its encoder (`inversion_dir`);
+    the inversions cached with it are keyed by its weights, apart from the trained encoder's."""
+    from dataclasses import replace
+
+    from animation.animator import prepare_frozen_parts
+    from animation.inversion import InversionEncoder
+
+    root, cfg, text_encoder, _ = trained
+    generator = Generator.from_pretrained(cfg.gan_dir)
+    given = InversionEncoder.for_generator(generator, seed=5)
+    given.save_pretrained(tmp_path / "inversion")
+    encoders_before = sorted((root / "cache").glob("inversion-encoder-*"))
+    inverted_before = set((root / "cache").glob("inverted-*"))
+    parts = prepare_frozen_parts(replace(cfg, inversion_dir=str(tmp_path / "inversion")), text_encoder,
+                                 progress=False)
+    for name, value in given.state_dict().items():
+        assert torch.equal(parts.inversion_encoder.state_dict()[name], value), name
+    assert sorted((root / "cache").glob("inversion-encoder-*")) == encoders_before  # nothing trained
+    assert len(set((root / "cache").glob("inverted-*")) - inverted_before) == 1  # its own inversions
+    assert parts.data.w_inv.shape == (cfg.data.faces, generator.num_ws, generator.w_dim)

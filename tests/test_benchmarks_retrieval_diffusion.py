@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,6 +204,36 @@ def test_animation_seed_summary_and_run_names():
     assert mean == pytest.approx({"a": 7 / 3, "b": 4.0})
     assert std["a"] == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))
     assert bench.seed_summary([{"a": 0.5}]) == ({"a": 0.5}, {"a": None})
+
+
+def test_animation_arm_change_applies_on_top_of_the_shared_settings():
+    from types import SimpleNamespace
+
+    bench = load("bench_animation")
+    args = SimpleNamespace(out_dir="runs/x", gan_dir="g", inversion_dir="", text_model="t", steps=5,
+                           set=["loss.contrastive=false", "loss.text=2.0"])
+    overrides = bench.arm_overrides("contrastive_text", args, seed=2)
+    assert overrides[-1] == "loss.contrastive=true"  # the arm's one change wins over --set
+    assert "loss.text=2.0" in overrides and "train.seed=2" in overrides
+    assert f"output_dir={Path('runs/x') / 'contrastive_text-seed2'}" in overrides
+
+
+def test_animation_report_of_a_validation_run_has_no_speed_or_test_pictures(tmp_path):
+    bench = load("bench_animation")
+    result = {"machine": "m", "gan_dir": "g", "inversion_dir": "inv", "text_model": "t", "steps": 10,
+              "overrides": ["loss.text=2.0"], "seeds": 3, "eval_split": "val",
+              "eval": {"faces": 2, "clips": 48, "frames": 4}, "ground_truth": {"text_match": 0.9},
+              "arms": {"full": {"metrics": {"text_match": 0.25}, "metrics_std": {"text_match": 0.05},
+                                "train_sentences": {"text_match": 0.5}, "train_seconds": 1.0}}}
+    bench.write_report(result, tmp_path / "val.md")
+    text = (tmp_path / "val.md").read_text()
+    assert "validation run" in text and "0.250 ± 0.050" in text and "`loss.text=2.0`" in text
+    assert "inversion encoder `inv`" in text
+    assert "speed" not in text.split("\n", 1)[1] and ".png" not in text
+    result.update(eval_split="test", tuned_on_validation=True, speed=[])
+    bench.write_report(result, tmp_path / "test.md")
+    text = (tmp_path / "test.md").read_text()
+    assert "after tuning on validation faces" in text and "animation_contact_sheet.png" in text
 
 
 def test_animation_validation_faces_avoid_test_and_training_identities():

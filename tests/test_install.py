@@ -120,7 +120,7 @@ def test_every_recipe_runs_from_the_installed_package_by_config_name(installed):
     assert (work / "gan" / "gan").is_dir()
 
     # the animator against that GAN, with the tiny pretrained model as its text encoder
-    run("--quiet", "animate", "train", "--config", "animation/faces32-animator", "gan_dir=gan/gan",
+    run("--quiet", "animate", "train", "--config", "animation/faces32-animator", "gan_dir=gan/gan", "inversion_dir=",
         "text_model=pre/pretrained", "cache_dir=anim-cache", "output_dir=anim",
         "oracle={count: 128, epochs: 1, eval_count: 32}", "scorer={steps: 6, batch_size: 8, eval_per_action: 1}",
         "data.faces=24", "data.identities=40", "data.encoder_steps=10", "data.invert_steps=2", "h_dim=16",
