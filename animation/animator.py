@@ -220,18 +220,16 @@ class AnimatorBatches:
                    "action": torch.tensor(actions)}
 
 
+def weights_digest(directory: str | Path, kind: str) -> str:
+    """The sha256 of an exported model's weights (from its folder's config; hashed for an older layout):
+    train-once caches built on a frozen part (the generator, a given inversion encoder) are keyed by it, so a
+    model retrained into the same folder gets fresh ones."""
+    folder = read_pretrained(directory, kind)
+    return folder.checksums.get("model") or sha256_file(folder.weights["model"])
+
+
 def generator_digest(gan_dir: str | Path) -> str:
-    """The sha256 of an exported generator's weights (from its folder's config; hashed for an older layout):
-    train-once caches built on a generator are keyed by it, so a GAN retrained into the same folder gets fresh
-    ones."""
-    folder = read_pretrained(gan_dir, "stylegan2")
-    return folder.checksums.get("model") or sha256_file(folder.weights["model"])
-
-
-def inversion_encoder_digest(inversion_dir: str | Path) -> str:
-    """The sha256 of an exported inversion encoder's weights (the inversions cached with it are keyed by it)."""
-    folder = read_pretrained(inversion_dir, "inversion-encoder")
-    return folder.checksums.get("model") or sha256_file(folder.weights["model"])
+    return weights_digest(gan_dir, "stylegan2")
 
 
 def _save_tensor(value: torch.Tensor, path: Path) -> None:
@@ -265,7 +263,7 @@ def prepare_data(cfg: AnimatorConfig, generator: Generator, text_encoder: TextEn
     if cache_dir is None:
         w_inv = build()
     else:  # the inversions depend on the generator, the encoder and which faces: all in the key
-        encoder = ({"encoder": inversion_encoder_digest(cfg.inversion_dir)} if cfg.inversion_dir
+        encoder = ({"encoder": weights_digest(cfg.inversion_dir, "inversion-encoder")} if cfg.inversion_dir
                    else {"encoder_steps": data.encoder_steps})
         settings = {"generator": generator_digest(cfg.gan_dir), **encoder,
                     "seed": data.seed, "faces": data.faces, "identities": data.identities,
