@@ -34,6 +34,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from benchmarks.common import machine_line  # noqa: E402
 
@@ -351,6 +352,30 @@ def _cell(result: dict, arm: str, key: str) -> str:
     return _fmt(value) + (f" ± {_fmt(std)}" if std is not None else "")
 
 
+TESTED = (("text_match", "text match"), ("direction", "target factor moves the requested way"),
+          ("identity_error", "identity drift"))
+
+
+def seed_tests(result: dict) -> list[str]:
+    """Welch's t-test over training seeds, the first arm against each other arm, on the headline metrics."""
+    from diffusion_stats import fmt_p, welch
+
+    arms = list(result["arms"])
+    per_seed = {a: result["arms"][a].get("metrics_per_seed") or [] for a in arms}
+    lines = []
+    for other in arms[1:]:
+        cells = []
+        for key, label in TESTED:
+            test = welch([m[key] for m in per_seed[arms[0]]], [m[key] for m in per_seed[other]])
+            if test is not None:
+                cells.append(f"{label} p = {fmt_p(test['p'])}")
+        if cells:
+            lines.append(f"- {arms[0]} vs {other}: " + ", ".join(cells))
+    if not lines:
+        return []
+    return ["", f"Welch's t-test over the {result.get('seeds')} training seeds (two-sided):", "", *lines]
+
+
 def write_report(result: dict, path: Path) -> None:
     arms = list(result["arms"])
     seeds = result.get("seeds", 1)
@@ -394,6 +419,7 @@ def write_report(result: dict, path: Path) -> None:
             cells = [result["arms"][a].get("train_sentences", {}).get(key) for a in arms]
             lines.append("| text match with training sentences (faces still held out) | higher | "
                          + " | ".join("-" if c is None else _fmt(c) for c in cells) + " | - | - | - |")
+    lines += seed_tests(result)
     lines += ["", "Arms: " + "; ".join(f"**{a}**: {ARMS[a][1]}" for a in arms) + ".", ""]
     lines += ["Training time per arm (s): " + ", ".join(f"{a} {result['arms'][a].get('train_seconds', '-')}"
                                                          for a in arms), ""]

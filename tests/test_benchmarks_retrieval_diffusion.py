@@ -230,6 +230,17 @@ def test_animation_report_of_a_validation_run_has_no_speed_or_test_pictures(tmp_
     assert "validation run" in text and "0.250 ± 0.050" in text and "`loss.text=2.0`" in text
     assert "inversion encoder `inv`" in text
     assert "speed" not in text.split("\n", 1)[1] and ".png" not in text
+    assert "Welch" not in text  # one seed's values per arm: nothing to test
+    result["arms"]["no_text"] = {"metrics": {"text_match": 0.04}, "train_sentences": {}}
+    for arm, values in (("full", (0.2, 0.25, 0.3)), ("no_text", (0.04, 0.04, 0.05))):
+        result["arms"][arm]["metrics_per_seed"] = [{"text_match": v, "direction": v, "identity_error": 0.1 + v}
+                                                   for v in values]
+    bench.write_report(result, tmp_path / "val.md")
+    text = (tmp_path / "val.md").read_text()
+    from scipy import stats as scipy_stats
+
+    expected = scipy_stats.ttest_ind([0.2, 0.25, 0.3], [0.04, 0.04, 0.05], equal_var=False).pvalue
+    assert f"full vs no_text: text match p = {expected:.3f}" in text
     result.update(eval_split="test", tuned_on_validation=True, speed=[])
     bench.write_report(result, tmp_path / "test.md")
     text = (tmp_path / "test.md").read_text()
