@@ -375,11 +375,13 @@ def write_report(results: dict, path: Path) -> None:
     for split, section in results.get("manipulation", {}).items():
         lines += [f"## Manipulation ({split}: {section['faces']} faces x 24 actions, held-out phrasings; "
                   f"seeds {section['seeds']})", "",
-                  "| arm | success | achieved / requested | unrelated kept | identity drift | s per edit |",
-                  "|---|---|---|---|---|---|"]
+                  "| arm | success | achieved / requested | unrelated kept | unrelated kept vs reconstruction | "
+                  "identity drift | s per edit |",
+                  "|---|---|---|---|---|---|---|"]
         for arm, m in section["arms"].items():
+            vs_recon = _ms(m["kept_vs_reconstruction"]) if "kept_vs_reconstruction" in m else "–"
             lines.append(f"| {arm} | {_ms(m['success'])} | {_ms(m['achieved'], 2)} | {_ms(m['kept'])} | "
-                         f"{_ms(m['identity_drift'], 3)} | {_ms(m['seconds_per_edit'], 4)} |")
+                         f"{vs_recon} | {_ms(m['identity_drift'], 3)} | {_ms(m['seconds_per_edit'], 4)} |")
         arms = section["arms"]
         if "no-text mapper" in arms and len(section["seeds"]) > 1:
             w = welch(list(arms["text"]["success"]["per_seed"].values()),

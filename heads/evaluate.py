@@ -4,7 +4,9 @@ Manipulation (`evaluate_manipulation`): every face of the evaluation set gets al
 held-out paraphrase (or a training sentence, as a diagnostic). For every edit the oracle reads the input image
 and the edited image; `heads.attributes.edit_outcomes` scores success (every factor the action asks to change
 by more than 0.1 of its range moved the requested way by at least half the request), the achieved fraction of
-the request, the unrelated expression factors that stayed (within 0.1 of their range) and identity drift.
+the request, the unrelated expression factors that stayed (within 0.1 of their range) and identity drift; and the same
+"kept" against the input's reconstruction G(w) instead of the input (what the edit moves, apart from what the
+inversion already lost: the no-edit arm keeps everything by this measure).
 Arms: the text mapper; the same mapper given a sentence of another action (what the criterion grants by
 chance); the no-text mapper (trained without the sentence); no edit at all (the inversion); and per-image
 latent optimisation against the scorer (StyleCLIP-style), with the time each takes per edit.
@@ -74,13 +76,17 @@ def evaluate_manipulation(manipulator: TextManipulator, judges, factors: np.ndar
     w_faces = manipulator.invert(images)
     invert_s = (time.perf_counter() - t0) / len(images)
     w = w_faces[face_idx]
+    with torch.no_grad():  # what the edit itself moves: readings of the input's reconstruction G(w)
+        reconstructed = _read(judges.oracle, generator.synthesis(w_faces, noise_mode="const"))[face_idx]
     arms: dict[str, dict[str, float]] = {}
     per_edit: dict[str, np.ndarray] = {}
     samples: dict[str, torch.Tensor] = {}
 
     def score(name: str, edited: torch.Tensor, seconds: float) -> None:
-        out = edit_outcomes(start, _read(judges.oracle, edited), actions)
-        arms[name] = {**summarise_edits(out), "seconds_per_edit": seconds / len(actions) + invert_s}
+        readings = _read(judges.oracle, edited)
+        out = edit_outcomes(start, readings, actions)
+        arms[name] = {**summarise_edits(out), "seconds_per_edit": seconds / len(actions) + invert_s,
+                      "kept_vs_reconstruction": float(edit_outcomes(reconstructed, readings, actions)["kept"].mean())}
         per_edit[name] = out["success"][out["scored"]]
         samples[name] = edited
 

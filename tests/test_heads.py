@@ -345,6 +345,8 @@ def test_evaluations_score_every_arm(heads_run):
                                    "latent optimisation (2 steps)"}
     for arm in report["arms"].values():
         assert 0 <= arm["success"] <= 1 and 0 <= arm["kept"] <= 1 and arm["scored_edits"] > 0
+        assert 0 <= arm["kept_vs_reconstruction"] <= 1
+    assert report["arms"]["no edit (inversion)"]["kept_vs_reconstruction"] == 1.0
     assert set(report["paired_vs_text"]) == set(report["arms"]) - {"text"}
     text_sr = TextSuperResolver.from_pretrained(root / "sr" / "superres", text_encoder)
     sr = evaluate_superres(text_sr, FaceSplit(identities=40, val_identities=4).faces("val", 6, seed=0), judges,
