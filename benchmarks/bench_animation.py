@@ -315,11 +315,12 @@ def _fmt(value: float) -> str:
 
 def _speed_table(rows: list[dict]) -> list[str]:
     batch = next((r["batch"] for r in rows if "batch" in r), None)
-    lines = ["| resolution | weights | run (s) | run frames/s | generation frames/s | generation frames/s, "
-             f"{batch or '-'} clips at once |", "|---|---|---|---|---|---|"]
+    lines = ["| resolution | weights | inversion steps | run (s) | run frames/s | generation frames/s | "
+             f"generation frames/s, {batch or '-'} clips at once |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         batched = r.get("batch_generate_frames_per_s")
         lines.append(f"| {r['resolution']} px | {'trained' if r['trained'] else 'untrained'} | "
+                     f"{r.get('invert_steps', '-')} | "
                      f"{r['run_seconds']:.2f} | {r['run_frames_per_s']:.1f} | {r['generate_frames_per_s']:.1f} | "
                      + ("-" if batched is None else f"{batched:.1f}") + " |")
     return lines
@@ -344,9 +345,14 @@ class SavedTextEmbedding:
         return self.embedding.expand(len(sentences), -1).clone()
 
 
-def _cell(result: dict, arm: str, key: str) -> str:
-    value = result["arms"][arm]["metrics"].get(key)
-    std = (result["arms"][arm].get("metrics_std") or {}).get(key)
+def _cell(result: dict, arm: str, key: str, source: str = "metrics") -> str:
+    rec = result["arms"][arm]
+    per_seed = rec.get("metrics_per_seed") or []
+    if (key == "text_match_p_value" and source == "metrics" and len(per_seed) > 1
+            and all(key in m for m in per_seed)):  # p-values do not average
+        return f"{_fmt(max(m[key] for m in per_seed))} (largest of {len(per_seed)} seeds)"
+    value = (rec.get(source) or {}).get(key)
+    std = (rec.get(f"{source}_std") or {}).get(key)
     if value is None:
         return "-"
     return _fmt(value) + (f" ± {_fmt(std)}" if std is not None else "")
@@ -402,13 +408,13 @@ def write_report(result: dict, path: Path) -> None:
              + f"; text encoder: HD-VILA `{result['text_model']}`; {result['steps']} training steps per arm"
              + (f"; settings for every arm: `{' '.join(result['overrides'])}`" if result.get("overrides") else "")
              + ".", "",
-             "The GAN-reconstruction column is the same renderer clips inverted into the frozen generator frame by frame "
+             "The reconstruction column is the same renderer clips inverted into the frozen generator frame by frame "
              "(the animator's own inversion): how much of each true state this generator reproduces (a reference, "
              "not a strict bound: a motion can exaggerate a state past its reconstruction). The latent-"
              "optimisation column has no motion generator: each clip's W+ offset is optimised directly against the "
              "frozen scorer (60 Adam steps, 1 - cos + mean Δw²) and the frames follow the straight line to it: "
              "what the training signal can reach when nothing has to generalise.", "",
-             "| metric | better | " + " | ".join(arms) + " | latent optimisation | GAN reconstruction | ground truth |",
+             "| metric | better | " + " | ".join(arms) + " | latent optimisation | reconstruction | ground truth |",
              "|---|---|" + "---|" * (len(arms) + 3)]
     references = [result.get("latent_reference", {}), result.get("gan_ceiling", {}), result["ground_truth"]]
     for key, label, better in ROWS:
@@ -416,18 +422,18 @@ def write_report(result: dict, path: Path) -> None:
                                                          for r in references]
         lines.append(f"| {label} | {better} | " + " | ".join(cells) + " |")
         if key == "text_match":
-            cells = [result["arms"][a].get("train_sentences", {}).get(key) for a in arms]
             lines.append("| text match with training sentences (faces still held out) | higher | "
-                         + " | ".join("-" if c is None else _fmt(c) for c in cells) + " | - | - | - |")
+                         + " | ".join(_cell(result, a, key, "train_sentences") for a in arms) + " | - | - | - |")
     lines += seed_tests(result)
     lines += ["", "Arms: " + "; ".join(f"**{a}**: {ARMS[a][1]}" for a in arms) + ".", ""]
     lines += ["Training time per arm (s): " + ", ".join(f"{a} {result['arms'][a].get('train_seconds', '-')}"
                                                          for a in arms), ""]
     if result.get("speed"):  # validation runs measure no speed
         lines += ["## `animate run` speed", "",
-                  "One image, one sentence, 16 frames: the run time includes the inversion (encoder + "
-                  f"{result['speed'][0]['invert_steps']} optimisation steps) and the text encoder; generation is "
-                  "the motion generator and the synthesis network only.", "",
+                  "One image, one sentence, 16 frames: the run time includes the inversion (the encoder, then "
+                  "the row's optimisation steps: the trained model's own setting, 30 for the untrained larger "
+                  "ones) and the text encoder; generation is the motion generator and the synthesis network "
+                  "only. Measured alone on the machine (`--speed-only`).", "",
                   *_speed_table(result["speed"])]
     # The GPU run (animation_speed_cuda.json) read a precomputed text embedding, so its run time is different
     # work from the CPU's and is not shown beside it.
@@ -465,7 +471,8 @@ def main() -> int:
     parser.add_argument("--latent-reference", action="store_true",
                         help="only (re)compute the latent-optimisation column into the JSON and re-render")
     parser.add_argument("--speed-only", action="store_true",
-                        help="only the speed table, on --device, to docs/results/animation_speed_<device>.json")
+                        help="only the speed table, on --device, to docs/results/animation_speed_<device>.json "
+                             "(on the CPU also into animation.json, e.g. after a run that shared the machine)")
     parser.add_argument("--device", default="cpu", help="device of the speed runs (cpu, cuda)")
     parser.add_argument("--save-text-embedding", metavar="FILE",
                         help="write the HD-VILA embedding of the speed sentence to FILE (.safetensors) and stop")
@@ -505,6 +512,12 @@ def main() -> int:
         rows = speed_rows(args, text_encoder)
         out = DOCS / f"animation_speed_{torch.device(args.device).type}.json"
         atomic_write_json(out, {"machine": machine, "speed": rows})
+        report = DOCS / "animation.json"
+        if torch.device(args.device).type == "cpu" and report.is_file():  # the report's own table: same machine
+            result = json.loads(report.read_text())
+            result["speed"] = rows
+            atomic_write_json(report, result)
+            write_report(result, DOCS / "animation.md")
         for r in rows:
             print(json.dumps(r), flush=True)
         print(f"wrote {out}")

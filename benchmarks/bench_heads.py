@@ -140,6 +140,8 @@ VARIANTS = {"text": (True, [], "text"), "notext": (False, [], "no-text mapper"),
             # manipulation levers (seed 0, val)
             "minilm-mixnoise": (True, ["text_model=minilm", "text_augment.same_action_mix=true",
                                        "text_augment.noise=0.3"], "raw MiniLM, phrasings mixed + noise 0.3 (lever)"),
+            "keep100": (True, ["loss.keep=100"], "text, keep weight 100 (lever; 30 in the config)"),
+            "keep300": (True, ["loss.keep=300"], "text, keep weight 300 (lever)"),
             # super-resolution: the loss before the perceptual term, with and without a pretrained text encoder
             "l1-notext": (False, ["loss.perceptual=0"], "no-text head, L1 losses only (the previous loss)"),
             "minilm-l1": (True, ["text_model=minilm", "loss.perceptual=0"],

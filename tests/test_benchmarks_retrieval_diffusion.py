@@ -233,14 +233,15 @@ def test_animation_report_of_a_validation_run_has_no_speed_or_test_pictures(tmp_
     assert "Welch" not in text  # one seed's values per arm: nothing to test
     result["arms"]["no_text"] = {"metrics": {"text_match": 0.04}, "train_sentences": {}}
     for arm, values in (("full", (0.2, 0.25, 0.3)), ("no_text", (0.04, 0.04, 0.05))):
-        result["arms"][arm]["metrics_per_seed"] = [{"text_match": v, "direction": v, "identity_error": 0.1 + v}
-                                                   for v in values]
+        result["arms"][arm]["metrics_per_seed"] = [{"text_match": v, "direction": v, "identity_error": 0.1 + v,
+                                                    "text_match_p_value": v / 10} for v in values]
     bench.write_report(result, tmp_path / "val.md")
     text = (tmp_path / "val.md").read_text()
     from scipy import stats as scipy_stats
 
     expected = scipy_stats.ttest_ind([0.2, 0.25, 0.3], [0.04, 0.04, 0.05], equal_var=False).pvalue
     assert f"full vs no_text: text match p = {expected:.3f}" in text
+    assert "0.030 (largest of 3 seeds)" in text  # p-values are not averaged
     result.update(eval_split="test", tuned_on_validation=True, speed=[])
     bench.write_report(result, tmp_path / "test.md")
     text = (tmp_path / "test.md").read_text()
