@@ -4,9 +4,9 @@ Manipulation (`evaluate_manipulation`): every face of the evaluation set gets al
 held-out paraphrase (or a training sentence, as a diagnostic). For every edit the oracle reads the input image
 and the edited image; `heads.attributes.edit_outcomes` scores success (every factor the action asks to change
 by more than 0.1 of its range moved the requested way by at least half the request), the achieved fraction of
-the request, the unrelated expression factors that stayed (within 0.1 of their range) and identity drift; and the same
-"kept" against the input's reconstruction G(w) instead of the input (what the edit moves, apart from what the
-inversion already lost: the no-edit arm keeps everything by this measure).
+the request, the unrelated expression factors that stayed (within 0.1 of their range) and identity drift; and
+the same "kept" against the input's reconstruction G(w) instead of the input (what the edit moves, apart from
+what the inversion already lost: the no-edit arm keeps everything by this measure).
 Arms: the text mapper; the same mapper given a sentence of another action (what the criterion grants by
 chance); the no-text mapper (trained without the sentence); no edit at all (the inversion); and per-image
 latent optimisation against the scorer (StyleCLIP-style), with the time each takes per edit.

@@ -29,7 +29,8 @@ def trained(tmp_path_factory):
                      ).save_pretrained(root / "text")
     text_encoder = hdvila.load_pretrained(root / "text").encode_text
     cfg = load_config(AnimatorConfig, "animation/faces32-animator", [
-        f"gan_dir={root / 'gan' / 'gan'}", "inversion_dir=", f"text_model={root / 'text'}", f"cache_dir={root / 'cache'}",
+        f"gan_dir={root / 'gan' / 'gan'}", "inversion_dir=", f"text_model={root / 'text'}",
+        f"cache_dir={root / 'cache'}",
         f"output_dir={root / 'anim'}", "oracle={count: 128, epochs: 1, eval_count: 32}",
         "scorer={steps: 6, batch_size: 8, eval_per_action: 1}", "data.faces=24", "data.identities=40",
         "data.encoder_steps=10", "data.invert_steps=2", "h_dim=16", "run_frames=4", "train.max_steps=6",
