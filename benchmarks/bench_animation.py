@@ -10,14 +10,14 @@ trained on its samples). Each arm trains the motion generator from animation/fac
 (the frozen generator, the oracle, the scorer and the inversion encoder are shared through the cache), then
 `animation.evaluate`
 scores it on held-out identities x all 24 actions with held-out sentences (and again with training sentences).
-References beside the arms: per-clip latent optimisation against the scorer (no motion generator), the GAN
-reconstruction (the renderer's clips inverted into the GAN) and the renderer's clips themselves. Also frames/s of the
+References beside the arms: per-clip latent optimisation against the scorer (no motion generator), the
+reconstruction (the renderer's clips inverted into the generator) and the renderer's clips themselves. Also frames/s of the
 `animate run` path at 32, 64 and 256 px on this CPU (64 and 256 with untrained weights: speed does not depend on
 them); on a GPU machine: `--speed-only --device cuda [--text-embedding FILE]`.
 Writes docs/results/animation.{json,md}, a contact sheet, GIFs and plots. Already-trained arms are reused.
 
 Tuning and seeds: `--eval-split val` scores on validation faces (held-out identities that none of the test faces
-uses) and writes docs/results/animation_val.{json,md} instead, so choices can be made without touching the test
+uses) and writes docs/results/animation_val_<out-dir name>.{json,md} instead, so choices can be made without touching the test
 faces; `--eval-split test` (the default) is for the final, once-only report. `--seeds N` trains every arm with
 train.seed = 0..N-1 (seed 0 keeps the old folder, so existing runs are reused) and reports each metric as mean ±
 sample std over seeds, with the per-seed values in the JSON.
@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from benchmarks.common import machine_line  # noqa: E402
+from diffusion_stats import fmt_p, mean_std, welch  # noqa: E402
 
 ARMS = {  # name -> (config overrides, what it shows)
     "full": ([], "every loss at the config's weight"),
@@ -83,9 +84,7 @@ def seed_summary(per_seed: list[dict]) -> tuple[dict, dict]:
         values = [m[key] for m in per_seed if isinstance(m.get(key), (int, float))]
         if len(values) != len(per_seed):
             continue
-        mean[key] = sum(values) / len(values)
-        std[key] = ((sum((v - mean[key]) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-                    if len(values) > 1 else None)
+        mean[key], std[key] = mean_std(values)
     return mean, std
 
 
@@ -364,8 +363,6 @@ TESTED = (("text_match", "text match"), ("direction", "target factor moves the r
 
 def seed_tests(result: dict) -> list[str]:
     """Welch's t-test over training seeds, the first arm against each other arm, on the headline metrics."""
-    from diffusion_stats import fmt_p, welch
-
     arms = list(result["arms"])
     per_seed = {a: result["arms"][a].get("metrics_per_seed") or [] for a in arms}
     lines = []
@@ -437,12 +434,10 @@ def write_report(result: dict, path: Path) -> None:
                   *_speed_table(result["speed"])]
     # The GPU run (animation_speed_cuda.json) read a precomputed text embedding, so its run time is different
     # work from the CPU's and is not shown beside it.
-    if split == "val":  # the pictures belong to the test report
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return
-    lines += ["", "![target factor over frames](animation_trajectories.png)", "",
-              "Contact sheet (`full` arm; first held-out face, one row per action, frames left to right):", "",
-              "![contact sheet](animation_contact_sheet.png)", ""]
+    if split != "val":  # the pictures belong to the test report
+        lines += ["", "![target factor over frames](animation_trajectories.png)", "",
+                  "Contact sheet (`full` arm; first held-out face, one row per action, frames left to right):", "",
+                  "![contact sheet](animation_contact_sheet.png)", ""]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -463,7 +458,8 @@ def main() -> int:
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per arm (0..N-1); mean ± sample std")
     parser.add_argument("--eval-split", default="test", choices=("test", "val"),
-                        help="val: validation faces for tuning, written to animation_val.*; test: the final report")
+                        help="val: validation faces for tuning, written to animation_val_<out-dir name>.*; test: "
+                             "the final report")
     parser.add_argument("--tuned-on-validation", action="store_true",
                         help="the test report states that its settings were chosen on the validation faces")
     parser.add_argument("--quiet", action="store_true")
