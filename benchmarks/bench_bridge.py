@@ -30,6 +30,8 @@ ARMS = {
     "SDSB": ["target=simplified"],
     "TR-SDSB": [*FLOW, "parameterisation=terminal"],
     "FR-SDSB": [*FLOW, "parameterisation=flow"],
+    # the ablation of the coupled cache: the flow network trained on the other network's own (curved) states
+    "FR-SDSB-simulated": [*FLOW, "parameterisation=flow", "cache=simulated"],
     "FM-TR-SDSB": [*FLOW, "parameterisation=terminal", "init_backward={fm_terminal}"],
     "FM-FR-SDSB": [*FLOW, "parameterisation=flow", "init_backward={fm_flow}"],
 }
@@ -97,14 +99,35 @@ def analyse(results: dict, seeds: list[int]) -> dict:
         if arm not in arms:
             continue
         level = mean_std(final[scratch]["data_w2"])[0]
-        fm[arm] = {"scratch_final_w2": level,
-                   "half_bridges_to_scratch_final": [first_reaching(curve(h, "data_w2"), level, True)
-                                                     for h in arms[arm].values()],
-                   "scratch_half_bridges": results["half_bridges"],
-                   "fm_model": results["fm"][arm],
-                   "final_cost": final[arm]["transport_cost"], "final_w2": final[arm]["data_w2"]}
+        reached = [first_reaching(curve(h, "data_w2"), level, True) for h in arms[arm].values()]
+        start, after = results["fm"][arm], {"data_w2": final[arm]["data_w2"], "transport_cost":
+                                            final[arm]["transport_cost"]}
+        fm[arm] = {"scratch_final_w2": level, "half_bridges_to_scratch_final": reached,
+                   "scratch_half_bridges": results["half_bridges"], "fm_model": start,
+                   "final_cost": after["transport_cost"], "final_w2": after["data_w2"],
+                   # paired over seeds: each bridge against the flow-matching model it started from
+                   "cost_paired": paired(after["transport_cost"], start["transport_cost"]),
+                   "w2_paired": paired(after["data_w2"], start["data_w2"]),
+                   "half_or_fewer": all(r is not None and 2 * r <= results["half_bridges"] for r in reached),
+                   "lower_cost_same_or_better_w2": all(c < c0 and w <= w0 for c, c0, w, w0 in zip(
+                       after["transport_cost"], start["transport_cost"], after["data_w2"], start["data_w2"]))}
+    dsb_reach = reach["DSB"]  # None: DSB never reached its own mean final level on that seed
+    faster = {arm: all(r is not None and (d is None or r < d) for r, d in zip(reach[arm], dsb_reach))
+              for arm in ("TR-SDSB", "FR-SDSB") if arm in reach}
     return {"final": final, "sdsb_vs_dsb": per_step, "goal1_met": not any(s["sdsb_worse"] for s in per_step),
-            "reach_dsb_final": reach, "fm": fm}
+            "reach_dsb_final": reach, "tr_fr_faster_than_dsb": faster, "fm": fm}
+
+
+def paired(a: list[float], b: list[float]) -> dict | None:
+    """Paired t-test of a − b over seeds (None with fewer than two pairs or no spread)."""
+    import numpy as np
+    from scipy.stats import ttest_rel
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(diff) < 2 or float(diff.std()) == 0.0:
+        return None
+    res = ttest_rel(a, b)
+    return {"mean_diff": float(diff.mean()), "t": float(res.statistic), "p": float(res.pvalue)}
 
 
 def write_report(results: dict, path: Path) -> None:
@@ -146,14 +169,26 @@ def write_report(results: dict, path: Path) -> None:
               "## Half-bridges to reach DSB's final data W2", "", "| arm | per seed |", "|---|---|"]
     for arm, reach in a["reach_dsb_final"].items():
         lines.append(f"| {arm} | {', '.join('never' if r is None else str(r) for r in reach)} |")
+    for arm, met in a.get("tr_fr_faster_than_dsb", {}).items():
+        lines.append(f"\n{arm} reaches DSB's final W2 in fewer half-bridges than DSB on every seed: "
+                     f"**{'met' if met else 'not met'}**")
     lines += ["", "## Started from flow matching", ""]
+
+    def paired_cell(test) -> str:
+        return "-" if test is None else f"{test['mean_diff']:+.3f} (paired p {fmt_p(test['p'])})"
+
     for arm, info in a["fm"].items():
         lines.append(f"- {arm}: reaches its from-scratch arm's final W2 ({info['scratch_final_w2']:.3f}) after "
                      f"{', '.join('never' if r is None else str(r) for r in info['half_bridges_to_scratch_final'])} "
                      f"half-bridges (from scratch: {info['scratch_half_bridges']}); the flow-matching model it "
                      f"started from: W2 {fmt(info['fm_model']['data_w2'])}, transport cost "
                      f"{fmt(info['fm_model']['transport_cost'], 2)}; after IPF: W2 {fmt(info['final_w2'])}, cost "
-                     f"{fmt(info['final_cost'], 2)}.")
+                     f"{fmt(info['final_cost'], 2)}. Change over IPF: cost {paired_cell(info.get('cost_paired'))}, "
+                     f"W2 {paired_cell(info.get('w2_paired'))}.")
+        if "half_or_fewer" in info:
+            lines.append(f"  - at most half the half-bridges on every seed: **{'met' if info['half_or_fewer'] else 'not met'}**; "
+                         "lower cost at an equal or better W2 than its flow-matching model on every seed: "
+                         f"**{'met' if info['lower_cost_same_or_better_w2'] else 'not met'}**")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -40,6 +40,8 @@ from .networks import BridgeNet, BridgeNetConfig
 
 log = get_logger(__name__)
 
+CACHES = ("auto", "simulated", "coupled")
+
 
 @dataclass
 class BridgeEvalConfig:
@@ -61,6 +63,10 @@ class BridgeConfig:
     network: BridgeNetConfig = field(default_factory=BridgeNetConfig)
     half_bridges: int = 6
     cache_trajectories: int = 4096
+    # from half-bridge 1 on, "coupled" keeps only the end points of each simulated trajectory and redraws the
+    # states between them on the flow reference's line (the states a terminal or flow network assumes);
+    # "simulated" trains on the other network's own states; "auto": coupled for terminal / flow, else simulated
+    cache: str = "auto"
     init_backward: str = ""  # a flow-matching backward network folder: replaces half-bridge 0
     output_dir: str = "runs/bridge/checkerboard"
     eval: BridgeEvalConfig = field(default_factory=BridgeEvalConfig)
@@ -79,8 +85,18 @@ class BridgeConfig:
         if self.parameterisation != "mean" and self.reference == "ou":
             raise ConfigError("terminal and flow networks rebuild states on the straight line between the ends: "
                               "use reference: flow")
+        if self.cache not in CACHES:
+            raise ConfigError(f"cache must be one of {CACHES}, got {self.cache!r}")
+        if self.cache_kind == "coupled" and self.parameterisation == "mean":
+            raise ConfigError("a mean network regresses the adjacent simulated state: use cache: simulated")
         if len(self.gamma) != 2 or self.steps < 2 or self.half_bridges < 1 or self.cache_trajectories < 1:
             raise ConfigError("need gamma: [a, b], steps >= 2, half_bridges >= 1 and cache_trajectories >= 1")
+
+    @property
+    def cache_kind(self) -> str:
+        if self.cache != "auto":
+            return self.cache
+        return "simulated" if self.parameterisation == "mean" else "coupled"
 
     @property
     def chain(self) -> Chain:
@@ -219,6 +235,14 @@ def trajectories_for(cfg: BridgeConfig, half_bridge: int, nets: dict[str, Bridge
             mean_map(cfg, backward, "backward", cfg.chain))
 
 
+def coupled_states(cfg: BridgeConfig, trajectories: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The flow reference's states between each trajectory's own end points (x_0, x_N): the simulated coupling
+    with straight-line states. A terminal or flow network rebuilds its next state on the line through its
+    current state and its predicted end; trained on curved simulated states, its secant steps leave the
+    simulated marginals (docs/bridge.md)."""
+    return reference_trajectory("flow", cfg.chain, trajectories[0], trajectories[-1], generator)
+
+
 def run_ipf(cfg: BridgeConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Train the bridge; returns (and writes to output_dir/ipf.json) the scores after every half-bridge."""
     from .evaluate import evaluate_bridge
@@ -247,6 +271,8 @@ def run_ipf(cfg: BridgeConfig, progress: bool = True) -> list[dict[str, Any]]:
         else:
             generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + n)
             trajectories, sim_mean = trajectories_for(cfg, n, nets, generator)
+            if cfg.cache_kind == "coupled" and n > 0:
+                trajectories = coupled_states(cfg, trajectories, generator)
             cache = build_cache(cfg, direction, trajectories, sim_mean)
             net = new_network(cfg, direction, n, shape)
             if nets[direction] is not None:  # warm start from this direction's previous network
@@ -280,5 +306,5 @@ def _check_handover(cfg: BridgeConfig, net: BridgeNet) -> None:
                                    mismatched.items()))
 
 
-__all__ = ["BridgeConfig", "BridgeEvalConfig", "RegressionCache", "RegressionObjective", "build_cache",
+__all__ = ["BridgeConfig", "BridgeEvalConfig", "CACHES", "coupled_states", "RegressionCache", "RegressionObjective", "build_cache",
            "direction_of", "half_bridge_dir", "mean_map", "new_network", "run_ipf", "simulate", "trajectories_for"]

@@ -28,8 +28,9 @@ def test_quick_run_writes_the_report(tmp_path):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads((tmp_path / "out" / "bridge.json").read_text())
-    assert results["quick"] and set(results["arms"]) == {"DSB", "SDSB", "TR-SDSB", "FR-SDSB", "FM-TR-SDSB",
-                                                         "FM-FR-SDSB"}
+    assert results["quick"] and set(results["arms"]) == {"DSB", "SDSB", "TR-SDSB", "FR-SDSB", "FR-SDSB-simulated",
+                                                         "FM-TR-SDSB", "FM-FR-SDSB"}
+    assert set(results["analysis"]["tr_fr_faster_than_dsb"]) == {"TR-SDSB", "FR-SDSB"}
     fm = results["arms"]["FM-TR-SDSB"]["0"]
     assert fm[0]["half_bridge"] == 0 and "from" in fm[0]  # started from the flow-matching model
     assert results["floors"]["checkerboard_vs_itself_w2"] < results["floors"]["gaussian_vs_checkerboard_w2"]

@@ -8,7 +8,7 @@ import torch
 
 import hdvila  # noqa: F401  (registers the packaged recipe configs, so bridge/toy resolves)
 from bridge.chain import Chain, gamma_schedule, next_mean, ou_mean, reference_trajectory, training_target
-from bridge.ipf import BridgeConfig, build_cache, run_ipf, simulate
+from bridge.ipf import BridgeConfig, build_cache, coupled_states, run_ipf, simulate
 from bridge.networks import BridgeNet, BridgeNetConfig
 from data_tools.config import ConfigError, from_dict, load_config
 from data_tools.distances import sliced_wasserstein
@@ -132,6 +132,51 @@ def test_config_checks():
         load_config(BridgeConfig, "bridge/toy", ["parameterisation=terminal"])
     with pytest.raises(ConfigError, match="did you mean"):
         load_config(BridgeConfig, "bridge/toy", ["data.name=checkerbord"])
+    with pytest.raises(ConfigError, match="cache: simulated"):
+        load_config(BridgeConfig, "bridge/toy", ["cache=coupled"])  # a mean network needs the simulated states
+    flow = ["reference=flow", "parameterisation=flow"]
+    assert load_config(BridgeConfig, "bridge/toy", []).cache_kind == "simulated"
+    assert load_config(BridgeConfig, "bridge/toy", flow).cache_kind == "coupled"
+    assert load_config(BridgeConfig, "bridge/toy", [*flow, "cache=simulated"]).cache_kind == "simulated"
+
+
+def test_coupled_states_keep_each_trajectorys_ends_and_redraw_the_line_between():
+    cfg = BridgeConfig(steps=8, gamma=[1e-3, 1e-2], reference="flow", parameterisation="terminal")
+    g = torch.Generator().manual_seed(0)
+    x0, xn = torch.randn(4000, 2, generator=g), 3.0 + torch.randn(4000, 2, generator=g)
+    curved = torch.stack([x0 + (xn - x0) * (k / 8) ** 2 for k in range(9)])
+    states = coupled_states(cfg, curved, g)
+    assert torch.equal(states[0], curved[0]) and torch.equal(states[-1], curved[-1])
+    for k in range(1, 8):
+        off_line = states[k] - ((1 - k / 8) * x0 + k / 8 * xn)
+        assert float(off_line.mean().abs()) < 0.01
+        assert float(off_line.std()) == pytest.approx(cfg.chain.noise_std(k - 1), rel=0.05)
+
+
+@pytest.mark.parametrize("parameterisation", ["terminal", "flow"])
+def test_coupled_cache_keeps_the_marginal_that_curved_states_lose(parameterisation):
+    """A deterministic coupling x_N = x_0 / 2 (variance 4 -> 1) reached along curved paths. The best (least-squares,
+    linear per step) forward network fitted on the curved states walks to the wrong end variance; fitted on the
+    coupled cache (the same end points, straight-line states) it walks to the right one."""
+    n = 8
+    cfg = BridgeConfig(steps=n, gamma=[1e-4, 1e-4], reference="flow", parameterisation=parameterisation)
+    g = torch.Generator().manual_seed(0)
+    x0 = 2.0 * torch.randn(20000, 1, generator=g)
+    curved = torch.stack([x0 + (x0 / 2 - x0) * (k / n) ** 2 for k in range(n + 1)])
+    end_variance = {}
+    for name, trajectories in (("simulated", curved), ("coupled", coupled_states(cfg, curved, g))):
+        cache = build_cache(cfg, "forward", trajectories, None)
+        slope = {}
+        for k in range(n):
+            rows = (cache.times - k / n).abs() < 1e-6
+            x, y = cache.inputs[rows], cache.targets[rows]
+            slope[k] = float((x * y).sum() / (x * x).sum())  # the data and the coupling are centred
+        x = 2.0 * torch.randn(20000, 1, generator=g)
+        for k in range(n):
+            x = next_mean(parameterisation, "forward", slope[k] * x, x, torch.tensor(k / n), torch.tensor((k + 1) / n))
+        end_variance[name] = float(x.var())
+    assert end_variance["coupled"] == pytest.approx(1.0, rel=0.05)
+    assert end_variance["simulated"] < 0.7
 
 
 def test_tiny_ipf_lowers_the_distance_and_hands_over_from_flow_matching(tmp_path):
