@@ -34,11 +34,11 @@ class EndConfig:
 
 
 @lru_cache(maxsize=8)
-def _images(name: str, split: str, size: int) -> torch.Tensor:
+def _images(name: str, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from data_tools.image_datasets import load_image_dataset
 
-    images, _ = load_image_dataset(name, split=split, size=size)
-    return torch.as_tensor(images, dtype=torch.float32)
+    images, labels = load_image_dataset(name, split=split, size=size)
+    return torch.as_tensor(images, dtype=torch.float32), torch.as_tensor(labels)
 
 
 def sample_end(cfg: EndConfig, n: int, generator: torch.Generator, split: str | None = None) -> torch.Tensor:
@@ -48,11 +48,20 @@ def sample_end(cfg: EndConfig, n: int, generator: torch.Generator, split: str | 
 
         return sample_toy(cfg.name, n, generator)
     if cfg.kind == "image":
-        pool = _images(cfg.name, split or cfg.split, cfg.size)
-        return pool[torch.randint(len(pool), (n,), generator=generator)]
+        return sample_labelled_images(cfg, n, generator, split)[0]
     if cfg.size > 0:
         return torch.randn(n, cfg.channels, cfg.size, cfg.size, generator=generator)
     return torch.randn(n, cfg.dim, generator=generator)
 
 
-__all__ = ["END_KINDS", "EndConfig", "sample_end"]
+def sample_labelled_images(cfg: EndConfig, n: int, generator: torch.Generator, split: str | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images of an image end and their class labels (the same draw as `sample_end`)."""
+    if cfg.kind != "image":
+        raise ValueError(f"only an image end has labels, not a {cfg.kind!r} end")
+    images, labels = _images(cfg.name, split or cfg.split, cfg.size)
+    idx = torch.randint(len(images), (n,), generator=generator)
+    return images[idx], labels[idx]
+
+
+__all__ = ["END_KINDS", "EndConfig", "sample_end", "sample_labelled_images"]

@@ -7,6 +7,8 @@ After each half-bridge, from a fixed evaluation seed:
                             that end (images: the held-out split)
     data_w2 / prior_w2      2-D only: the exact W2 on `exact_ot_points` points per side (POT's network simplex)
     data_fd                 images of a registered set: Fréchet distance in the core's feature classifier
+    class_kept              image to image: how often the data set's classifier reads the generated image as the
+                            class of the prior image it was walked from (a translation should keep the digit)
     transport_cost          E ||x_0 − x_N||² over the backward walk's (start, end) pairs
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from data_tools.distances import sliced_wasserstein
 
-from .ends import sample_end
+from .ends import sample_end, sample_labelled_images
 
 
 def exact_w2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -28,11 +30,24 @@ def exact_w2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(ot.emd2([], [], cost, numItermax=1_000_000)) ** 0.5
 
 
-def _fd(cfg: Any, images: torch.Tensor, reference: torch.Tensor) -> float:
-    from diffusion.metrics import get_feature_classifier, sample_quality
+def data_classifier(cfg: Any):
+    """The fixed feature classifier of the data end's image set (trained once and cached)."""
+    from diffusion.metrics import get_feature_classifier
 
-    classifier = get_feature_classifier(cfg.data.name, "runs/diffusion/feature-classifiers", size=cfg.data.size)
-    return float(sample_quality(images.clamp(-1, 1), reference, classifier)["fd"])
+    return get_feature_classifier(cfg.data.name, "runs/diffusion/feature-classifiers", size=cfg.data.size)
+
+
+def _fd(cfg: Any, images: torch.Tensor, reference: torch.Tensor) -> float:
+    from diffusion.metrics import sample_quality
+
+    return float(sample_quality(images.clamp(-1, 1), reference, data_classifier(cfg))["fd"])
+
+
+def class_kept(cfg: Any, generated: torch.Tensor, prior_labels: torch.Tensor) -> float:
+    """The share of generated data-end images that the data set's classifier reads as their prior image's class."""
+    with torch.no_grad():
+        predicted = data_classifier(cfg)(generated.clamp(-1, 1)).argmax(dim=1)
+    return float((predicted == prior_labels).float().mean())
 
 
 @torch.no_grad()
@@ -43,7 +58,11 @@ def evaluate_bridge(cfg: Any, nets: dict) -> dict[str, float]:
     generator = torch.Generator().manual_seed(e.seed)
     out: dict[str, float] = {}
     if nets.get("backward") is not None:
-        prior = sample_end(cfg.prior, e.samples, generator, split="test")
+        labels = None
+        if cfg.prior.kind == "image":
+            prior, labels = sample_labelled_images(cfg.prior, e.samples, generator, split="test")
+        else:
+            prior = sample_end(cfg.prior, e.samples, generator, split="test")
         walk = simulate(cfg, nets["backward"], "backward", prior, generator, last_noise=False)
         generated = walk[0]
         real = sample_end(cfg.data, e.samples, generator, split="test")
@@ -53,6 +72,8 @@ def evaluate_bridge(cfg: Any, nets: dict) -> dict[str, float]:
             out["data_w2"] = exact_w2(generated[:e.exact_ot_points], real[:e.exact_ot_points])
         if cfg.data.kind == "image":
             out["data_fd"] = _fd(cfg, generated, real)
+            if labels is not None:
+                out["class_kept"] = class_kept(cfg, generated, labels)
     if nets.get("forward") is not None:
         data = sample_end(cfg.data, e.samples, generator, split="test")
         generated = simulate(cfg, nets["forward"], "forward", data, generator, last_noise=False)[-1]
@@ -63,4 +84,4 @@ def evaluate_bridge(cfg: Any, nets: dict) -> dict[str, float]:
     return out
 
 
-__all__ = ["evaluate_bridge", "exact_w2"]
+__all__ = ["class_kept", "data_classifier", "evaluate_bridge", "exact_w2"]

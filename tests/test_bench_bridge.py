@@ -36,3 +36,21 @@ def test_quick_run_writes_the_report(tmp_path):
     assert results["floors"]["checkerboard_vs_itself_w2"] < results["floors"]["gaussian_vs_checkerboard_w2"]
     report = (tmp_path / "out" / "bridge.md").read_text()
     assert "QUICK RUN" in report and "SDSB against DSB" in report
+
+
+def test_quick_digits_run_writes_the_report_with_its_references(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_bridge_digits.py"), "--quick", "--runs",
+                           str(tmp_path / "runs"), "--out", str(tmp_path / "out")], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "bridge_digits.json").read_text())
+    translation = results["tasks"]["translation"]["0"]
+    assert [h["half_bridge"] for h in translation] == [0, 1]
+    assert 0.0 <= translation[-1]["class_kept"] <= 1.0 and translation[-1]["data_fd"] > 0
+    assert "class_kept" not in results["tasks"]["gaussian"]["0"][0]  # noise has no class to keep
+    refs = results["references"]
+    assert refs["digits_vs_digits"]["data_fd"] < refs["gaussian_noise"]["data_fd"]
+    assert (tmp_path / "out" / "bridge_digits_translation.png").stat().st_size > 0
+    assert "QUICK RUN" in (tmp_path / "out" / "bridge_digits.md").read_text()

@@ -225,3 +225,25 @@ def test_networks_build_for_points_and_images():
     images = BridgeNet(BridgeNetConfig(kind="denoiser", denoiser="unet-digits",
                                        denoiser_overrides={"image_size": 16}))
     assert images(torch.zeros(2, 1, 16, 16), torch.tensor([0.0, 1.0])).shape == (2, 1, 16, 16)
+
+
+def test_image_ends_carry_labels_and_class_kept_reads_them(monkeypatch):
+    from bridge import evaluate
+    from bridge.ends import EndConfig, sample_end, sample_labelled_images
+
+    end = EndConfig(kind="image", name="digits", size=8)
+    images, labels = sample_labelled_images(end, 64, torch.Generator().manual_seed(3), split="test")
+    assert torch.equal(images, sample_end(end, 64, torch.Generator().manual_seed(3), split="test"))
+    assert labels.shape == (64,) and 0 <= int(labels.min()) and int(labels.max()) <= 9
+    with pytest.raises(ValueError, match="only an image end"):
+        sample_labelled_images(EndConfig(kind="toy2d", name="moons"), 4, torch.Generator())
+
+    class ReadsTheFirstPixel(torch.nn.Module):  # a stand-in classifier: class = 9 where the first pixel is bright
+        def forward(self, x):
+            bright = (x.flatten(1)[:, 0] > 0).long()
+            return torch.nn.functional.one_hot(9 * bright, 10).float()
+
+    monkeypatch.setattr(evaluate, "data_classifier", lambda cfg: ReadsTheFirstPixel())
+    generated = -torch.ones(4, 1, 8, 8)
+    generated[:2, 0, 0, 0] = 1.0
+    assert evaluate.class_kept(None, generated, torch.tensor([9, 0, 0, 0])) == pytest.approx(0.75)  # 1 of 4 misread
