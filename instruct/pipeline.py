@@ -190,6 +190,7 @@ class EditInputError(ValueError):
 
 
 MAX_INPUT_PIXELS = 50_000_000  # an input image larger than this (about 50 MP) is refused before it is decoded
+MAX_SAMPLER_STEPS = 1000  # the diffusion core's longest discretisation; more only costs time
 
 
 def read_input_image(path: str | Path, size: int, resize: bool = False) -> np.ndarray:
@@ -241,8 +242,8 @@ def edit_file(model_dir: str | Path, image: str | Path, text: str, out: str | Pa
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise EditInputError(f"--out must be a .png path, got {out.name}")
-    if steps is not None and steps < 1:
-        raise EditInputError(f"--steps must be >= 1, got {steps}")
+    if steps is not None and not 1 <= steps <= MAX_SAMPLER_STEPS:
+        raise EditInputError(f"--steps must be between 1 and {MAX_SAMPLER_STEPS}, got {steps}")
     if sampler is not None and sampler not in SAMPLERS:
         raise EditInputError(str(SAMPLERS.unknown(sampler)))
     if out.is_dir():
@@ -259,8 +260,11 @@ def edit_file(model_dir: str | Path, image: str | Path, text: str, out: str | Pa
                 "steps": cfg.steps if steps is None else int(steps), "sampler": sampler or cfg.sampler,
                 "seed": int(seed)}
     edited = pipeline.edit(pixels, text, **settings)
-    return write_png(edited, out), settings
+    try:
+        return write_png(edited, out), settings
+    except OSError as exc:  # a missing or read-only folder, a full disk: say so, not a traceback
+        raise EditInputError(f"cannot write --out {out}: {exc.strerror or exc}") from None
 
 
-__all__ = ["EDIT_CONFIG_FILE", "EditConfig", "EditInputError", "InstructPipeline", "MAX_INPUT_PIXELS",
+__all__ = ["EDIT_CONFIG_FILE", "EditConfig", "EditInputError", "InstructPipeline", "MAX_INPUT_PIXELS", "MAX_SAMPLER_STEPS",
            "RUN_CONFIG_FILE", "as_image_batch", "edit_file", "read_input_image", "write_png"]

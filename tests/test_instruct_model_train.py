@@ -108,6 +108,12 @@ def test_edit_command_in_a_fresh_process_and_its_input_checks(trained, tmp_path,
                      "--text", "x", "--out", str(tmp_path / "bad.png"), "--sampler", "hune"])
     assert code == 2 and "did you mean 'heun'" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
+    code = cli_main(["instruct", "edit", "--model", str(trained / "model"), "--image", str(tmp_path / "in.png"),
+                     "--text", "x", "--out", str(tmp_path / "bad.png"), "--steps", "100000"])
+    assert code == 2 and "between 1 and 1000" in capsys.readouterr().err
+    code = cli_main(["instruct", "edit", "--model", str(trained / "model"), "--image", str(tmp_path / "in.png"),
+                     "--text", "x", "--out", str(tmp_path / "in.png" / "out.png"), "--steps", "1"])  # under a file
+    assert code == 2 and "cannot write --out" in capsys.readouterr().err
     assert cli_main(["instruct", "edit", "--model", str(trained / "model"), "--image", str(tmp_path / "big.png"),
                      "--text", "x", "--out", str(tmp_path / "resized.png"), "--resize", "--steps", "2"]) == 0
     with Image.open(tmp_path / "resized.png") as im:
