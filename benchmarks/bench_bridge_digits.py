@@ -5,11 +5,13 @@ coupled cache).
     python benchmarks/bench_bridge_digits.py --seeds 0            # the runs (reused when finished) and the report
     python benchmarks/bench_bridge_digits.py --quick --runs DIR   # tiny settings: checks the plumbing, proves nothing
 
-Scored after every half-bridge (`bridge.evaluate`) on 1,000 held-out prior images walked to the data end: FD in the
-digits classifier's features against held-out digits, the share of translations that the digits classifier reads
-as the source image's class (`class_kept`), and the transport cost E||x_0 - x_N||^2 (pixels in [-1, 1]). Beside
-them, the levels that need no model: chance (10%); the untranslated MNIST image itself (a bridge that moves
-nothing), read by the same classifier; held-out digits against other held-out digits (the FD floor); Gaussian noise.
+Scored after every half-bridge (`bridge.evaluate`) on 1,000 prior draws walked to the data end (held-out MNIST
+images drawn with replacement, or Gaussian noise): FD in the digits classifier's features against 1,000 draws of
+the held-out digits, the share of translations that the digits classifier reads as the source image's class
+(`class_kept`), and the transport cost E||x_0 - x_N||^2 (pixels in [-1, 1]). Beside them, the levels that need no
+model: chance (10%); the untranslated MNIST image itself (a bridge that moves nothing), read by the same
+classifier; training digits against the held-out ones (the FD floor: a bridge that reproduced its training set);
+Gaussian noise.
 """
 from __future__ import annotations
 
@@ -50,6 +52,14 @@ def _finished(out: Path, overrides: list[str]) -> bool:
     return bool(history) and history[-1]["half_bridge"] == wanted - 1
 
 
+def eval_samples(overrides: list[str]) -> int:
+    import hdvila  # noqa: F401  (registers the recipe configs)
+    from bridge.ipf import BridgeConfig
+    from data_tools.config import load_config
+
+    return load_config(BridgeConfig, "bridge/digits", [o for o in overrides if o.startswith("eval.")]).eval.samples
+
+
 def references(samples: int, seed: int = 1234) -> dict:
     """What needs no model, on as many held-out images as the bridge's evaluation."""
     import torch
@@ -65,16 +75,16 @@ def references(samples: int, seed: int = 1234) -> dict:
     classifier = data_classifier(cfg)
     g = torch.Generator().manual_seed(seed)
     mnist, labels = sample_labelled_images(cfg.prior, samples, g, split="test")
-    digits_a = sample_end(cfg.data, samples, g, split="test")
-    digits_b = sample_end(cfg.data, samples, g, split="test")
+    digits_train = sample_end(cfg.data, samples, g, split="train")
+    digits_test = sample_end(cfg.data, samples, g, split="test")
     noise = sample_end(EndConfig(kind="gaussian", size=cfg.data.size), samples, g)
 
     def fd(images):
-        return float(sample_quality(images.clamp(-1, 1), digits_b, classifier)["fd"])
+        return float(sample_quality(images.clamp(-1, 1), digits_test, classifier)["fd"])
 
     return {"classifier_test_accuracy": classifier.test_accuracy,
-            "identity": {"data_fd": fd(mnist), "class_kept": class_kept(cfg, mnist, labels)},
-            "digits_vs_digits": {"data_fd": fd(digits_a)},
+            "identity": {"data_fd": fd(mnist), "class_kept": class_kept(classifier, mnist, labels)},
+            "train_vs_test_digits": {"data_fd": fd(digits_train)},
             "gaussian_noise": {"data_fd": fd(noise)},
             "chance_class_kept": 0.1}
 
@@ -110,13 +120,13 @@ def write_report(results: dict, path: Path) -> None:
              "- `bridge/digits`: FR-SDSB, flow reference, N = 8, γ 1e-4 -> 1e-3, the core's digits UNet (0.70M) at "
              "16 px; half-bridge 0 is flow matching between independent pairs, then IPF on the coupled cache. "
              f"Seeds {results['seeds']}; mean ± sample sd where there are several.",
-             f"- Evaluation: {results['eval_samples']} held-out prior images walked to the data end; FD and "
-             "class in the digits classifier (held-out accuracy "
-             f"{refs['classifier_test_accuracy']:.3f}).", "",
+             f"- Evaluation: {results['eval_samples']} prior draws (held-out MNIST images with replacement, or "
+             "noise) walked to the data end; FD against as many draws of the held-out digits, and the class, in the "
+             f"digits classifier (held-out accuracy {refs['classifier_test_accuracy']:.3f}).", "",
              "Levels that need no model: chance keeps the class 10% of the time; the untranslated MNIST image "
              f"(a bridge that moves nothing) has FD {refs['identity']['data_fd']:.1f} and the digits classifier "
-             f"reads its class {100 * refs['identity']['class_kept']:.1f}% of the time; held-out digits against "
-             f"other held-out digits: FD {refs['digits_vs_digits']['data_fd']:.2f} (the floor); Gaussian noise: FD "
+             f"reads its class {100 * refs['identity']['class_kept']:.1f}% of the time; training digits against "
+             f"the held-out ones: FD {refs['train_vs_test_digits']['data_fd']:.2f} (the floor); Gaussian noise: FD "
              f"{refs['gaussian_noise']['data_fd']:.1f}.", ""]
 
     def cell(values, digits=2, scale=1.0) -> str:
@@ -130,7 +140,7 @@ def write_report(results: dict, path: Path) -> None:
         lines += [f"## {title}", "", "| half-bridge | trained | data FD | class kept % | transport cost | prior SWD |",
                   "|---|---|---|---|---|---|"]
         histories = list(by_seed.values())
-        for i, row in enumerate(histories[0]):
+        for i, row in enumerate(histories[0][:min(len(h) for h in histories)]):
             values = {key: [h[i][key] for h in histories if key in h[i]]
                       for key in ("data_fd", "class_kept", "transport_cost", "prior_swd")}
             lines.append(f"| {row['half_bridge']} | {row['direction']} | {cell(values['data_fd'])} | "
@@ -146,7 +156,7 @@ def write_report(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs/bridge/digits-bench")
+    parser.add_argument("--runs", default=None, help="default runs/bridge/digits-bench (-quick with --quick)")
     parser.add_argument("--out", default="docs/results")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -154,10 +164,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     started = time.time()
-    root = Path(args.runs)
+    root = Path(args.runs or ("runs/bridge/digits-bench" + ("-quick" if args.quick else "")))
     extra = QUICK if args.quick else []
     results: dict = {"seeds": args.seeds, "quick": args.quick, "tasks": {}, "grids": {},
-                     "eval_samples": 200 if args.quick else 1000}
+                     "eval_samples": eval_samples(extra)}
     for task in args.tasks:
         for seed in args.seeds:
             t0 = time.time()

@@ -7,8 +7,9 @@ After each half-bridge, from a fixed evaluation seed:
                             that end (images: the held-out split)
     data_w2 / prior_w2      2-D only: the exact W2 on `exact_ot_points` points per side (POT's network simplex)
     data_fd                 images of a registered set: Fréchet distance in the core's feature classifier
-    class_kept              image to image: how often the data set's classifier reads the generated image as the
-                            class of the prior image it was walked from (a translation should keep the digit)
+    class_kept              image to image with `eval.class_kept` (both sets label the same classes): how often the
+                            data set's classifier reads the generated image as the class of the prior image it was
+                            walked from (a translation should keep the digit)
     transport_cost          E ||x_0 − x_N||² over the backward walk's (start, end) pairs
 """
 from __future__ import annotations
@@ -37,17 +38,9 @@ def data_classifier(cfg: Any):
     return get_feature_classifier(cfg.data.name, "runs/diffusion/feature-classifiers", size=cfg.data.size)
 
 
-def _fd(cfg: Any, images: torch.Tensor, reference: torch.Tensor) -> float:
-    from diffusion.metrics import sample_quality
-
-    return float(sample_quality(images.clamp(-1, 1), reference, data_classifier(cfg))["fd"])
-
-
-def class_kept(cfg: Any, generated: torch.Tensor, prior_labels: torch.Tensor) -> float:
+def class_kept(classifier: Any, generated: torch.Tensor, prior_labels: torch.Tensor) -> float:
     """The share of generated data-end images that the data set's classifier reads as their prior image's class."""
-    with torch.no_grad():
-        predicted = data_classifier(cfg)(generated.clamp(-1, 1)).argmax(dim=1)
-    return float((predicted == prior_labels).float().mean())
+    return float((classifier.predict(generated.clamp(-1, 1)) == prior_labels).float().mean())
 
 
 @torch.no_grad()
@@ -59,7 +52,7 @@ def evaluate_bridge(cfg: Any, nets: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     if nets.get("backward") is not None:
         labels = None
-        if cfg.prior.kind == "image":
+        if cfg.prior.kind == "image" and e.class_kept:
             prior, labels = sample_labelled_images(cfg.prior, e.samples, generator, split="test")
         else:
             prior = sample_end(cfg.prior, e.samples, generator, split="test")
@@ -71,9 +64,12 @@ def evaluate_bridge(cfg: Any, nets: dict) -> dict[str, float]:
         if generated.dim() == 2 and e.exact_ot_points > 0:  # points, not images
             out["data_w2"] = exact_w2(generated[:e.exact_ot_points], real[:e.exact_ot_points])
         if cfg.data.kind == "image":
-            out["data_fd"] = _fd(cfg, generated, real)
+            from diffusion.metrics import sample_quality
+
+            classifier = data_classifier(cfg)
+            out["data_fd"] = float(sample_quality(generated.clamp(-1, 1), real, classifier)["fd"])
             if labels is not None:
-                out["class_kept"] = class_kept(cfg, generated, labels)
+                out["class_kept"] = class_kept(classifier, generated, labels)
     if nets.get("forward") is not None:
         data = sample_end(cfg.data, e.samples, generator, split="test")
         generated = simulate(cfg, nets["forward"], "forward", data, generator, last_noise=False)[-1]

@@ -49,6 +49,7 @@ class BridgeEvalConfig:
     seed: int = 1234
     projections: int = 256  # sliced Wasserstein
     exact_ot_points: int = 1024  # 2-D: exact W2 on this many points per side (POT); 0 = off
+    class_kept: bool = False  # image to image, when both sets label the same classes (digits <-> MNIST)
 
 
 @dataclass
@@ -88,7 +89,8 @@ class BridgeConfig:
         if self.cache not in CACHES:
             raise ConfigError(f"cache must be one of {CACHES}, got {self.cache!r}")
         if self.cache_kind == "coupled" and self.parameterisation == "mean":
-            raise ConfigError("a mean network regresses the adjacent simulated state: use cache: simulated")
+            raise ConfigError("cache: coupled is for terminal and flow networks; DSB / SDSB (mean) networks need the "
+                              "simulated transitions: use cache: simulated or auto")
         if len(self.gamma) != 2 or self.steps < 2 or self.half_bridges < 1 or self.cache_trajectories < 1:
             raise ConfigError("need gamma: [a, b], steps >= 2, half_bridges >= 1 and cache_trajectories >= 1")
 
@@ -206,9 +208,23 @@ def new_network(cfg: BridgeConfig, direction: str, half_bridge: int, shape: tupl
     net_cfg = cfg.network
     if net_cfg.kind == "resmlp" and net_cfg.dim != shape[-1]:
         net_cfg = BridgeNetConfig(**{**to_dict(net_cfg), "dim": shape[-1]})
-    return BridgeNet(net_cfg, {"direction": direction, "half_bridge": half_bridge,
-                               "parameterisation": cfg.parameterisation, "target": cfg.target,
-                               "steps": cfg.steps, "gamma": list(cfg.gamma)})
+    return BridgeNet(net_cfg, {"direction": direction, "half_bridge": half_bridge, **recipe_facts(cfg)})
+
+
+def recipe_facts(cfg: BridgeConfig) -> dict[str, Any]:
+    """What a finished half-bridge must share with the run that reuses it (kept in the network's meta)."""
+    return {"parameterisation": cfg.parameterisation, "target": cfg.target, "steps": cfg.steps,
+            "gamma": [float(g) for g in cfg.gamma], "reference": cfg.reference, "cache": cfg.cache_kind,
+            "max_steps": cfg.train.max_steps}
+
+
+def _check_reuse(cfg: BridgeConfig, net: BridgeNet, folder: Path) -> None:
+    """A finished half-bridge is reused only by a run of the same recipe: a stale folder would silently mix two."""
+    differ = {k: (net.meta.get(k), v) for k, v in recipe_facts(cfg).items() if net.meta.get(k) != v}
+    if differ:
+        raise ValueError(f"{folder} was trained with another recipe (" + ", ".join(
+            f"{k}: {got!r}, this run: {want!r}" for k, (got, want) in differ.items()) +
+            "); use a new output_dir or delete the folder")
 
 
 def half_bridge_dir(out: Path, half_bridge: int) -> Path:
@@ -252,6 +268,9 @@ def run_ipf(cfg: BridgeConfig, progress: bool = True) -> list[dict[str, Any]]:
     if D.world_size() > 1:
         raise RuntimeError("IPF runs on one process: its half-bridges are small and sequential")
     out.mkdir(parents=True, exist_ok=True)
+    for n in range(cfg.half_bridges):  # before anything is written: refuse a folder of another recipe
+        if (half_bridge_dir(out, n) / "net" / "config.json").exists():
+            _check_reuse(cfg, BridgeNet.from_pretrained(half_bridge_dir(out, n) / "net"), half_bridge_dir(out, n))
     save_config(cfg, out / "config.yaml")
     shape = tuple(sample_end(cfg.data, 1, torch.Generator().manual_seed(0)).shape[1:])
     nets: dict[str, BridgeNet | None] = {"forward": None, "backward": None}
@@ -306,5 +325,6 @@ def _check_handover(cfg: BridgeConfig, net: BridgeNet) -> None:
                                    mismatched.items()))
 
 
-__all__ = ["BridgeConfig", "BridgeEvalConfig", "CACHES", "coupled_states", "RegressionCache", "RegressionObjective", "build_cache",
-           "direction_of", "half_bridge_dir", "mean_map", "new_network", "run_ipf", "simulate", "trajectories_for"]
+__all__ = ["BridgeConfig", "BridgeEvalConfig", "CACHES", "RegressionCache", "RegressionObjective", "build_cache",
+           "coupled_states", "direction_of", "half_bridge_dir", "mean_map", "new_network", "recipe_facts", "run_ipf",
+           "simulate", "trajectories_for"]

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bench_helpers import BENCH, load_benchmark
 
 
@@ -51,6 +53,46 @@ def test_quick_digits_run_writes_the_report_with_its_references(tmp_path):
     assert 0.0 <= translation[-1]["class_kept"] <= 1.0 and translation[-1]["data_fd"] > 0
     assert "class_kept" not in results["tasks"]["gaussian"]["0"][0]  # noise has no class to keep
     refs = results["references"]
-    assert refs["digits_vs_digits"]["data_fd"] < refs["gaussian_noise"]["data_fd"]
+    assert refs["train_vs_test_digits"]["data_fd"] < min(refs["identity"]["data_fd"], refs["gaussian_noise"]["data_fd"])
     assert (tmp_path / "out" / "bridge_digits_translation.png").stat().st_size > 0
     assert "QUICK RUN" in (tmp_path / "out" / "bridge_digits.md").read_text()
+
+
+def _history(w2: list[float], cost: list[float], handed_over: bool = False) -> list[dict]:
+    """A made-up run: data W2 and cost after each half-bridge (forward half-bridges repeat the data end)."""
+    rows = []
+    for n, (w, c) in enumerate(zip(w2, cost)):
+        row = {"half_bridge": n, "direction": "backward" if n % 2 == 0 else "forward", "data_w2": w,
+               "data_swd": w / 2, "transport_cost": c, "prior_w2": 0.3}
+        rows.append({**row, "from": "fm"} if handed_over and n == 0 else row)
+    return rows
+
+
+def test_analysis_verdicts_count_only_levels_that_last():
+    bench = load_benchmark("bench_bridge")
+    assert bench.first_reaching([(0, 0.5), (1, 0.5), (2, 0.9), (3, 0.9)], 0.6) is None  # a dip IPF then lost
+    assert bench.first_reaching([(0, 0.5), (1, 0.9), (2, 0.5), (3, 0.5)], 0.6) == 3
+    flat = [10.0] * 4
+    arms = {
+        "DSB": {0: _history([1.0, 1.0, 0.8, 0.8], flat), 1: _history([1.0, 1.0, 0.8, 0.8], flat)},
+        "SDSB": {0: _history([1.0, 1.0, 0.8, 0.8], flat), 1: _history([1.1, 1.1, 0.8, 0.8], flat)},
+        # TR dips below DSB's level at half-bridge 0 and loses it; FR gets there for good after one half-bridge
+        "TR-SDSB": {0: _history([0.5, 0.5, 0.9, 0.9], flat), 1: _history([0.5, 0.5, 0.9, 0.9], flat)},
+        "FR-SDSB": {0: _history([0.6, 0.6, 0.6, 0.6], flat), 1: _history([0.7, 0.7, 0.6, 0.6], flat)},
+        # FM-TR: cheaper, but its W2 rises past the from-scratch arm's; FM-FR: cheaper at the same W2
+        "FM-TR-SDSB": {0: _history([0.5, 0.5, 1.0, 1.0], [3.0, 3.0, 2.0, 2.0], True),
+                       1: _history([0.5, 0.5, 1.2, 1.2], [3.0, 3.0, 2.1, 2.1], True)},
+        "FM-FR-SDSB": {0: _history([0.55, 0.55, 0.55, 0.55], [3.0, 3.0, 2.5, 2.5], True),
+                       1: _history([0.6, 0.6, 0.6, 0.6], [3.2, 3.2, 2.6, 2.6], True)},
+    }
+    fm = {"FM-TR-SDSB": {"data_w2": [0.5, 0.5], "transport_cost": [3.0, 3.0]},
+          "FM-FR-SDSB": {"data_w2": [0.55, 0.6], "transport_cost": [3.0, 3.2]}}
+    analysis = bench.analyse({"arms": arms, "fm": fm, "half_bridges": 4}, [0, 1])
+    assert analysis["goal1_met"]
+    assert analysis["reach_dsb_final"]["TR-SDSB"] == [None, None]
+    assert analysis["tr_fr_faster_than_dsb"] == {"TR-SDSB": False, "FR-SDSB": True}
+    tr, fr = analysis["fm"]["FM-TR-SDSB"], analysis["fm"]["FM-FR-SDSB"]
+    assert not tr["half_or_fewer"] and not tr["lower_cost_not_worse_w2"] and not tr["w2_not_worse_every_seed"]
+    assert tr["w2_paired"]["mean_diff"] == pytest.approx(0.6) and tr["half_bridges_to_scratch_final"] == [None, None]
+    assert fr["half_or_fewer"] and fr["lower_cost_not_worse_w2"] and fr["w2_not_worse_every_seed"]
+    assert fr["half_bridges_to_scratch_final"] == [0, 0] and fr["scratch_reached_own_final"] == [1, 3]

@@ -179,7 +179,16 @@ def test_coupled_cache_keeps_the_marginal_that_curved_states_lose(parameterisati
     assert end_variance["simulated"] < 0.7
 
 
-def test_tiny_ipf_lowers_the_distance_and_hands_over_from_flow_matching(tmp_path):
+def test_tiny_ipf_lowers_the_distance_and_hands_over_from_flow_matching(tmp_path, monkeypatch):
+    from bridge import ipf
+
+    coupled_at = []  # the coupled cache replaces the simulated states from half-bridge 1 on, after a hand-over too
+
+    def spy(cfg, trajectories, generator):
+        coupled_at.append(trajectories.shape[1])
+        return coupled_states(cfg, trajectories, generator)
+
+    monkeypatch.setattr(ipf, "coupled_states", spy)
     prior_vs_data = sliced_wasserstein(sample_toy("gaussian", 512, torch.Generator().manual_seed(5)),
                                        sample_toy("checkerboard", 512, torch.Generator().manual_seed(6)))
     fm = _cfg(tmp_path / "fm", reference="flow", parameterisation="terminal", gamma=[1e-3, 1e-2], half_bridges=1)
@@ -190,6 +199,7 @@ def test_tiny_ipf_lowers_the_distance_and_hands_over_from_flow_matching(tmp_path
     history = run_ipf(handed, progress=False)
     assert [h["half_bridge"] for h in history] == [0, 1] and history[0]["from"].endswith("net")
     assert not (tmp_path / "bridge" / "ipf00-backward").exists()  # half-bridge 0 was not trained again
+    assert coupled_at == [handed.cache_trajectories]  # at half-bridge 1 only (half-bridge 0 is the reference's)
     assert history[1]["prior_swd"] < 0.75 * prior_vs_data and "prior_w2" in history[1]
     # the walks of a trained network start where they are told to and keep their shape
     net = BridgeNet.from_pretrained(tmp_path / "bridge" / "ipf01-forward" / "net")
@@ -200,6 +210,13 @@ def test_tiny_ipf_lowers_the_distance_and_hands_over_from_flow_matching(tmp_path
                  init_backward=str(tmp_path / "fm" / "ipf00-backward" / "net"))
     with pytest.raises(ValueError, match="parameterisation"):
         run_ipf(wrong, progress=False)
+    # a finished half-bridge is reused only by the same recipe
+    stale = _cfg(tmp_path / "bridge", reference="flow", parameterisation="terminal", gamma=[1e-3, 1e-2],
+                 half_bridges=2, init_backward=str(tmp_path / "fm" / "ipf00-backward" / "net"), cache="simulated")
+    with pytest.raises(ValueError, match="another recipe .*cache: 'coupled', this run: 'simulated'"):
+        run_ipf(stale, progress=False)
+    assert coupled_at == [handed.cache_trajectories]
+    assert "cache: simulated" not in (tmp_path / "bridge" / "config.yaml").read_text()  # the folder is untouched
 
 
 def test_sample_cli_writes_a_figure_and_the_states(tmp_path):
@@ -227,13 +244,18 @@ def test_networks_build_for_points_and_images():
     assert images(torch.zeros(2, 1, 16, 16), torch.tensor([0.0, 1.0])).shape == (2, 1, 16, 16)
 
 
-def test_image_ends_carry_labels_and_class_kept_reads_them(monkeypatch):
+def test_image_ends_carry_labels_and_class_kept_reads_them():
     from bridge import evaluate
     from bridge.ends import EndConfig, sample_end, sample_labelled_images
 
     end = EndConfig(kind="image", name="digits", size=8)
+    from data_tools.image_datasets import load_image_dataset
+
     images, labels = sample_labelled_images(end, 64, torch.Generator().manual_seed(3), split="test")
     assert torch.equal(images, sample_end(end, 64, torch.Generator().manual_seed(3), split="test"))
+    pool, pool_labels = load_image_dataset("digits", split="test", size=8)
+    for image, label in zip(images[:8], labels[:8]):  # each label is its own image's
+        assert int(label) == int(pool_labels[(pool - image).flatten(1).abs().sum(1).argmin()])
     assert labels.shape == (64,) and 0 <= int(labels.min()) and int(labels.max()) <= 9
     with pytest.raises(ValueError, match="only an image end"):
         sample_labelled_images(EndConfig(kind="toy2d", name="moons"), 4, torch.Generator())
@@ -243,7 +265,9 @@ def test_image_ends_carry_labels_and_class_kept_reads_them(monkeypatch):
             bright = (x.flatten(1)[:, 0] > 0).long()
             return torch.nn.functional.one_hot(9 * bright, 10).float()
 
-    monkeypatch.setattr(evaluate, "data_classifier", lambda cfg: ReadsTheFirstPixel())
+        def predict(self, x):
+            return self(x).argmax(dim=1)
+
     generated = -torch.ones(4, 1, 8, 8)
     generated[:2, 0, 0, 0] = 1.0
-    assert evaluate.class_kept(None, generated, torch.tensor([9, 0, 0, 0])) == pytest.approx(0.75)  # 1 of 4 misread
+    assert evaluate.class_kept(ReadsTheFirstPixel(), generated, torch.tensor([9, 0, 0, 0])) == pytest.approx(0.75)
