@@ -214,7 +214,52 @@ def write_report(results: dict, path: Path) -> None:
                          f"seed, at a mean W2 no more than {W2_TOLERANCE:.0%} above its start: "
                          f"**{verdict[info['lower_cost_not_worse_w2']]}** (W2 no higher on every seed: "
                          f"{'yes' if info['w2_not_worse_every_seed'] else 'no'})")
+    if "FR-SDSB-simulated" in a["final"]:
+        lines += ["", "## The coupled cache (ablation)", "",
+                  "FR-SDSB trains its networks, from half-bridge 1 on, on straight-line states between the end "
+                  "points of the other network's walks (`cache: coupled`, the default for terminal and flow "
+                  "networks). FR-SDSB-simulated trains them on the walks' own states, as the first version did: "
+                  f"final data W2 {fmt(a['final']['FR-SDSB-simulated']['data_w2'])} and prior W2 "
+                  f"{fmt(a['final']['FR-SDSB-simulated']['prior_w2'])}, against "
+                  f"{fmt(a['final']['FR-SDSB']['data_w2'])} and {fmt(a['final']['FR-SDSB']['prior_w2'])} "
+                  "(docs/bridge.md explains why)."]
+    lines += ["", "![walks](bridge_walks.png)", "",
+              f"Backward walks of 2,048 prior samples, seed-{results['seeds'][0]} runs; rows: "
+              f"{', '.join(WALK_ARMS)}."]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+WALK_ARMS = ("DSB", "FR-SDSB-simulated", "FR-SDSB", "FM-FR-SDSB")
+
+
+def walks_figure(root: Path, seed: int, path: Path, n: int = 2048, trajectories: int = 48) -> Path:
+    """One row per arm (its seed-`seed` run): the backward walk's prior end, its data end and some trajectories."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bridge.pipeline import BridgeRun
+
+    arms = [a for a in WALK_ARMS if (root / f"{a}-seed{seed}" / "ipf.json").exists()]
+    fig, axes = plt.subplots(len(arms), 3, figsize=(10.5, 3.5 * len(arms)), squeeze=False)
+    for row, arm in zip(axes, arms):
+        walk = BridgeRun.from_dir(root / f"{arm}-seed{seed}").walk("prior", n, seed=0)
+        row[0].scatter(walk[-1, :, 0], walk[-1, :, 1], s=1)
+        row[1].scatter(walk[0, :, 0], walk[0, :, 1], s=1)
+        for i in range(trajectories):
+            row[2].plot(walk[:, i, 0], walk[:, i, 1], lw=0.6, alpha=0.7)
+        row[0].set_ylabel(arm)
+        for ax, title in zip(row, ("prior end (k = N)", "data end (k = 0)", "trajectories")):
+            ax.set_title(title)
+            ax.set_aspect("equal")
+            ax.set(xlim=(-5, 5), ylim=(-5, 5))
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 def main() -> None:
@@ -265,6 +310,7 @@ def main() -> None:
     from data_tools.files import atomic_write_json
 
     atomic_write_json(out / "bridge.json", results)
+    walks_figure(root, args.seeds[0], out / "bridge_walks.png")
     write_report(results, out / "bridge.md")
     print(f"wrote {out / 'bridge.md'} in {results['minutes']:.1f} min")
 

@@ -37,7 +37,8 @@ def test_quick_run_writes_the_report(tmp_path):
     assert fm[0]["half_bridge"] == 0 and "from" in fm[0]  # started from the flow-matching model
     assert results["floors"]["checkerboard_vs_itself_w2"] < results["floors"]["gaussian_vs_checkerboard_w2"]
     report = (tmp_path / "out" / "bridge.md").read_text()
-    assert "QUICK RUN" in report and "SDSB against DSB" in report
+    assert "QUICK RUN" in report and "SDSB against DSB" in report and "coupled cache (ablation)" in report
+    assert (tmp_path / "out" / "bridge_walks.png").stat().st_size > 0
 
 
 def test_quick_digits_run_writes_the_report_with_its_references(tmp_path):
