@@ -11,6 +11,8 @@ After each half-bridge, from a fixed evaluation seed:
                             data set's classifier reads the generated image as the class of the prior image it was
                             walked from (a translation should keep the digit)
     transport_cost          E ||x_0 − x_N||² over the backward walk's (start, end) pairs
+    coupling_gap            2-D: that cost minus the exact W2² between the walk's own two ends (its excess over the
+                            optimal pairing of the same marginals)
 """
 from __future__ import annotations
 
@@ -29,6 +31,14 @@ def exact_w2(a: torch.Tensor, b: torch.Tensor) -> float:
 
     cost = torch.cdist(a.double().flatten(1), b.double().flatten(1)).pow(2).numpy()
     return float(ot.emd2([], [], cost, numItermax=1_000_000)) ** 0.5
+
+
+def coupling_gap(data_end: torch.Tensor, prior_end: torch.Tensor) -> float:
+    """How far a walk's pairing is from the cheapest pairing of its own two ends: E||x_0 − x_N||² over the walk's
+    pairs minus the exact W2² between the two point sets (>= 0). Unlike the cost itself, it cannot fall by
+    shrinking the generated end."""
+    pair_cost = float((data_end - prior_end).flatten(1).pow(2).sum(dim=1).mean())
+    return pair_cost - exact_w2(data_end, prior_end) ** 2
 
 
 def data_classifier(cfg: Any):
@@ -63,6 +73,7 @@ def evaluate_bridge(cfg: Any, nets: dict) -> dict[str, float]:
         out["transport_cost"] = float((walk[0] - walk[-1]).flatten(1).pow(2).sum(dim=1).mean())
         if generated.dim() == 2 and e.exact_ot_points > 0:  # points, not images
             out["data_w2"] = exact_w2(generated[:e.exact_ot_points], real[:e.exact_ot_points])
+            out["coupling_gap"] = coupling_gap(walk[0][:e.exact_ot_points], walk[-1][:e.exact_ot_points])
         if cfg.data.kind == "image":
             from diffusion.metrics import sample_quality
 
@@ -80,4 +91,4 @@ def evaluate_bridge(cfg: Any, nets: dict) -> dict[str, float]:
     return out
 
 
-__all__ = ["class_kept", "data_classifier", "evaluate_bridge", "exact_w2"]
+__all__ = ["class_kept", "coupling_gap", "data_classifier", "evaluate_bridge", "exact_w2"]

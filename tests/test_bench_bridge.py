@@ -38,6 +38,7 @@ def test_quick_run_writes_the_report(tmp_path):
     assert results["floors"]["checkerboard_vs_itself_w2"] < results["floors"]["gaussian_vs_checkerboard_w2"]
     report = (tmp_path / "out" / "bridge.md").read_text()
     assert "QUICK RUN" in report and "SDSB against DSB" in report and "coupled cache (ablation)" in report
+    assert len(results["final_gap"]["FR-SDSB"]) == 1 and "coupling gap:" in report
     assert (tmp_path / "out" / "bridge_walks.png").stat().st_size > 0
 
 

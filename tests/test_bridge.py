@@ -271,3 +271,15 @@ def test_image_ends_carry_labels_and_class_kept_reads_them():
     generated = -torch.ones(4, 1, 8, 8)
     generated[:2, 0, 0, 0] = 1.0
     assert evaluate.class_kept(ReadsTheFirstPixel(), generated, torch.tensor([9, 0, 0, 0])) == pytest.approx(0.75)
+
+
+def test_coupling_gap_is_zero_for_the_optimal_pairing_and_positive_for_a_shuffled_one():
+    from bridge.evaluate import coupling_gap
+
+    g = torch.Generator().manual_seed(0)
+    prior = torch.randn(300, 2, generator=g)
+    data = 2.0 * prior + torch.tensor([1.0, -1.0])  # a monotone map: its own pairing is the optimal one
+    assert coupling_gap(data, prior) == pytest.approx(0.0, abs=1e-6)
+    shuffled = data[torch.randperm(300, generator=g)]
+    assert coupling_gap(shuffled, prior) > 1.0
+    assert coupling_gap(0.5 * data, prior) == pytest.approx(0.0, abs=1e-6)  # a shrunk end is cheaper, not better
