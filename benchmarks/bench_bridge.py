@@ -267,27 +267,16 @@ def walks_figure(root: Path, seed: int, path: Path, n: int = 2048, trajectories:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bridge.pipeline import BridgeRun
+    from bridge.pipeline import BridgeRun, draw_walk
+    from data_tools.training.metrics import save_figure
 
     arms = [a for a in WALK_ARMS if (root / f"{a}-seed{seed}" / "ipf.json").exists()]
     fig, axes = plt.subplots(len(arms), 3, figsize=(10.5, 3.5 * len(arms)), squeeze=False)
     for row, arm in zip(axes, arms):
-        walk = BridgeRun.from_dir(root / f"{arm}-seed{seed}").walk("prior", n, seed=0)
-        row[0].scatter(walk[-1, :, 0], walk[-1, :, 1], s=1)
-        row[1].scatter(walk[0, :, 0], walk[0, :, 1], s=1)
-        for i in range(trajectories):
-            row[2].plot(walk[:, i, 0], walk[:, i, 1], lw=0.6, alpha=0.7)
+        draw_walk(row, BridgeRun.from_dir(root / f"{arm}-seed{seed}").walk("prior", n, seed=0), trajectories)
         row[0].set_ylabel(arm)
-        for ax, title in zip(row, ("prior end (k = N)", "data end (k = 0)", "trajectories")):
-            ax.set_title(title)
-            ax.set_aspect("equal")
-            ax.set(xlim=(-5, 5), ylim=(-5, 5))
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 def main() -> None:

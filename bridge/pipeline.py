@@ -63,23 +63,12 @@ class BridgeRun:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
 
+            from data_tools.training.metrics import save_figure
+
             fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-            for ax, (k, title) in zip(axes[:2], ((walk.shape[0] - 1, "prior end (k = N)"), (0, "data end (k = 0)"))):
-                ax.scatter(walk[k, :, 0], walk[k, :, 1], s=1)
-                ax.set_title(title)
-            for i in range(min(trajectories, walk.shape[1])):
-                axes[2].plot(walk[:, i, 0], walk[:, i, 1], lw=0.6, alpha=0.7)
-            axes[2].set_title("trajectories")
-            for ax in axes:
-                ax.set_aspect("equal")
-                ax.set_xlim(-5, 5)
-                ax.set_ylim(-5, 5)
+            draw_walk(axes, walk, trajectories)
             fig.tight_layout()
-            tmp = path.with_name(path.name + ".tmp.png")
-            fig.savefig(tmp, dpi=100)
-            plt.close(fig)
-            tmp.replace(path)
-            return path
+            return save_figure(fig, path, dpi=100)
         from data_tools.images import save_image_grid
 
         n = min(16, walk.shape[1])
@@ -87,4 +76,17 @@ class BridgeRun:
         return save_image_grid(rows.clamp(-1, 1), path, nrow=n)
 
 
-__all__ = ["BridgeRun"]
+def draw_walk(axes, walk: torch.Tensor, trajectories: int = 64) -> None:
+    """A 2-D walk [N + 1, B, 2] on three matplotlib axes: its prior end, its data end, some trajectories."""
+    for ax, k, title in ((axes[0], walk.shape[0] - 1, "prior end (k = N)"), (axes[1], 0, "data end (k = 0)")):
+        ax.scatter(walk[k, :, 0], walk[k, :, 1], s=1)
+        ax.set_title(title)
+    for i in range(min(trajectories, walk.shape[1])):
+        axes[2].plot(walk[:, i, 0], walk[:, i, 1], lw=0.6, alpha=0.7)
+    axes[2].set_title("trajectories")
+    for ax in axes:
+        ax.set_aspect("equal")
+        ax.set(xlim=(-5, 5), ylim=(-5, 5))
+
+
+__all__ = ["BridgeRun", "draw_walk"]
