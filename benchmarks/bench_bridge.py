@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import machine_line, run_hdvila  # noqa: E402
-from diffusion_stats import fmt_p, mean_std, welch  # noqa: E402
+from diffusion_stats import fmt_p, mean_std, paired, welch  # noqa: E402
 
 FLOW = ["reference=flow", "gamma=[0.001,0.01]"]
 ARMS = {
@@ -155,18 +155,6 @@ def analyse(results: dict, seeds: list[int]) -> dict:
               for arm in ("TR-SDSB", "FR-SDSB") if arm in reach}
     return {"final": final, "sdsb_vs_dsb": per_step, "goal1_met": not any(s["sdsb_worse"] for s in per_step),
             "reach_dsb_final": reach, "tr_fr_faster_than_dsb": faster, "fm": fm}
-
-
-def paired(a: list[float], b: list[float]) -> dict | None:
-    """Paired t-test of a − b over seeds (None with fewer than two pairs or no spread)."""
-    import numpy as np
-    from scipy.stats import ttest_rel
-
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if len(diff) < 2 or float(diff.std()) == 0.0:
-        return None
-    res = ttest_rel(a, b)
-    return {"mean_diff": float(diff.mean()), "t": float(res.statistic), "p": float(res.pvalue)}
 
 
 def write_report(results: dict, path: Path) -> None:

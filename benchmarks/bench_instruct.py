@@ -27,6 +27,8 @@ from typing import Any, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from diffusion_stats import paired  # noqa: E402  (paired t-test over the same test examples)
+
 TASKS = ("segment", "keypoint", "restore", "edit")
 GOALS = {"segment": 0.7, "keypoint": 0.8, "restore": 3.0, "edit": 0.8}  # issue 16, on held-out test examples
 WITHIN = 0.10  # the multi-task model within 10% of the single-task ones
@@ -67,18 +69,6 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
 
     mean, sd = mean_std(values)
     return {"mean": mean, "sd": sd, "n": len(values)}
-
-
-def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
-    """Paired t-test of a - b over the same examples (None when it is undefined: fewer than 2, or no spread)."""
-    import numpy as np
-    from scipy.stats import ttest_rel
-
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if len(diff) < 2 or float(diff.std()) == 0.0:
-        return None
-    res = ttest_rel(a, b)
-    return {"t": float(res.statistic), "p": float(res.pvalue), "mean_diff": float(diff.mean())}
 
 
 def evaluate_arm(model: Path, tasks: Sequence[str], n_val: int, n_test: int, text_scales: Sequence[float],

@@ -46,6 +46,19 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict | None:
     return {"t": float(res.statistic), "p": float(res.pvalue), "df": float(df), "n_a": len(a), "n_b": len(b)}
 
 
+def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
+    """Paired t-test of a - b over the same units (examples, seeds): {"t", "p", "mean_diff"}; None when it is
+    undefined (fewer than 2 pairs, or no spread in the differences)."""
+    import numpy as np
+    from scipy.stats import ttest_rel
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(diff) < 2 or float(diff.std()) == 0.0:
+        return None
+    res = ttest_rel(a, b)
+    return {"t": float(res.statistic), "p": float(res.pvalue), "mean_diff": float(diff.mean())}
+
+
 def fmt_p(p: float | None) -> str:
     if p is None or math.isnan(p):
         return "n/a"

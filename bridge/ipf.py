@@ -218,9 +218,12 @@ def recipe_facts(cfg: BridgeConfig) -> dict[str, Any]:
             "max_steps": cfg.train.max_steps}
 
 
-def _check_reuse(cfg: BridgeConfig, net: BridgeNet, folder: Path) -> None:
+def _check_reuse(cfg: BridgeConfig, folder: Path) -> None:
     """A finished half-bridge is reused only by a run of the same recipe: a stale folder would silently mix two."""
-    differ = {k: (net.meta.get(k), v) for k, v in recipe_facts(cfg).items() if net.meta.get(k) != v}
+    from data_tools.pretrained import read_pretrained
+
+    meta = read_pretrained(folder / "net", BridgeNet.pretrained_kind).meta  # the config and meta, not the weights
+    differ = {k: (meta.get(k), v) for k, v in recipe_facts(cfg).items() if meta.get(k) != v}
     if differ:
         raise ValueError(f"{folder} was trained with another recipe (" + ", ".join(
             f"{k}: {got!r}, this run: {want!r}" for k, (got, want) in differ.items()) +
@@ -270,7 +273,7 @@ def run_ipf(cfg: BridgeConfig, progress: bool = True) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     for n in range(cfg.half_bridges):  # before anything is written: refuse a folder of another recipe
         if (half_bridge_dir(out, n) / "net" / "config.json").exists():
-            _check_reuse(cfg, BridgeNet.from_pretrained(half_bridge_dir(out, n) / "net"), half_bridge_dir(out, n))
+            _check_reuse(cfg, half_bridge_dir(out, n))
     save_config(cfg, out / "config.yaml")
     shape = tuple(sample_end(cfg.data, 1, torch.Generator().manual_seed(0)).shape[1:])
     nets: dict[str, BridgeNet | None] = {"forward": None, "backward": None}
