@@ -6,10 +6,15 @@ on the VALIDATION split (held-out combinations and phrasings); then score the TE
 with the instruction and with it removed, beside two references that need no model: the unchanged source
 (identity: what ignoring the instruction scores) and the true target (the decoders' ceiling).
 
-    python benchmarks/bench_instruct.py --steps 4000 --seeds 0 --out runs/instruct/bench
+    python benchmarks/bench_instruct.py --steps 8000 --seeds 0 --arms multi restore --out runs/instruct/bench
+    python benchmarks/bench_instruct.py --steps 8000 --seeds 0 --arms segment keypoint     # a later session
     python benchmarks/bench_instruct.py --render          # print the tables of --result
 
-Writes docs/results/instruct.json (per-example test scores are summarised, not stored) and prints the tables.
+One model of 8,000 steps takes 1-2 hours on a 2-core CPU, so the arms can be made in several sessions: `--arms`
+names those to train and score now, and an existing --result with the same settings keeps its other arms (each
+arm records the machine and date it was scored on). Writes docs/results/instruct.json (per-example test values
+are stored, so the paired tests can be redone), docs/results/instruct_bench.png (per task: every arm beside the
+references; the multi-task model's validation sweep over (s_T, s_I)) and prints the tables.
 Statistics: mean and sample standard deviation (ddof=1) over test examples; multi-task vs single-task is a
 paired t-test over the same test examples (seed by seed), and over seeds a Welch test when there are >= 2.
 """
@@ -59,9 +64,15 @@ def task_values(scores: Sequence[dict], task: str) -> list[float]:
 
 
 def choose_scales(sweep: Sequence[dict], task: str) -> dict[str, float]:
-    """The (s_T, s_I) of the sweep with the best mean value for `task` (ties: the first, in sweep order)."""
-    best = max(sweep, key=lambda row: row["means"].get(task, float("-inf")))
-    return {"text_scale": best["text_scale"], "image_scale": best["image_scale"], "val": best["means"][task]}
+    """The (s_T, s_I) of the sweep (rows of instruct.evaluate.guidance_sweep) with the best validation mean of
+    `task`'s metric (ties: the first, in sweep order)."""
+    from instruct.decode import METRICS
+
+    def value(row: dict) -> float:
+        return row["summary"].get(task, {}).get(METRICS[task], float("-inf"))
+
+    best = max(sweep, key=value)
+    return {"text_scale": best["text_scale"], "image_scale": best["image_scale"], "val": value(best)}
 
 
 def summary(values: Sequence[float]) -> dict[str, Any]:
@@ -75,17 +86,12 @@ def evaluate_arm(model: Path, tasks: Sequence[str], n_val: int, n_test: int, tex
                  image_scales: Sequence[float], steps: int) -> dict[str, Any]:
     """Guidance chosen per task on val; test scored once at those scales, with and without the instruction."""
     from instruct.decode import summarise
-    from instruct.evaluate import edit_examples, eval_examples
+    from instruct.evaluate import edit_examples, eval_examples, guidance_sweep
     from instruct.pipeline import InstructPipeline
 
     pipe = InstructPipeline.from_pretrained(model)
     val = [e for e in eval_examples(pipe, "val", n_val) if e.task in tasks]
-    sweep = []
-    for s_t in text_scales:
-        for s_i in image_scales:
-            scores = example_scores(val, edit_examples(pipe, val, text_scale=s_t, image_scale=s_i, steps=steps))
-            sweep.append({"text_scale": s_t, "image_scale": s_i,
-                          "means": {t: summary(task_values(scores, t))["mean"] for t in tasks}})
+    sweep = guidance_sweep(pipe, val, text_scales, image_scales, steps=steps)
     test = [e for e in eval_examples(pipe, "test", n_test) if e.task in tasks]
     arm: dict[str, Any] = {"sweep": sweep, "tasks": {}}
     for task in tasks:
@@ -128,26 +134,33 @@ def references(model: Path, n_test: int) -> dict[str, dict[str, dict]]:
 
 
 def compare(results: dict[str, Any]) -> dict[str, Any]:
-    """Per task: multi vs single over seeds (means, sd, Welch) and per seed (paired t-test), goal checks."""
+    """Per task: the multi-task model over seeds against the goal; where single-task models exist, multi vs
+    single over the seeds that have both (means, sd, Welch) and per seed (paired t-test over test examples)."""
     from diffusion_stats import mean_std, welch
 
     out: dict[str, Any] = {}
-    seeds = sorted(results["seeds"])
+    seeds = sorted(results["seeds"], key=int)
     for task in TASKS:
-        multi = [results["seeds"][s]["multi"]["tasks"][task] for s in seeds if task in results["seeds"][s]["multi"]["tasks"]]
-        single = [results["seeds"][s][task]["tasks"][task] for s in seeds if task in results["seeds"][s]]
+        multi = {s: results["seeds"][s]["multi"]["tasks"][task] for s in seeds
+                 if task in results["seeds"][s].get("multi", {}).get("tasks", {})}
         if not multi:
             continue
-        m_means = [summary(m["values"])["mean"] for m in multi]
-        row: dict[str, Any] = {"multi": mean_std(m_means), "no_instruction": mean_std(
-            [summary(m["no_instruction"])["mean"] for m in multi])}
-        row["goal"] = GOALS[task]
+        row: dict[str, Any] = {"multi": mean_std([summary(m["values"])["mean"] for m in multi.values()]),
+                               "no_instruction": mean_std([summary(m["no_instruction"])["mean"]
+                                                           for m in multi.values()]),
+                               "goal": GOALS[task]}
         row["goal_met"] = bool(row["multi"][0] >= GOALS[task])
-        if single:
-            s_means = [summary(s["values"])["mean"] for s in single]
+        both = [s for s in multi if task in results["seeds"][s]]
+        if both:
+            single = [results["seeds"][s][task]["tasks"][task] for s in both]
+            m_means = [summary(multi[s]["values"])["mean"] for s in both]
+            s_means = [summary(x["values"])["mean"] for x in single]
+            row["seeds_compared"] = [int(s) for s in both]
+            row["multi_compared"] = mean_std(m_means)
             row["single"] = mean_std(s_means)
-            row["within_10pct"] = bool(row["multi"][0] >= (1 - WITHIN) * row["single"][0])
-            row["paired_by_seed"] = [paired(m["values"], s["values"]) for m, s in zip(multi, single)]
+            # 10% of the single-task figure's size, so a PSNR gain below zero is judged the same way
+            row["within_10pct"] = bool(row["multi_compared"][0] >= row["single"][0] - WITHIN * abs(row["single"][0]))
+            row["paired_by_seed"] = [paired(multi[s]["values"], x["values"]) for s, x in zip(both, single)]
             row["welch_over_seeds"] = welch(m_means, s_means)
         out[task] = row
     return out
@@ -159,23 +172,26 @@ def render(results: dict[str, Any]) -> str:
         return f"{mean:.3f}" + (f" +- {sd:.3f}" if sd is not None else "")
 
     refs = results.get("references", {})
-    seeds = sorted(results["seeds"])
+    seeds = sorted(results["seeds"], key=int)
     lines = [f"Test split, held-out combinations and phrasings; seeds {', '.join(map(str, seeds))}; "
              f"{results['settings']['steps']} training steps per model; guidance chosen per task on validation.",
-             "", "| task (metric) | goal | multi-task | single-task | multi / single | paired p (seed "
-             f"{seeds[0]}) | no instruction | identity | target |", "|---|---|---|---|---|---|---|---|---|"]
+             "", "| task (metric) | goal | multi-task | goal met | single-task | multi / single | within 10% | "
+             "paired p (first seed) | no instruction | identity | blur | target |", "|---" * 12 + "|"]
     for task, row in results["comparison"].items():
         metric = {"segment": "IoU", "keypoint": "PCK", "restore": "PSNR gain dB", "edit": "edit acc"}[task]
         single = fmt(row["single"]) if "single" in row else "-"
-        ratio = f"{row['multi'][0] / row['single'][0]:.2f}" if "single" in row and row["single"][0] else "-"
+        ratio = (f"{row['multi_compared'][0] / row['single'][0]:.2f}" if "single" in row and row["single"][0] > 0
+                 else "-")  # a ratio of negative PSNR gains means nothing
         test = (row.get("paired_by_seed") or [None])[0]
         p = f"{test['p']:.2g}" if test else "-"
-        ident = refs.get("identity", {}).get(task, {}).get("mean", float("nan"))
-        target = refs.get("target", {}).get(task, {}).get("mean", float("nan"))
-        lines.append(f"| {task} ({metric}) | {row['goal']:g} | {fmt(row['multi'])} | {single} | {ratio} | {p} | "
-                     f"{fmt(row['no_instruction'])} | {ident:.3f} | {target:.3f} |")
+        within = ("yes" if row["within_10pct"] else "no") if "within_10pct" in row else "-"
+        ident, blur, target = (refs.get(name, {}).get(task, {}).get("mean", float("nan"))
+                               for name in ("identity", "blur", "target"))
+        lines.append(f"| {task} ({metric}) | {row['goal']:g} | {fmt(row['multi'])} | "
+                     f"{'yes' if row['goal_met'] else 'no'} | {single} | {ratio} | {within} | {p} | "
+                     f"{fmt(row['no_instruction'])} | {ident:.3f} | {blur:.3f} | {target:.3f} |")
     # the decoders' secondary figures, multi-task model of the first seed beside the references
-    first = results["seeds"][seeds[0]]["multi"]["tasks"]
+    first = results["seeds"][seeds[0]].get("multi", {}).get("tasks", {})
     lines += ["", f"Secondary figures (multi-task model, seed {seeds[0]}; references on the same test examples):", "",
               "| figure | multi-task | identity | blur | target |", "|---|---|---|---|---|"]
     for task, arm in first.items():
@@ -187,14 +203,75 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# the settings two invocations must share for their arms to be compared in one result file
+COMPARABLE = ("config", "steps", "n_val", "n_test", "sample_steps", "text_scales", "image_scales", "train_overrides")
+
+
+def start_results(path: Path, settings: dict[str, Any], fresh: bool) -> dict[str, Any]:
+    """The result file's contents to add arms to: the existing file when its COMPARABLE settings equal these
+    (arms made in earlier sessions are kept), else a new one; a mismatch without `fresh` is an error."""
+    if path.exists() and not fresh:
+        old = json.loads(path.read_text())
+        differ = {k: (old.get("settings", {}).get(k), settings[k]) for k in COMPARABLE
+                  if old.get("settings", {}).get(k) != settings[k]}
+        if differ:
+            raise SystemExit(f"{path} was made with other settings {differ} (old, new): its arms cannot be compared "
+                             "with these; pass --fresh to replace it or --result to write elsewhere")
+        old["settings"] = {**old["settings"], **settings}
+        return old
+    return {"settings": settings, "seeds": {}}
+
+
+def write_figure(results: dict[str, Any], path: Path) -> Path:
+    """Per task (columns): the test metric of every arm beside the references (top), and the multi-task model's
+    validation sweep over (s_T, s_I) for the first seed (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from data_tools.training.metrics import save_figure
+    from instruct.decode import METRICS
+    from instruct.evaluate import draw_sweep
+
+    seeds = sorted(results["seeds"], key=int)
+    multi = results["seeds"][seeds[0]].get("multi")
+    tasks = [t for t in TASKS if t in results.get("comparison", {})]
+    fig, axes = plt.subplots(2 if multi else 1, len(tasks), figsize=(3.4 * len(tasks), 6.2 if multi else 3.2),
+                             squeeze=False)
+    refs = results.get("references", {})
+    for k, task in enumerate(tasks):
+        row = results["comparison"][task]
+        bars = [("multi", row["multi"]), ("single", row.get("single")), ("no instr.", row["no_instruction"])]
+        bars += [(name, (refs[name][task]["mean"], None)) for name in ("identity", "blur", "target")
+                 if task in refs.get(name, {})]
+        bars = [(name, pair) for name, pair in bars if pair is not None]
+        ax = axes[0][k]
+        ax.bar([n for n, _ in bars], [p[0] for _, p in bars], yerr=[p[1] or 0.0 for _, p in bars],
+               color=[{"multi": "tab:blue", "single": "tab:orange", "no instr.": "tab:gray"}.get(n, "silver")
+                      for n, _ in bars])
+        ax.axhline(row["goal"], color="tab:red", linestyle="--", linewidth=1, label=f"goal {row['goal']:g}")
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_title(f"{task}: {METRICS[task]} (test)")
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.legend(fontsize=7)
+        if multi and task in multi["tasks"]:
+            fig.colorbar(draw_sweep(axes[1][k], multi["sweep"], task), ax=axes[1][k], shrink=0.8)
+            axes[1][k].set_title(f"multi-task, validation sweep (seed {seeds[0]})", fontsize=8)
+    fig.suptitle(f"{results['settings']['steps']} training steps per model; error bars: sd over seeds")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
 def main() -> None:
     from common import machine_line
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="instruct/small")
-    parser.add_argument("--steps", type=int, default=4000, help="training steps of every model")
+    parser.add_argument("--steps", type=int, default=8000, help="training steps of every model")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--single", nargs="*", default=list(TASKS), help="tasks that get a single-task model")
+    parser.add_argument("--arms", nargs="+", default=["multi", *TASKS], choices=["multi", *TASKS],
+                        help="models to train (or reuse from --out) and score now: multi and single-task ones")
     parser.add_argument("--n-val", type=int, default=16, help="validation examples per task")
     parser.add_argument("--n-test", type=int, default=32, help="test examples per task")
     parser.add_argument("--sample-steps", type=int, default=25)
@@ -203,33 +280,39 @@ def main() -> None:
     parser.add_argument("--out", default="runs/instruct/bench")
     parser.add_argument("--train-overrides", nargs="*", default=[], help="extra key=value for every model")
     parser.add_argument("--result", default="docs/results/instruct.json")
+    parser.add_argument("--figure", default="docs/results/instruct_bench.png")
+    parser.add_argument("--fresh", action="store_true", help="replace --result even if its settings differ")
     parser.add_argument("--render", action="store_true", help="print the tables of --result and exit")
     args = parser.parse_args()
     if args.render:
         print(render(json.loads(Path(args.result).read_text())))
         return
-    started = time.time()
-    out = Path(args.out)
-    results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("render", "result")},
-                               "seeds": {}}
+    out, result_path = Path(args.out), Path(args.result)
+    settings = {k: v for k, v in vars(args).items() if k not in ("render", "result", "figure", "fresh", "arms")}
+    results = start_results(result_path, settings, args.fresh)
     eval_args = (args.n_val, args.n_test, args.text_scales, args.image_scales, args.sample_steps)
     for seed in args.seeds:
-        arms = {"multi": TASKS, **{t: (t,) for t in args.single}}
-        results["seeds"][seed] = {}
-        for name, tasks in arms.items():
+        arms = results["seeds"].setdefault(str(seed), {})
+        for name in args.arms:
+            started = time.time()
+            tasks = TASKS if name == "multi" else (name,)
             model = train(args.config, tasks, seed, args.steps, out / f"{name}-seed{seed}", args.train_overrides)
-            results["seeds"][seed][name] = evaluate_arm(model, tasks, *eval_args)
-            print(f"seed {seed} {name}: " + ", ".join(
-                f"{t} {summary(v['values'])['mean']:.3f}" for t, v in results["seeds"][seed][name]["tasks"].items()),
-                flush=True)
-    results["references"] = references(out / f"multi-seed{args.seeds[0]}" / "model", args.n_test)
+            arms[name] = {**evaluate_arm(model, tasks, *eval_args), "machine": machine_line(),
+                          "scored": time.strftime("%Y-%m-%d"), "minutes": round((time.time() - started) / 60, 1)}
+            print(f"seed {seed} {name}: " + ", ".join(f"{t} {summary(v['values'])['mean']:.3f}"
+                                                      for t, v in arms[name]["tasks"].items()), flush=True)
+    first = min(results["seeds"], key=int)
+    reference_model = out / f"multi-seed{first}" / "model"
+    if (reference_model / "config.json").exists():  # else the references of an earlier invocation stay
+        results["references"] = references(reference_model, args.n_test)
     results["comparison"] = compare(results)
-    results["machine"] = machine_line()
-    results["minutes"] = round((time.time() - started) / 60, 1)
     from data_tools.files import atomic_write_json
     from instruct.evaluate import json_safe
 
-    atomic_write_json(Path(args.result), json_safe(results))
+    results = json_safe(results)
+    atomic_write_json(result_path, results)
+    if results["comparison"]:
+        write_figure(results, Path(args.figure))
     print(render(results))
 
 

@@ -13,7 +13,6 @@ collapse towards what leaving the image alone gives.
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from data_tools.config import from_dict
-from data_tools.files import atomic_write_bytes, atomic_write_json
+from data_tools.files import atomic_write_json
 
 from .decode import METRICS, score, summarise
 from .pipeline import InstructPipeline
@@ -126,6 +125,27 @@ def guidance_sweep(pipeline: InstructPipeline, examples: Sequence[InstructExampl
     return rows
 
 
+def draw_sweep(ax: Any, sweep: Sequence[dict[str, Any]], task: str) -> Any:
+    """A heatmap of `task`'s metric over a guidance sweep (rows of `guidance_sweep`) on a matplotlib axis, each
+    cell labelled; returns the image for a colour bar."""
+    metric = METRICS[task]
+    text_scales = sorted({r["text_scale"] for r in sweep})
+    image_scales = sorted({r["image_scale"] for r in sweep})
+    grid = np.full((len(text_scales), len(image_scales)), math.nan)
+    for r in sweep:
+        if task in r["summary"]:
+            grid[text_scales.index(r["text_scale"]), image_scales.index(r["image_scale"])] = r["summary"][task][metric]
+    image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(image_scales)), [f"{s:g}" for s in image_scales])
+    ax.set_yticks(range(len(text_scales)), [f"{s:g}" for s in text_scales])
+    for (i, j), value in np.ndenumerate(grid):
+        if math.isfinite(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xlabel("image scale s_I")
+    ax.set_ylabel("text scale s_T")
+    return image
+
+
 def write_figure(results: dict[str, Any], path: str | Path) -> Path:
     """One PNG, written atomically: per task, its metric with and without the instruction (top row), and the
     metric over the guidance grid when results hold a "sweep" (bottom row)."""
@@ -133,6 +153,8 @@ def write_figure(results: dict[str, Any], path: str | Path) -> Path:
 
     matplotlib.use("Agg")  # no display; safe to call in a worker or a test
     import matplotlib.pyplot as plt
+
+    from data_tools.training.metrics import save_figure
 
     tasks = list(results["instructed"])
     sweep = results.get("sweep") or []
@@ -148,32 +170,12 @@ def write_figure(results: dict[str, Any], path: str | Path) -> Path:
         ax.set_title(f"{task}: {metric}")
         ax.axhline(0.0, color="black", linewidth=0.5)
         if sweep:
-            text_scales = sorted({r["text_scale"] for r in sweep})
-            image_scales = sorted({r["image_scale"] for r in sweep})
-            grid = np.full((len(text_scales), len(image_scales)), math.nan)
-            for r in sweep:
-                if task in r["summary"]:
-                    grid[text_scales.index(r["text_scale"]), image_scales.index(r["image_scale"])] = \
-                        r["summary"][task][metric]
-            ax = axes[1][k]
-            image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
-            ax.set_xticks(range(len(image_scales)), [f"{s:g}" for s in image_scales])
-            ax.set_yticks(range(len(text_scales)), [f"{s:g}" for s in text_scales])
-            for (i, j), value in np.ndenumerate(grid):
-                if math.isfinite(value):
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
-            ax.set_xlabel("image scale s_I")
-            ax.set_ylabel("text scale s_T")
-            fig.colorbar(image, ax=ax, shrink=0.8)
+            fig.colorbar(draw_sweep(axes[1][k], sweep, task), ax=axes[1][k], shrink=0.8)
     settings = results.get("settings", {})
     fig.suptitle(f"s_T={settings.get('text_scale')}, s_I={settings.get('image_scale')}, "
                  f"{settings.get('sampler')} {settings.get('steps')} steps, {settings.get('examples')} examples")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path, dpi=100)
 
 
 def json_safe(value: Any) -> Any:
@@ -223,5 +225,5 @@ def run_eval(model_dir: str | Path, split: str | None = None, out_dir: str | Pat
     return results
 
 
-__all__ = ["InstructEvalConfig", "edit_examples", "eval_examples", "eval_settings", "evaluate", "example_rows",
+__all__ = ["InstructEvalConfig", "draw_sweep", "edit_examples", "eval_examples", "eval_settings", "evaluate", "example_rows",
            "guidance_sweep", "json_safe", "run_eval", "score_outputs", "write_figure"]

@@ -2,6 +2,8 @@
 validation, the multi- vs single-task comparison and its statistics, the references and the tables."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -14,9 +16,11 @@ def _load():
 
 def test_choose_scales_takes_the_best_validation_mean_per_task():
     bench = _load()
-    sweep = [{"text_scale": 1.0, "image_scale": 1.25, "means": {"segment": 0.4, "edit": 0.9}},
-             {"text_scale": 5.0, "image_scale": 1.25, "means": {"segment": 0.7, "edit": 0.5}},
-             {"text_scale": 7.5, "image_scale": 0.5, "means": {"segment": 0.7, "edit": 0.1}}]
+    def row(s_t, s_i, iou, edit):  # the shape of instruct.evaluate.guidance_sweep's rows
+        return {"text_scale": s_t, "image_scale": s_i,
+                "summary": {"segment": {"iou": iou, "iou_present": 0.0, "n": 4}, "edit": {"edit_acc": edit, "n": 4}}}
+
+    sweep = [row(1.0, 1.25, 0.4, 0.9), row(5.0, 1.25, 0.7, 0.5), row(7.5, 0.5, 0.7, 0.1)]
     assert bench.choose_scales(sweep, "segment") == {"text_scale": 5.0, "image_scale": 1.25, "val": 0.7}  # first tie
     assert bench.choose_scales(sweep, "edit")["text_scale"] == 1.0
 
@@ -35,27 +39,76 @@ def _arm(task: str, values, blank, summary=None) -> dict:
                              "no_instruction": blank, "summary": summary or {"n": len(values)}}}}
 
 
-def test_compare_checks_goals_the_ten_percent_rule_and_tests_over_seeds():
-    bench = _load()
+def _results() -> dict:
     seeds = {}
-    for seed, shift in ((0, 0.0), (1, 0.02)):
+    for seed, shift in (("0", 0.0), ("1", 0.02)):
         multi = _arm("segment", [0.70 + shift, 0.74 + shift, 0.72 + shift], [0.2, 0.1, 0.3],
                      {"iou_present": 0.6, "n": 3})
         multi["tasks"].update(_arm("edit", [0.5, 0.6, 0.4], [0.0, 0.0, 0.0])["tasks"])
+        multi["tasks"].update(_arm("restore", [-0.5, -0.3, -0.4], [0.0, 0.0, 0.0])["tasks"])
         seeds[seed] = {"multi": multi, "segment": _arm("segment", [0.75, 0.8, 0.78], [0.2, 0.2, 0.2]),
-                       "edit": _arm("edit", [0.9, 0.8, 1.0], [0.0, 0.0, 0.0])}
-    results = {"seeds": seeds, "settings": {"steps": 10}}
+                       "edit": _arm("edit", [0.9, 0.8, 1.0], [0.0, 0.0, 0.0]),
+                       "restore": _arm("restore", [-0.42, -0.38, -0.35], [0.0, 0.0, 0.0])}
+    return {"seeds": seeds, "settings": {"steps": 10}}
+
+
+def test_compare_checks_goals_the_ten_percent_rule_and_tests_over_seeds():
+    bench = _load()
+    results = _results()
     rows = bench.compare(results)
-    seg, edit = rows["segment"], rows["edit"]
+    seg, edit, restore = rows["segment"], rows["edit"], rows["restore"]
     assert seg["goal_met"] and seg["within_10pct"]  # 0.73 >= 0.7 and >= 0.9 * 0.777
     assert not edit["goal_met"] and not edit["within_10pct"]  # 0.5 < 0.8 and < 0.9 * 0.9
+    # a negative PSNR gain: within 10% of its size (-0.4 >= -0.383 - 0.038), not 0.9 x a negative number
+    assert restore["within_10pct"] and not restore["goal_met"]
     assert seg["multi"][0] == pytest.approx(np.mean([0.72, 0.74])) and seg["multi"][1] > 0
     assert len(seg["paired_by_seed"]) == 2 and seg["welch_over_seeds"]["n_a"] == 2
+    assert "keypoint" not in rows  # no arm scored it
     results["comparison"] = rows
     results["references"] = {"identity": {"segment": {"mean": 0.2, "summary": {"iou_present": 0.0}}}}
     table = bench.render(results)
-    assert "| segment (IoU) | 0.7 | 0.730 +- 0.014 | 0.777 +- 0.000 | 0.94 |" in table
+    assert "| segment (IoU) | 0.7 | 0.730 +- 0.014 | yes | 0.777 +- 0.000 | 0.94 | yes |" in table
+    assert "| restore (PSNR gain dB) | 3 | -0.400 +- 0.000 | no | -0.383 +- 0.000 | - | yes |" in table
     assert "| segment: iou_present | 0.600 | 0.000 | - | - |" in table
+
+
+def test_compare_pairs_only_seeds_that_have_both_arms():
+    bench = _load()
+    results = _results()
+    del results["seeds"]["1"]["segment"]  # seed 1's single-task segment model not made yet
+    seg = bench.compare(results)["segment"]
+    assert seg["multi"][0] == pytest.approx(0.73)  # the multi-task model over both seeds
+    assert seg["seeds_compared"] == [0] and seg["multi_compared"][0] == pytest.approx(0.72)
+    assert len(seg["paired_by_seed"]) == 1 and seg["welch_over_seeds"] is None  # one seed: no Welch test
+    del results["seeds"]["0"]["multi"]  # and seed 0's multi-task model not either: nothing to compare
+    seg = bench.compare(results)["segment"]
+    assert seg["multi"][0] == pytest.approx(0.74) and "single" not in seg and "within_10pct" not in seg
+
+
+def test_start_results_keeps_earlier_arms_only_under_the_same_settings(tmp_path):
+    bench = _load()
+    settings = {k: 1 for k in bench.COMPARABLE}
+    path = tmp_path / "instruct.json"
+    assert bench.start_results(path, settings, fresh=False) == {"settings": settings, "seeds": {}}
+    path.write_text(json.dumps({"settings": settings, "seeds": {"0": {"restore": {"tasks": {}}}}}))
+    kept = bench.start_results(path, {**settings, "seeds": [1]}, fresh=False)
+    assert kept["seeds"] == {"0": {"restore": {"tasks": {}}}} and kept["settings"]["seeds"] == [1]
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.start_results(path, {**settings, "steps": 2}, fresh=False)
+    assert bench.start_results(path, {**settings, "steps": 2}, fresh=True)["seeds"] == {}
+
+
+def test_bench_figure_draws_every_compared_task(tmp_path):
+    bench = _load()
+    results = _results()
+    for arm in results["seeds"]["0"].values():
+        arm["sweep"] = [{"text_scale": s_t, "image_scale": 1.25,
+                         "summary": {"segment": {"iou": 0.5 + s_t / 10}, "edit": {"edit_acc": 0.5},
+                                     "restore": {"psnr_gain": 0.1}}} for s_t in (1.0, 3.0)]
+    results["comparison"] = bench.compare(results)
+    results["references"] = {"identity": {"segment": {"mean": 0.2}}, "target": {"restore": {"mean": 9.0}}}
+    path = bench.write_figure(results, tmp_path / "bench.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
 def test_gaussian_blur_reference_keeps_shape_and_smooths():
