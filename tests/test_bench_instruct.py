@@ -44,6 +44,7 @@ def _results() -> dict:
     for seed, shift in (("0", 0.0), ("1", 0.02)):
         multi = _arm("segment", [0.70 + shift, 0.74 + shift, 0.72 + shift], [0.2, 0.1, 0.3],
                      {"iou_present": 0.6, "n": 3})
+        multi["tasks"]["segment"]["seen_combinations"] = [0.4 + 5 * shift] * 2  # seeds 0.4 and 0.5
         multi["tasks"].update(_arm("edit", [0.5, 0.6, 0.4], [0.0, 0.0, 0.0])["tasks"])
         multi["tasks"].update(_arm("restore", [-0.5, -0.3, -0.4], [0.0, 0.0, 0.0])["tasks"])
         seeds[seed] = {"multi": multi, "segment": _arm("segment", [0.75, 0.8, 0.78], [0.2, 0.2, 0.2]),
@@ -68,6 +69,7 @@ def test_compare_checks_goals_the_ten_percent_rule_and_tests_over_seeds():
     results["references"] = {"identity": {"segment": {"mean": 0.2, "summary": {"iou_present": 0.0}}}}
     table = bench.render(results)
     assert "| segment (IoU) | 0.7 | 0.730 +- 0.014 | yes | 0.777 +- 0.000 | 0.94 | yes |" in table
+    assert "| 0.94 | yes | 0.0034 | 0.450 +- 0.071 | 0.200 +- 0.000 |" in table  # paired p, seen pairs, no instr.
     assert "| restore (PSNR gain dB) | 3 | -0.400 +- 0.000 | no | -0.383 +- 0.000 | - | yes |" in table
     assert "| segment: iou_present | 0.600 | 0.000 | - | - |" in table
 

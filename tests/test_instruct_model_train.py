@@ -178,3 +178,18 @@ def test_edit_inputs_are_checked_from_the_header_before_any_pixel_is_decoded(tmp
     (tmp_path / "dir.png").mkdir()
     with pytest.raises(P.EditInputError, match="is a folder"):
         P.edit_file(tmp_path / "no-model", tmp_path / "ok.png", "x", tmp_path / "dir.png")
+
+
+def test_bench_scores_an_arm_on_val_then_test_with_the_diagnostics(trained):
+    from bench_helpers import load_benchmark
+
+    bench = load_benchmark("bench_instruct")
+    arm = bench.evaluate_arm(trained / "model", bench.TASKS, n_val=1, n_test=2, text_scales=[1.0, 5.0],
+                             image_scales=[1.25], steps=2)
+    assert [(r["text_scale"], r["image_scale"]) for r in arm["sweep"]] == [(1.0, 1.25), (5.0, 1.25)]
+    assert set(arm["tasks"]) == set(bench.TASKS)
+    for task, row in arm["tasks"].items():
+        assert row["scales"]["text_scale"] in (1.0, 5.0) and row["scales"]["image_scale"] == 1.25
+        assert len(row["values"]) == len(row["no_instruction"]) == 2 and row["summary"]["n"] == 2
+        # the seen-pairs diagnostic exists exactly for the tasks that name (object or part, colour) pairs
+        assert ("seen_combinations" in row) == (task in bench.COMBINATION_TASKS)
