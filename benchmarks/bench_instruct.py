@@ -292,7 +292,8 @@ def main() -> None:
     parser.add_argument("--n-val", type=int, default=16, help="validation examples per task")
     parser.add_argument("--n-test", type=int, default=32, help="test examples per task")
     parser.add_argument("--sample-steps", type=int, default=25)
-    parser.add_argument("--text-scales", type=float, nargs="+", default=[1.0, 3.0, 5.0, 7.5])
+    # (s_T, s_I) = (0.5, 0.5) is the plain conditional prediction eps(I, T): no guidance at all
+    parser.add_argument("--text-scales", type=float, nargs="+", default=[0.5, 1.0, 3.0, 5.0, 7.5])
     parser.add_argument("--image-scales", type=float, nargs="+", default=[0.5, 1.25, 1.5])
     parser.add_argument("--out", default="runs/instruct/bench")
     parser.add_argument("--train-overrides", nargs="*", default=[], help="extra key=value for every model")
