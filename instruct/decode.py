@@ -16,7 +16,9 @@ segment   Pixels that moved towards the mark colour: the output's displacement f
 keypoint  For each requested colour, pixels within KP_COLOUR_TOL of it that changed by at least KP_MIN_CHANGE
           from the source; the centroid of their largest 8-connected blob is the predicted point. Correct if
           within the example's tolerance (its disk radius) of the true point; no blob is wrong. Value: the share
-          of the example's points that are correct (PCK).
+          of the example's points that are correct (PCK). Diagnostic, colour-blind: a point is "marked" when any
+          pixel within the tolerance of it changed by KP_MIN_CHANGE (summary marked_points, beside
+          changed_share, the share of changed pixels: changing every pixel marks every point).
 restore   PSNR(output, clean) - PSNR(degraded input, clean) in dB; PSNR is capped at PSNR_MAX (an exact copy).
 edit      Correct (1) when the attribute changed AND the rest is unchanged: mean absolute error against the
           target outside the object's region (grown by one pixel) at most EDIT_REST_MAE levels. Attribute:
@@ -150,8 +152,15 @@ def _score_keypoint(ex: InstructExample, out: np.ndarray) -> dict[str, Any]:
     pred = decode_keypoints(ex.source, out, ex.meta["rgb"])
     dist = np.sqrt(((pred - ex.meta["points"]) ** 2).sum(-1))
     correct = np.where(np.isnan(dist), False, dist <= ex.meta["tolerance"])
+    # colour-blind diagnostic: did anything change at the requested place (whatever its colour)?
+    changed = np.sqrt(((out.astype(np.float32) - ex.source.astype(np.float32)) ** 2).sum(-1)) >= KP_MIN_CHANGE
+    ys, xs = np.nonzero(changed)
+    centres = np.stack([xs + 0.5, ys + 0.5], axis=1)  # pixel centres, as decode_keypoints measures
+    marked = [bool(len(centres)) and bool((np.sqrt(((centres - point) ** 2).sum(-1)) <= ex.meta["tolerance"]).any())
+              for point in np.asarray(ex.meta["points"], np.float32)]
     return {"value": float(correct.mean()), "points": float(len(correct)), "correct": float(correct.sum()),
-            "found": float((~np.isnan(dist)).sum())}
+            "found": float((~np.isnan(dist)).sum()), "marked": float(sum(marked)),
+            "changed_share": float(changed.mean())}
 
 
 def _score_restore(ex: InstructExample, out: np.ndarray) -> dict[str, Any]:
@@ -185,8 +194,8 @@ def _score_edit(ex: InstructExample, out: np.ndarray) -> dict[str, Any]:
 
 def summarise(scores: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per task: the mean of its metric and "n"; per kind ("<metric>/<kind>") for restore and edit;
-    segment adds iou_present and absent_acc, keypoint pck_points (points pooled over examples), edit the
-    attribute and rest rates."""
+    segment adds iou_present and absent_acc, keypoint pck_points (points pooled over examples) and the
+    colour-blind marked_points with changed_share, edit the attribute and rest rates."""
     by_task: dict[str, list[dict]] = defaultdict(list)
     for s in scores:
         by_task[s["task"]].append(s)
@@ -206,7 +215,10 @@ def summarise(scores: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
             crowded = [r["value"] for r in rows if not r["absent"] and r.get("others", 0) >= 1]
             summary["iou_with_others"] = float(np.mean(crowded)) if crowded else float("nan")
         elif task == "keypoint":
-            summary["pck_points"] = float(sum(r["correct"] for r in rows) / max(1.0, sum(r["points"] for r in rows)))
+            points = max(1.0, sum(r["points"] for r in rows))
+            summary["pck_points"] = float(sum(r["correct"] for r in rows) / points)
+            summary["marked_points"] = float(sum(r["marked"] for r in rows) / points)
+            summary["changed_share"] = float(np.mean([r["changed_share"] for r in rows]))
         elif task == "edit":
             summary["attribute_acc"] = float(np.mean([r["attribute_ok"] for r in rows]))
             summary["rest_acc"] = float(np.mean([r["rest_ok"] for r in rows]))

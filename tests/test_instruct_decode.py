@@ -85,6 +85,8 @@ def test_keypoint_wrong_colour_and_displacement(examples):
         for k, (x, y) in enumerate(m["points"]):
             recoloured[disk_mask(size, x, y, r)] = KEYPOINT_COLOURS[unused[k % len(unused)]]
         assert score(ex, recoloured)["value"] == 0.0
+        # ... yet every point is marked (the colour-blind diagnostic), as by the target itself
+        assert score(ex, recoloured)["marked"] == score(ex, ex.target)["marked"] == len(m["points"])
         # disks moved by 2.5 radii (past the tolerance) are wrong; by a third of a pixel still right
         for shift, expect in ((2.5 * r, 0.0), (0.34, 1.0)):
             moved = ex.source.copy()
@@ -163,6 +165,11 @@ def test_summarise(examples):
     n_absent = sum(e.meta.get("absent", False) for e in examples)
     assert seg["iou"] == pytest.approx(n_absent / 40) and seg["iou_present"] == 0.0 and seg["absent_acc"] == 1.0
     assert summary["keypoint"]["pck"] == summary["keypoint"]["pck_points"] == 0.0
+    assert summary["keypoint"]["marked_points"] == summary["keypoint"]["changed_share"] == 0.0
+    # the shortcut the diagnostic cannot see through, shown by changed_share: change every pixel
+    kps = [ex for ex in examples if ex.task == "keypoint"]
+    everything = summarise([score(ex, 255 - ex.source) for ex in kps])["keypoint"]
+    assert everything["marked_points"] > 0.9 and everything["changed_share"] > 0.9
     assert set(summary["restore"]) >= {"psnr_gain", "psnr_gain/denoise", "psnr_gain/deblur", "psnr_gain/watermark"}
     assert summary["edit"]["rest_acc"] == 1.0 and summary["edit"]["attribute_acc"] == 0.0
     assert summarise([]) == {}
