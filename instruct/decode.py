@@ -86,12 +86,17 @@ def decode_segment(source: np.ndarray, output: np.ndarray, rgb) -> tuple[np.ndar
     return moved, decidable
 
 
+def changed_pixels(source: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """bool [H, W]: pixels whose RGB moved at least KP_MIN_CHANGE (Euclidean) from the source."""
+    return np.sqrt(((output.astype(np.float32) - source.astype(np.float32)) ** 2).sum(-1)) >= KP_MIN_CHANGE
+
+
 def decode_keypoints(source: np.ndarray, output: np.ndarray, colours) -> np.ndarray:
     """float32 [K, 2]: the (x, y) in pixels of each colour's blob, NaN where there is none."""
     from scipy.ndimage import label
 
-    out, src = output.astype(np.float32), source.astype(np.float32)
-    changed = np.sqrt(((out - src) ** 2).sum(-1)) >= KP_MIN_CHANGE
+    out = output.astype(np.float32)
+    changed = changed_pixels(source, output)
     points = np.full((len(colours), 2), np.nan, np.float32)
     for k, rgb in enumerate(colours):
         close = np.sqrt(((out - np.asarray(rgb, np.float32)) ** 2).sum(-1)) <= KP_COLOUR_TOL
@@ -153,7 +158,7 @@ def _score_keypoint(ex: InstructExample, out: np.ndarray) -> dict[str, Any]:
     dist = np.sqrt(((pred - ex.meta["points"]) ** 2).sum(-1))
     correct = np.where(np.isnan(dist), False, dist <= ex.meta["tolerance"])
     # colour-blind diagnostic: did anything change at the requested place (whatever its colour)?
-    changed = np.sqrt(((out.astype(np.float32) - ex.source.astype(np.float32)) ** 2).sum(-1)) >= KP_MIN_CHANGE
+    changed = changed_pixels(ex.source, out)
     ys, xs = np.nonzero(changed)
     centres = np.stack([xs + 0.5, ys + 0.5], axis=1)  # pixel centres, as decode_keypoints measures
     marked = [bool(len(centres)) and bool((np.sqrt(((centres - point) ** 2).sum(-1)) <= ex.meta["tolerance"]).any())
