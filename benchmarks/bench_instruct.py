@@ -9,12 +9,14 @@ with the instruction and with it removed, beside two references that need no mod
     python benchmarks/bench_instruct.py --steps 8000 --seeds 0 --arms multi restore --out runs/instruct/bench
     python benchmarks/bench_instruct.py --steps 8000 --seeds 0 --arms segment keypoint     # a later session
     python benchmarks/bench_instruct.py --render          # print the tables of --result
+    python benchmarks/bench_instruct.py --arms            # no arm: refresh references, phrasings, tables
 
 One model of 8,000 steps takes 1-2 hours on a 2-core CPU, so the arms can be made in several sessions: `--arms`
 names those to train and score now, and an existing --result with the same settings keeps its other arms (each
 arm records the machine and date it was scored on). Writes docs/results/instruct.json (per-example test values
 are stored, so the paired tests can be redone), docs/results/instruct_bench.png (per task: every arm beside the
-references; the multi-task model's validation sweep over (s_T, s_I)) and prints the tables.
+references; the multi-task model's validation sweep over (s_T, s_I)) and prints the tables, one of them the
+first seed's test values per phrasing template (which held-out sentences fail).
 Statistics: mean and sample standard deviation (ddof=1) over test examples; multi-task vs single-task is a
 paired t-test over the same test examples (seed by seed), and over seeds a Welch test when there are >= 2.
 """
@@ -38,6 +40,9 @@ TASKS = ("segment", "keypoint", "restore", "edit")
 COMBINATION_TASKS = ("segment", "keypoint", "edit")  # those that name (object or part, colour) pairs
 GOALS = {"segment": 0.7, "keypoint": 0.8, "restore": 3.0, "edit": 0.8}  # issue 16, on held-out test examples
 WITHIN = 0.10  # the multi-task model within 10% of the single-task ones
+# the template families (instruct.tasks.TEMPLATES) each task's instructions are phrased from
+PHRASING_FAMILIES = {"segment": ("segment",), "keypoint": ("keypoint",),
+                     "restore": ("denoise", "deblur", "watermark"), "edit": ("recolour", "remove", "bigger")}
 
 
 def train(config: str, tasks: Sequence[str], seed: int, steps: int, out: Path, extra: Sequence[str] = ()) -> Path:
@@ -145,6 +150,62 @@ def references(model: Path, n_test: int) -> dict[str, dict[str, dict]]:
     return out
 
 
+def phrasing_groups() -> dict[str, str]:
+    """Regexes of the words a template's placeholders take, so a template matches only its own sentences
+    ("Make {object} {colour}." must not match "Make the red circle larger.")."""
+    import re
+
+    from data_tools.synth import COLOURS, SHAPES
+    from instruct.tasks import FACE_OBJECT, KEYPOINT_COLOURS, KEYPOINT_PARTS, MARK_COLOURS
+
+    def any_of(words) -> str:
+        return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+
+    return {"colour": any_of([*MARK_COLOURS, *KEYPOINT_COLOURS, *COLOURS]), "part": any_of(KEYPOINT_PARTS),
+            "object": f"{re.escape(FACE_OBJECT)}|the (?:{any_of(COLOURS)}) (?:{any_of(SHAPES)})"}
+
+
+def phrasing(example) -> str:
+    """The template an example's instruction was made from (for keypoints, that of its first sentence). Test
+    failures that gather in one held-out phrasing are a language failure, not a task failure."""
+    from instruct.tasks import TEMPLATES, template_pattern
+
+    split, groups, text = example.meta["phrasing"], phrasing_groups(), example.instruction
+    found = []
+    for template in (t for family in PHRASING_FAMILIES[example.task] for t in TEMPLATES[family][split]):
+        match = template_pattern(template, groups).match(text)
+        # a keypoint instruction joins 1-5 sentences with spaces; every other instruction is one sentence
+        if match and (match.end() == len(text) or (example.task == "keypoint" and text[match.end()] == " ")):
+            found.append(template)
+    if len(found) != 1:
+        raise ValueError(f"{text!r} matches {len(found)} {split} templates of {example.task}")
+    return found[0]
+
+
+def phrasings_on_test(model: Path, n_test: int) -> dict[str, list[str]]:
+    """Per task, the template of each test example, in the order of the stored per-example values."""
+    from instruct.evaluate import eval_examples
+    from instruct.pipeline import InstructPipeline
+
+    out: dict[str, list[str]] = {}
+    for example in eval_examples(InstructPipeline.from_pretrained(model), "test", n_test):
+        out.setdefault(example.task, []).append(phrasing(example))
+    return out
+
+
+def by_phrasing(phrasings: Sequence[str], values: dict[str, Sequence[float]]) -> dict[str, dict[str, float]]:
+    """{template: {"n": examples, arm: mean value}} from per-example values aligned with `phrasings`."""
+    out: dict[str, dict[str, float]] = {}
+    for name, vals in values.items():
+        if len(vals) != len(phrasings):
+            raise ValueError(f"{name}: {len(vals)} values for {len(phrasings)} phrasings")
+    for template in dict.fromkeys(phrasings):
+        rows = [i for i, p in enumerate(phrasings) if p == template]
+        out[template] = {"n": len(rows), **{name: sum(vals[i] for i in rows) / len(rows)
+                                            for name, vals in values.items()}}
+    return out
+
+
 def compare(results: dict[str, Any]) -> dict[str, Any]:
     """Per task: the multi-task model over seeds against the goal; where single-task models exist, multi vs
     single over the seeds that have both (means, sd, Welch) and per seed (paired t-test over test examples)."""
@@ -177,6 +238,12 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
             row["within_10pct"] = bool(row["multi_compared"][0] >= row["single"][0] - WITHIN * abs(row["single"][0]))
             row["paired_by_seed"] = [paired(multi[s]["values"], x["values"]) for s, x in zip(both, single)]
             row["welch_over_seeds"] = welch(m_means, s_means)
+        phrasings = results.get("test_phrasings", {}).get(task)
+        if phrasings:  # first seed: where in the language the test examples fail
+            first = seeds[0]
+            single = results["seeds"][first].get(task, {}).get("tasks", {}).get(task)
+            arms = {"multi": multi.get(first), "single": single}
+            row["by_phrasing"] = by_phrasing(phrasings, {name: arm["values"] for name, arm in arms.items() if arm})
         out[task] = row
     return out
 
@@ -217,6 +284,14 @@ def render(results: dict[str, Any]) -> str:
                                             for r in ("identity", "blur", "target")]
             lines.append(f"| {task}: {key} | " + " | ".join(
                 "-" if v is None or v != v else f"{v:.3f}" for v in cells) + " |")
+    phrased = {task: row["by_phrasing"] for task, row in results["comparison"].items() if "by_phrasing" in row}
+    if phrased:
+        lines += ["", f"Per test phrasing (seed {seeds[0]}; for keypoints the first sentence's):", "",
+                  "| task | phrasing | n | multi-task | single-task |", "|---|---|---|---|---|"]
+        for task, rows in phrased.items():
+            for template, cell in rows.items():
+                single = f"{cell['single']:.3f}" if "single" in cell else "-"
+                lines.append(f"| {task} | {template} | {cell['n']} | {cell['multi']:.3f} | {single} |")
     return "\n".join(lines)
 
 
@@ -287,8 +362,9 @@ def main() -> None:
     parser.add_argument("--config", default="instruct/small")
     parser.add_argument("--steps", type=int, default=8000, help="training steps of every model")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--arms", nargs="+", default=["multi", *TASKS], choices=["multi", *TASKS],
-                        help="models to train (or reuse from --out) and score now: multi and single-task ones")
+    parser.add_argument("--arms", nargs="*", default=["multi", *TASKS], choices=["multi", *TASKS],
+                        help="models to train (or reuse from --out) and score now: multi and single-task ones; "
+                             "none: refresh the references and phrasings of the arms already scored")
     parser.add_argument("--n-val", type=int, default=16, help="validation examples per task")
     parser.add_argument("--n-test", type=int, default=32, help="test examples per task")
     parser.add_argument("--sample-steps", type=int, default=25)
@@ -323,6 +399,7 @@ def main() -> None:
     reference_model = out / f"multi-seed{first}" / "model"
     if (reference_model / "config.json").exists():  # else the references of an earlier invocation stay
         results["references"] = references(reference_model, args.n_test)
+        results["test_phrasings"] = phrasings_on_test(reference_model, args.n_test)
     results["comparison"] = compare(results)
     from data_tools.files import atomic_write_json
     from instruct.evaluate import json_safe

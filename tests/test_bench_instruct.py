@@ -122,3 +122,44 @@ def test_gaussian_blur_reference_keeps_shape_and_smooths():
     assert blurred.astype(float).std() < noisy.astype(float).std()
     flat = np.full((8, 8, 3), 77, dtype=np.uint8)
     assert np.array_equal(bench.gaussian_blur(flat), flat)
+
+
+@pytest.mark.parametrize("phrasing", ["heldout", "train"])
+def test_every_example_maps_to_the_one_template_it_was_phrased_from(phrasing):
+    from instruct.tasks import TEMPLATES, InstructDataConfig, make_eval_set
+
+    bench = _load()
+    examples = make_eval_set(InstructDataConfig(size=16), 12, "test", seed=3, phrasing=phrasing)
+    found = {}
+    for example in examples:
+        template = bench.phrasing(example)
+        families = bench.PHRASING_FAMILIES[example.task]
+        assert any(template in TEMPLATES[f][phrasing] for f in families), (example.instruction, template)
+        if example.task == "segment":  # the template, filled with the example's own words, is the sentence
+            assert template.format(object=example.meta["object"], colour=example.meta["mark"]) == example.instruction
+        found.setdefault(example.task, set()).add(template)
+    assert set(found) == set(bench.TASKS) and all(len(t) > 1 for t in found.values())
+
+    odd = examples[0]
+    odd.instruction = "Please do something else entirely."
+    with pytest.raises(ValueError, match="matches 0"):
+        bench.phrasing(odd)
+
+
+def test_compare_and_render_break_the_first_seed_down_by_phrasing():
+    bench = _load()
+    results = _results()
+    results["test_phrasings"] = {"segment": ["Tint {object} {colour}.", "Shade {object}.", "Tint {object} {colour}."],
+                                 "edit": ["a", "a", "b"], "restore": ["x", "y"]}  # restore: misaligned
+    with pytest.raises(ValueError, match="3 values for 2 phrasings"):
+        bench.compare(results)
+    del results["test_phrasings"]["restore"]
+    rows = bench.compare(results)
+    seg = rows["segment"]["by_phrasing"]
+    assert seg["Tint {object} {colour}."] == pytest.approx({"n": 2, "multi": 0.71, "single": 0.765})
+    assert seg["Shade {object}."] == pytest.approx({"n": 1, "multi": 0.74, "single": 0.8})
+    assert rows["edit"]["by_phrasing"]["b"] == pytest.approx({"n": 1, "multi": 0.4, "single": 1.0})
+    assert "by_phrasing" not in rows["restore"]
+    results["comparison"] = rows
+    table = bench.render(results)
+    assert "| segment | Tint {object} {colour}. | 2 | 0.710 | 0.765 |" in table
