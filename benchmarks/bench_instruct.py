@@ -165,12 +165,12 @@ def phrasing_groups() -> dict[str, str]:
             "object": f"{re.escape(FACE_OBJECT)}|the (?:{any_of(COLOURS)}) (?:{any_of(SHAPES)})"}
 
 
-def phrasing(example) -> str:
+def phrasing(example, groups: dict[str, str] | None = None) -> str:
     """The template an example's instruction was made from (for keypoints, that of its first sentence). Test
     failures that gather in one held-out phrasing are a language failure, not a task failure."""
     from instruct.tasks import TEMPLATES, template_pattern
 
-    split, groups, text = example.meta["phrasing"], phrasing_groups(), example.instruction
+    split, groups, text = example.meta["phrasing"], groups or phrasing_groups(), example.instruction
     found = []
     for template in (t for family in PHRASING_FAMILIES[example.task] for t in TEMPLATES[family][split]):
         match = template_pattern(template, groups).match(text)
@@ -188,8 +188,9 @@ def phrasings_on_test(model: Path, n_test: int) -> dict[str, list[str]]:
     from instruct.pipeline import InstructPipeline
 
     out: dict[str, list[str]] = {}
+    groups = phrasing_groups()
     for example in eval_examples(InstructPipeline.from_pretrained(model), "test", n_test):
-        out.setdefault(example.task, []).append(phrasing(example))
+        out.setdefault(example.task, []).append(phrasing(example, groups))
     return out
 
 
@@ -241,8 +242,8 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
         phrasings = results.get("test_phrasings", {}).get(task)
         if phrasings:  # first seed: where in the language the test examples fail
             first = seeds[0]
-            single = results["seeds"][first].get(task, {}).get("tasks", {}).get(task)
-            arms = {"multi": multi.get(first), "single": single}
+            alone = results["seeds"][first].get(task, {}).get("tasks", {}).get(task)
+            arms = {"multi": multi.get(first), "single": alone}
             row["by_phrasing"] = by_phrasing(phrasings, {name: arm["values"] for name, arm in arms.items() if arm})
         out[task] = row
     return out
