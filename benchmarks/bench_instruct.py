@@ -207,6 +207,15 @@ def by_phrasing(phrasings: Sequence[str], values: dict[str, Sequence[float]]) ->
     return out
 
 
+def example_means(runs: Sequence[Sequence[float]]) -> list[float]:
+    """Each test example's mean over runs (seeds) that scored the same examples in the same order."""
+    if not runs:
+        raise ValueError("example_means needs at least one run")
+    if len({len(r) for r in runs}) != 1:
+        raise ValueError(f"runs scored different numbers of examples: {[len(r) for r in runs]}")
+    return [sum(vals) / len(vals) for vals in zip(*runs)]
+
+
 def compare(results: dict[str, Any]) -> dict[str, Any]:
     """Per task: the multi-task model over seeds against the goal; where single-task models exist, multi vs
     single over the seeds that have both (means, sd, Welch) and per seed (paired t-test over test examples)."""
@@ -238,13 +247,17 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
             # 10% of the single-task figure's size, so a PSNR gain below zero is judged the same way
             row["within_10pct"] = bool(row["multi_compared"][0] >= row["single"][0] - WITHIN * abs(row["single"][0]))
             row["paired_by_seed"] = [paired(multi[s]["values"], x["values"]) for s, x in zip(both, single)]
+            # every seed scores the same test examples: pair each example's mean over the seeds
+            row["paired_seed_means"] = paired(example_means([multi[s]["values"] for s in both]),
+                                              example_means([x["values"] for x in single]))
             row["welch_over_seeds"] = welch(m_means, s_means)
         phrasings = results.get("test_phrasings", {}).get(task)
-        if phrasings:  # first seed: where in the language the test examples fail
-            first = seeds[0]
-            alone = results["seeds"][first].get(task, {}).get("tasks", {}).get(task)
-            arms = {"multi": multi.get(first), "single": alone}
-            row["by_phrasing"] = by_phrasing(phrasings, {name: arm["values"] for name, arm in arms.items() if arm})
+        if phrasings:  # where in the language the test examples fail, over the seeds compared (else every seed)
+            used = both or list(multi)
+            arms = {"multi": [multi[s]["values"] for s in used],
+                    "single": [results["seeds"][s][task]["tasks"][task]["values"] for s in both]}
+            row["by_phrasing_seeds"] = [int(s) for s in used]
+            row["by_phrasing"] = by_phrasing(phrasings, {name: example_means(v) for name, v in arms.items() if v})
         out[task] = row
     return out
 
@@ -254,25 +267,31 @@ def render(results: dict[str, Any]) -> str:
         mean, sd = pair
         return f"{mean:.3f}" + (f" +- {sd:.3f}" if sd is not None else "")
 
+    def p_of(test) -> str:
+        return f"{test['p']:.2g}" if test else "-"
+
     refs = results.get("references", {})
     seeds = sorted(results["seeds"], key=int)
     lines = [f"Test split, held-out combinations and phrasings; seeds {', '.join(map(str, seeds))}; "
              f"{results['settings']['steps']} training steps per model; guidance chosen per task on validation.",
              "", "| task (metric) | goal | multi-task | goal met | single-task | multi / single | within 10% | "
-             "paired p (first seed) | multi, seen pairs | no instruction | identity | blur | target |",
-             "|---" * 13 + "|"]
+             "paired p per seed | paired p, seed means | Welch p, seeds | multi, seen pairs | no instruction | "
+             "identity | blur | target |",
+             "|---" * 15 + "|"]
     for task, row in results["comparison"].items():
         metric = {"segment": "IoU", "keypoint": "PCK", "restore": "PSNR gain dB", "edit": "edit acc"}[task]
         single = fmt(row["single"]) if "single" in row else "-"
         ratio = (f"{row['multi_compared'][0] / row['single'][0]:.2f}" if "single" in row and row["single"][0] > 0
                  else "-")  # a ratio of negative PSNR gains means nothing
-        test = (row.get("paired_by_seed") or [None])[0]
-        p = f"{test['p']:.2g}" if test else "-"
+        per_seed = ", ".join(p_of(t) for t in row.get("paired_by_seed", [])) or "-"
+        pooled = p_of(row.get("paired_seed_means"))
+        welch_p = p_of(row.get("welch_over_seeds"))
         within = ("yes" if row["within_10pct"] else "no") if "within_10pct" in row else "-"
         ident, blur, target = (refs.get(name, {}).get(task, {}).get("mean", float("nan"))
                                for name in ("identity", "blur", "target"))
         lines.append(f"| {task} ({metric}) | {row['goal']:g} | {fmt(row['multi'])} | "
-                     f"{'yes' if row['goal_met'] else 'no'} | {single} | {ratio} | {within} | {p} | "
+                     f"{'yes' if row['goal_met'] else 'no'} | {single} | {ratio} | {within} | "
+                     f"{per_seed} | {pooled} | {welch_p} | "
                      f"{fmt(row['multi_seen_combinations']) if 'multi_seen_combinations' in row else '-'} | "
                      f"{fmt(row['no_instruction'])} | {ident:.3f} | {blur:.3f} | {target:.3f} |")
     # the decoders' secondary figures, multi-task model of the first seed beside the references
@@ -285,14 +304,16 @@ def render(results: dict[str, Any]) -> str:
                                             for r in ("identity", "blur", "target")]
             lines.append(f"| {task}: {key} | " + " | ".join(
                 "-" if v is None or v != v else f"{v:.3f}" for v in cells) + " |")
-    phrased = {task: row["by_phrasing"] for task, row in results["comparison"].items() if "by_phrasing" in row}
+    phrased = {task: row for task, row in results["comparison"].items() if "by_phrasing" in row}
     if phrased:
-        lines += ["", f"Per test phrasing (seed {seeds[0]}; for keypoints the first sentence's):", "",
-                  "| task | phrasing | n | multi-task | single-task |", "|---|---|---|---|---|"]
-        for task, rows in phrased.items():
-            for template, cell in rows.items():
+        lines += ["", "Per test phrasing (each example's mean over the seeds named; for keypoints the first "
+                  "sentence's):", "", "| task | seeds | phrasing | n | multi-task | single-task |",
+                  "|---|---|---|---|---|---|"]
+        for task, row in phrased.items():
+            used = ", ".join(map(str, row.get("by_phrasing_seeds", [])))
+            for template, cell in row["by_phrasing"].items():
                 single = f"{cell['single']:.3f}" if "single" in cell else "-"
-                lines.append(f"| {task} | {template} | {cell['n']} | {cell['multi']:.3f} | {single} |")
+                lines.append(f"| {task} | {used} | {template} | {cell['n']} | {cell['multi']:.3f} | {single} |")
     return "\n".join(lines)
 
 

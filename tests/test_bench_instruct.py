@@ -64,12 +64,20 @@ def test_compare_checks_goals_the_ten_percent_rule_and_tests_over_seeds():
     assert restore["within_10pct"] and not restore["goal_met"]
     assert seg["multi"][0] == pytest.approx(np.mean([0.72, 0.74])) and seg["multi"][1] > 0
     assert len(seg["paired_by_seed"]) == 2 and seg["welch_over_seeds"]["n_a"] == 2
+    # each example's mean over the two seeds, paired: multi (0.71, 0.75, 0.73) against single (0.75, 0.8, 0.78)
+    assert seg["paired_seed_means"]["mean_diff"] == pytest.approx(0.73 - np.mean([0.75, 0.8, 0.78]))
     assert "keypoint" not in rows  # no arm scored it
     results["comparison"] = rows
     results["references"] = {"identity": {"segment": {"mean": 0.2, "summary": {"iou_present": 0.0}}}}
     table = bench.render(results)
     assert "| segment (IoU) | 0.7 | 0.730 +- 0.014 | yes | 0.777 +- 0.000 | 0.94 | yes |" in table
-    assert "| 0.94 | yes | 0.0034 | 0.450 +- 0.071 | 0.200 +- 0.000 |" in table  # paired p, seen pairs, no instr.
+    # paired p per seed, over seed means, Welch over seeds; seen pairs, no instruction
+    per_seed = [bench.paired(results["seeds"][s]["multi"]["tasks"]["segment"]["values"],
+                             results["seeds"][s]["segment"]["tasks"]["segment"]["values"])["p"] for s in "01"]
+    pooled, welch_p = seg["paired_seed_means"]["p"], seg["welch_over_seeds"]["p"]
+    assert per_seed[0] == pytest.approx(0.0034, abs=5e-5) and per_seed[1] < 0.05
+    assert (f"| 0.94 | yes | {per_seed[0]:.2g}, {per_seed[1]:.2g} | {pooled:.2g} | {welch_p:.2g} | 0.450 +- 0.071 | "
+            "0.200 +- 0.000 |") in table
     assert "| restore (PSNR gain dB) | 3 | -0.400 +- 0.000 | no | -0.383 +- 0.000 | - | yes |" in table
     assert "| segment: iou_present | 0.600 | 0.000 | - | - |" in table
 
@@ -146,7 +154,7 @@ def test_every_example_maps_to_the_one_template_it_was_phrased_from(phrasing):
         bench.phrasing(odd)
 
 
-def test_compare_and_render_break_the_first_seed_down_by_phrasing():
+def test_compare_and_render_break_the_seeds_down_by_phrasing():
     bench = _load()
     results = _results()
     results["test_phrasings"] = {"segment": ["Tint {object} {colour}.", "Shade {object}.", "Tint {object} {colour}."],
@@ -156,10 +164,32 @@ def test_compare_and_render_break_the_first_seed_down_by_phrasing():
     del results["test_phrasings"]["restore"]
     rows = bench.compare(results)
     seg = rows["segment"]["by_phrasing"]
-    assert seg["Tint {object} {colour}."] == pytest.approx({"n": 2, "multi": 0.71, "single": 0.765})
-    assert seg["Shade {object}."] == pytest.approx({"n": 1, "multi": 0.74, "single": 0.8})
+    # each example's mean over seeds 0 and 1 first: multi-task (0.71, 0.75, 0.73), single-task (0.75, 0.8, 0.78)
+    assert rows["segment"]["by_phrasing_seeds"] == [0, 1]
+    assert seg["Tint {object} {colour}."] == pytest.approx({"n": 2, "multi": 0.72, "single": 0.765})
+    assert seg["Shade {object}."] == pytest.approx({"n": 1, "multi": 0.75, "single": 0.8})
     assert rows["edit"]["by_phrasing"]["b"] == pytest.approx({"n": 1, "multi": 0.4, "single": 1.0})
     assert "by_phrasing" not in rows["restore"]
     results["comparison"] = rows
     table = bench.render(results)
-    assert "| segment | Tint {object} {colour}. | 2 | 0.710 | 0.765 |" in table
+    assert "| segment | 0, 1 | Tint {object} {colour}. | 2 | 0.720 | 0.765 |" in table
+    # a seed without its single-task model drops out of both columns, so they compare the same seeds
+    del results["seeds"]["1"]["segment"]
+    rows = bench.compare(results)
+    assert rows["segment"]["by_phrasing_seeds"] == [0]
+    assert rows["segment"]["by_phrasing"]["Tint {object} {colour}."]["multi"] == pytest.approx(0.71)
+    # with no single-task model at all, the multi-task column uses every seed
+    for seed in "01":
+        results["seeds"][seed].pop("segment", None)
+    rows = bench.compare(results)
+    assert rows["segment"]["by_phrasing_seeds"] == [0, 1]
+    assert "single" not in rows["segment"]["by_phrasing"]["Shade {object}."]
+
+
+def test_example_means_refuses_runs_of_different_lengths():
+    bench = _load()
+    assert bench.example_means([[1.0, 2.0], [3.0, 4.0]]) == [2.0, 3.0]
+    with pytest.raises(ValueError, match="different numbers"):
+        bench.example_means([[1.0, 2.0], [3.0]])
+    with pytest.raises(ValueError, match="at least one"):
+        bench.example_means([])
