@@ -3,10 +3,12 @@ terminal and flow reparameterisations, and bridges started from a flow-matching 
 
     python benchmarks/bench_bridge.py                      # Gaussian -> checkerboard, 3 seeds, every arm
     python benchmarks/bench_bridge.py --quick --runs DIR   # tiny settings: checks the plumbing, proves nothing
+    python benchmarks/bench_bridge.py --arms DSB-N32 SDSB-N32   # only these; the rest from docs/results/bridge.json
 
-Every arm trains the same ResMLP (128 x 5) for the same number of optimizer steps per half-bridge, on N = 16 steps.
+Every arm trains the same ResMLP (128 x 5) for the same number of optimizer steps per half-bridge, on N = 16 steps (the -N32 arms: 32).
 The OU reference (DSB, SDSB) needs large steps to reach the Gaussian (γ 0.05 -> 0.4, Σγ ≈ 3.6); the flow
-reference (TR, FR) only adds small noise to the straight line between independent pairs (γ 0.001 -> 0.01). The
+reference (TR, FR) only adds small noise to the straight line between independent pairs (γ 0.001 -> 0.01).
+DSB-N32 and SDSB-N32 take the same Σγ in 32 steps of half the size, where the two targets should agree. The
 flow-matching model is half-bridge 0 of the flow reference trained for `--fm-multiple` times the steps; the
 FM-initialised arms load it and run IPF from half-bridge 1. Finished runs are reused.
 """
@@ -25,9 +27,14 @@ from common import machine_line, run_hdvila  # noqa: E402
 from diffusion_stats import fmt_p, mean_std, paired, welch  # noqa: E402
 
 FLOW = ["reference=flow", "gamma=[0.001,0.01]"]
+# the OU reference at half the step sizes over twice the steps (the same Σγ): the regime of the paper's argument
+# that the two targets agree (small γ)
+SMALL_STEPS = ["steps=32", "gamma=[0.025,0.2]"]
 ARMS = {
     "DSB": ["target=dsb"],
     "SDSB": ["target=simplified"],
+    "DSB-N32": ["target=dsb", *SMALL_STEPS],
+    "SDSB-N32": ["target=simplified", *SMALL_STEPS],
     "TR-SDSB": [*FLOW, "parameterisation=terminal"],
     "FR-SDSB": [*FLOW, "parameterisation=flow"],
     # the ablation of the coupled cache: the flow network trained on the other network's own (curved) states
@@ -99,20 +106,30 @@ def floors(seed: int) -> dict:
             "gaussian_vs_checkerboard_w2": exact_w2(g[:1024], b[:1024])}
 
 
+def sdsb_against_dsb(arms: dict, dsb_arm: str, sdsb_arm: str) -> list[dict]:
+    """Data W2 of the two at every half-bridge that retrains the generator. A seed gives both arms the same
+    network initialisation, reference trajectories and batch order (only the targets differ), so the verdict is
+    the paired test over seeds; Welch is kept beside it. Worse = a higher mean with paired p < 0.05."""
+    seeds = [s for s in arms[dsb_arm] if s in arms[sdsb_arm]]
+    retrained = [h["half_bridge"] for h in arms[dsb_arm][seeds[0]] if h["direction"] == "backward"]
+    rows = []
+    for n in retrained:  # the half-bridges that retrain the generator, so the data end changes
+        dsb = [dict(curve(arms[dsb_arm][s], "data_w2"))[n] for s in seeds]
+        sdsb = [dict(curve(arms[sdsb_arm][s], "data_w2"))[n] for s in seeds]
+        test = paired(sdsb, dsb)
+        rows.append({"half_bridge": n, "dsb": dsb, "sdsb": sdsb, "paired": test, "welch": welch(sdsb, dsb),
+                     "sdsb_worse": test is not None and test["mean_diff"] > 0 and test["p"] < 0.05})
+    return rows
+
+
 def analyse(results: dict, seeds: list[int]) -> dict:
     arms = results["arms"]
     final = {arm: {key: [curve(h, key)[-1][1] for h in by_seed.values()]
                    for key in ("data_w2", "data_swd", "transport_cost", "prior_w2")}
              for arm, by_seed in arms.items()}
-    # goal 1: SDSB no worse than DSB at every half-bridge that scores the data end
-    per_step = []
-    retrained = [h["half_bridge"] for h in arms["DSB"][seeds[0]] if h["direction"] == "backward"]
-    for n in retrained:  # the half-bridges that retrain the generator, so the data end changes
-        dsb = [dict(curve(h, "data_w2"))[n] for h in arms["DSB"].values()]
-        sdsb = [dict(curve(h, "data_w2"))[n] for h in arms["SDSB"].values()]
-        test = welch(sdsb, dsb)
-        per_step.append({"half_bridge": n, "dsb": dsb, "sdsb": sdsb, "welch": test,
-                         "sdsb_worse": mean_std(sdsb)[0] > mean_std(dsb)[0] and test is not None and test["p"] < 0.05})
+    # goal 1: SDSB no worse than DSB at every half-bridge that scores the data end, at each step count
+    sdsb_vs_dsb = {suffix: sdsb_against_dsb(arms, f"DSB{suffix}", f"SDSB{suffix}")
+                   for suffix in ("", "-N32") if f"DSB{suffix}" in arms and f"SDSB{suffix}" in arms}
     never = results["half_bridges"] + 1  # "not within the budget", for comparisons
     dsb_final = mean_std(final["DSB"]["data_w2"])[0]
     reach = {arm: [first_reaching(curve(h, "data_w2"), dsb_final, arm.startswith("FM-")) for h in by_seed.values()]
@@ -153,7 +170,11 @@ def analyse(results: dict, seeds: list[int]) -> dict:
     dsb_reach = [never if d is None else d for d in reach["DSB"]]  # None: DSB is not at its own mean level at the end
     faster = {arm: all(r is not None and r < d for r, d in zip(reach[arm], dsb_reach))
               for arm in ("TR-SDSB", "FR-SDSB") if arm in reach}
-    return {"final": final, "sdsb_vs_dsb": per_step, "goal1_met": not any(s["sdsb_worse"] for s in per_step),
+    return {"final": final, "sdsb_vs_dsb": sdsb_vs_dsb.get("", []),
+            "goal1_met": not any(s["sdsb_worse"] for s in sdsb_vs_dsb.get("", [])),
+            "sdsb_vs_dsb_n32": sdsb_vs_dsb.get("-N32"),
+            "goal1_met_n32": (not any(s["sdsb_worse"] for s in sdsb_vs_dsb["-N32"])) if "-N32" in sdsb_vs_dsb
+            else None,
             "reach_dsb_final": reach, "tr_fr_faster_than_dsb": faster, "fm": fm}
 
 
@@ -165,7 +186,7 @@ def write_report(results: dict, path: Path) -> None:
                else []),
              "Generated by `python benchmarks/bench_bridge.py`; design in [../bridge.md](../bridge.md).", "",
              f"- Machine: {results['machine']}; {results['minutes']:.1f} min for the last invocation.",
-             f"- Gaussian (k = N) to checkerboard (k = 0), N = 16, ResMLP 128 x 5, {results['steps']} AdamW steps of "
+             f"- Gaussian (k = N) to checkerboard (k = 0), N = 16 (the -N32 arms: 32), ResMLP 128 x 5, {results['steps']} AdamW steps of "
              f"batch 512 per half-bridge, {results['half_bridges']} half-bridges, caches of {results['cache']:,} "
              "trajectories. "
              f"Seeds {results['seeds']}; mean ± sample sd; Welch t-tests.",
@@ -189,16 +210,28 @@ def write_report(results: dict, path: Path) -> None:
         gap = results.get("final_gap", {}).get(arm)
         lines.append(f"| {arm} | {fmt(vals['data_w2'])} | {fmt(vals['data_swd'])} | "
                      f"{fmt(vals['transport_cost'], 2)} | {fmt(gap) if gap else '-'} | {fmt(vals['prior_w2'])} |")
-    lines += ["", "## SDSB against DSB at every half-bridge (data W2)", "", "| half-bridge | DSB | SDSB | Welch p |",
-              "|---|---|---|---|"]
-    for s in a["sdsb_vs_dsb"]:
-        lines.append(f"| {s['half_bridge']} | {fmt(s['dsb'])} | {fmt(s['sdsb'])} | "
-                     f"{fmt_p(s['welch']['p'] if s['welch'] else None)} |")
-    worse_mean = sum(mean_std(s["sdsb"])[0] > mean_std(s["dsb"])[0] for s in a["sdsb_vs_dsb"])
-    lines += ["", f"SDSB significantly worse than DSB (Welch p < 0.05) at no half-bridge: "
-                  f"**{'met' if a['goal1_met'] else 'not met'}**; its mean is worse at {worse_mean} of "
-                  f"{len(a['sdsb_vs_dsb'])}, so with 3 seeds this is weak evidence of \"no worse\".", "",
-              "## Half-bridges until the data W2 is at or below DSB's final mean and stays there", "",
+    def p_cell(test) -> str:
+        return fmt_p(test["p"] if test else None)
+
+    settings = [("N = 16, γ 0.05 -> 0.4 (the arms above)", a["sdsb_vs_dsb"], a["goal1_met"])]
+    if a.get("sdsb_vs_dsb_n32"):
+        settings.append(("N = 32, γ 0.025 -> 0.2 (DSB-N32, SDSB-N32: the same Σγ in smaller steps)",
+                         a["sdsb_vs_dsb_n32"], a["goal1_met_n32"]))
+    lines += ["", "## SDSB against DSB at every half-bridge (data W2)", "",
+              "A seed gives both arms the same initialisation, reference trajectories and batch order; only the "
+              "targets differ. So the verdict is the paired t-test over seeds (SDSB minus DSB); Welch is beside it."]
+    for title, rows, met in settings:
+        lines += ["", f"{title}:", "", "| half-bridge | DSB | SDSB | SDSB − DSB | paired p | Welch p |",
+                  "|---|---|---|---|---|---|"]
+        for s in rows:
+            diff = mean_std([x - y for x, y in zip(s["sdsb"], s["dsb"])])
+            lines.append(f"| {s['half_bridge']} | {fmt(s['dsb'])} | {fmt(s['sdsb'])} | {diff[0]:+.3f} | "
+                         f"{p_cell(s.get('paired'))} | {p_cell(s['welch'])} |")
+        worse_mean = sum(mean_std(s["sdsb"])[0] > mean_std(s["dsb"])[0] for s in rows)
+        lines += ["", f"SDSB significantly worse than DSB (higher mean, paired p < 0.05) at no half-bridge: "
+                      f"**{'met' if met else 'not met'}**; its mean is worse at {worse_mean} of {len(rows)}, and "
+                      f"{len(rows[0]['dsb'])} seeds make \"no worse\" weak evidence."]
+    lines += ["", "## Half-bridges until the data W2 is at or below DSB's final mean and stays there", "",
               "| arm | per seed |", "|---|---|"]
     for arm, reach in a["reach_dsb_final"].items():
         lines.append(f"| {arm} | {', '.join('never' if r is None else str(r) for r in reach)} |")
@@ -267,6 +300,23 @@ def walks_figure(root: Path, seed: int, path: Path, n: int = 2048, trajectories:
     return save_figure(fig, path, dpi=80)
 
 
+def earlier_arms(path: Path, results: dict, rerun: list[str]) -> dict:
+    """`results` with the arms (and flow-matching starts) of an earlier bridge.json made with the same settings,
+    less the arms about to be rerun."""
+    if not path.exists():
+        raise SystemExit(f"--arms needs the earlier {path}; run every arm first")
+    earlier = json.loads(path.read_text())
+    for key in ("seeds", "steps", "half_bridges", "cache", "quick"):
+        if earlier.get(key) != results[key]:
+            raise SystemExit(f"{path} was made with {key}={earlier.get(key)!r}, this run has {results[key]!r}: "
+                             "rerun every arm")
+    results["arms"] = {arm: {int(seed): history for seed, history in by_seed.items()}
+                       for arm, by_seed in earlier["arms"].items() if arm not in rerun}
+    results["final_gap"] = {arm: gaps for arm, gaps in earlier.get("final_gap", {}).items() if arm not in rerun}
+    results["fm"] = {arm: start for arm, start in earlier["fm"].items() if arm not in rerun}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=None, help="default runs/bridge/bench (-quick with --quick)")
@@ -277,6 +327,9 @@ def main() -> None:
     parser.add_argument("--fm-multiple", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None,
+                        help="train and score only these arms; the others come from the existing bridge.json, which "
+                             "must have the same seeds and settings")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.steps, args.half_bridges, args.fm_multiple = args.seeds[:2], 30, 2, 2
@@ -288,9 +341,14 @@ def main() -> None:
     results: dict = {"seeds": args.seeds, "steps": args.steps, "half_bridges": args.half_bridges,
                      "cache": 256 if args.quick else 4096,
                      "quick": args.quick, "arms": {}, "fm": {}}
+    out = Path(args.out)
+    arms = list(ARMS) if args.arms is None else args.arms
+    if args.arms is not None:
+        results = earlier_arms(out / "bridge.json", results, arms)
+    need_fm = any(a.startswith("FM-") for a in arms)
     for seed in args.seeds:
         fm_dirs = {}
-        for param in ("terminal", "flow"):
+        for param in ("terminal", "flow") if need_fm else ():
             name = f"FM-{param}-seed{seed}"
             quick_extras = common[2:]
             history = run(root, name, [*FLOW, f"parameterisation={param}", "half_bridges=1", f"train.seed={seed}",
@@ -301,8 +359,9 @@ def main() -> None:
             for key in ("data_w2", "transport_cost"):
                 results["fm"].setdefault(arm, {}).setdefault(key, []).append(history[-1][key])
             results["fm"][arm].setdefault("coupling_gap", []).append(latest_gap(root / name, history))
-        for arm, overrides in ARMS.items():
-            filled = [o.format(fm_terminal=fm_dirs["terminal"], fm_flow=fm_dirs["flow"]) for o in overrides]
+        for arm in arms:
+            overrides = ARMS[arm]
+            filled = [o.format(fm_terminal=fm_dirs.get("terminal"), fm_flow=fm_dirs.get("flow")) for o in overrides]
             t0 = time.time()
             results["arms"].setdefault(arm, {})[seed] = run(root, f"{arm}-seed{seed}",
                                                             [*filled, *common, f"train.seed={seed}"], args.threads)
@@ -313,12 +372,14 @@ def main() -> None:
     results["analysis"] = analyse(results, args.seeds)
     results["machine"] = machine_line()
     results["minutes"] = (time.time() - started) / 60
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from data_tools.files import atomic_write_json
 
     atomic_write_json(out / "bridge.json", results)
-    walks_figure(root, args.seeds[0], out / "bridge_walks.png")
+    if all((root / f"{a}-seed{args.seeds[0]}" / "ipf.json").exists() for a in WALK_ARMS):
+        walks_figure(root, args.seeds[0], out / "bridge_walks.png")
+    else:  # a partial rerun (--arms) without the other runs' folders: keep the figure drawn before
+        print(f"kept {out / 'bridge_walks.png'}: not every arm of the figure has a run in {root}")
     write_report(results, out / "bridge.md")
     print(f"wrote {out / 'bridge.md'} in {results['minutes']:.1f} min")
 

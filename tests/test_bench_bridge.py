@@ -30,14 +30,31 @@ def test_quick_run_writes_the_report(tmp_path):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads((tmp_path / "out" / "bridge.json").read_text())
-    assert results["quick"] and set(results["arms"]) == {"DSB", "SDSB", "TR-SDSB", "FR-SDSB", "FR-SDSB-simulated",
-                                                         "FM-TR-SDSB", "FM-FR-SDSB"}
+    assert results["quick"] and set(results["arms"]) == {"DSB", "SDSB", "DSB-N32", "SDSB-N32", "TR-SDSB", "FR-SDSB",
+                                                         "FR-SDSB-simulated", "FM-TR-SDSB", "FM-FR-SDSB"}
+    small = json.loads((tmp_path / "runs" / "SDSB-N32-seed0" / "ipf.json").read_text())["config"]
+    assert small["steps"] == 32 and small["target"] == "simplified"
+    assert results["analysis"]["sdsb_vs_dsb_n32"][0]["half_bridge"] == 0
     assert set(results["analysis"]["tr_fr_faster_than_dsb"]) == {"TR-SDSB", "FR-SDSB"}
     fm = results["arms"]["FM-TR-SDSB"]["0"]
     assert fm[0]["half_bridge"] == 0 and "from" in fm[0]  # started from the flow-matching model
     assert results["floors"]["checkerboard_vs_itself_w2"] < results["floors"]["gaussian_vs_checkerboard_w2"]
     report = (tmp_path / "out" / "bridge.md").read_text()
     assert "QUICK RUN" in report and "SDSB against DSB" in report and "coupled cache (ablation)" in report
+    assert "N = 32, γ 0.025 -> 0.2" in report
+    # rerun two arms only: the others come from the report's json, and the figure is kept when runs are missing
+    before = {arm: results["arms"][arm] for arm in ("FR-SDSB", "FM-FR-SDSB")}
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_bridge.py"), "--quick", "--seeds", "0", "--runs",
+                           str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--arms", "DSB-N32", "SDSB-N32"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    again = json.loads((tmp_path / "out" / "bridge.json").read_text())
+    assert set(again["arms"]) == set(results["arms"]) and {a: again["arms"][a] for a in before} == before
+    assert again["fm"] == results["fm"] and len(again["final_gap"]["SDSB-N32"]) == 1
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_bridge.py"), "--quick", "--seeds", "1", "--runs",
+                           str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--arms", "DSB"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0 and "seeds" in proc.stderr  # another seed list: refused, nothing mixed
     assert len(results["final_gap"]["FR-SDSB"]) == 1 and "coupling gap:" in report
     assert (tmp_path / "out" / "bridge_walks.png").stat().st_size > 0
 
@@ -68,6 +85,20 @@ def _history(w2: list[float], cost: list[float], handed_over: bool = False) -> l
                "data_swd": w / 2, "transport_cost": c, "prior_w2": 0.3}
         rows.append({**row, "from": "fm"} if handed_over and n == 0 else row)
     return rows
+
+
+def test_sdsb_against_dsb_pairs_the_seeds():
+    bench = load_benchmark("bench_bridge")
+    flat = [10.0] * 2
+    # SDSB worse by 0.10-0.12 on every seed: a paired difference that Welch, with this spread, does not see
+    arms = {"DSB": {s: _history([w, w], flat) for s, w in enumerate([0.6, 0.9, 1.2])},
+            "SDSB": {s: _history([w, w], flat) for s, w in enumerate([0.7, 1.02, 1.31])}}
+    (row,) = bench.sdsb_against_dsb(arms, "DSB", "SDSB")
+    assert row["half_bridge"] == 0 and row["sdsb_worse"]
+    assert row["paired"]["p"] < 0.05 < row["welch"]["p"]
+    arms["SDSB"] = {s: _history([w, w], flat) for s, w in enumerate([0.5, 0.8, 1.1])}  # better on every seed
+    (row,) = bench.sdsb_against_dsb(arms, "DSB", "SDSB")
+    assert not row["sdsb_worse"] and row["paired"]["mean_diff"] == pytest.approx(-0.1)
 
 
 def test_analysis_verdicts_count_only_levels_that_last():
