@@ -49,10 +49,27 @@ W2_TOLERANCE = 0.05  # "an equal distance": a mean W2 at most 5% above the flow-
 
 def run(root: Path, name: str, overrides: list[str], threads: int) -> list[dict]:
     out = root / name
+    if (out / "ipf.json").exists():
+        _check_recipe(out, overrides)
     if not (out / "ipf.json").exists() or not _complete(out, overrides):
         run_hdvila(["bridge", "train", "--config", "bridge/toy", f"output_dir={out}", *overrides], root / f"{name}.log",
                    threads)
     return json.loads((out / "ipf.json").read_text())["history"]
+
+
+def _check_recipe(out: Path, overrides: list[str]) -> None:
+    """A finished run is reused only if this invocation would train the same recipe (an older run folder, e.g.
+    one made before the toy config's learning-rate schedule changed, must not be mixed in)."""
+    import hdvila  # noqa: F401  (registers the config folder)
+    from bridge.ipf import BridgeConfig, recipe_facts
+    from data_tools.config import from_dict, load_config
+
+    saved = recipe_facts(from_dict(BridgeConfig, json.loads((out / "ipf.json").read_text())["config"]))
+    wanted = recipe_facts(load_config(BridgeConfig, "bridge/toy", [f"output_dir={out}", *overrides]))
+    differ = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+    if differ:
+        raise SystemExit(f"{out} was trained with another recipe (" + ", ".join(
+            f"{k}: {got!r}, now {want!r}" for k, (got, want) in differ.items()) + "); pass another --runs folder")
 
 
 def _complete(out: Path, overrides: list[str]) -> bool:

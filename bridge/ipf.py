@@ -215,7 +215,7 @@ def recipe_facts(cfg: BridgeConfig) -> dict[str, Any]:
     """What a finished half-bridge must share with the run that reuses it (kept in the network's meta)."""
     return {"parameterisation": cfg.parameterisation, "target": cfg.target, "steps": cfg.steps,
             "gamma": [float(g) for g in cfg.gamma], "reference": cfg.reference, "cache": cfg.cache_kind,
-            "max_steps": cfg.train.max_steps}
+            "max_steps": cfg.train.max_steps, "lr": float(cfg.optim.lr), "schedule": cfg.optim.schedule}
 
 
 def _check_reuse(cfg: BridgeConfig, folder: Path) -> None:

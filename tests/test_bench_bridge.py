@@ -87,6 +87,23 @@ def _history(w2: list[float], cost: list[float], handed_over: bool = False) -> l
     return rows
 
 
+def test_a_finished_run_of_another_recipe_is_refused(tmp_path):
+    import hdvila  # noqa: F401
+    from bridge.ipf import BridgeConfig
+    from data_tools.config import load_config, to_dict
+
+    bench = load_benchmark("bench_bridge")
+    run = tmp_path / "DSB-seed0"
+    run.mkdir()
+    cfg = load_config(BridgeConfig, "bridge/toy", [f"output_dir={run}", "target=dsb", "optim.schedule=constant"])
+    (run / "ipf.json").write_text(json.dumps({"config": to_dict(cfg), "history": []}))
+    with pytest.raises(SystemExit, match="schedule: 'constant', now 'cosine'"):
+        bench._check_recipe(run, ["target=dsb"])
+    bench._check_recipe(run, ["target=dsb", "optim.schedule=constant"])  # the same recipe: reused
+    with pytest.raises(SystemExit, match="target: 'dsb', now 'simplified'"):
+        bench._check_recipe(run, ["target=simplified", "optim.schedule=constant"])
+
+
 def test_sdsb_against_dsb_pairs_the_seeds():
     bench = load_benchmark("bench_bridge")
     flat = [10.0] * 2

@@ -217,6 +217,11 @@ def test_tiny_ipf_lowers_the_distance_and_hands_over_from_flow_matching(tmp_path
         run_ipf(stale, progress=False)
     assert coupled_at == [handed.cache_trajectories]
     assert "cache: simulated" not in (tmp_path / "bridge" / "config.yaml").read_text()  # the folder is untouched
+    stale = _cfg(tmp_path / "bridge", reference="flow", parameterisation="terminal", gamma=[1e-3, 1e-2],
+                 half_bridges=2, init_backward=str(tmp_path / "fm" / "ipf00-backward" / "net"),
+                 optim={"schedule": "cosine"})
+    with pytest.raises(ValueError, match="schedule: 'constant', this run: 'cosine'"):
+        run_ipf(stale, progress=False)
 
 
 def test_sample_cli_writes_a_figure_and_the_states(tmp_path):
