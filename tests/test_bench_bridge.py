@@ -30,18 +30,22 @@ def test_quick_run_writes_the_report(tmp_path):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads((tmp_path / "out" / "bridge.json").read_text())
-    assert results["quick"] and set(results["arms"]) == {"DSB", "SDSB", "DSB-N32", "SDSB-N32", "TR-SDSB", "FR-SDSB",
-                                                         "FR-SDSB-simulated", "FM-TR-SDSB", "FM-FR-SDSB"}
+    assert results["quick"] and set(results["arms"]) == {
+        "DSB", "SDSB", "DSB-N32", "SDSB-N32", "DSB-2x", "SDSB-2x", "DSB-N32-2x", "SDSB-N32-2x", "TR-SDSB", "FR-SDSB",
+        "FR-SDSB-simulated", "FM-TR-SDSB", "FM-FR-SDSB"}
     small = json.loads((tmp_path / "runs" / "SDSB-N32-seed0" / "ipf.json").read_text())["config"]
     assert small["steps"] == 32 and small["target"] == "simplified"
-    assert results["analysis"]["sdsb_vs_dsb_n32"][0]["half_bridge"] == 0
+    longer = json.loads((tmp_path / "runs" / "SDSB-2x-seed0" / "ipf.json").read_text())["config"]
+    assert longer["train"]["max_steps"] == 2 * results["steps"] and longer["steps"] == 16  # the arm's budget wins
+    variants = results["analysis"]["sdsb_vs_dsb_variants"]
+    assert set(variants) == {"-N32", "-2x", "-N32-2x"} and variants["-N32"]["rows"][0]["half_bridge"] == 0
     assert set(results["analysis"]["tr_fr_faster_than_dsb"]) == {"TR-SDSB", "FR-SDSB"}
     fm = results["arms"]["FM-TR-SDSB"]["0"]
     assert fm[0]["half_bridge"] == 0 and "from" in fm[0]  # started from the flow-matching model
     assert results["floors"]["checkerboard_vs_itself_w2"] < results["floors"]["gaussian_vs_checkerboard_w2"]
     report = (tmp_path / "out" / "bridge.md").read_text()
     assert "QUICK RUN" in report and "SDSB against DSB" in report and "coupled cache (ablation)" in report
-    assert "N = 32, γ 0.025 -> 0.2" in report and results["schedule"] == "cosine" and "learning rate cosine" in report
+    assert "N = 32, γ 0.025 -> 0.2" in report and "30 x 2 AdamW steps" in report and results["schedule"] == "cosine" and "learning rate cosine" in report
     # rerun two arms only: the others come from the report's json, and the figure is kept when runs are missing
     before = {arm: results["arms"][arm] for arm in ("FR-SDSB", "FM-FR-SDSB")}
     proc = subprocess.run([sys.executable, str(BENCH / "bench_bridge.py"), "--quick", "--seeds", "0", "--runs",
