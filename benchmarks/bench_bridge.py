@@ -234,8 +234,9 @@ def write_report(results: dict, path: Path) -> None:
              f"Seeds {results['seeds']}; mean ± sample sd; Welch t-tests.",
              "- W2: exact 2-Wasserstein distance on 1,024 points per side (POT); SWD: sliced W2.", "",
              "Reference levels: two independent checkerboard samples are "
-             f"W2 {f['checkerboard_vs_itself_w2']:.3f} (SWD {f['checkerboard_vs_itself_swd']:.3f}) apart, the floor "
-             "of this measurement; the Gaussian itself (a bridge that moves nothing) is "
+             f"W2 {f['checkerboard_vs_itself_w2']:.3f} (SWD {f['checkerboard_vs_itself_swd']:.3f}) apart, what a "
+             "perfect sampler scores on average (not a lower bound: a set more even than a random sample can score "
+             "lower); the Gaussian itself (a bridge that moves nothing) is "
              f"W2 {f['gaussian_vs_checkerboard_w2']:.3f} (SWD {f['gaussian_vs_checkerboard_swd']:.3f}).", "",
              "## Final values", "",
              "The coupling gap is the transport cost minus the exact W2² between the walk's own two ends: how far "
