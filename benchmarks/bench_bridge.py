@@ -12,7 +12,7 @@ learning rate within each), on N = 16 steps (the -N32 arms: 32).
 The OU reference (DSB, SDSB) needs large steps to reach the Gaussian (γ 0.05 -> 0.4, Σγ ≈ 3.6); the flow
 reference (TR, FR) only adds small noise to the straight line between independent pairs (γ 0.001 -> 0.01).
 DSB-N32 and SDSB-N32 take the same Σγ in 32 steps of half the size, where the two targets should agree;
-DSB-2x and SDSB-2x train twice as long per half-bridge, where the noisier simplified target should catch up;
+DSB-2x and SDSB-2x train twice as long per half-bridge (does the noisier simplified target catch up?);
 the -N32-2x arms do both. The
 flow-matching model is half-bridge 0 of the flow reference trained for `--fm-multiple` times the steps; the
 FM-initialised arms load it and run IPF from half-bridge 1. Finished runs are reused.
@@ -55,7 +55,7 @@ ARMS = {
 }
 
 
-# settings where SDSB meets DSB again, by arm-name suffix: the report's title for each
+# the other settings of the SDSB-vs-DSB comparison, by arm-name suffix: the report's title for each
 VARIANTS = {"-N32": "N = 32, γ 0.025 -> 0.2 (DSB-N32, SDSB-N32: the same Σγ in smaller steps)",
             "-2x": "N = 16, twice the steps per half-bridge (DSB-2x, SDSB-2x: {steps} x 2 AdamW steps)",
             "-N32-2x": "N = 32, γ 0.025 -> 0.2, twice the steps per half-bridge (DSB-N32-2x, SDSB-N32-2x)"}
