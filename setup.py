@@ -24,7 +24,7 @@ setup(
     # namespace packages too, so data folders without __init__.py (assets/corpus, configs/pretrain, ...) are
     # packages of their own and their files install as package data
     packages=find_namespace_packages(include=["data_tools*", "hdvila*", "diffusion*", "animation*", "instruct*",
-                                              "spo*", "bridge*", "heads*"],
+                                              "spo*", "bridge*", "heads*", "cca*"],
                                      exclude=["*.__pycache__"]),
     package_data={
         "data_tools": ["assets/**/*", "training/deepspeed/*.json"],

@@ -377,13 +377,13 @@ def test_floor_imports_no_higher_package():
     loaded = _modules_loaded_by(code)
     assert "data_tools.training.small_fit" in loaded and "data_tools.decoders.pyav_backend" in loaded
     assert [m for m in loaded if m.split(".")[0] in ("hdvila", "diffusion", "animation", "instruct", "spo",
-                                                             "bridge")] == []
+                                                             "bridge", "cca")] == []
 
 
 def test_model_packages_import_no_cli_and_inference_no_training_module():
     loaded = _modules_loaded_by("import diffusion.pipeline, animation, hdvila.models, hdvila.recipes.pretrain, "
                                 "hdvila.recipes.retrieval, hdvila.encoder, spo.train, spo.stable_diffusion, "
-                                "bridge.ipf, bridge.pipeline")
+                                "bridge.ipf, bridge.pipeline, cca.loop, cca.evaluate")
     assert [m for m in loaded if m.startswith("hdvila.cli")] == []
     # the diffusion core is below the packages built on it
     core = _modules_loaded_by("import diffusion.train, diffusion.pipeline")

@@ -38,6 +38,9 @@ Subcommands import their packages lazily so `hdvila --help` stays fast. Configs 
     hdvila heads manipulate --model RUN/manipulator --image FACE.png --text "she smiles" --out OUT.png
     hdvila heads train-superres --config heads/<name> [use_text=false ...]
     hdvila heads superres --model RUN/superres --image LR.png --text "a person ..." --scale 4 --out OUT.png
+    hdvila agents edit --image IN.png --text "..." --instruct-model RUN/model [--llm scripted|openai:MODEL|local:PATH]
+        [--agents 2 --rounds 3] --out DIR
+    hdvila agents eval --instruct-model RUN/model --out DIR [--tasks 40 --split val|test --arms ...] [--llm ...]
     hdvila demo [--out DIR] [--pretrain-steps N]
 """
 from __future__ import annotations
@@ -91,8 +94,8 @@ def print_summary(summary: dict | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hdvila.cli import (animate, bridge, data, demo, diffusion, heads, instruct, pretrain, pretrained, retrieval,
-                            serve, spo)
+    from hdvila.cli import (agents, animate, bridge, data, demo, diffusion, heads, instruct, pretrain, pretrained,
+                            retrieval, serve, spo)
 
     parser = argparse.ArgumentParser(prog="hdvila", description="HD-VILA video-language platform")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
@@ -100,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     # the `deepspeed` launcher passes --local_rank; LOCAL_RANK in the environment says the same
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (data, pretrain, pretrained, retrieval, serve, diffusion, instruct, spo, bridge, animate, heads, demo):
+    for group in (data, pretrain, pretrained, retrieval, serve, diffusion, instruct, spo, bridge, animate, heads, agents,
+                  demo):
         group.add_parser(sub)
     return parser
 
