@@ -229,33 +229,40 @@ def _openai(model: str, **options: Any) -> OpenAIChat:
 
 class LocalChat:
     """A model run on this machine's CPU: a transformers causal-LM folder with a chat template
-    (AutoModelForCausalLM), or a .gguf file through llama-cpp-python when that package is installed. Seeded
+    (AutoModelForCausalLM), or a .gguf file (llama-cpp-python when installed, else transformers' GGUF reader, which
+    needs gguf and accelerate), or a packaged model: local:packaged:smollm2-135m-instruct. Seeded
     greedy decoding, so a seed and messages give one reply."""
 
     def __init__(self, path: str, max_new_tokens: int = 512, threads: int | None = None):
-        self.path = Path(path)
+        from data_tools.packaged import resolve_model_folder
+
+        try:
+            self.path = resolve_model_folder(path)  # also packaged:smollm2-135m-instruct
+        except (ImportError, FileNotFoundError, KeyError, ValueError) as exc:
+            raise LLMError(str(exc)) from None
         if not self.path.exists():
             raise LLMError(f"local model {self.path} does not exist")
         self.name = f"local:{self.path.name}"
         self.max_new_tokens = int(max_new_tokens)
+        self._llama = self._model = None
         if self.path.suffix == ".gguf":
             try:
                 from llama_cpp import Llama
-            except ImportError:
-                raise LLMError("a .gguf model needs llama-cpp-python (pip install llama-cpp-python)") from None
-            self._llama = Llama(model_path=str(self.path), n_ctx=4096, n_threads=threads, verbose=False)
-            self._model = None
-        else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            except ImportError:  # transformers reads GGUF too (dequantised to fp32; needs gguf and accelerate)
+                Llama = None
+            if Llama is not None:
+                self._llama = Llama(model_path=str(self.path), n_ctx=4096, n_threads=threads, verbose=False)
+                return
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-                self._model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True).eval()
-            except (OSError, ValueError) as exc:
-                raise LLMError(f"{self.path}: not a transformers causal-LM folder ({exc})") from None
-            if not getattr(self._tokenizer, "chat_template", None):
-                raise LLMError(f"{self.path}: the tokenizer has no chat template; use an instruct model")
-            self._llama = None
+        folder, extra = (self.path.parent, {"gguf_file": self.path.name}) if self.path.suffix == ".gguf" else (self.path, {})
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
+            self._model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **extra).eval()
+        except (OSError, ValueError, ImportError) as exc:
+            raise LLMError(f"{self.path}: cannot load it as a causal language model ({exc})") from None
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise LLMError(f"{self.path}: the tokenizer has no chat template; use an instruct model")
 
     def complete(self, messages: Sequence[Message], *, seed: int = 0, max_tokens: int = 1024) -> str:
         msgs = check_messages(messages)

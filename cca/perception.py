@@ -133,6 +133,53 @@ def object_changes(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
             "appeared": [a[k] for k in a if k not in b], "disappeared": [b[k] for k in b if k not in a], "kept": kept}
 
 
+def object_mask(image: np.ndarray, colour: str, shape: str) -> np.ndarray | None:
+    """bool [H, W]: the largest part of `colour` read as `shape` (else the largest part of that colour), or None."""
+    from scipy.ndimage import label
+
+    if colour not in COLOURS or shape not in SHAPES:
+        raise ValueError(f"unknown colour or shape {colour!r}, {shape!r}; known: {list(COLOURS)}, {list(SHAPES)}")
+    parts, n = label(colour_labels(image) == list(COLOURS).index(colour), structure=np.ones((3, 3), int))
+    if n == 0:
+        return None
+    masks = sorted((parts == j for j in range(1, n + 1)), key=lambda m: -int(m.sum()))
+    return next((m for m in masks if classify_shape(m)[0] == shape), masks[0])
+
+
+def region_change(before: np.ndarray, after: np.ndarray, colour: str, shape: str, grow: float = 1.0) -> dict[str, Any]:
+    """What an edit of one object did, in and around it: the object's part in `before`, widened by 2 px (and by
+    (grow - 1) radii for an enlargement), splits the image. Outside it: the mean absolute change (levels) and
+    the share of pixels changed by more than 24 levels; inside: how far the part's mean colour in `after` is
+    from the mean colour of a ring just around it (small when the place now looks like its surroundings); and
+    the share of a band 0.4 radii wide around the part whose colour moved towards the object's (an
+    enlargement fills it)."""
+    from scipy.ndimage import binary_dilation
+
+    before, after = check_image(before, "before"), check_image(after, "after")
+    if before.shape != after.shape:
+        return {"error": f"the images differ in size: {before.shape[:2]} and {after.shape[:2]}"}
+    part = object_mask(before, colour, shape)
+    if part is None:
+        return {"error": f"no {colour} object in the first image"}
+    radius = float(np.sqrt(part.sum() / np.pi))
+    widen = 2 + int(np.ceil(max(0.0, grow - 1.0) * radius))
+    region = binary_dilation(part, np.ones((3, 3), bool), iterations=widen)
+    ring = binary_dilation(part, np.ones((3, 3), bool), iterations=3) & ~binary_dilation(part, np.ones((3, 3), bool))
+    a, b = after.astype(np.float32), before.astype(np.float32)
+    diff = np.abs(a - b)
+    outside = ~region
+    inside_mean, ring_mean = a[part].mean(0), a[ring].mean(0) if ring.any() else a[~part].mean(0)
+    # the band a 1.4x enlargement would cover: how much of it moved towards the object's colour
+    band = binary_dilation(part, np.ones((3, 3), bool), iterations=max(1, int(round(0.4 * radius)))) & ~part
+    own = b[part].mean(0)
+    towards = (np.sqrt(((a[band] - own) ** 2).sum(-1)) < np.sqrt(((a[band] - b[band]) ** 2).sum(-1)))
+    return {"object_area": int(part.sum()), "outside_mean_change": round(float(diff[outside].mean()), 2),
+            "band_towards_object": round(float(towards.mean()) if towards.size else 0.0, 3),
+            "outside_changed_share": round(float((diff.max(-1) > 24)[outside].mean()), 4),
+            "inside_vs_surround": round(float(np.abs(inside_mean - ring_mean).mean()), 1),
+            "inside_mean_rgb": [round(float(v)) for v in inside_mean]}
+
+
 def sharpness(image: np.ndarray) -> float:
     """Mean absolute 4-neighbour Laplacian of the grey image (levels): falls when an image is blurred."""
     g = check_image(image).astype(np.float32).mean(-1)
@@ -166,4 +213,4 @@ def compare_images(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
 
 
 __all__ = ["TRANSFORMS", "classify_shape", "colour_labels", "compare_images", "find_objects", "object_changes",
-           "saturation", "sharpness"]
+           "object_mask", "region_change", "saturation", "sharpness"]

