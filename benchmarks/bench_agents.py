@@ -57,6 +57,7 @@ def run_one(out: Path, model: str, seed: int, args, llm: str = "scripted", tasks
         cmd = ["agents", "eval", "--instruct-model", model, "--out", str(folder), "--tasks", str(tasks or args.tasks),
                "--split", args.split, "--seed", str(seed), "--text-scale", str(args.text_scale),
                "--image-scale", str(args.image_scale), "--steps", str(args.steps), "--llm", llm,
+               "--max-new-tokens", "256",
                "--arms", *(arms or ARMS)]
         run_hdvila(cmd, folder.with_suffix(".log"), threads=1)
     return folder
@@ -219,7 +220,7 @@ def main() -> None:
     ap.add_argument("--text-scale", type=float, default=3.0)
     ap.add_argument("--image-scale", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--local-tasks", type=int, default=6, help="tasks for the local language model (0: none)")
+    ap.add_argument("--local-tasks", type=int, default=3, help="tasks for the local language model (0: none)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "cca" / "bench")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "results")

@@ -17,7 +17,6 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import pydantic

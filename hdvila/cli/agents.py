@@ -13,6 +13,8 @@ def _llm_options(args: argparse.Namespace) -> dict:
         if args.base_url:
             opts["base_url"] = args.base_url
         return opts
+    if args.llm.startswith("local:"):
+        return {"max_new_tokens": args.max_new_tokens}
     return {}
 
 
@@ -68,6 +70,7 @@ def _llm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="openai: the environment variable that holds the key ('' for none); the key is never logged")
     p.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="local: the longest reply")
     p.add_argument("--instruct-model", default=None, help="an exported InstructDiffusion folder: the editing tool")
     p.add_argument("--steps", type=int, default=25, help="sampler steps of the editing model")
     p.add_argument("--seed", type=int, default=0)
