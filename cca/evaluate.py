@@ -22,6 +22,7 @@ A result succeeds when every step is right and nothing else changed:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -201,7 +202,6 @@ def run_arm(arm: str, task: AgentTask, pipeline: Any, model_dir: Any, out_dir: A
     the check's fields, "edit_calls", "llm_calls", "rounds", "seconds"}. An agents arm runs in the folder
     out_dir, and a folder that already holds a result.json is read, not rerun."""
     import dataclasses
-    import json
     import time
     from pathlib import Path
 
@@ -262,8 +262,6 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def _run_stats(folder: Any) -> dict[str, Any]:
     """From an agents run's folder: whether its own checks passed its final pick, and how many of the language
     model's replies were rejected by their schemas."""
-    import json
-
     best = json.loads((folder / "result.json").read_text()).get("best") or {}
     replies = rejected = 0
     for line in (folder / "log.jsonl").read_text().splitlines():
@@ -294,10 +292,18 @@ def run_benchmark(model_dir: Any, n_tasks: int, out_dir: Any, *, split: str = "v
     unknown = [a for a in arms if a not in known]
     if unknown:
         raise ValueError(f"unknown arms {unknown}; known: {list(known)}")
+    out = Path(out_dir)
+    settings = {"model": str(model_dir), "split": split, "seed": seed, "llm": llm_spec, "edit_steps": edit_steps,
+                "text_scale": text_scale, "image_scale": image_scale}
+    # finished runs in out_dir are reused, so they must have been made with these settings
+    recorded = out / "settings.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != settings:
+        raise ValueError(f"{out} holds runs made with other settings ({recorded}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(recorded, settings)
     pipeline = InstructPipeline.from_pretrained(model_dir)
     data_cfg, _ = eval_settings(pipeline)
     tasks = make_tasks(data_cfg, n_tasks, split=split, seed=seed)
-    out = Path(out_dir)
     llm_name = llm_spec.replace(":", "-").replace("/", "_")[-60:]
     rows = []
     with tqdm(total=len(arms) * len(tasks), desc="agents eval", disable=not progress) as bar:
@@ -311,9 +317,7 @@ def run_benchmark(model_dir: Any, n_tasks: int, out_dir: Any, *, split: str = "v
                 rows.append({**row, "instruction": task.instruction, "steps": task.order,
                              "edit_kind": task.edit.meta["kind"]})
                 bar.update()
-    results = {"settings": {"model": str(model_dir), "split": split, "seed": seed, "tasks": n_tasks, "arms": arms,
-                            "llm": llm_spec, "edit_steps": edit_steps, "text_scale": text_scale,
-                            "image_scale": image_scale},
+    results = {"settings": {**settings, "tasks": n_tasks, "arms": arms},
                "summary": summarise(rows), "rows": rows}
     atomic_write_json(out / "results.json", results)
     return results

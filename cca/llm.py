@@ -78,6 +78,8 @@ def extract_json(text: str) -> Any:
             return json.loads(candidate)
         except json.JSONDecodeError:
             continue
+        except RecursionError:  # '[' nested thousands deep: an answer no schema takes
+            raise ValueError("the reply nests too deeply to be a reply") from None
     raise ValueError("no JSON object in the reply")
 
 
@@ -198,7 +200,7 @@ class OpenAIChat:
                 except httpx.TimeoutException:
                     last = f"timed out after {self.timeout_s:g} s"
                     continue
-                except httpx.TransportError as exc:
+                except httpx.RequestError as exc:  # transport failures, and a body that will not decode
                     last = self._redact(f"connection failed ({type(exc).__name__})", key)
                     continue
                 if response.status_code == 429 or response.status_code >= 500:
@@ -218,7 +220,7 @@ class OpenAIChat:
                            f"{self._redact(response.text[:200], key)!r}") from None
         if not isinstance(content, str):
             raise LLMError(f"{self.name}: the reply's content is {type(content).__name__}, not text")
-        return content
+        return self._redact(content, key)  # a server that echoes the key must not get it into the run log
 
 
 @LLM_BACKENDS.register("openai")
@@ -265,7 +267,12 @@ class LocalChat:
 
     def complete(self, messages: Sequence[Message], *, seed: int = 0, max_tokens: int = 1024) -> str:
         msgs = check_messages(messages)
-        limit = min(max_tokens, self.max_new_tokens)
+        try:
+            return self._generate(msgs, seed, min(max_tokens, self.max_new_tokens))
+        except (RuntimeError, ValueError, IndexError) as exc:  # e.g. a prompt longer than the model's context
+            raise LLMError(f"{self.name}: generation failed ({type(exc).__name__}: {exc})") from None
+
+    def _generate(self, msgs: list[Message], seed: int, limit: int) -> str:
         if self._llama is not None:
             out = self._llama.create_chat_completion(messages=msgs, seed=int(seed), temperature=0.0, max_tokens=limit)
             return str(out["choices"][0]["message"]["content"])

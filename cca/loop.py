@@ -25,13 +25,14 @@ import numpy as np
 from data_tools.files import atomic_write_json
 from data_tools.logs import get_logger
 
-from .llm import ChatModel, ReplyError, ask
+from .llm import ChatModel, LLMError, ReplyError, ask
 from .schemas import Answers, Checks, Feedback, Plan, Reflection, Subtask, ToolCall, Verdict
 from .tools import TOOLS, RunFolder, ToolContext, ToolError, run_tool
 
 log = get_logger(__name__)
 
 INPUT = "input.png"
+SHEET_TILE = 128  # px per tile of the contact sheet (32 px scenes are shown 4x)
 
 SYSTEM = {
     "planner": "You are the planner of an image-editing agent. Split the user's instruction into subtasks that one "
@@ -84,7 +85,7 @@ class RunLog:
 
     def __init__(self, path: Path):
         self.path = path
-        self._fh = open(path, "a", encoding="utf-8")
+        self._fh = open(path, "w", encoding="utf-8")  # one run per folder
 
     def event(self, kind: str, **data: Any) -> None:
         self._fh.write(json.dumps({"event": kind, **data}, default=str) + "\n")
@@ -128,6 +129,9 @@ class CCARun:
         except ReplyError as exc:
             self.log.event("no_valid_reply", role=role, agent=agent, round=round_, error=str(exc))
             return None
+        except LLMError as exc:  # the model could not answer (a server down through its retries, a long prompt)
+            self.log.event("llm_error", role=role, agent=agent, round=round_, error=str(exc))
+            return None
 
     # --------------------------------------------------------------------------------------------- roles
 
@@ -137,11 +141,13 @@ class CCARun:
                                            "input_objects": seen.get("objects")}, agent.index, 0)
         return plan.subtasks if plan else []
 
-    def _valid_call(self, call: ToolCall) -> None:
-        if call.tool not in TOOLS or TOOLS.get(call.tool).kind != "edit":
-            raise ValueError(f"{call.tool!r} is not an editing tool; choose one of "
-                             f"{[t['name'] for t in self.edit_tools]}")
+    def _valid_call(self, call: ToolCall, current: str) -> None:
+        names = [t["name"] for t in self.edit_tools]
+        if call.tool not in names:
+            raise ValueError(f"{call.tool!r} is not an editing tool of this run; choose one of {names}")
         TOOLS.get(call.tool).validate(call.arguments)  # ToolError is a ValueError: the reason goes back
+        if call.arguments.get("image") != current:  # the chain of subtasks is the loop's, not the model's
+            raise ValueError(f"the image argument must be {current!r}, the result of the previous subtask")
 
     def execute(self, agent: AgentState, round_: int, previous: dict[str, dict[str, Any]]) -> None:
         """Run the agent's plan from the input image; one image per subtask."""
@@ -149,7 +155,8 @@ class CCARun:
         for k, sub in enumerate(agent.plan):
             payload = {"subtask": sub.text, "advice": sub.advice, "image": current, "agent": agent.index,
                        "round": round_, "tools": self.edit_tools, "previous_call": previous.get(sub.text)}
-            call = self._ask("executor", ToolCall, payload, agent.index, round_, validate=self._valid_call)
+            call = self._ask("executor", ToolCall, payload, agent.index, round_,
+                             validate=lambda c, current=current: self._valid_call(c, current))
             record: dict[str, Any] = {"subtask": k, "text": sub.text, "input": current, "output": current,
                                       "tool": call.tool if call else None, "arguments": call.arguments if call else None,
                                       "error": None if call else "no valid tool call"}
@@ -176,6 +183,9 @@ class CCARun:
             ran_ids = {c["subtask"] for c in ran}
 
             def valid_checks(checks: Checks) -> None:
+                unchecked = ran_ids - {ch.subtask for ch in checks.checks}
+                if unchecked:
+                    raise ValueError(f"write at least one check for every subtask; none for {sorted(unchecked)}")
                 for ch in checks.checks:
                     if ch.subtask not in ran_ids:
                         raise ValueError(f"check {ch.question!r} names subtask {ch.subtask}, not one of {sorted(ran_ids)}")
@@ -210,10 +220,12 @@ class CCARun:
                                                                        for c in ran], "answers": answered},
                                  agent.index, round_)
         per_subtask = {c["subtask"]: {"ok": False, "feedback": "not checked"} for c in agent.calls}
+        said_no = {a["subtask"] for a in answered if a["answer"] != "yes"}
         if feedback:
             for f in feedback.subtasks:
                 if f.subtask in per_subtask and f.subtask not in failed:
-                    per_subtask[f.subtask] = {"ok": f.ok, "feedback": f.feedback}
+                    # a summary cannot pass a subtask whose own checks said no
+                    per_subtask[f.subtask] = {"ok": f.ok and f.subtask not in said_no, "feedback": f.feedback}
         for k, msg in failed.items():
             per_subtask[k] = {"ok": False, "feedback": msg}
         result = {"subtasks": per_subtask, "answers": answered, "summary": feedback.summary if feedback else "",
@@ -300,14 +312,16 @@ class CCARun:
 
         if not rows:
             return
-        images = [self.run.read_image(p) for row in rows for p in row]
-        if len({im.shape for im in images}) != 1:  # a resize or crop: show each at the input's size
-            from PIL import Image
+        from PIL import Image
 
-            h, w = images[0].shape[:2]
-            images = [np.asarray(Image.fromarray(im).resize((w, h))) for im in images]
+        images = [self.run.read_image(p) for row in rows for p in row]
+        h, w = images[0].shape[:2]
+        shrink = min(1.0, SHEET_TILE / max(h, w))  # tiles of at most SHEET_TILE px, whatever the input's size
+        h, w = max(1, round(h * shrink)), max(1, round(w * shrink))
+        images = [im if im.shape[:2] == (h, w) else np.asarray(Image.fromarray(im).resize((w, h))) for im in images]
         grid = from_uint8_images(np.stack(images))
-        save_image_grid(torch.as_tensor(grid), self.run.root / "contact_sheet.png", nrow=len(rows[0]), scale=4)
+        save_image_grid(torch.as_tensor(grid), self.run.root / "contact_sheet.png", nrow=len(rows[0]),
+                        scale=max(1, SHEET_TILE // max(h, w)))
 
 
 def _cover(answers: Answers, n: int) -> None:

@@ -146,13 +146,10 @@ class ScriptedChat:
     # --- generator roles ---------------------------------------------------------------------------------
 
     def _planner(self, p: dict) -> dict:
-        tools = {t["name"] for t in p["tools"]}
+        # every clause stays, even one no listed tool can do: it fails visibly rather than vanish from the plan
         clauses = [c for piece in _SPLIT.split(p["instruction"].strip()) for c in _split_and(piece)
                    if c and c.strip(" .,")]
-        subtasks = []
-        for clause in clauses:
-            if classify_clause(clause)["tool"] in tools:
-                subtasks.append({"text": _sentence(clause)})
+        subtasks = [{"text": _sentence(clause)} for clause in clauses]
         return {"subtasks": subtasks[:8] or [{"text": _sentence(p["instruction"])}]}
 
     def _executor(self, p: dict) -> dict:

