@@ -590,6 +590,14 @@ def test_benchmark_arms_run_on_a_tiny_model_and_the_cli_edits(tmp_path, capsys):
     rows = [run_arm(arm, task, pipe, folder, tmp_path / arm, edit_steps=2) for arm in ("one_shot", "one_agent")]
     assert [r["arm"] for r in rows] == ["one_shot", "one_agent"]
     assert rows[0]["edit_calls"] == 1 and rows[1]["llm_calls"] >= 5 and isinstance(rows[1]["success"], bool)
+    from cca.evaluate import run_benchmark
+
+    bench = run_benchmark(folder, 2, tmp_path / "bench", arms=["one_shot", "oracle_plan"], edit_steps=2,
+                          progress=False)
+    assert bench["summary"]["one_shot"]["n"] == 2 and len(bench["rows"]) == 4
+    assert json.loads((tmp_path / "bench" / "results.json").read_text())["settings"]["seed"] == 0
+    with pytest.raises(ValueError, match="other settings"):
+        run_benchmark(folder, 2, tmp_path / "bench", seed=1, arms=["one_shot"], edit_steps=2, progress=False)
     write_png(task.source, tmp_path / "in.png")
     code = cli_main(["agents", "edit", "--image", str(tmp_path / "in.png"), "--text", task.instruction,
                      "--instruct-model", str(folder), "--steps", "2", "--rounds", "1", "--out", str(tmp_path / "cli")])
