@@ -37,7 +37,7 @@ def installed(tmp_path_factory):
     source = tmp_path_factory.mktemp("source")
     for name in ("setup.py", "requirements.txt", "README.md"):
         shutil.copy2(REPO / name, source / name)
-    for package in ("data_tools", "hdvila", "diffusion", "animation", "instruct", "spo", "bridge"):
+    for package in ("data_tools", "hdvila", "diffusion", "animation", "instruct", "spo", "bridge", "cca"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     site = tmp_path_factory.mktemp("site")
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
@@ -58,11 +58,11 @@ def installed(tmp_path_factory):
 
 def test_the_installed_copy_is_imported_and_ships_its_configs(installed):
     site, work, run = installed
-    printed = run("-c", "import json, data_tools, hdvila, diffusion, animation, instruct, spo, bridge;"
+    printed = run("-c", "import json, data_tools, hdvila, diffusion, animation, instruct, spo, bridge, cca.loop;"
                         "from data_tools.config import resolve_config;"
                         "from data_tools.training.trainer import resolve_deepspeed_config;"
                         "print(json.dumps([m.__file__ for m in (data_tools, hdvila, diffusion, animation, instruct,"
-                        " spo, bridge)] + [str(resolve_config(name)) for name in ('pretrain/small', 'spo/digits',"
+                        " spo, bridge, cca.loop)] + [str(resolve_config(name)) for name in ('pretrain/small', 'spo/digits',"
                         " 'bridge/toy')] + [str(resolve_deepspeed_config('zero1'))]"
                         " + [str(p) for p in __import__('importlib.resources').resources.files('hdvila.serve')"
                         ".joinpath('static').iterdir()]))",
@@ -72,7 +72,7 @@ def test_the_installed_copy_is_imported_and_ships_its_configs(installed):
     for path in paths:
         assert Path(path).resolve().is_relative_to(site.resolve()), path
         assert not Path(path).resolve().is_relative_to(REPO), path
-    assert "pretrain" in run("--help")
+    assert "pretrain" in run("--help") and "--instruct-model" in run("agents", "edit", "--help")
 
 
 def test_a_config_name_that_is_not_shipped_lists_close_names(installed):
