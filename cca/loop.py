@@ -108,8 +108,9 @@ class CCARun:
     def __init__(self, llm: ChatModel, ctx: ToolContext, cfg: AgentsConfig | None = None):
         self.llm, self.ctx, self.cfg = llm, ctx, cfg or AgentsConfig()
         self.run = ctx.run
-        usable = [t for t in map(TOOLS.get, TOOLS.list())  # the model tools only when their model was given
-                  if (t.name != "instruct_edit" or ctx.instruct_model) and (t.name != "text_agreement" or ctx.hdvila_model)]
+        needs = {"instruct_edit": ctx.instruct_model, "text_agreement": ctx.hdvila_model,
+                 "face_attributes": ctx.face_oracle}
+        usable = [t for t in map(TOOLS.get, TOOLS.list()) if needs.get(t.name, True)]  # model tools need their model
         self.edit_tools = [t.describe() for t in usable if t.kind == "edit"]
         self.understand_tools = [t.describe() for t in usable if t.kind == "understand"]
         self.log = RunLog(self.run.root / "log.jsonl")
@@ -332,10 +333,11 @@ def _cover(answers: Answers, n: int) -> None:
 
 def run_agents(image: np.ndarray, instruction: str, llm: ChatModel, out_dir: str | os.PathLike, *,
                instruct_model: str | os.PathLike | None = None, hdvila_model: str | os.PathLike | None = None,
-               edit_steps: int | None = None, cfg: AgentsConfig | None = None) -> dict[str, Any]:
+               face_oracle: str | os.PathLike | None = None, edit_steps: int | None = None,
+               cfg: AgentsConfig | None = None) -> dict[str, Any]:
     """`hdvila agents edit`: one CCA run in `out_dir`; returns result.json's content."""
     ctx = ToolContext(RunFolder(out_dir), instruct_model=instruct_model, hdvila_model=hdvila_model,
-                      edit_steps=edit_steps)
+                      face_oracle=face_oracle, edit_steps=edit_steps)
     return CCARun(llm, ctx, cfg)(image, instruction)
 
 

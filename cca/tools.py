@@ -79,6 +79,7 @@ class ToolContext:
     run: RunFolder
     instruct_model: str | os.PathLike | None = None  # an exported InstructDiffusion folder
     hdvila_model: str | os.PathLike | None = None  # a pretrained HD-VILA folder, for image-text agreement
+    face_oracle: str | os.PathLike | None = None  # a trained animation FaceOracle folder, for face attributes
     edit_steps: int | None = None  # sampler steps of the editing model (None: its edit.yaml)
     text_scale: float | None = None  # the editing model's scales when a call sets none (None: its edit.yaml)
     image_scale: float | None = None
@@ -93,6 +94,15 @@ class ToolContext:
 
             self._cache["instruct"] = InstructPipeline.from_pretrained(self.instruct_model)
         return self._cache["instruct"]
+
+    def oracle(self):
+        if "face" not in self._cache:
+            if not self.face_oracle:
+                raise ToolError("no face oracle was given to this run (--face-oracle)")
+            from animation.oracle import FaceOracle
+
+            self._cache["face"] = FaceOracle.from_pretrained(self.face_oracle).eval()
+        return self._cache["face"]
 
     def encoder(self):
         if "hdvila" not in self._cache:
@@ -303,6 +313,20 @@ def _agreement(ctx: ToolContext, a: AgreementArgs) -> dict:
     t = enc.encode_text([s[:200] for s in a.texts])
     cos = (t @ v.T)[:, 0].tolist()
     return {"cosines": [round(float(c), 4) for c in cos], "best": int(np.argmax(cos))}
+
+
+@tool("face_attributes", "Read a synthetic face's attributes (smile, mouth open, eyes open, brows, head turn and its "
+      "identity factors) with the face domain's oracle.", ImageArgs, kind="understand")
+def _face(ctx: ToolContext, a: ImageArgs) -> dict:
+    import torch
+
+    from animation.faces import FACTOR_NAMES
+    from data_tools.images import from_uint8_images
+
+    oracle = ctx.oracle()
+    x = from_uint8_images(ctx.run.read_image(a.image)[None])
+    factors = oracle.predict(torch.as_tensor(x))[0].tolist()
+    return {name: round(float(v), 3) for name, v in zip(FACTOR_NAMES, factors)}
 
 
 def tool_list(names: list[str] | None = None) -> list[Tool]:

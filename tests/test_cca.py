@@ -327,6 +327,23 @@ def test_text_agreement_scores_an_image_against_sentences_with_hdvila(tmp_path):
         run_tool(ToolContext(ctx.run), "text_agreement", {"image": "in.png", "texts": texts})
 
 
+def test_face_attributes_reads_a_face_with_the_face_domain_oracle(tmp_path):
+    import torch
+
+    from animation.faces import FACTOR_NAMES, FACTOR_RANGES, render_faces, sample_factors
+    from animation.oracle import FaceOracle
+    torch.manual_seed(0)
+    FaceOracle(size=32).eval().save_pretrained(tmp_path / "oracle")
+    ctx = ToolContext(RunFolder(tmp_path / "run"), face_oracle=tmp_path / "oracle")
+    faces = render_faces(sample_factors(2, np.random.default_rng(0)), 32)
+    ctx.run.write_image(faces[0], "face.png")  # render_faces gives uint8 [N, H, W, 3]
+    got = run_tool(ctx, "face_attributes", {"image": "face.png"})
+    assert list(got) == list(FACTOR_NAMES)
+    assert all(FACTOR_RANGES[k][0] - 1e-6 <= v <= FACTOR_RANGES[k][1] + 1e-6 for k, v in got.items())
+    tools = [t["name"] for t in CCARun(ScriptedChat(), ctx).understand_tools]
+    assert "face_attributes" in tools and "text_agreement" not in tools
+
+
 # ------------------------------------------------------------------------------------------ perception
 
 def test_the_oracle_reads_objects_off_the_pixels_in_any_orientation():

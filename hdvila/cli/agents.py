@@ -38,7 +38,8 @@ def cmd_agents_edit(args: argparse.Namespace) -> int:
         return 2
     try:
         result = run_agents(image, args.text, llm, args.out, instruct_model=args.instruct_model,
-                            hdvila_model=args.hdvila_model, edit_steps=args.steps, cfg=cfg)
+                            hdvila_model=args.hdvila_model, face_oracle=args.face_oracle, edit_steps=args.steps,
+                            cfg=cfg)
     except LLMError as exc:  # the server stayed down through the retries: what ran is in the log
         print(f"hdvila agents edit: {exc} (the run so far is in {args.out}/log.jsonl)", file=sys.stderr)
         return 1
@@ -98,6 +99,8 @@ def add_parser(subparsers) -> None:
     ep.add_argument("--no-reflection", action="store_true")
     ep.add_argument("--no-cooperation", action="store_true")
     ep.add_argument("--hdvila-model", default=None, help="a pretrained HD-VILA folder for the image-text tool")
+    ep.add_argument("--face-oracle", default=None, help="a trained face oracle folder for the face-attribute tool "
+                                                       "(animation.oracle; e.g. from an animator run's cache)")
     ep.add_argument("--resize", action="store_true", help="resize the image to the editing model's size")
     _llm_arguments(ep)
     ep.set_defaults(func=cmd_agents_edit)
