@@ -211,29 +211,22 @@ class ScriptedChat:
                                    "arguments": pair})
                     continue
                 obj = f"{e['colour']} {e['shape']}"
-                if e["kind"] == "recolour":
-                    checks.append({"subtask": k, "question": f"Is something {e['new_colour']} where the {obj} was?",
-                                   "tool": "object_changes", "arguments": pair})
-                    checks.append({"subtask": k, "question": f"Is nothing {e['colour']} left where the {obj} was?",
-                                   "tool": "object_changes", "arguments": pair})
-                elif e["kind"] == "remove":
-                    checks.append({"subtask": k, "question": f"Is nothing {e['colour']} left where the {obj} was?",
-                                   "tool": "object_changes", "arguments": pair})
                 region = {**pair, "colour": e["colour"], "shape": e["shape"],
                           "grow": 1.5 if e["kind"] == "bigger" else 1.0}
-                if e["kind"] == "bigger":
-                    checks.append({"subtask": k, "question": f"Did the {obj} grow?", "tool": "region_change",
-                                   "arguments": region})
-                checks.append({"subtask": k, "question": f"Did the other objects stay (all but the {obj})?",
-                               "tool": "object_changes", "arguments": pair})
-                checks.append({"subtask": k, "question": f"Is the picture unchanged away from the {obj}?",
-                               "tool": "region_change", "arguments": region})
+                changes, around = ("object_changes", pair), ("region_change", region)
+                questions = {
+                    "recolour": [(f"Is something {e.get('new_colour')} where the {obj} was?", changes),
+                                 (f"Is nothing {e['colour']} left where the {obj} was?", changes)],
+                    "remove": [(f"Is nothing {e['colour']} left where the {obj} was?", changes)],
+                    "bigger": [(f"Did the {obj} grow?", around)],
+                }[e["kind"]] + [(f"Did the other objects stay (all but the {obj})?", changes),
+                                (f"Is the picture unchanged away from the {obj}?", around)]
                 if e["kind"] == "remove":
-                    checks.append({"subtask": k, "question": f"Does the place of the {obj} now match its surroundings?",
-                                   "tool": "region_change", "arguments": region})
+                    questions.append((f"Does the place of the {obj} now match its surroundings?", around))
                 if e["kind"] == "recolour":
-                    checks.append({"subtask": k, "question": f"Is the place of the {obj} mostly {e['new_colour']} now?",
-                                   "tool": "region_change", "arguments": region})
+                    questions.append((f"Is the place of the {obj} mostly {e['new_colour']} now?", around))
+                checks += [{"subtask": k, "question": q, "tool": tool, "arguments": args}
+                           for q, (tool, args) in questions]
             elif s["tool"] in ("rotate", "flip"):
                 a = s.get("arguments") or {}
                 name = (f"rotate_{a.get('degrees_clockwise')}" if s["tool"] == "rotate"
