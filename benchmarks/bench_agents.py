@@ -134,13 +134,15 @@ def plot(analysis: dict, path: Path) -> None:
 
 
 def pick_sheet(out: Path, results: dict) -> tuple[Path, dict] | None:
-    """A CCA run that needed more than one round and succeeded: its contact sheet shows the reflection."""
-    for r in results:
-        for row in results[r]["rows"]:
-            if row["arm"] == "cca" and row["success"] and row["rounds"] >= 2:
-                folder = out / r / "runs" / "scripted" / "cca" / f"task{row['task']:03d}"
-                if (folder / "contact_sheet.png").exists():
-                    return folder / "contact_sheet.png", {"run": r, **{k: row[k] for k in ("task", "instruction", "rounds")}}
+    """A CCA run that needed more than one round and succeeded: its contact sheet shows the reflection (a
+    recolouring when there is one: it shows at a glance)."""
+    rows = [(r, row) for r in results for row in results[r]["rows"]
+            if row["arm"] == "cca" and row["success"] and row["rounds"] >= 2]
+    rows.sort(key=lambda item: item[1]["edit_kind"] != "recolour")  # stable: the first recolouring first
+    for r, row in rows:
+        folder = out / r / "runs" / "scripted" / "cca" / f"task{row['task']:03d}"
+        if (folder / "contact_sheet.png").exists():
+            return folder / "contact_sheet.png", {"run": r, **{k: row[k] for k in ("task", "instruction", "rounds")}}
     return None
 
 
