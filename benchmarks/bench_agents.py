@@ -161,7 +161,7 @@ def write_report(data: dict, path: Path) -> None:
         "validation split (40 tasks, the seed-0 model); the test split below was run once.",
         "",
         f"- Machine: {data['machine']}; torch {data['versions'].get('torch')}; {data['minutes']:.1f} min to run "
-        "every arm (two runs at a time, one thread each, beside a training run).",
+        "every arm and the local model (two runs at a time, one thread each, beside a training run).",
         f"- Split **{data['split']}**, {data['tasks']} tasks per run; runs: {', '.join(a['runs'])} (editing model x "
         "seed; a seed draws other tasks and other sampling seeds). Guidance of every arm: s_T "
         f"{data['text_scale']}, s_I {data['image_scale']}, {data['steps']} Euler-ancestral steps.",
