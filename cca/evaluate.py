@@ -76,10 +76,6 @@ class AgentTask:
     finishing: list[str]  # grayscale / blur, in order
     order: list[str] = field(default_factory=list)  # every step as said: "edit" or a PICTURE_STEPS name
 
-    def view(self) -> dict[str, Any]:
-        return {"index": self.index, "instruction": self.instruction, "edit_kind": self.edit.meta["kind"],
-                "steps": self.order}
-
 
 def _compose(names: Sequence[str]) -> Callable[[np.ndarray], np.ndarray]:
     def apply(a: np.ndarray) -> np.ndarray:
@@ -92,6 +88,13 @@ def _compose(names: Sequence[str]) -> Callable[[np.ndarray], np.ndarray]:
 def _inverse(names: Sequence[str]) -> Callable[[np.ndarray], np.ndarray]:
     inverse = {"rotate_90_clockwise": "rotate_90_counterclockwise", "rotate_90_counterclockwise": "rotate_90_clockwise"}
     return _compose([inverse.get(n, n) for n in reversed(names)])  # the others undo themselves
+
+
+def _picture_steps(image: np.ndarray, geometric: Sequence[str], finishing: Sequence[str]) -> np.ndarray:
+    """The picture steps applied exactly: grey and blur, then the turns and mirrors (they commute)."""
+    for f in finishing:
+        image = FINISHING[f](image)
+    return _compose(geometric)(image)
 
 
 def _clause(text: str) -> str:
@@ -128,10 +131,7 @@ def make_tasks(data_cfg: Any, n: int, split: str = "val", seed: int = 0) -> list
         text = phrases[0] if len(phrases) == 1 else ", then ".join(phrases[:-1]) + (
             " and " if len(phrases) > 2 else ", then ") + phrases[-1]
         text = text[:1].upper() + text[1:] + "."
-        target = ex.target
-        for f in finishing:
-            target = FINISHING[f](target)
-        target = _compose(geometric)(target)
+        target = _picture_steps(ex.target, geometric, finishing)
         tasks.append(AgentTask(j, text, ex.source, target, ex, geometric, finishing, said))
     return tasks
 
@@ -189,12 +189,6 @@ def agent_arms() -> dict[str, Any]:
     }
 
 
-def _picture_steps(image: np.ndarray, task: AgentTask) -> np.ndarray:
-    for f in task.finishing:
-        image = FINISHING[f](image)
-    return _compose(task.geometric)(image)
-
-
 def run_arm(arm: str, task: AgentTask, pipeline: Any, model_dir: Any, out_dir: Any, *, llm_spec: str = "scripted",
             llm_options: dict[str, Any] | None = None, seed: int = 0, edit_steps: int | None = 25,
             text_scale: float | None = None, image_scale: float | None = None) -> dict[str, Any]:
@@ -215,7 +209,7 @@ def run_arm(arm: str, task: AgentTask, pipeline: Any, model_dir: Any, out_dir: A
     if spec in ("one_shot", "oracle_plan"):
         text = task.instruction if spec == "one_shot" else task.edit.instruction
         edited = pipeline.edit(task.source, text, seed=seed, **scales)
-        output = edited if spec == "one_shot" else _picture_steps(edited, task)
+        output = edited if spec == "one_shot" else _picture_steps(edited, task.geometric, task.finishing)
         info = {"edit_calls": 1, "llm_calls": 0, "rounds": 0}
     else:
         folder = Path(out_dir)

@@ -28,7 +28,6 @@ from data_tools.synth import COLOURS, SHAPES
 
 from .llm import Message, check_messages
 
-GLOBAL_TOOLS = ("rotate", "flip", "grayscale", "blur", "colour")
 TEXT_SCALES = (5.0, 7.5, 10.0)  # the ladder a failing edit climbs
 # set on the validation tasks (docs/agents.md): the change the editing model's noise leaves away from the object
 # is 2-9 levels when the truth says the rest is right; a removed object's place is 13-43 levels from its

@@ -329,10 +329,6 @@ def _face(ctx: ToolContext, a: ImageArgs) -> dict:
     return {name: round(float(v), 3) for name, v in zip(FACTOR_NAMES, factors)}
 
 
-def tool_list(names: list[str] | None = None) -> list[Tool]:
-    return [TOOLS.get(n) for n in (names or TOOLS.list())]
-
-
 def run_tool(ctx: ToolContext, name: str, arguments: dict[str, Any], out: str | None = None) -> dict[str, Any]:
     """Validate and run one call. An edit tool's image goes to `out` (a run-folder path the loop chose); the
     result is {"image": path} for edit tools, the tool's dict for understanding tools."""
@@ -351,4 +347,4 @@ def run_tool(ctx: ToolContext, name: str, arguments: dict[str, Any], out: str | 
     return {"image": ctx.run.write_image(image, out)}
 
 
-__all__ = ["MAX_SIDE", "RunFolder", "TOOLS", "Tool", "ToolContext", "ToolError", "run_tool", "tool_list"]
+__all__ = ["MAX_SIDE", "RunFolder", "TOOLS", "Tool", "ToolContext", "ToolError", "run_tool"]
