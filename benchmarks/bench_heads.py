@@ -148,6 +148,11 @@ VARIANTS = {"text": (True, [], "text"), "notext": (False, [], "no-text mapper"),
                           "text head, raw MiniLM, L1 losses only (lever)")}
 
 
+# super-resolution heads by input size: `sr` takes 8 px faces (4x), `sr8` 4 px faces (8x, the ratio of the issue's
+# 8 px of a 64 px face), where the eyes and the mouth are gone from the input; head -> (scale, results section)
+SR_HEADS = {"sr": (4, "superres"), "sr8": (8, "superres_x8")}
+
+
 def run_folder(head: str, variant: str, seed: int) -> Path:
     return RUNS / f"{head}-{variant}-s{seed}"
 
@@ -184,9 +189,10 @@ def stage_train(args) -> None:
                     continue
                 command = "train-manipulation" if head == "manip" else "train-superres"
                 config = "heads/faces32-manipulation" if head == "manip" else "heads/faces32-superres"
+                scale = [f"scale={SR_HEADS[head][0]}"] if head in SR_HEADS else []
                 jobs.append((["heads", command, "--config", config, f"output_dir={out}",
-                              f"use_text={str(use_text).lower()}", f"train.seed={seed}", *extra, *args.override],
-                             out.with_suffix(".log")))
+                              f"use_text={str(use_text).lower()}", f"train.seed={seed}", *scale, *extra,
+                              *args.override], out.with_suffix(".log")))
     print(f"{len(jobs)} runs to train, {args.jobs} at a time")
 
     def work(job):
@@ -228,13 +234,14 @@ def stage_eval(args) -> None:
             if seed == args.seeds[0]:
                 manipulation_grid(report, DOCS / f"heads_manipulation_{args.split}.png")
         sections["manipulation"] = summarise_seeds(per_seed, faces=len(factors))
-    if "sr" in args.heads:
+    for head in (h for h in args.heads if h in SR_HEADS):
+        scale, key = SR_HEADS[head]
         factors = split.faces(args.split, args.sr_faces, seed=2)
         per_seed = {}
         for seed in args.seeds:
-            text, none = load_head("sr", "text", seed, encoders), load_head("sr", "notext", seed, encoders)
+            text, none = load_head(head, "text", seed, encoders), load_head(head, "notext", seed, encoders)
             report = evaluate_superres(text, factors, judges, no_text=none, seed=seed,
-                                       extra_arms=trained_extras("sr", seed, encoders))
+                                       extra_arms=trained_extras(head, seed, encoders))
             arms = report["arms"]
             p_psnr = paired_t(arms["text head"].pop("psnr_per_image"), arms["no-text head"]["psnr_per_image"])
             for arm in arms.values():
@@ -248,11 +255,11 @@ def stage_eval(args) -> None:
                 rows += [report["outputs"][k] for k in order] + [report["high"]]
                 closed = np.flatnonzero(eyes_closed(factors))[:6]  # faces with both eyes shut first
                 pick = np.concatenate([closed, np.setdiff1d(np.arange(12), closed)])[:12]
-                save_image_grid(torch.cat([r[pick] for r in rows]), DOCS / f"heads_superres_{args.split}.png",
+                save_image_grid(torch.cat([r[pick] for r in rows]), DOCS / f"heads_{key}_{args.split}.png",
                                 nrow=12, scale=3)
-        sections["superres"] = {**summarise_seeds(per_seed, faces=len(factors)),
-                                "eyes_closed_rate": report["eyes_closed_rate"],
-                                "mouth_open_rate": report["mouth_open_rate"]}
+        sections[key] = {**summarise_seeds(per_seed, faces=len(factors)), "scale": scale,
+                         "eyes_closed_rate": report["eyes_closed_rate"],
+                         "mouth_open_rate": report["mouth_open_rate"]}
     results = load_results()  # read at the end: another stage may have written its part meanwhile
     for name, section in sections.items():
         results.setdefault(name, {})[args.split] = section
@@ -398,9 +405,11 @@ def write_report(results: dict, path: Path) -> None:
                   "Each row: a held-out face, then the text mapper's edits (seed "
                   f"{section['seeds'][0]}): smile, frown, open mouth, close eyes, raise brows, furrow, turn left, "
                   "turn right.", ""]
-    for split, section in results.get("superres", {}).items():
-        lines += [f"## Super-resolution ({split}: {section['faces']} faces, 8 px -> 32 px; seeds {section['seeds']})",
-                  "", f"Eyes shut in {section.get('eyes_closed_rate', float('nan')):.1%} of the faces, mouth open "
+    for split, section, key in ((split, section, key) for _, key in SR_HEADS.values()
+                                for split, section in results.get(key, {}).items()):
+        low_px = 32 // section.get("scale", 4)
+        lines += [f"## Super-resolution ({split}: {section['faces']} faces, {low_px} px -> 32 px; "
+                  f"seeds {section['seeds']})", "", f"Eyes shut in {section.get('eyes_closed_rate', float('nan')):.1%} of the faces, mouth open "
                   f"in {section.get('mouth_open_rate', float('nan')):.1%}; balanced accuracy (chance 0.5).", "",
                   "| arm | PSNR dB | SSIM | eyes shut, balanced acc. | mouth open, balanced acc. |",
                   "|---|---|---|---|---|"]
@@ -409,9 +418,20 @@ def write_report(results: dict, path: Path) -> None:
             lines.append(f"| {arm} | {'–' if same else _ms(m['psnr'], 2)} | {'–' if same else _ms(m['ssim'])} | "
                          f"{_ms(m['eyes_closed_bacc'])} | {_ms(m['mouth_open_bacc'])} |")
         lines += ["", "PSNR text vs no-text head, paired t-test per seed: " + ", ".join(
-            f"seed {s}: p = {fmt_p(t['p_psnr_text_vs_notext'])}" for s, t in section["tests"].items()) + ".", "",
-            f"![super-resolution](heads_superres_{split}.png)", "",
-            "Rows: the 8 px input (nearest), bicubic, the no-text head, the text head, the text head with another "
+            f"seed {s}: p = {fmt_p(t['p_psnr_text_vs_notext'])}" for s, t in section["tests"].items()) + "."]
+        arms = section["arms"]
+        if len(section["seeds"]) > 1:
+            gains = []
+            for metric, name in (("eyes_closed_bacc", "eyes shut"), ("mouth_open_bacc", "mouth open")):
+                a = list(arms["text head"][metric]["per_seed"].values())
+                b = list(arms["no-text head"][metric]["per_seed"].values())
+                w = welch(a, b)
+                gains.append(f"{name} {100 * (np.mean(a) - np.mean(b)):+.1f} points (Welch p = "
+                             f"{fmt_p(w['p'] if w else None)})")
+            lines += ["", "The sentence's gain in balanced accuracy over the no-text head, over seeds: "
+                      + "; ".join(gains) + "."]
+        lines += ["", f"![super-resolution](heads_{key}_{split}.png)", "",
+                  f"Rows: the {low_px} px input (nearest), bicubic, the no-text head, the text head, the text head with another "
             "face's sentence, the truth. Faces with both eyes shut come first.", ""]
     for key, title in (("manipulation_pilots_val", "Manipulation pilots (val) whose text model is gone"),
                        ("superres_pilots_val", "Super-resolution pilots (val) whose text model is gone")):
@@ -445,7 +465,7 @@ def main() -> None:
     parser.add_argument("--sr-faces", type=int, default=1000)
     parser.add_argument("--invert-steps", type=int, nargs="+", default=[0, 30])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--heads", nargs="+", default=["manip", "sr"], choices=("manip", "sr"))
+    parser.add_argument("--heads", nargs="+", default=["manip", "sr", "sr8"], choices=("manip", *SR_HEADS))
     parser.add_argument("--variants", nargs="+", default=["text", "notext"], choices=tuple(VARIANTS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)

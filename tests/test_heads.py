@@ -177,7 +177,8 @@ def heads_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("heads")
     assert cli_main(["--quiet", "heads", "train-prior", "--config", "heads/faces32-prior", "gan=sg2-tiny16",
                      f"output_dir={root / 'prior'}", "faces=16", "split.identities=40", "split.val_identities=4",
-                     "train.max_steps=3", "train.val_every=2", *TINY_TRAIN]) == 0
+                     "train.max_steps=3", "train.val_every=2", f"cache_dir={root / 'cache'}",
+                     "scorer={steps: 6, batch_size: 8, eval_per_action: 1}", *TINY_TRAIN]) == 0
     torch.manual_seed(0)
     VideoTextEncoder(create_model("hdvila-tiny").eval(), None, InferenceConfig(n_segments=2, backend="pyav")
                      ).save_pretrained(root / "text")
@@ -326,6 +327,38 @@ def test_superres_command_upscales_and_refuses_the_wrong_scale(heads_run, tmp_pa
     with pytest.raises(ValueError, match="4x"):
         cli_main(["heads", "superres", "--model", str(root / "sr" / "superres"), "--image", str(src),
                   "--text", "x", "--scale", "2", "--out", str(out)])
+
+
+def test_superres_at_8x_trains_on_2px_inputs_and_its_command_checks_the_scale(heads_run, tmp_path):
+    """The 8x head (4 px of a 32 px face in the benchmark; 2 px of the tiny 16 px prior here)."""
+    from heads.superres import TextSuperResolver, downsample
+
+    root, text_encoder = heads_run
+    common = [f"prior_dir={root / 'prior' / 'prior'}", f"text_model={root / 'text'}", f"cache_dir={root / 'cache'}",
+              "split.identities=40", "split.val_identities=4", "hidden=16", "layers=1", *TINY_TRAIN,
+              "scorer={steps: 6, batch_size: 8, eval_per_action: 1}"]
+    assert cli_main(["--quiet", "heads", "train-superres", "--config", "heads/faces32-superres", *common,
+                     f"output_dir={tmp_path / 'sr8'}", "scale=8", "faces=16", "train.max_steps=2",
+                     "train.val_every=0"]) == 0
+    runner = TextSuperResolver.from_pretrained(tmp_path / "sr8" / "superres", text_encoder)
+    assert runner.scale == 8
+    high = torch.as_tensor(render_faces(sample_factors(2, np.random.default_rng(4)), 16)).permute(0, 3, 1, 2)
+    low = downsample(high.float() / 127.5 - 1, 8)
+    assert low.shape[-1] == 2 and runner.upscale(low, ["a", "b"]).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="2 px inputs"):
+        runner.upscale(downsample(high.float() / 127.5 - 1, 4), ["a", "b"])
+    src, out = tmp_path / "lr.png", tmp_path / "hr.png"
+    Image.fromarray(render_faces(sample_factors(1, np.random.default_rng(5)), 2)[0]).save(src)
+    assert cli_main(["heads", "superres", "--model", str(tmp_path / "sr8" / "superres"), "--image", str(src),
+                     "--text", "a person, with the eyes closed", "--scale", "8", "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size == (16, 16)
+    with pytest.raises(ValueError, match="8x, not 4x"):
+        cli_main(["heads", "superres", "--model", str(tmp_path / "sr8" / "superres"), "--image", str(src),
+                  "--text", "x", "--scale", "4", "--out", str(out)])
+    with pytest.raises(ValueError, match="does not divide"):
+        cli_main(["--quiet", "heads", "train-superres", "--config", "heads/faces32-superres", *common,
+                  f"output_dir={tmp_path / 'sr3'}", "scale=3", "faces=16", "train.max_steps=1"])
 
 
 def test_evaluations_score_every_arm(heads_run):
