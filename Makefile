@@ -68,8 +68,9 @@ bench-spo: $(STAMP)
 bench-bridge: $(STAMP)
 	$(PY) benchmarks/bench_bridge.py
 
-# the generation heads (docs/results/heads.md): the prior (~50 min on one core), then text and no-text
-# manipulation and super-resolution heads for 3 seeds, two at a time (~70 min), the levers at seed 0 (~30 min),
+# the generation heads (docs/results/heads.md): the prior (~35-50 min on one core), then text and no-text
+# manipulation and super-resolution (4x and 8x) heads for 3 seeds, two at a time (~105 min), the levers at seed 0
+# (~30 min),
 # validation and test evaluation;
 # needs `make demo` first (the HD-VILA text encoder)
 bench-heads: $(STAMP)

@@ -62,6 +62,8 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
 def fmt_p(p: float | None) -> str:
     if p is None or math.isnan(p):
         return "n/a"
+    if p == 0.0:  # below the smallest double: the test statistic is off the scale
+        return "0 (underflow, < 1e-300)"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 

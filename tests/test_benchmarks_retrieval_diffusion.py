@@ -160,6 +160,7 @@ def test_welch_matches_scipy_and_needs_two_seeds(stats):
     assert stats.welch([1.0], b) is None
     assert stats.welch([1.0, 1.01, 0.99], [1.0, 1.02, 0.98])["p"] > 0.5  # overlapping: not shown
     assert stats.fmt_p(0.0123) == "0.012" and stats.fmt_p(1.2e-5) == "1.2e-05" and stats.fmt_p(None) == "n/a"
+    assert stats.fmt_p(0.0) == "0 (underflow, < 1e-300)"
 
 
 def arm(finals: list[float], curve: list[float], std0: float = 0.1) -> dict:
