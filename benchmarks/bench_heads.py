@@ -384,10 +384,11 @@ def write_report(results: dict, path: Path) -> None:
                                               "head_turn")) + f" | {min(ceiling.values()):.3f} | – | – |")
         lines += ["", f"![inversions](heads_prior_{split}.png)", "",
                   "Top row: held-out renders; then each prior's reconstructions (last row of inversion steps).", ""]
-    for split, section in (item for key in ("manipulation", "manipulation_stop31")
-                           for item in results.get(key, {}).items()):
+    for split, section, key in ((split, section, key) for key in ("manipulation", "manipulation_stop31")
+                                for split, section in results.get(key, {}).items()):
         lines += [f"## Manipulation ({split}: {section['faces']} faces x 24 actions, held-out phrasings; "
-                  f"seeds {section['seeds']})", "", f"Prior: {section.get('prior', '?')}.", "",
+                  f"seeds {section['seeds']}){' (stop 31)' if key.endswith('stop31') else ''}", "",
+                  f"Prior: {section.get('prior', '?')}.", "",
                   "| arm | success | achieved / requested | unrelated kept | unrelated kept vs reconstruction | "
                   "identity drift | s per edit |",
                   "|---|---|---|---|---|---|---|"]
@@ -409,11 +410,14 @@ def write_report(results: dict, path: Path) -> None:
                   "Each row: a held-out face, then the text mapper's edits (seed "
                   f"{section['seeds'][0]}): smile, frown, open mouth, close eyes, raise brows, furrow, turn left, "
                   "turn right.", ""]
-    for split, section, key in ((split, section, key) for _, key in SR_HEADS.values()
+    sr_keys = (*(key for _, key in SR_HEADS.values()), "superres_stop31")
+    for split, section, key in ((split, section, key) for key in sr_keys
                                 for split, section in results.get(key, {}).items()):
         low_px = 32 // section.get("scale", 4)
         lines += [f"## Super-resolution ({split}: {section['faces']} faces, {low_px} px -> 32 px; "
-                  f"seeds {section['seeds']})", "", f"Prior: {section.get('prior', '?')}.", "", f"Eyes shut in {section.get('eyes_closed_rate', float('nan')):.1%} of the faces, mouth open "
+                  f"seeds {section['seeds']}){' (stop 31)' if key.endswith('stop31') else ''}", "",
+                  f"Prior: {section.get('prior', '?')}.", "",
+                  f"Eyes shut in {section.get('eyes_closed_rate', float('nan')):.1%} of the faces, mouth open "
                   f"in {section.get('mouth_open_rate', float('nan')):.1%}; balanced accuracy (chance 0.5).", "",
                   "| arm | PSNR dB | SSIM | eyes shut, balanced acc. | mouth open, balanced acc. |",
                   "|---|---|---|---|---|"]
@@ -434,9 +438,9 @@ def write_report(results: dict, path: Path) -> None:
                              f"{fmt_p(w['p'] if w else None)})")
             lines += ["", "The sentence's gain in balanced accuracy over the no-text head, over seeds: "
                       + "; ".join(gains) + "."]
-        lines += ["", f"![super-resolution](heads_{key}_{split}.png)", "",
-                  f"Rows: the {low_px} px input (nearest), bicubic, the no-text head, the text head, the text head with another "
-            "face's sentence, the truth. Faces with both eyes shut come first.", ""]
+        lines += ["", f"![super-resolution]({section.get('image', f'heads_{key}_{split}.png')})", "",
+                  f"Rows: the {low_px} px input (nearest), bicubic, the no-text head, the text head, the text head "
+                  "with another face's sentence, the truth. Faces with both eyes shut come first.", ""]
     for key, title in (("manipulation_pilots_val", "Manipulation pilots (val) whose text model is gone"),
                        ("superres_pilots_val", "Super-resolution pilots (val) whose text model is gone")):
         if key in results:
