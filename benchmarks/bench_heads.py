@@ -145,6 +145,15 @@ VARIANTS = {"text": (True, [], "text"), "notext": (False, [], "no-text mapper"),
                                        "text_augment.noise=0.3"], "raw MiniLM, phrasings mixed + noise 0.3 (lever)"),
             "keep100": (True, ["loss.keep=100"], "text, keep weight 100 (lever; 30 in the config)"),
             "keep300": (True, ["loss.keep=300"], "text, keep weight 300 (lever)"),
+            # the sentence's own agreement (1 - cos) instead of InfoNCE against the other actions' sentences, at
+            # 10x the weight (InfoNCE's gradient carries 1 / temperature = 14x)
+            "single": (True, ["loss.contrastive=false", "loss.text=10"],
+                       "text, own-sentence agreement x10 instead of the contrastive loss (lever)"),
+            "single-keep100": (True, ["loss.contrastive=false", "loss.text=10", "loss.keep=100"],
+                               "text, own-sentence agreement x10 and keep weight 100 (lever)"),
+            # the keep term as an absolute change (loss.keep_norm=l1): a pull below the evaluation's tolerance too
+            "keepl1-10": (True, ["loss.keep_norm=l1", "loss.keep=10"], "text, absolute keep term, weight 10 (lever)"),
+            "keepl1-30": (True, ["loss.keep_norm=l1", "loss.keep=30"], "text, absolute keep term, weight 30 (lever)"),
             # super-resolution: the loss before the perceptual term, with and without a pretrained text encoder
             "l1-notext": (False, ["loss.perceptual=0"], "no-text head, L1 losses only (the previous loss)"),
             "minilm-l1": (True, ["text_model=minilm", "loss.perceptual=0"],
@@ -221,6 +230,23 @@ def stage_eval(args) -> None:
     judges = get_judges(CACHE, 32)
     encoders = text_encoders()
     split = FaceSplit()
+    if "manip" in args.heads and args.levers:
+        # one seed's text head beside the levers trained at that seed: a pilot table, not the seeds' section
+        factors = split.faces(args.split, args.faces, seed=1)
+        seed = args.seeds[0]
+        extras = trained_extras("manip", seed, encoders)
+        report = evaluate_manipulation(load_head("manip", "text", seed, encoders), judges, factors,
+                                       extra_arms=extras)
+        arms = {name: {k: float(v) for k, v in report["arms"][name].items()
+                       if k in ("success", "achieved", "kept", "kept_vs_reconstruction")}
+                for name in ("text", *extras)}
+        results = load_results()
+        results[f"manipulation_levers_{args.split}"] = {
+            "note": f"seed {seed}, {len(factors)} {args.split} faces x 24 actions (FaceSplit {args.split}, seed 1), "
+                    f"held-out phrasings, edit_outcomes; prior: {HEADS_PRIOR}", "arms": arms}
+        save_results(results)
+        print(json.dumps(arms, indent=1))
+        return
     if "manip" in args.heads:
         factors = split.faces(args.split, args.faces, seed=1)
         per_seed = {}
@@ -441,7 +467,8 @@ def write_report(results: dict, path: Path) -> None:
         lines += ["", f"![super-resolution]({section.get('image', f'heads_{key}_{split}.png')})", "",
                   f"Rows: the {low_px} px input (nearest), bicubic, the no-text head, the text head, the text head "
                   "with another face's sentence, the truth. Faces with both eyes shut come first.", ""]
-    for key, title in (("manipulation_pilots_val", "Manipulation pilots (val) whose text model is gone"),
+    for key, title in (("manipulation_levers_val", "Manipulation levers (val, one seed)"),
+                       ("manipulation_pilots_val", "Manipulation pilots (val) whose text model is gone"),
                        ("superres_pilots_val", "Super-resolution pilots (val) whose text model is gone")):
         if key in results:
             pilot = results[key]
@@ -478,6 +505,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--optimise-steps", type=int, default=100)
+    parser.add_argument("--levers", action="store_true",
+                        help="eval: the first seed's text head and its trained levers only, as a pilot table")
     parser.add_argument("--override", nargs="*", default=[], help="config overrides for every trained head")
     args = parser.parse_args()
     if args.stage == "eval" and args.faces == 500:

@@ -64,7 +64,12 @@ class ManipulationLossConfig:
     contrastive: bool = True  # InfoNCE over the batch's sentences (distinct actions); false: 1 - cos
     temperature: float = 0.07
     offset: float = 0.3
-    keep: float = 30.0  # squared change of the oracle's kept factors, in units of their range
+    keep: float = 30.0  # change of the oracle's kept factors, in units of their range
+    keep_norm: str = "l2"  # "l2": squared change; "l1": absolute change (a steady pull on small moves too)
+
+    def __post_init__(self):
+        if self.keep_norm not in ("l1", "l2"):
+            raise ValueError(f"loss.keep_norm must be l1 or l2, got {self.keep_norm!r}")
     cycle: float = 1.0  # the edited image, re-encoded by the prior's encoder, gives back its code (see below)
 
 
@@ -176,6 +181,14 @@ class ManipulationBatches:
             yield {"w": self.ws[faces], "text_emb": text_emb, "scorer_emb": scorer_emb, "action": actions}
 
 
+def kept_change(change: torch.Tensor, mask: torch.Tensor, norm: str = "l2") -> torch.Tensor:
+    """[N, F] penalty on the oracle's readings' change where the action leaves a factor alone (`mask`), 0
+    elsewhere: squared ("l2") or absolute ("l1"). The evaluation counts a factor as kept below a tenth of its
+    range, where a squared penalty has almost no gradient left; the absolute one pulls on small moves as hard as
+    on large ones."""
+    return (change.abs() if norm == "l1" else change.square()) * mask
+
+
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=-1)
 
@@ -199,7 +212,8 @@ class ManipulationObjective:
         with torch.no_grad():
             before = self.judges.oracle(module.generator.synthesis(w, noise_mode="const"))
         keep_mask = KEEP_MASK.to(w.device)[action]
-        keep = ((self.judges.oracle(edited) - before).square() * keep_mask).sum() / keep_mask.sum().clamp(min=1)
+        keep = (kept_change(self.judges.oracle(edited) - before, keep_mask, lc.keep_norm).sum()
+                / keep_mask.sum().clamp(min=1))
         terms = {"text": text, "offset": module.mapper.penalty(dw), "keep": keep}
         if self.encoder is not None and lc.cycle:
             terms["cycle"] = offset_penalty(self.encoder(edited) - (w + dw), module.mapper.w_std)
@@ -332,7 +346,7 @@ def optimise_edits(generator: Generator, w: torch.Tensor, scorer_emb: torch.Tens
                 dw = offset_of(coef)
                 edited = generator.synthesis(wb + dw, noise_mode="const")
                 text = 1 - torch.cosine_similarity(judges.scorer.encode_images(edited), target, dim=-1)
-                keep = ((judges.oracle(edited) - before).square() * mask).sum(1) / mask.sum(1).clamp(min=1)
+                keep = kept_change(judges.oracle(edited) - before, mask, lc.keep_norm).sum(1) / mask.sum(1).clamp(min=1)
                 size = coef.square().flatten(1).mean(1) if use_subspace else (dw / w_std).square().mean(dim=(1, 2))
                 per_image = lc.text * text + lc.offset * size + lc.keep * keep
                 if encoder is not None and lc.cycle:

@@ -64,6 +64,24 @@ def test_agreement_classes_and_balanced_accuracy():
     assert np.isnan(balanced_accuracy([False, False], [True, False]))
 
 
+def test_kept_change_penalises_only_the_factors_an_action_leaves_alone_by_the_chosen_norm():
+    from heads.manipulation import ACTION_NAMES, KEEP_MASK, ManipulationLossConfig, kept_change
+
+    change = torch.tensor([[0.05, -0.5, 0.2], [0.3, 0.0, -0.1]])
+    mask = torch.tensor([[True, True, False], [False, True, True]])
+    assert torch.allclose(kept_change(change, mask, "l2"), torch.tensor([[0.0025, 0.25, 0.0], [0.0, 0.0, 0.01]]))
+    assert torch.allclose(kept_change(change, mask, "l1"), torch.tensor([[0.05, 0.5, 0.0], [0.0, 0.0, 0.1]]))
+    # a small move: the absolute penalty's slope is the same as at a large one, the squared one's vanishes
+    small = torch.tensor([[0.01]], requires_grad=True)
+    kept_change(small, torch.ones(1, 1, dtype=torch.bool), "l1").sum().backward()
+    assert small.grad.item() == pytest.approx(1.0)
+    # an action never asks to keep what it edits
+    smile = KEEP_MASK[ACTION_NAMES.index("smile")]
+    assert not smile[FACTOR_NAMES.index("smile")] and smile[FACTOR_NAMES.index("eye_left")]
+    with pytest.raises(ValueError, match="keep_norm"):
+        ManipulationLossConfig(keep_norm="l3")
+
+
 def test_face_split_keeps_train_val_and_test_identities_apart():
     split = FaceSplit(identities=60, test_fraction=0.5, val_identities=10)
     ids = {s: {tuple(r) for r in split.identities_of(s)} for s in ("train", "val", "test")}
