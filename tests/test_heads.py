@@ -1,5 +1,7 @@
 """HD-VILA's generation heads at toy size: the attribute scoring, the mapper, the autoencoding prior, the
 manipulation and super-resolution heads' losses, both CLIs end to end, and the evaluation arms."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -338,13 +340,17 @@ def test_superres_command_upscales_and_refuses_the_wrong_scale(heads_run, tmp_pa
     Image.fromarray(render_faces(sample_factors(1, np.random.default_rng(3)), 4)[0]).save(src)
     out = tmp_path / "hr.png"
     for model in ("sr", "sr-notext"):
-        assert cli_main(["heads", "superres", "--model", str(root / model / "superres"), "--image", str(src),
-                         "--text", "a person, with the eyes closed", "--scale", "4", "--out", str(out)]) == 0
-        with Image.open(out) as im:
-            assert im.size == (16, 16)
+        assert upscale_command(root / model / "superres", src, out, 4) == (16, 16)
     with pytest.raises(ValueError, match="4x"):
-        cli_main(["heads", "superres", "--model", str(root / "sr" / "superres"), "--image", str(src),
-                  "--text", "x", "--scale", "2", "--out", str(out)])
+        upscale_command(root / "sr" / "superres", src, out, 2)
+
+
+def upscale_command(model: Path, src: Path, out: Path, scale: int) -> tuple[int, int]:
+    """`hdvila heads superres` on one image; the output's size."""
+    assert cli_main(["heads", "superres", "--model", str(model), "--image", str(src),
+                     "--text", "a person, with the eyes closed", "--scale", str(scale), "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        return im.size
 
 
 def test_superres_at_8x_trains_on_2px_inputs_and_its_command_checks_the_scale(heads_run, tmp_path):
@@ -367,13 +373,9 @@ def test_superres_at_8x_trains_on_2px_inputs_and_its_command_checks_the_scale(he
         runner.upscale(downsample(high.float() / 127.5 - 1, 4), ["a", "b"])
     src, out = tmp_path / "lr.png", tmp_path / "hr.png"
     Image.fromarray(render_faces(sample_factors(1, np.random.default_rng(5)), 2)[0]).save(src)
-    assert cli_main(["heads", "superres", "--model", str(tmp_path / "sr8" / "superres"), "--image", str(src),
-                     "--text", "a person, with the eyes closed", "--scale", "8", "--out", str(out)]) == 0
-    with Image.open(out) as im:
-        assert im.size == (16, 16)
+    assert upscale_command(tmp_path / "sr8" / "superres", src, out, 8) == (16, 16)
     with pytest.raises(ValueError, match="8x, not 4x"):
-        cli_main(["heads", "superres", "--model", str(tmp_path / "sr8" / "superres"), "--image", str(src),
-                  "--text", "x", "--scale", "4", "--out", str(out)])
+        upscale_command(tmp_path / "sr8" / "superres", src, out, 4)
     with pytest.raises(ValueError, match="does not divide"):
         cli_main(["--quiet", "heads", "train-superres", "--config", "heads/faces32-superres", *common,
                   f"output_dir={tmp_path / 'sr3'}", "scale=3", "faces=16", "train.max_steps=1"])
