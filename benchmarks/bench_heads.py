@@ -154,6 +154,9 @@ VARIANTS = {"text": (True, [], "text"), "notext": (False, [], "no-text mapper"),
             # the keep term as an absolute change (loss.keep_norm=l1): a pull below the evaluation's tolerance too
             "keepl1-10": (True, ["loss.keep_norm=l1", "loss.keep=10"], "text, absolute keep term, weight 10 (lever)"),
             "keepl1-30": (True, ["loss.keep_norm=l1", "loss.keep=30"], "text, absolute keep term, weight 30 (lever)"),
+            # the size of the principal subspace the offsets live in (32 in the config)
+            "comp16": (True, ["components=16"], "text, offsets in 16 principal directions (lever)"),
+            "comp64": (True, ["components=64"], "text, offsets in 64 principal directions (lever)"),
             # super-resolution: the loss before the perceptual term, with and without a pretrained text encoder
             "l1-notext": (False, ["loss.perceptual=0"], "no-text head, L1 losses only (the previous loss)"),
             "minilm-l1": (True, ["text_model=minilm", "loss.perceptual=0"],
