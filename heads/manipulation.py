@@ -66,11 +66,11 @@ class ManipulationLossConfig:
     offset: float = 0.3
     keep: float = 30.0  # change of the oracle's kept factors, in units of their range
     keep_norm: str = "l2"  # "l2": squared change; "l1": absolute change (a steady pull on small moves too)
+    cycle: float = 1.0  # the edited image, re-encoded by the prior's encoder, gives back its code (see below)
 
     def __post_init__(self):
         if self.keep_norm not in ("l1", "l2"):
             raise ValueError(f"loss.keep_norm must be l1 or l2, got {self.keep_norm!r}")
-    cycle: float = 1.0  # the edited image, re-encoded by the prior's encoder, gives back its code (see below)
 
 
 @dataclass

@@ -188,6 +188,12 @@ def test_multiscale_and_gradient_l1_see_coarse_and_edge_differences():
 
 # ------------------------------------------------------------------------------------------------ end to end
 
+def head_args(root: Path) -> list[str]:
+    """Config overrides every tiny head shares: the tiny run's prior, text model and judges' cache."""
+    return [f"prior_dir={root / 'prior' / 'prior'}", f"text_model={root / 'text'}", f"cache_dir={root / 'cache'}",
+            "split.identities=40", "split.val_identities=4", "hidden=16", "layers=1", *TINY_TRAIN]
+
+
 @pytest.fixture(scope="module")
 def heads_run(tmp_path_factory):
     import hdvila
@@ -202,8 +208,7 @@ def heads_run(tmp_path_factory):
     torch.manual_seed(0)
     VideoTextEncoder(create_model("hdvila-tiny").eval(), None, InferenceConfig(n_segments=2, backend="pyav")
                      ).save_pretrained(root / "text")
-    common = [f"prior_dir={root / 'prior' / 'prior'}", f"text_model={root / 'text'}", f"cache_dir={root / 'cache'}",
-              "split.identities=40", "split.val_identities=4", "hidden=16", "layers=1", *TINY_TRAIN]
+    common = head_args(root)
     for name, use_text in (("manip", "true"), ("manip-notext", "false")):
         assert cli_main(["--quiet", "heads", "train-manipulation", "--config", "heads/faces32-manipulation", *common,
                          *TINY_JUDGES, f"output_dir={root / name}", f"use_text={use_text}", "faces=16", "components=4",
@@ -358,9 +363,7 @@ def test_superres_at_8x_trains_on_2px_inputs_and_its_command_checks_the_scale(he
     from heads.superres import TextSuperResolver, downsample
 
     root, text_encoder = heads_run
-    common = [f"prior_dir={root / 'prior' / 'prior'}", f"text_model={root / 'text'}", f"cache_dir={root / 'cache'}",
-              "split.identities=40", "split.val_identities=4", "hidden=16", "layers=1", *TINY_TRAIN,
-              "scorer={steps: 6, batch_size: 8, eval_per_action: 1}"]
+    common = [*head_args(root), "scorer={steps: 6, batch_size: 8, eval_per_action: 1}"]
     assert cli_main(["--quiet", "heads", "train-superres", "--config", "heads/faces32-superres", *common,
                      f"output_dir={tmp_path / 'sr8'}", "scale=8", "faces=16", "train.max_steps=2",
                      "train.val_every=0"]) == 0
