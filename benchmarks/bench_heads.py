@@ -157,6 +157,23 @@ VARIANTS = {"text": (True, [], "text"), "notext": (False, [], "no-text mapper"),
             # the size of the principal subspace the offsets live in (32 in the config)
             "comp16": (True, ["components=16"], "text, offsets in 16 principal directions (lever)"),
             "comp64": (True, ["components=64"], "text, offsets in 64 principal directions (lever)"),
+            # one direction per expression factor that moves that factor's linear read-out alone (heads.mapper)
+            "attrbasis": (True, ["edit_basis=attributes"],
+                          "text, offsets along each expression factor's own direction (lever)"),
+            "attrbasis-keep100": (True, ["edit_basis=attributes", "loss.keep=100"],
+                                  "text, each factor's own direction, keep weight 100 (lever)"),
+            "attrbasis-keep300": (True, ["edit_basis=attributes", "loss.keep=300"],
+                                  "text, each factor's own direction, keep weight 300 (lever)"),
+            # the renderer's acted face as a paired target for w + Δw (its code by the prior's encoder)
+            "paired30": (True, ["loss.paired=30"], "text, paired acted-face term x30 (lever)"),
+            "attrbasis-paired30": (True, ["edit_basis=attributes", "loss.paired=30"],
+                                   "text, each factor's own direction, paired acted-face term x30 (lever)"),
+            # the text term on the change of the scorer's embedding (StyleGAN-NADA's directional loss)
+            "direction": (True, ["loss.text=0", "loss.direction=1"], "text, directional text loss only (lever)"),
+            "direction-single": (True, ["loss.text=0", "loss.direction=10", "loss.contrastive=false"],
+                                 "text, directional own-sentence loss x10 only (lever)"),
+            "plus-direction": (True, ["loss.direction=1"], "text, plus the directional loss (lever)"),
+            "plus-direction5": (True, ["loss.direction=5"], "text, plus the directional loss x5 (lever)"),
             # super-resolution: the loss before the perceptual term, with and without a pretrained text encoder
             "l1-notext": (False, ["loss.perceptual=0"], "no-text head, L1 losses only (the previous loss)"),
             "minilm-l1": (True, ["text_model=minilm", "loss.perceptual=0"],

@@ -11,7 +11,11 @@ wires HD-VILA's `encode_text`; this package never imports `hdvila`), and the map
 Losses (weights in `loss`), all through the frozen generator:
 - text: the edited face must match its sentence by a frozen image-text scorer that is not the input encoder
   (`animation.oracle.FaceTextScorer`), contrastively against the batch's other sentences (of other actions);
+- direction: the change the edit makes to the scorer's image embedding must match the sentence's offset from
+  the mean training sentence (StyleGAN-NADA's directional loss), contrastively or not as the text term;
 - offset: mean squared Δw in units of w's spread (StyleCLIP's latent L2);
+- paired (off by default): w + Δw must match the code the prior's encoder gives the renderer's acted face,
+  the training face with the action applied (synthetic faces have that truth; the oracle is not involved);
 - cycle: the prior's encoder, applied to the edited image, must give back w + Δw (mean squared error in units
   of w's spread). An autoencoding prior renders faces only near codes its encoder produces; elsewhere it draws
   colourful noise that can fool the frozen scorer and oracle alike. Codes that survive the round trip are on
@@ -42,13 +46,15 @@ from data_tools.logs import get_logger
 from data_tools.training.run import run_summary, start_run
 from data_tools.training.trainer import Trainer
 
-from animation.faces import ACTIONS, action_sentences, face_tensors
+from animation.faces import (ACTIONS, EXPRESSION_FACTORS, FACTOR_NAMES, action_sentences, apply_action,
+                             face_tensors)
 from animation.inversion import invert
 from animation.motion import contrastive_text_loss, single_text_loss
 from animation.stylegan2 import Generator
 
 from .attributes import touched
-from .mapper import GeneratorHead, HeadConfig, MapperConfig, TextMapper, offset_penalty, save_preview
+from .mapper import (GeneratorHead, HeadConfig, MapperConfig, TextMapper, attribute_basis, offset_penalty,
+                     save_preview)
 from .prior import load_prior
 
 log = get_logger(__name__)
@@ -56,6 +62,7 @@ TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # sentences -> [N, D]
 ACTION_NAMES = [a.name for a in ACTIONS]
 # [A, F] True where the oracle's reading must stay: identity factors and the expression factors an action leaves
 KEEP_MASK = torch.tensor(np.stack([~touched(name) for name in ACTION_NAMES]))
+EXPRESSION_INDEX = [FACTOR_NAMES.index(n) for n in EXPRESSION_FACTORS]
 
 
 @dataclass
@@ -63,10 +70,18 @@ class ManipulationLossConfig:
     text: float = 1.0
     contrastive: bool = True  # InfoNCE over the batch's sentences (distinct actions); false: 1 - cos
     temperature: float = 0.07
+    # weight of the directional text term (StyleGAN-NADA's): the scorer's embedding of the edit minus that of G(w)
+    # against the sentence's embedding minus the mean training sentence's, contrastive as `contrastive` says. The
+    # absolute term rewards any change that raises the similarity, unrelated ones included; a direction does not,
+    # but it carries no size: alone it makes faint edits
+    direction: float = 0.0
     offset: float = 0.3
     keep: float = 30.0  # change of the oracle's kept factors, in units of their range
     keep_norm: str = "l2"  # "l2": squared change; "l1": absolute change (a steady pull on small moves too)
     cycle: float = 1.0  # the edited image, re-encoded by the prior's encoder, gives back its code (see below)
+    # weight of the paired term: w + Δw must match the prior encoder's code of the renderer's own acted face (the
+    # training face with the action applied), in units of w's spread. The renderer's truth, not the oracle
+    paired: float = 0.0
 
     def __post_init__(self):
         if self.keep_norm not in ("l1", "l2"):
@@ -146,8 +161,9 @@ class ManipulationBatches:
 
     def __init__(self, ws: torch.Tensor, sentence_action: torch.Tensor, text_emb: torch.Tensor,
                  scorer_emb: torch.Tensor, batch_size: int, seed: int, steps_per_epoch: int = 100,
-                 augment: TextAugmentConfig | None = None):
+                 augment: TextAugmentConfig | None = None, factors: np.ndarray | None = None):
         self.ws, self.sentence_action, self.text_emb, self.scorer_emb = ws, sentence_action, text_emb, scorer_emb
+        self.factors = factors  # the faces' own factors [N, F], for the paired term
         self.batch_size, self.seed, self.steps, self.epoch = batch_size, seed, steps_per_epoch, 0
         self.augment = augment or TextAugmentConfig()
         if self.augment.noise < 0:
@@ -178,7 +194,10 @@ class ManipulationBatches:
             if self.augment.noise:
                 noise = torch.randn(text_emb.shape, generator=gen) / text_emb.shape[1] ** 0.5
                 text_emb = _unit(text_emb) + self.augment.noise * noise
-            yield {"w": self.ws[faces], "text_emb": text_emb, "scorer_emb": scorer_emb, "action": actions}
+            batch = {"w": self.ws[faces], "text_emb": text_emb, "scorer_emb": scorer_emb, "action": actions}
+            if self.factors is not None:
+                batch["factors"] = torch.as_tensor(self.factors[faces.numpy()])
+            yield batch
 
 
 def kept_change(change: torch.Tensor, mask: torch.Tensor, norm: str = "l2") -> torch.Tensor:
@@ -195,26 +214,49 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 class ManipulationObjective:
     def __init__(self, cfg: ManipulationConfig, judges: Judges, output_dir: Path,
-                 preview: Callable[[nn.Module], torch.Tensor] | None = None, encoder: nn.Module | None = None):
+                 preview: Callable[[nn.Module], torch.Tensor] | None = None, encoder: nn.Module | None = None,
+                 text_anchor: torch.Tensor | None = None):
         self.cfg, self.judges, self.output_dir, self.preview = cfg, judges, output_dir, preview
         self.encoder = encoder  # the prior's (frozen) inversion encoder, for the cycle term
+        self.text_anchor = text_anchor  # the scorer's mean training sentence, the origin of `loss.direction`
+        if cfg.loss.direction and text_anchor is None:
+            raise ValueError("loss.direction needs the mean training sentence's scorer embedding (text_anchor)")
+        if cfg.loss.paired and encoder is None:
+            raise ValueError("loss.paired needs the prior's encoder")
+
+    @torch.no_grad()
+    def acted_codes(self, factors: torch.Tensor, action: torch.Tensor, size: int) -> torch.Tensor:
+        """The prior encoder's codes of the faces `factors` [B, F] rendered with their actions applied."""
+        acted = np.concatenate([apply_action(f[None].numpy(), ACTION_NAMES[a]) for f, a in zip(factors, action.tolist())])
+        return self.encoder.encode(face_tensors(acted, size))
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, torch.Tensor]:
         lc, module = self.cfg.loss, getattr(model, "module", model)
         w, action = batch["w"], batch["action"]
         dw, edited = model(w, batch["text_emb"] if self.cfg.use_text else None)
-        image_emb = self.judges.scorer.encode_images(edited)
-        if lc.contrastive:
-            same = action[:, None] == action[None, :]
-            text = contrastive_text_loss(image_emb, batch["scorer_emb"], lc.temperature, same_text=same)
-        else:
-            text = single_text_loss(image_emb, batch["scorer_emb"])
+        image_emb, text_emb = self.judges.scorer.encode_images(edited), batch["scorer_emb"]
         with torch.no_grad():
-            before = self.judges.oracle(module.generator.synthesis(w, noise_mode="const"))
+            reconstruction = module.generator.synthesis(w, noise_mode="const")
+            before = self.judges.oracle(reconstruction)
+        same = action[:, None] == action[None, :]
+
+        def text_loss(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+            if lc.contrastive:
+                return contrastive_text_loss(image_emb, text_emb, lc.temperature, same_text=same)
+            return single_text_loss(image_emb, text_emb)
+
+        terms = {"text": text_loss(image_emb, text_emb)}
+        if lc.direction:
+            with torch.no_grad():
+                start_emb = self.judges.scorer.encode_images(reconstruction)
+            terms["direction"] = text_loss(image_emb - start_emb, text_emb - self.text_anchor.to(text_emb.device))
         keep_mask = KEEP_MASK.to(w.device)[action]
         keep = (kept_change(self.judges.oracle(edited) - before, keep_mask, lc.keep_norm).sum()
                 / keep_mask.sum().clamp(min=1))
-        terms = {"text": text, "offset": module.mapper.penalty(dw), "keep": keep}
+        terms.update(offset=module.mapper.penalty(dw), keep=keep)
+        if lc.paired:
+            terms["paired"] = offset_penalty(w + dw - self.acted_codes(batch["factors"], action, edited.shape[-1]),
+                                             module.mapper.w_std)
         if self.encoder is not None and lc.cycle:
             terms["cycle"] = offset_penalty(self.encoder(edited) - (w + dw), module.mapper.w_std)
         total = sum(getattr(lc, k) * v for k, v in terms.items())
@@ -364,12 +406,13 @@ def optimise_edits(generator: Generator, w: torch.Tensor, scorer_emb: torch.Tens
 # ------------------------------------------------------------------------------------------------ run
 
 def prepare_training(cfg: ManipulationConfig, text_encoder: TextEncoder | None, progress: bool = True):
-    """(generator, encoder, judges, batches) for a run: training faces inverted, sentences embedded by both
-    encoders."""
+    """(generator, encoder, judges, batches, factors) for a run: training faces inverted, sentences embedded by
+    both encoders; `factors` are the training faces' own [N, F]."""
     generator, encoder = load_prior(cfg.prior_dir)
     size = generator.cfg.resolution
     judges = get_judges(cfg.cache_dir, size, cfg.oracle, cfg.scorer)
-    images = face_tensors(cfg.split.faces("train", cfg.faces, cfg.train.seed), size)
+    factors = cfg.split.faces("train", cfg.faces, cfg.train.seed)
+    images = face_tensors(factors, size)
     ws = invert_images(generator, encoder, images, cfg.invert_steps, progress)
     pairs = action_sentences("train")
     sentences = [s for _, s in pairs]
@@ -379,18 +422,27 @@ def prepare_training(cfg: ManipulationConfig, text_encoder: TextEncoder | None, 
         text_emb = (text_encoder(sentences).float().cpu() if cfg.use_text
                     else torch.zeros(len(sentences), 1))
     batches = ManipulationBatches(ws, action, text_emb, scorer_emb, cfg.train.batch_size, cfg.train.seed,
-                                  augment=cfg.text_augment if cfg.use_text else None)
-    return generator, encoder, judges, batches
+                                  augment=cfg.text_augment if cfg.use_text else None,
+                                  factors=factors if cfg.loss.paired else None)
+    return generator, encoder, judges, batches, torch.as_tensor(factors)
 
 
-def build_mapper(cfg: HeadConfig, generator: Generator, text_dim: int, encoder, codes: torch.Tensor | None = None
-                 ) -> TextMapper:
+def build_mapper(cfg: HeadConfig, generator: Generator, text_dim: int, encoder, codes: torch.Tensor | None = None,
+                 factors: torch.Tensor | None = None) -> TextMapper:
     """A fresh mapper for the generator, in the units of the encoder's w spread; with `cfg.components`, its edit
-    subspace from the training `codes`."""
+    subspace from the training `codes` (and, for `edit_basis=attributes`, their faces' `factors`)."""
+    attributes = cfg.edit_basis == "attributes"
     mapper = TextMapper(MapperConfig(generator.num_ws, generator.w_dim, text_dim, cfg.hidden, cfg.layers,
-                                     cfg.use_text, cfg.components))
+                                     cfg.use_text, len(EXPRESSION_INDEX) if attributes else cfg.components))
     mapper.w_std.copy_(encoder.w_std)
-    if cfg.components:
+    if attributes:
+        if factors is None:
+            raise ValueError("edit_basis=attributes needs the training faces' factors")
+        basis, r2 = attribute_basis(codes, factors, EXPRESSION_INDEX, cfg.components)
+        mapper.set_basis(basis, codes)
+        log.info("edit basis: one direction per expression factor; read-out R^2 %s",
+                 ", ".join(f"{n} {v:.2f}" for n, v in zip(FACTOR_NAMES, r2.tolist())))
+    elif cfg.components:
         mapper.set_code_statistics(codes)
     return mapper
 
@@ -399,8 +451,8 @@ def run_train_manipulation(cfg: ManipulationConfig, text_encoder: TextEncoder | 
                            progress: bool = True) -> dict[str, Any] | None:
     """Train the mapper against the frozen prior and judges; export to output_dir/manipulator."""
     out = start_run(cfg)
-    generator, encoder, judges, batches = prepare_training(cfg, text_encoder, progress)
-    mapper = build_mapper(cfg, generator, batches.text_emb.shape[1], encoder, batches.ws)
+    generator, encoder, judges, batches, factors = prepare_training(cfg, text_encoder, progress)
+    mapper = build_mapper(cfg, generator, batches.text_emb.shape[1], encoder, batches.ws, factors)
     config = {"prior_dir": str(cfg.prior_dir), "text_model": str(cfg.text_model), "invert_steps": cfg.invert_steps}
     model = ManipulationModel(generator, mapper, config)
     preview_faces = face_tensors(cfg.split.faces("val", 4, 0), generator.cfg.resolution)
@@ -419,7 +471,8 @@ def run_train_manipulation(cfg: ManipulationConfig, text_encoder: TextEncoder | 
         return torch.cat(rows)
 
     encoder.requires_grad_(False).eval()
-    objective = ManipulationObjective(cfg, judges, out, preview, encoder=encoder)
+    objective = ManipulationObjective(cfg, judges, out, preview, encoder=encoder,
+                                      text_anchor=batches.scorer_emb.mean(0))
     trainer = Trainer(cfg.train, cfg.optim, model, objective, batches, out, epoch_setter=batches.set_epoch,
                       resume=resume)
     t0 = time.perf_counter()

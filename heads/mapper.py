@@ -13,11 +13,18 @@ units of w's spread (`w_std`, a buffer), so one learning rate fits generators wi
 `set_code_statistics(codes)`, and `penalty` measures them in units of each direction's spread (a Gaussian prior
 on the edit). A generator renders faces only near the codes it was trained on; an offset along directions the
 data never varies in lands where it draws noise that can still fool a frozen scorer.
+
+`attribute_basis(codes, factors, targets, principal)` gives another subspace of the same kind: one direction per
+edited factor, each moving that factor's linear read-out from the codes by one unit and every other factor's
+(identity included) by none, InterFaceGAN's conditional manipulation solved for all factors at once.
+`set_basis` installs it. The labels are the training faces' own factors, so the attribute oracle that judges
+the edits never shapes them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,12 +80,18 @@ class TextMapper(nn.Module):
         """The principal directions (and their spreads) of codes [N, num_ws, w_dim]: the subspace edits live in."""
         if not self.cfg.components:
             raise ValueError("this mapper has components=0: edits use the whole W+ space")
+        self.set_basis(principal_directions(codes, self.cfg.components)[0], codes)
+
+    @torch.no_grad()
+    def set_basis(self, basis: Tensor, codes: Tensor) -> None:
+        """Edits live in the span of `basis` [components, num_ws * w_dim] (orthonormalised here); the penalty
+        measures them in units of the spread of codes [N, num_ws, w_dim] along each direction."""
+        if basis.shape != self.basis.shape:
+            raise ValueError(f"basis must be {tuple(self.basis.shape)}, got {tuple(basis.shape)}")
+        orthonormal = torch.linalg.qr(basis.float().t())[0].t()
+        self.basis.copy_(orthonormal)
         flat = codes.reshape(len(codes), -1).float()
-        if len(flat) <= self.cfg.components:
-            raise ValueError(f"need more than {self.cfg.components} codes, got {len(flat)}")
-        _, s, vh = torch.linalg.svd(flat - flat.mean(0), full_matrices=False)
-        self.basis.copy_(vh[:self.cfg.components])
-        self.component_std.copy_(s[:self.cfg.components] / (len(flat) - 1) ** 0.5)
+        self.component_std.copy_(((flat - flat.mean(0)) @ orthonormal.t()).std(0).clamp(min=1e-8))
 
     def penalty(self, dw: Tensor) -> Tensor:
         """Mean squared offset: per principal direction in units of its spread, or (components=0) per coordinate
@@ -104,6 +117,41 @@ class TextMapper(nn.Module):
         return dw
 
 
+def principal_directions(codes: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The top-k principal directions [k, D] of codes [N, ...] flattened, and the spread along each [k]."""
+    flat = codes.reshape(len(codes), -1).float()
+    if len(flat) <= k:
+        raise ValueError(f"need more than {k} codes, got {len(flat)}")
+    _, s, vh = torch.linalg.svd(flat - flat.mean(0), full_matrices=False)
+    return vh[:k], s[:k] / (len(flat) - 1) ** 0.5
+
+
+@torch.no_grad()
+def attribute_basis(codes: Tensor, factors: Tensor, targets: Sequence[int], principal: int, ridge: float = 1e-2
+                    ) -> tuple[Tensor, Tensor]:
+    """One W+ direction per target factor [len(targets), num_ws * w_dim], and the R^2 of each factor's read-out.
+
+    Each factor of codes [N, num_ws, w_dim] is read out linearly (ridge regression on the codes' whitened top
+    `principal` principal coordinates, factors standardised). The direction for factor k moves read-out k by one
+    standard deviation and every other read-out by none: the columns of R (R^T R)^-1 for the read-out matrix R,
+    the least-whitened-norm such moves, so they stay in directions the data vary in."""
+    factors = torch.as_tensor(factors, dtype=torch.float32)
+    if len(factors) != len(codes):
+        raise ValueError(f"{len(codes)} codes but {len(factors)} factor rows")
+    if principal < factors.shape[1]:
+        raise ValueError(f"moving each of {factors.shape[1]} factors alone needs at least as many principal "
+                         f"coordinates, got {principal}")
+    directions, spread = principal_directions(codes, principal)
+    flat = codes.reshape(len(codes), -1).float()
+    z = (flat - flat.mean(0)) @ directions.t() / spread  # whitened coordinates [N, principal]
+    y = (factors - factors.mean(0)) / factors.std(0).clamp(min=1e-8)
+    readout = torch.linalg.solve(z.t() @ z + ridge * len(z) * torch.eye(principal), z.t() @ y)  # [principal, F]
+    r2 = 1 - (y - z @ readout).square().mean(0) / y.square().mean(0)
+    moves = readout @ torch.linalg.inv(readout.t() @ readout)  # [principal, F]: readout^T moves = I
+    basis = (moves[:, list(targets)] * spread[:, None]).t() @ directions
+    return basis, r2
+
+
 def offset_penalty(dw: Tensor, w_std: Tensor) -> Tensor:
     """Mean squared W+ offset in units of w's spread (StyleCLIP's latent L2 term)."""
     return (dw / w_std).square().mean()
@@ -121,12 +169,23 @@ class HeadConfig:
     layers: int = 3  # mapper depth
     use_text: bool = True  # false: the no-text reference (the mapper sees no sentence)
     components: int = 0  # > 0: offsets in the span of the training codes' top principal directions (mapper)
+    # "principal": those directions; "attributes": one direction per expression factor, each moving that factor
+    # alone by a linear read-out fitted on the training faces' factors in the `components` principal coordinates
+    # (`attribute_basis`)
+    edit_basis: str = "principal"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1500, batch_size=16, seed=0,
                                                                    deepspeed_config="zero0", grad_clip=0.0,
                                                                    log_every=50, save_every=500))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3, betas=(0.9, 0.99),
                                                                    weight_decay=0.0, schedule="cosine",
                                                                    warmup_ratio=0.02))
+
+    def __post_init__(self):
+        if self.edit_basis not in ("principal", "attributes"):
+            raise ValueError(f"edit_basis must be principal or attributes, got {self.edit_basis!r}")
+        if self.edit_basis == "attributes" and not self.components:
+            raise ValueError("edit_basis=attributes fits its read-outs in `components` principal coordinates: set "
+                             "components > 0")
 
 
 class GeneratorHead(PretrainedMixin, nn.Module):

@@ -243,7 +243,7 @@ def run_train_superres(cfg: SuperResConfig, text_encoder: TextEncoder | None, re
         text_emb = text_encoder(sentences).float().cpu() if cfg.use_text else torch.zeros(len(sentences), 1)
     encoder = copy.deepcopy(prior_encoder).train().requires_grad_(True)
     codes = prior_encoder.encode(images) if cfg.components else None
-    mapper = build_mapper(cfg, generator, text_emb.shape[1], encoder, codes)
+    mapper = build_mapper(cfg, generator, text_emb.shape[1], encoder, codes, torch.as_tensor(factors))
     model = SuperResModel(generator, encoder, mapper, {"prior_dir": str(cfg.prior_dir), "scale": cfg.scale,
                                                        "text_model": str(cfg.text_model)})
     preview_factors = cfg.split.faces("val", 8, 0)

@@ -84,6 +84,79 @@ def test_kept_change_penalises_only_the_factors_an_action_leaves_alone_by_the_ch
         ManipulationLossConfig(keep_norm="l3")
 
 
+class _LinearHead(torch.nn.Module):
+    """A stand-in manipulation model: the offset is a fixed tensor and the 'generator' reshapes codes to pixels."""
+
+    def __init__(self, dw):
+        super().__init__()
+        self.dw = dw
+        self.generator = type("G", (), {"synthesis": staticmethod(lambda w, noise_mode: w.view(len(w), 3, 2, 2))})()
+        self.mapper = type("M", (), {"penalty": staticmethod(lambda dw: dw.square().mean())})()
+
+    def forward(self, w, text_emb):
+        return self.dw, self.generator.synthesis(w + self.dw, noise_mode="const")
+
+
+def test_directional_text_loss_scores_the_change_of_the_image_embedding_against_the_sentence_offset():
+    from heads.manipulation import (Judges, ManipulationConfig, ManipulationLossConfig, ManipulationObjective)
+
+    scorer = type("S", (), {"encode_images": staticmethod(lambda x: x.flatten(1)[:, :4])})()
+    judges = Judges(oracle=lambda x: x.flatten(1), scorer=scorer)
+    w = torch.tensor([[[1.0, 2.0, 0.5, -1.0] + [0.0] * 8]])
+    sentence, anchor = torch.tensor([[0.0, 1.0, 1.0, 0.0]]), torch.tensor([0.0, 1.0, 0.0, 0.0])
+    batch = {"w": w, "action": torch.tensor([0]), "text_emb": torch.zeros(1, 3), "scorer_emb": sentence}
+    along = torch.zeros(1, 1, 12)
+    along[0, 0, 2] = 0.7  # moves the image embedding along sentence - anchor only
+
+    cfg = ManipulationConfig(loss=ManipulationLossConfig(direction=2.0, contrastive=False, offset=0, keep=0, cycle=0))
+    objective = ManipulationObjective(cfg, judges, Path("."), text_anchor=anchor)
+
+    def terms(dw):
+        return {k: v.item() for k, v in objective.loss(_LinearHead(dw), batch, step=0).items()}
+
+    aligned = terms(along)
+    assert aligned["direction"] == pytest.approx(0.0, abs=1e-6)
+    assert aligned["text"] > 0.1  # the absolute target still wants the rest of the image to change
+    assert aligned["loss"] == pytest.approx(aligned["text"] + 2.0 * aligned["direction"], abs=1e-6)
+    assert terms(along + torch.tensor([0.0, 0.0, 0.0, 0.5] + [0.0] * 8))["direction"] > 0.1  # unrelated moves cost
+    with pytest.raises(ValueError, match="text_anchor"):
+        ManipulationObjective(ManipulationConfig(loss=ManipulationLossConfig(direction=1.0)), judges, Path("."))
+
+
+def test_paired_term_pulls_the_edit_towards_the_code_of_the_renderers_acted_face():
+    from animation.faces import apply_action, face_tensors
+    from heads.manipulation import (ACTION_NAMES, Judges, ManipulationConfig, ManipulationLossConfig,
+                                    ManipulationObjective)
+
+    class PixelEncoder(torch.nn.Module):  # "encodes" a face to its 2x2 average-pooled pixels, like the stand-in G
+        def encode(self, images):
+            return torch.nn.functional.adaptive_avg_pool2d(images, 2).reshape(len(images), 1, 12)
+
+    encoder, size = PixelEncoder(), 2
+    factors = torch.as_tensor(sample_factors(1, np.random.default_rng(0)))
+    scorer = type("S", (), {"encode_images": staticmethod(lambda x: x.flatten(1)[:, :4])})()
+    cfg = ManipulationConfig(loss=ManipulationLossConfig(paired=1.0, offset=0, keep=0, cycle=0))
+    objective = ManipulationObjective(cfg, Judges(oracle=lambda x: x.flatten(1), scorer=scorer), Path("."),
+                                      encoder=encoder)
+    action = torch.tensor([ACTION_NAMES.index("turn_right")])
+    start = encoder.encode(face_tensors(factors.numpy(), size))
+    acted = objective.acted_codes(factors, action, size)
+    assert torch.allclose(acted, encoder.encode(face_tensors(apply_action(factors.numpy(), "turn_right"), size)))
+    assert not torch.allclose(acted, start)
+    batch = {"w": start, "action": action, "text_emb": torch.zeros(1, 3), "scorer_emb": torch.ones(1, 4),
+             "factors": factors}
+
+    def paired(dw):
+        head = _LinearHead(dw)
+        head.mapper.w_std = torch.ones(1)
+        return objective.loss(head, batch, step=0)["paired"].item()
+
+    assert paired(acted - start) == pytest.approx(0.0, abs=1e-10)
+    assert paired(torch.zeros_like(start)) == pytest.approx((acted - start).square().mean().item())
+    with pytest.raises(ValueError, match="encoder"):
+        ManipulationObjective(cfg, objective.judges, Path("."))
+
+
 def test_face_split_keeps_train_val_and_test_identities_apart():
     split = FaceSplit(identities=60, test_fraction=0.5, val_identities=10)
     ids = {s: {tuple(r) for r in split.identities_of(s)} for s in ("train", "val", "test")}
@@ -142,6 +215,51 @@ def test_mapper_components_keep_edits_in_the_codes_principal_span():
     assert mapper.penalty(one_std).item() == pytest.approx(0.5)  # 1 std along one of 2 directions
     with pytest.raises(ValueError, match="more than"):
         mapper.set_code_statistics(codes[:2].view(2, num_ws, w_dim))
+
+
+def test_attribute_basis_moves_each_target_factor_alone():
+    from heads.mapper import attribute_basis
+
+    torch.manual_seed(0)
+    n, num_ws, w_dim = 3000, 4, 8
+    factors = torch.randn(n, 5) * torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
+    mixing = torch.randn(5, num_ws * w_dim)  # every factor moves many coordinates: entangled in W+
+    mixing[1] += mixing[4]  # and factor 1 shares a direction with factor 4
+    nuisance = torch.randn(n, 3) @ torch.randn(3, num_ws * w_dim)
+    codes = (factors @ mixing + nuisance + 0.01 * torch.randn(n, num_ws * w_dim)).view(n, num_ws, w_dim)
+    basis, r2 = attribute_basis(codes, factors, targets=[1, 4], principal=10, ridge=1e-4)
+    assert basis.shape == (2, num_ws * w_dim) and (r2 > 0.99).all()
+    # the true read-out of the factors from the codes: each direction moves its factor by one sd, the rest not
+    flat = codes.flatten(1)
+    readout = torch.linalg.lstsq(flat - flat.mean(0), factors - factors.mean(0)).solution
+    moved = (basis @ readout) / factors.std(0)
+    assert torch.allclose(moved, torch.eye(5)[[1, 4]], atol=0.02)
+    # unlike the factor's own read-out gradient (InterFaceGAN's unconditioned normal), which drags others along
+    entangled = readout[:, 1] @ readout
+    assert abs(entangled[4] / entangled[1]) > 0.3
+
+    mapper = TextMapper(MapperConfig(num_ws, w_dim, text_dim=5, hidden=16, layers=1, components=2))
+    mapper.set_basis(basis, codes)
+    torch.nn.init.normal_(mapper.out.weight)
+    dw = mapper(torch.randn(6, num_ws, w_dim), torch.randn(6, 5)).flatten(1)
+    others = (dw @ readout) / factors.std(0)
+    assert others[:, [1, 4]].abs().min() > 0 and torch.allclose(others[:, [0, 2, 3]], torch.zeros(6, 3), atol=1e-3)
+    with pytest.raises(ValueError, match="basis must be"):
+        mapper.set_basis(basis[:1], codes)
+    with pytest.raises(ValueError, match="factor rows"):
+        attribute_basis(codes, factors[:10], targets=[1], principal=10)
+    with pytest.raises(ValueError, match="as many principal"):
+        attribute_basis(codes, factors, targets=[1], principal=4)
+
+
+def test_head_config_checks_its_edit_basis():
+    from heads.mapper import HeadConfig
+
+    with pytest.raises(ValueError, match="principal or attributes"):
+        HeadConfig(edit_basis="pca")
+    with pytest.raises(ValueError, match="components > 0"):
+        HeadConfig(edit_basis="attributes", components=0)
+    assert HeadConfig(edit_basis="attributes", components=8).edit_basis == "attributes"
 
 
 def test_text_augmentation_mixes_phrasings_of_the_same_action_and_adds_noise_of_the_set_norm():
@@ -266,6 +384,24 @@ def test_manipulation_trains_the_mapper_only_and_logs_each_loss(heads_run):
     assert edited.shape == (2, 3, 16, 16) and dw.shape == w.shape
     with pytest.raises(ValueError, match="sentences"):
         runner.edit(faces, ["she smiles"])
+
+
+def test_manipulation_with_the_attribute_basis_edits_along_one_direction_per_expression_factor(heads_run, tmp_path):
+    from animation.faces import EXPRESSION_FACTORS
+    from heads.manipulation import TextManipulator
+
+    root, text_encoder = heads_run
+    out = tmp_path / "attributes"
+    assert cli_main(["--quiet", "heads", "train-manipulation", "--config", "heads/faces32-manipulation",
+                     *head_args(root), *TINY_JUDGES, f"output_dir={out}", "faces=16", "edit_basis=attributes",
+                     "components=12", "train.max_steps=2", "train.val_every=0"]) == 0
+    runner = TextManipulator.from_pretrained(out / "manipulator", text_encoder)
+    basis = runner.model.mapper.basis
+    assert basis.shape[0] == len(EXPRESSION_FACTORS)
+    assert torch.allclose(basis @ basis.t(), torch.eye(len(basis)), atol=1e-4)
+    _, w, dw = runner.edit(render_faces(sample_factors(2, np.random.default_rng(0)), 16), ["she smiles"] * 2)
+    flat = dw.flatten(1)
+    assert flat.abs().sum() > 0 and torch.allclose(flat, (flat @ basis.t()) @ basis, atol=1e-5)
 
 
 def test_manipulate_command_writes_input_reconstruction_and_edit(heads_run, tmp_path, capsys):
