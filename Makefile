@@ -80,6 +80,14 @@ bench-heads: $(STAMP)
 	$(PY) benchmarks/bench_heads.py train --seeds 0 1 2 --jobs 2
 	$(PY) benchmarks/bench_heads.py train --seeds 0 --heads manip --variants minilm minilm-mixnoise --jobs 2
 	$(PY) benchmarks/bench_heads.py train --seeds 0 --heads sr --variants l1-notext minilm-l1 --jobs 2
+	# stop 39's manipulation config as an arm on every seed, and the stop-40 levers on seed 0
+	$(PY) benchmarks/bench_heads.py train --seeds 0 1 2 --heads manip --variants stop39text --jobs 2
+	$(PY) benchmarks/bench_heads.py train --seeds 0 --heads manip --jobs 2 --variants attrbasis attrbasis-keep100 \
+	    attrbasis-keep300 direction direction-single plus-direction plus-direction5 paired30 attrbasis-paired30 \
+	    paired300 attrbasis-paired300 paired300-mix3 paired300-mix6
+	$(PY) benchmarks/bench_heads.py eval --split val --heads manip --levers --seeds 0 --faces 40
+	$(PY) benchmarks/bench_heads.py snap --split val --variants text stop39text paired300-mix3
+	$(PY) benchmarks/bench_heads.py ceiling --split val
 	$(PY) benchmarks/bench_heads.py eval --split val --faces 40 --optimise-steps 0
 	$(PY) benchmarks/bench_heads.py eval --split test
 	$(PY) benchmarks/bench_heads.py prior --split test

@@ -4,6 +4,8 @@
     python benchmarks/bench_heads.py prior [--split val]            # agreement of inversions, each prior
     python benchmarks/bench_heads.py train [--seeds 0 1 2] [--jobs 2]   # text and no-text heads per seed
     python benchmarks/bench_heads.py eval --split val|test [--seeds 0 1 2]
+    python benchmarks/bench_heads.py snap --variants text [--split val]  # the snap temperature, seed 0
+    python benchmarks/bench_heads.py ceiling [--split val]          # edits that know the action (a bound)
     python benchmarks/bench_heads.py smoke                           # the carphone clip's real face crops
     python benchmarks/bench_heads.py report                          # docs/results/heads.md from heads.json
 
@@ -138,42 +140,60 @@ def stage_prior(args) -> None:
 # variant -> (use_text, extra overrides, label of its arm): the text head (HD-VILA's text encoder), the no-text
 # reference, the text head on the packaged MiniLM sentence encoder (what a raw pretrained sentence encoder gives:
 # a diagnostic) and the levers measured on val. Trained variants beyond text and notext join the evaluation.
+# stop 39's manipulation config, the base every manipulation lever below was trained on (each spelt out in full)
+STOP39 = ["loss.text=1", "loss.paired=0", "snap_temperature=0"]
 VARIANTS = {"text": (True, [], "text"), "notext": (False, [], "no-text mapper"),
             "minilm": (True, ["text_model=minilm"], "text, raw MiniLM sentence encoder (diagnostic)"),
+            # stop 39's manipulation config, kept as an arm beside the current one (folders manip-stop39text-s*)
+            "stop39text": (True, STOP39,
+                           "stop 39's text head (text term 1.0, no paired term, no snap)"),
             # manipulation levers (seed 0, val)
-            "minilm-mixnoise": (True, ["text_model=minilm", "text_augment.same_action_mix=true",
+            "minilm-mixnoise": (True, [*STOP39, "text_model=minilm", "text_augment.same_action_mix=true",
                                        "text_augment.noise=0.3"], "raw MiniLM, phrasings mixed + noise 0.3 (lever)"),
-            "keep100": (True, ["loss.keep=100"], "text, keep weight 100 (lever; 30 in the config)"),
-            "keep300": (True, ["loss.keep=300"], "text, keep weight 300 (lever)"),
+            "keep100": (True, [*STOP39, "loss.keep=100"], "text, keep weight 100 (lever; 30 in the config)"),
+            "keep300": (True, [*STOP39, "loss.keep=300"], "text, keep weight 300 (lever)"),
             # the sentence's own agreement (1 - cos) instead of InfoNCE against the other actions' sentences, at
             # 10x the weight (InfoNCE's gradient carries 1 / temperature = 14x)
-            "single": (True, ["loss.contrastive=false", "loss.text=10"],
+            "single": (True, [*STOP39, "loss.contrastive=false", "loss.text=10"],
                        "text, own-sentence agreement x10 instead of the contrastive loss (lever)"),
-            "single-keep100": (True, ["loss.contrastive=false", "loss.text=10", "loss.keep=100"],
+            "single-keep100": (True, [*STOP39, "loss.contrastive=false", "loss.text=10", "loss.keep=100"],
                                "text, own-sentence agreement x10 and keep weight 100 (lever)"),
             # the keep term as an absolute change (loss.keep_norm=l1): a pull below the evaluation's tolerance too
-            "keepl1-10": (True, ["loss.keep_norm=l1", "loss.keep=10"], "text, absolute keep term, weight 10 (lever)"),
-            "keepl1-30": (True, ["loss.keep_norm=l1", "loss.keep=30"], "text, absolute keep term, weight 30 (lever)"),
+            "keepl1-10": (True, [*STOP39, "loss.keep_norm=l1", "loss.keep=10"],
+                          "text, absolute keep term, weight 10 (lever)"),
+            "keepl1-30": (True, [*STOP39, "loss.keep_norm=l1", "loss.keep=30"],
+                          "text, absolute keep term, weight 30 (lever)"),
             # the size of the principal subspace the offsets live in (32 in the config)
-            "comp16": (True, ["components=16"], "text, offsets in 16 principal directions (lever)"),
-            "comp64": (True, ["components=64"], "text, offsets in 64 principal directions (lever)"),
+            "comp16": (True, [*STOP39, "components=16"], "text, offsets in 16 principal directions (lever)"),
+            "comp64": (True, [*STOP39, "components=64"], "text, offsets in 64 principal directions (lever)"),
             # one direction per expression factor that moves that factor's linear read-out alone (heads.mapper)
-            "attrbasis": (True, ["edit_basis=attributes"],
+            "attrbasis": (True, [*STOP39, "edit_basis=attributes"],
                           "text, offsets along each expression factor's own direction (lever)"),
-            "attrbasis-keep100": (True, ["edit_basis=attributes", "loss.keep=100"],
+            "attrbasis-keep100": (True, [*STOP39, "edit_basis=attributes", "loss.keep=100"],
                                   "text, each factor's own direction, keep weight 100 (lever)"),
-            "attrbasis-keep300": (True, ["edit_basis=attributes", "loss.keep=300"],
+            "attrbasis-keep300": (True, [*STOP39, "edit_basis=attributes", "loss.keep=300"],
                                   "text, each factor's own direction, keep weight 300 (lever)"),
             # the renderer's acted face as a paired target for w + Δw (its code by the prior's encoder)
-            "paired30": (True, ["loss.paired=30"], "text, paired acted-face term x30 (lever)"),
-            "attrbasis-paired30": (True, ["edit_basis=attributes", "loss.paired=30"],
+            "paired30": (True, [*STOP39, "loss.paired=30"], "text, paired acted-face term x30 (lever)"),
+            "attrbasis-paired30": (True, [*STOP39, "edit_basis=attributes", "loss.paired=30"],
                                    "text, each factor's own direction, paired acted-face term x30 (lever)"),
+            "paired300": (True, [*STOP39, "loss.paired=300", "loss.text=0.1"],
+                          "text, paired acted-face term x300, text term x0.1 (lever)"),
+            "attrbasis-paired300": (True, [*STOP39, "edit_basis=attributes", "loss.paired=300", "loss.text=0.1"],
+                                    "text, each factor's own direction, paired term x300, text x0.1 (lever)"),
+            "paired300-mix3": (True, [*STOP39, "loss.paired=300", "loss.text=0.1",
+                                      "text_augment.same_action_mix=true", "text_augment.noise=0.3"],
+                               "text, paired term x300, text x0.1, phrasings mixed + noise 0.3 (lever)"),
+            "paired300-mix6": (True, [*STOP39, "loss.paired=300", "loss.text=0.1",
+                                      "text_augment.same_action_mix=true", "text_augment.noise=0.6"],
+                               "text, paired term x300, text x0.1, phrasings mixed + noise 0.6 (lever)"),
             # the text term on the change of the scorer's embedding (StyleGAN-NADA's directional loss)
-            "direction": (True, ["loss.text=0", "loss.direction=1"], "text, directional text loss only (lever)"),
-            "direction-single": (True, ["loss.text=0", "loss.direction=10", "loss.contrastive=false"],
+            "direction": (True, [*STOP39, "loss.text=0", "loss.direction=1"],
+                          "text, directional text loss only (lever)"),
+            "direction-single": (True, [*STOP39, "loss.text=0", "loss.direction=10", "loss.contrastive=false"],
                                  "text, directional own-sentence loss x10 only (lever)"),
-            "plus-direction": (True, ["loss.direction=1"], "text, plus the directional loss (lever)"),
-            "plus-direction5": (True, ["loss.direction=5"], "text, plus the directional loss x5 (lever)"),
+            "plus-direction": (True, [*STOP39, "loss.direction=1"], "text, plus the directional loss (lever)"),
+            "plus-direction5": (True, [*STOP39, "loss.direction=5"], "text, plus the directional loss x5 (lever)"),
             # super-resolution: the loss before the perceptual term, with and without a pretrained text encoder
             "l1-notext": (False, ["loss.perceptual=0"], "no-text head, L1 losses only (the previous loss)"),
             "minilm-l1": (True, ["text_model=minilm", "loss.perceptual=0"],
@@ -263,7 +283,8 @@ def stage_eval(args) -> None:
         results = load_results()
         results[f"manipulation_levers_{args.split}"] = {
             "note": f"seed {seed}, {len(factors)} {args.split} faces x 24 actions (FaceSplit {args.split}, seed 1), "
-                    f"held-out phrasings, edit_outcomes; prior: {HEADS_PRIOR}", "arms": arms}
+                    f"held-out phrasings, edit_outcomes; prior: {HEADS_PRIOR}; 'text' is the current config, every "
+                    "lever is stop 39's config (its own row) with the lever's overrides", "arms": arms}
         save_results(results)
         print(json.dumps(arms, indent=1))
         return
@@ -272,7 +293,9 @@ def stage_eval(args) -> None:
         per_seed = {}
         for seed in args.seeds:
             text, none = load_head("manip", "text", seed, encoders), load_head("manip", "notext", seed, encoders)
-            extra = trained_extras("manip", seed, encoders)
+            # the levers have their own section (--levers); here only the other configs (stop 39's head, MiniLM)
+            extra = {label: head for label, head in trained_extras("manip", seed, encoders).items()
+                     if not label.endswith("(lever)")}
             steps = args.optimise_steps if seed == args.seeds[0] else 0
             report = evaluate_manipulation(text, judges, factors, no_text=none, optimise_steps=steps,
                                            extra_arms=extra)
@@ -347,6 +370,76 @@ def manipulation_grid(report: dict, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ real faces
+
+def stage_ceiling(args) -> None:
+    """What the prior allows when the action is known: each face gets the requested change (from the oracle's
+    reading of the input) along every touched factor's own direction of the attribute basis, at a few gains. A
+    shortcut no text head has (it knows the action and reads the face with the judge), so it bounds the heads."""
+    from animation.faces import EXPRESSION_FACTORS, face_tensors
+    from heads.attributes import SPAN, edit_outcomes, requested_change
+    from heads.evaluate import edit_plan, summarise_edits
+    from heads.manipulation import EXPRESSION_INDEX, get_judges
+    from heads.mapper import attribute_basis
+    from heads.prior import FaceSplit, load_prior
+
+    torch.set_num_threads(args.threads)
+    judges = get_judges(CACHE, 32)
+    generator, encoder = load_prior(PRIORS[HEADS_PRIOR])
+    train = torch.as_tensor(FaceSplit().faces("train", 4096, 0)).float()  # the manipulation config's faces
+    with torch.no_grad():
+        basis, _ = attribute_basis(encoder.encode(face_tensors(train.numpy(), 32)), train, EXPRESSION_INDEX, 32)
+    factors = FaceSplit().faces(args.split, args.faces, seed=1)
+    face_idx, actions, _, _ = edit_plan(len(factors), "test", 0)
+    images = face_tensors(factors, 32)
+    arms = {}
+    with torch.no_grad():
+        w = encoder.encode(images)[face_idx]
+        start = judges.oracle.predict(images).numpy()[face_idx]
+        asked = np.stack([requested_change(start[i:i + 1], a)[0] for i, a in enumerate(actions)]) * SPAN
+        coef = torch.as_tensor(asked[:, EXPRESSION_INDEX]).float() / train.std(0)[EXPRESSION_INDEX]
+        for gain in (0.6, 0.8, 1.0, 1.5):
+            edited = generator.synthesis(w + (gain * coef @ basis).view_as(w), noise_mode="const")
+            out = summarise_edits(edit_outcomes(start, judges.oracle.predict(edited).numpy(), actions))
+            arms[f"the action known, gain {gain}"] = {k: out[k] for k in ("success", "achieved", "kept")}
+    results = load_results()
+    results[f"manipulation_ceiling_{args.split}"] = {
+        "note": f"{len(factors)} {args.split} faces x 24 actions (FaceSplit {args.split}, seed 1): the requested "
+                f"change, read off the input by the oracle, along each of the {len(EXPRESSION_FACTORS)} expression "
+                "factors' own directions (heads.mapper.attribute_basis on the manipulation config's 4,096 training "
+                f"codes, 32 principal coordinates); no text, no training; prior: {HEADS_PRIOR}", "arms": arms}
+    save_results(results)
+    print(json.dumps(arms, indent=1))
+
+
+def stage_snap(args) -> None:
+    """Validation sweep of the inference-time snap temperature for seed-0 heads (`--variants`)."""
+    from heads.evaluate import evaluate_manipulation
+    from heads.manipulation import get_judges
+    from heads.prior import FaceSplit
+
+    torch.set_num_threads(args.threads)
+    judges, encoders = get_judges(CACHE, 32), text_encoders()
+    factors = FaceSplit().faces(args.split, args.faces, seed=1)
+    arms = {}
+    for variant in args.variants:
+        head = load_head("manip", variant, args.seeds[0], encoders)
+        if not hasattr(head.model, "phrasings"):  # trained without a phrasing bank: give it the training sentences
+            from animation.faces import action_sentences
+
+            head.model.register_buffer("phrasings", torch.nn.functional.normalize(
+                head.text_encoder([t for _, t in action_sentences("train")]).float(), dim=-1))
+        for temperature in (0.0, 0.01, 0.02, 0.03, 0.05, 0.1):
+            head.model.snap_temperature = temperature
+            m = evaluate_manipulation(head, judges, factors)["arms"]["text"]
+            arms[f"{VARIANTS[variant][2]}, snap {temperature}"] = {k: m[k] for k in ("success", "kept")}
+            print(variant, temperature, round(m["success"], 3), round(m["kept"], 3), flush=True)
+    results = load_results()
+    results[f"manipulation_snap_{args.split}"] = {
+        "note": f"seed {args.seeds[0]}, {len(factors)} {args.split} faces x 24 actions (FaceSplit {args.split}, seed "
+                f"1), held-out phrasings; snap 0 is the sentence as the text encoder gives it; prior: {HEADS_PRIOR}",
+        "arms": arms}
+    save_results(results)
+
 
 def stage_smoke(args) -> None:
     """The carphone clip's MTCNN face crops through the data layer, then both heads (seed 0)."""
@@ -430,10 +523,12 @@ def write_report(results: dict, path: Path) -> None:
                                               "head_turn")) + f" | {min(ceiling.values()):.3f} | – | – |")
         lines += ["", f"![inversions](heads_prior_{split}.png)", "",
                   "Top row: held-out renders; then each prior's reconstructions (last row of inversion steps).", ""]
-    for split, section, key in ((split, section, key) for key in ("manipulation", "manipulation_stop31")
+    for split, section, key in ((split, section, key) for key in ("manipulation", "manipulation_stop39",
+                                                                  "manipulation_stop31")
                                 for split, section in results.get(key, {}).items()):
+        stop = f" (stop {key.rsplit('stop', 1)[1]})" if "_stop" in key else ""
         lines += [f"## Manipulation ({split}: {section['faces']} faces x 24 actions, held-out phrasings; "
-                  f"seeds {section['seeds']}){' (stop 31)' if key.endswith('stop31') else ''}", "",
+                  f"seeds {section['seeds']}){stop}", "",
                   f"Prior: {section.get('prior', '?')}.", "",
                   "| arm | success | achieved / requested | unrelated kept | unrelated kept vs reconstruction | "
                   "identity drift | s per edit |",
@@ -447,6 +542,13 @@ def write_report(results: dict, path: Path) -> None:
             w = welch(list(arms["text"]["success"]["per_seed"].values()),
                       list(arms["no-text mapper"]["success"]["per_seed"].values()))
             lines += ["", f"Text vs no-text mapper over seeds: Welch p = {fmt_p(w['p'] if w else None)}."]
+        previous = VARIANTS["stop39text"][2]
+        if previous in arms and len(section["seeds"]) > 1:
+            ps = {m: welch(list(arms["text"][m]["per_seed"].values()), list(arms[previous][m]["per_seed"].values()))
+                  for m in ("success", "kept")}
+            lines += ["", "Text vs stop 39's text head over seeds (Welch): success p = "
+                      f"{fmt_p(ps['success']['p'] if ps['success'] else None)}, unrelated kept p = "
+                      f"{fmt_p(ps['kept']['p'] if ps['kept'] else None)}."]
         lines += ["", "Paired per seed (McNemar's exact test on the same edits, one-sided: text better):", ""]
         for seed, tests in section["tests"].items():
             parts = [f"{arm}: {t['text_only']} vs {t['other_only']}, p = {fmt_p(t['p_text_better'])}"
@@ -488,6 +590,8 @@ def write_report(results: dict, path: Path) -> None:
                   f"Rows: the {low_px} px input (nearest), bicubic, the no-text head, the text head, the text head "
                   "with another face's sentence, the truth. Faces with both eyes shut come first.", ""]
     for key, title in (("manipulation_levers_val", "Manipulation levers (val, one seed)"),
+                       ("manipulation_snap_val", "Manipulation: the snap temperature (val, one seed)"),
+                       ("manipulation_ceiling_val", "Manipulation with the action known (val; a ceiling, not a head)"),
                        ("manipulation_pilots_val", "Manipulation pilots (val) whose text model is gone"),
                        ("superres_pilots_val", "Super-resolution pilots (val) whose text model is gone")):
         if key in results:
@@ -514,7 +618,7 @@ def write_report(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("text", "prior", "train", "eval", "smoke", "report"))
+    parser.add_argument("stage", choices=("text", "prior", "train", "eval", "ceiling", "snap", "smoke", "report"))
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--faces", type=int, default=500, help="prior: faces; eval: manipulation faces x 24 actions")
     parser.add_argument("--sr-faces", type=int, default=1000)
@@ -531,10 +635,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.stage == "eval" and args.faces == 500:
         args.faces = 20
+    if args.stage in ("ceiling", "snap") and args.faces == 500:
+        args.faces = 40
     if args.stage == "report":
         write_report(load_results(), DOCS / "heads.md")
         return
-    stages = {"text": stage_text, "prior": stage_prior, "train": stage_train, "eval": stage_eval, "smoke": stage_smoke}
+    stages = {"text": stage_text, "prior": stage_prior, "train": stage_train, "eval": stage_eval,
+              "ceiling": stage_ceiling, "snap": stage_snap, "smoke": stage_smoke}
     stages[args.stage](args)
 
 

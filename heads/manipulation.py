@@ -25,6 +25,9 @@ Losses (weights in `loss`), all through the frozen generator:
   The oracle never sees the factors an action targets, so it does not teach the edit itself; the evaluation
   reads those with the same oracle, which is why the text term alone has to produce them.
 
+At inference (`snap_temperature` > 0) a sentence's embedding becomes a softmax blend of the training sentences'
+embeddings, weighted by cosine: a phrasing the mapper never saw arrives as the phrasings it learned from.
+
 The export (RUN/manipulator) is a pretrained folder of kind "text-manipulator": the mapper's weights and config;
 the prior and text model are referenced by path. `TextManipulator.from_pretrained` loads it.
 """
@@ -37,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import data_tools.training.distributed as dist
@@ -102,9 +106,17 @@ class ManipulationConfig(HeadConfig):
     oracle: dict = field(default_factory=dict)  # training settings of the frozen oracle (animation.oracle.get_oracle)
     faces: int = 4096  # training faces, train-side identities
     invert_steps: int = 0  # optimisation steps after the prior's encoder (training faces and inference)
+    # > 0: at inference a sentence's embedding is replaced by a softmax blend (this temperature, on cosines) of the
+    # training sentences' embeddings (`ManipulationModel.snap`); training sees them as they are
+    snap_temperature: float = 0.0
     output_dir: str = "runs/heads/faces32-manipulation"
     loss: ManipulationLossConfig = field(default_factory=ManipulationLossConfig)
     text_augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.snap_temperature < 0:
+            raise ValueError(f"snap_temperature must be >= 0, got {self.snap_temperature}")
 
 
 class ManipulationModel(GeneratorHead):
@@ -113,10 +125,26 @@ class ManipulationModel(GeneratorHead):
 
     pretrained_kind = "text-manipulator"
 
-    def __init__(self, generator: Generator, mapper: TextMapper, config: dict):
+    def __init__(self, generator: Generator, mapper: TextMapper, config: dict, phrasings: torch.Tensor | None = None):
         super().__init__()
         self.generator = generator.eval().requires_grad_(False)
         self.mapper, self.config = mapper, dict(config)
+        self.snap_temperature = float(self.config.get("snap_temperature", 0.0))
+        if self.snap_temperature:  # the training sentences' embeddings, which `snap` retrieves from
+            rows = int(self.config["phrasings"]) if phrasings is None else len(phrasings)
+            self.config["phrasings"] = rows
+            self.register_buffer("phrasings", torch.zeros(rows, mapper.cfg.text_dim) if phrasings is None
+                                 else F.normalize(phrasings.float(), dim=-1))
+
+    def snap(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """A sentence embedding as the softmax-weighted mean (cosine / snap_temperature) of the training
+        sentences' embeddings: an unseen phrasing becomes a blend of the phrasings the mapper learned, mostly of
+        its nearest ones. Unchanged when snap_temperature is 0."""
+        if not self.snap_temperature:
+            return text_emb
+        weights = torch.softmax(F.normalize(text_emb.float(), dim=-1) @ self.phrasings.t() / self.snap_temperature,
+                                dim=-1)
+        return weights @ self.phrasings
 
     def forward(self, w: torch.Tensor, text_emb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         dw = self.mapper(w, text_emb)
@@ -227,7 +255,8 @@ class ManipulationObjective:
     @torch.no_grad()
     def acted_codes(self, factors: torch.Tensor, action: torch.Tensor, size: int) -> torch.Tensor:
         """The prior encoder's codes of the faces `factors` [B, F] rendered with their actions applied."""
-        acted = np.concatenate([apply_action(f[None].numpy(), ACTION_NAMES[a]) for f, a in zip(factors, action.tolist())])
+        acted = np.concatenate([apply_action(f[None].numpy(), ACTION_NAMES[a])
+                                for f, a in zip(factors, action.tolist())])
         return self.encoder.encode(face_tensors(acted, size))
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> dict[str, torch.Tensor]:
@@ -303,7 +332,7 @@ class TextManipulator:
             return None
         if self.text_encoder is None:
             raise ValueError("this manipulator reads text: give it a text encoder")
-        return self.text_encoder(list(texts)).float().cpu()
+        return self.model.snap(self.text_encoder(list(texts)).float().cpu())
 
     def invert(self, images: torch.Tensor) -> torch.Tensor:
         return invert_images(self.model.generator, self.encoder, images, self.invert_steps)
@@ -453,8 +482,9 @@ def run_train_manipulation(cfg: ManipulationConfig, text_encoder: TextEncoder | 
     out = start_run(cfg)
     generator, encoder, judges, batches, factors = prepare_training(cfg, text_encoder, progress)
     mapper = build_mapper(cfg, generator, batches.text_emb.shape[1], encoder, batches.ws, factors)
-    config = {"prior_dir": str(cfg.prior_dir), "text_model": str(cfg.text_model), "invert_steps": cfg.invert_steps}
-    model = ManipulationModel(generator, mapper, config)
+    config = {"prior_dir": str(cfg.prior_dir), "text_model": str(cfg.text_model), "invert_steps": cfg.invert_steps,
+              "snap_temperature": cfg.snap_temperature if cfg.use_text else 0.0}
+    model = ManipulationModel(generator, mapper, config, phrasings=batches.text_emb if cfg.use_text else None)
     preview_faces = face_tensors(cfg.split.faces("val", 4, 0), generator.cfg.resolution)
     preview_texts = {a: s for a, s in reversed(action_sentences("test"))}
 

@@ -157,6 +157,25 @@ def test_paired_term_pulls_the_edit_towards_the_code_of_the_renderers_acted_face
         ManipulationObjective(cfg, objective.judges, Path("."))
 
 
+def test_snap_blends_an_unseen_sentence_from_the_training_sentences_nearest_it():
+    from heads.manipulation import ManipulationConfig, ManipulationModel
+
+    generator, _ = create_gan("sg2-tiny16")
+    mapper = TextMapper(MapperConfig(generator.num_ws, generator.w_dim, text_dim=3, hidden=8, layers=1))
+    bank = torch.eye(3)
+    model = ManipulationModel(generator, mapper, {"snap_temperature": 0.01}, phrasings=bank * 5)
+    unseen = torch.tensor([[2.0, 0.3, 0.1], [0.0, -0.1, 1.0]])
+    assert torch.allclose(model.snap(unseen), torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), atol=1e-3)
+    soft = ManipulationModel(generator, mapper, {"snap_temperature": 100.0}, phrasings=bank).snap(unseen)
+    assert torch.allclose(soft, torch.full((2, 3), 1 / 3), atol=0.02)  # hot: every training sentence alike
+    plain = ManipulationModel(generator, mapper, {})
+    assert torch.equal(plain.snap(unseen), unseen) and "phrasings" not in plain.state_dict()
+    restored = ManipulationModel(generator, mapper, dict(model.config))  # as from_pretrained builds it
+    assert restored.phrasings.shape == (3, 3)
+    with pytest.raises(ValueError, match="snap_temperature"):
+        ManipulationConfig(snap_temperature=-1)
+
+
 def test_face_split_keeps_train_val_and_test_identities_apart():
     split = FaceSplit(identities=60, test_fraction=0.5, val_identities=10)
     ids = {s: {tuple(r) for r in split.identities_of(s)} for s in ("train", "val", "test")}
@@ -330,7 +349,7 @@ def heads_run(tmp_path_factory):
     for name, use_text in (("manip", "true"), ("manip-notext", "false")):
         assert cli_main(["--quiet", "heads", "train-manipulation", "--config", "heads/faces32-manipulation", *common,
                          *TINY_JUDGES, f"output_dir={root / name}", f"use_text={use_text}", "faces=16", "components=4",
-                         "train.max_steps=4", "train.val_every=2"]) == 0
+                         "train.max_steps=4", "train.val_every=2", "snap_temperature=0.05"]) == 0
     for name, use_text in (("sr", "true"), ("sr-notext", "false")):
         assert cli_main(["--quiet", "heads", "train-superres", "--config", "heads/faces32-superres", *common,
                          "scorer={steps: 6, batch_size: 8, eval_per_action: 1}", f"output_dir={root / name}",
@@ -378,6 +397,15 @@ def test_manipulation_trains_the_mapper_only_and_logs_each_loss(heads_run):
     for name, value in runner.model.generator.state_dict().items():
         assert torch.equal(value, prior_generator.state_dict()[name]), name
     assert runner.model.mapper.out.weight.abs().sum() > 0  # it moved from its zero start
+    # the training sentences travel with the export, and a sentence reaches the mapper as their blend
+    from animation.faces import action_sentences
+
+    train_sentences = [s for _, s in action_sentences("train")]
+    assert runner.model.phrasings.shape == (len(train_sentences), runner.model.mapper.cfg.text_dim)
+    own = torch.nn.functional.normalize(text_encoder(train_sentences[:1]).float(), dim=-1)
+    assert torch.allclose(runner.model.phrasings[:1], own, atol=1e-5)
+    blended = runner.encode_texts(["she smiles"])
+    assert torch.allclose(blended, runner.model.snap(text_encoder(["she smiles"]).float()))
     assert (root / "manip" / "samples" / "step0000002.png").is_file() and (root / "manip" / "preview.png").is_file()
     faces = render_faces(sample_factors(2, np.random.default_rng(0)), 16)
     edited, w, dw = runner.edit(faces, ["she smiles", "he turns left"])
