@@ -426,10 +426,9 @@ def stage_snap(args) -> None:
         if not hasattr(head.model, "phrasings"):  # trained without a phrasing bank: give it the training sentences
             from animation.faces import action_sentences
 
-            head.model.register_buffer("phrasings", torch.nn.functional.normalize(
-                head.text_encoder([t for _, t in action_sentences("train")]).float(), dim=-1))
+            head.model.set_phrasings(head.text_encoder([t for _, t in action_sentences("train")]), 0.0)
         for temperature in (0.0, 0.01, 0.02, 0.03, 0.05, 0.1):
-            head.model.snap_temperature = temperature
+            head.model.set_phrasings(head.model.phrasings, temperature)
             m = evaluate_manipulation(head, judges, factors)["arms"]["text"]
             arms[f"{VARIANTS[variant][2]}, snap {temperature}"] = {k: m[k] for k in ("success", "kept")}
             print(variant, temperature, round(m["success"], 3), round(m["kept"], 3), flush=True)

@@ -129,12 +129,16 @@ class ManipulationModel(GeneratorHead):
         super().__init__()
         self.generator = generator.eval().requires_grad_(False)
         self.mapper, self.config = mapper, dict(config)
-        self.snap_temperature = float(self.config.get("snap_temperature", 0.0))
-        if self.snap_temperature:  # the training sentences' embeddings, which `snap` retrieves from
-            rows = int(self.config["phrasings"]) if phrasings is None else len(phrasings)
-            self.config["phrasings"] = rows
-            self.register_buffer("phrasings", torch.zeros(rows, mapper.cfg.text_dim) if phrasings is None
-                                 else F.normalize(phrasings.float(), dim=-1))
+        self.snap_temperature = 0.0
+        if self.config.get("snap_temperature", 0.0):  # the training sentences' embeddings, which `snap` blends
+            self.set_phrasings(torch.zeros(int(self.config["phrasings"]), mapper.cfg.text_dim) if phrasings is None
+                               else phrasings, self.config["snap_temperature"])
+
+    def set_phrasings(self, phrasings: torch.Tensor, snap_temperature: float) -> None:
+        """The sentence embeddings [S, D] that `snap` blends, and its temperature (both kept in the export)."""
+        self.snap_temperature = float(snap_temperature)
+        self.config.update(snap_temperature=self.snap_temperature, phrasings=len(phrasings))
+        self.register_buffer("phrasings", F.normalize(phrasings.float(), dim=-1))
 
     def snap(self, text_emb: torch.Tensor) -> torch.Tensor:
         """A sentence embedding as the softmax-weighted mean (cosine / snap_temperature) of the training
