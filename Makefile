@@ -63,6 +63,8 @@ bench-diffusion: $(STAMP)
 # SPO against trajectory DPO at equal compute, with its ablations, 3 seeds (docs/results/spo.md)
 bench-spo: $(STAMP)
 	$(PY) benchmarks/bench_spo.py
+	$(PY) benchmarks/bench_spo.py --tilt --kl 1 3 10 100 1000
+	$(PY) benchmarks/bench_spo.py --more-seeds 4 5 6
 
 # DSB, SDSB, TR/FR and flow-matching-initialised bridges on Gaussian -> checkerboard, 3 seeds (docs/results/bridge.md)
 bench-bridge: $(STAMP)

@@ -45,6 +45,13 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float | torch.Te
     return per_dim.flatten(1).mean(dim=1)
 
 
+def transition_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: float | torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, std² I) ‖ N(mean_ref, std² I)) per sample, averaged over the data dimensions like the log
+    density: mean over dims of (mean − mean_ref)² / (2 std²), [B]."""
+    std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
+    return (((mean - mean_ref) / std) ** 2 / 2).flatten(1).mean(dim=1)
+
+
 def clipped_dpo_loss(logp_win: torch.Tensor, logp_win_ref: torch.Tensor, logp_lose: torch.Tensor,
                      logp_lose_ref: torch.Tensor, beta: float = 10.0, clip: float = 0.1) -> dict[str, torch.Tensor]:
     """SPO's loss per pair: −log σ(β (log r̃_w − log r̃_l)), r = π_θ / π_ref, r̃ = clip(r, 1 − ε, 1 + ε).
@@ -96,4 +103,5 @@ def next_parent(scores: torch.Tensor, rule: str, generator: torch.Generator | No
     raise ValueError(f"continue rule must be 'random' or 'winner', got {rule!r}")
 
 
-__all__ = ["clipped_dpo_loss", "ddim_transition", "gaussian_log_prob", "next_parent", "select_pairs"]
+__all__ = ["clipped_dpo_loss", "ddim_transition", "gaussian_log_prob", "next_parent", "select_pairs",
+           "transition_kl"]

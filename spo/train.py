@@ -36,7 +36,7 @@ from .collect import Transitions, step_pairs, trajectory_pairs
 from .evaluate import PolicyJudge, SPOEvalConfig
 from .policy import DenoiserPolicy
 from .scorers import load_scorer
-from .steps import clipped_dpo_loss, ddim_transition, gaussian_log_prob
+from .steps import clipped_dpo_loss, ddim_transition, gaussian_log_prob, transition_kl
 
 log = get_logger(__name__)
 
@@ -71,6 +71,7 @@ class SPOConfig:
     dpo_threshold: float = 0.0  # trajectory_dpo: the same filter on the final images (Diffusion-DPO keeps all)
     beta: float = 10.0
     clip: float = 0.1  # ε of the ratio clip
+    kl: float = 0.0  # weight of KL(π_θ ‖ π_ref) of the pairs' transitions, per dimension (0: SPO as published)
     steps: int = 10  # DDIM steps
     guidance: Optional[float] = None  # None: the base model's sampler guidance
     eta: float = 1.0
@@ -96,8 +97,8 @@ class SPOConfig:
         if self.k < 2 or self.steps < 1 or not 0 <= self.divert_start < self.steps:
             raise ConfigError(f"need k >= 2, steps >= 1 and 0 <= divert_start < steps; got k={self.k}, "
                               f"steps={self.steps}, divert_start={self.divert_start}")
-        if not 0 < self.clip < 1 or self.beta <= 0 or self.eta <= 0 or self.max_pairs < 1:
-            raise ConfigError("need 0 < clip < 1, beta > 0, eta > 0 and max_pairs >= 1")
+        if not 0 < self.clip < 1 or self.beta <= 0 or self.eta <= 0 or self.max_pairs < 1 or self.kl < 0:
+            raise ConfigError("need 0 < clip < 1, beta > 0, eta > 0, max_pairs >= 1 and kl >= 0")
         if not (0 <= self.threshold < 1 and 0 <= self.dpo_threshold < 1):
             raise ConfigError("threshold and dpo_threshold are softmax-probability margins in [0, 1), got "
                               f"{self.threshold} and {self.dpo_threshold}")
@@ -141,8 +142,9 @@ class SPOObjective:
                               cfg.continue_rule, generator)
         return trajectory_pairs(self.policy, net, self.scorer, prompt_ids, cfg.dpo_threshold, generator)
 
-    def _log_probs(self, net: Any, pairs: Transitions) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """log π(win | parent_win) and log π(lose | parent_lose) under `net`, and the rows it took."""
+    def _transitions(self, net: Any, pairs: Transitions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The DDIM η means of `net`'s step from the winner's and the loser's parents, their std, and the rows
+        it took."""
         grid = torch.tensor(self.policy.grid, dtype=torch.float64)
         lam, lam_next = grid[pairs.step], grid[pairs.step + 1]
         cond = self.policy.condition(pairs.prompt_ids)
@@ -156,15 +158,16 @@ class SPOObjective:
             x0, eps = self.policy.predict(net, pairs.parent_lose, lam_f, cond)
             mean_l, _ = ddim_transition(x0, eps, lam, lam_next, self.policy.eta)
             rows *= 2
-        return gaussian_log_prob(pairs.win, mean_w, std), gaussian_log_prob(pairs.lose, mean_l, std), rows
+        return mean_w, mean_l, std, rows
 
-    def _reference_log_probs(self, model: Any, pairs: Transitions) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _reference_transitions(self, model: Any, pairs: Transitions
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         with torch.no_grad():
             if self.reference is not None:
-                return self._log_probs(self.reference, pairs)
+                return self._transitions(self.reference, pairs)
             peft_model = model.module if hasattr(model, "module") else model
             with peft_model.disable_adapter():
-                return self._log_probs(peft_model, pairs)
+                return self._transitions(peft_model, pairs)
 
     def _generator(self, step: int) -> torch.Generator:
         """The step's generator; micro-batches after the first (grad_accum > 1) draw from shifted seeds."""
@@ -192,12 +195,22 @@ class SPOObjective:
             return {"loss": zero, **stats, "rows": torch.tensor(float(rows))}
         if len(pairs) > self.cfg.max_pairs:
             pairs = pairs.subset(torch.randperm(len(pairs), generator=generator)[:self.cfg.max_pairs])
-        logp_w, logp_l, train_rows = self._log_probs(model, pairs)
-        ref_w, ref_l, ref_rows = self._reference_log_probs(model, pairs)
+        mean_w, mean_l, std, train_rows = self._transitions(model, pairs)
+        ref_mean_w, ref_mean_l, _, ref_rows = self._reference_transitions(model, pairs)
         rows += train_rows * (1 + BACKWARD_COST) + ref_rows
         self.nfe += rows
         self.pairs_seen += len(pairs)
-        out = clipped_dpo_loss(logp_w, ref_w, logp_l, ref_l, self.cfg.beta, self.cfg.clip)
+        log_probs = [gaussian_log_prob(x, mean, std) for x, mean in
+                     ((pairs.win, mean_w), (pairs.win, ref_mean_w), (pairs.lose, mean_l), (pairs.lose, ref_mean_l))]
+        out = clipped_dpo_loss(*log_probs, self.cfg.beta, self.cfg.clip)
+        # the KL of the two Gaussian steps from the same parent, which the ratio clip does not bound: it pulls the
+        # policy back to the reference where the clip has stopped pushing it
+        kl = transition_kl(mean_w, ref_mean_w, std)
+        if not pairs.shared_parent:
+            kl = (kl + transition_kl(mean_l, ref_mean_l, std)) / 2
+        out["kl"] = kl.mean().detach()
+        if self.cfg.kl > 0:
+            out["loss"] = out["loss"] + self.cfg.kl * kl.mean()
         return {**out, **stats, "rows": torch.tensor(float(rows))}
 
     def state_dict(self) -> dict:

@@ -29,19 +29,59 @@ def test_nfe_to_reach_finds_the_first_crossing():
     assert bench.nfe_to_reach(CURVE, "crispness", 0.69) == 0.0  # the base already reaches it
 
 
-def test_quick_run_writes_the_report(tmp_path):
+def _bench(*args):
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_spo.py"), "--quick", "--threads", "1", "--runs",
-                           str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--arms", "spo",
-                           "trajectory-dpo"], env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_spo.py"), "--threads", "1", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    results = json.loads((tmp_path / "out" / "spo.json").read_text())
-    assert results["quick"] and set(results["runs"]) == {"spo", "trajectory-dpo"}
+
+
+def test_quick_run_writes_the_reports(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _bench("--quick", "--runs", runs, "--out", out, "--arms", "spo", "spo-winner", "trajectory-dpo")
+    results = json.loads((out / "spo.json").read_text())
+    assert results["quick"] and set(results["runs"]) == {"spo", "spo-winner", "trajectory-dpo"}
     assert set(results["sweep"]["chosen"]) == {"spo", "trajectory-dpo"}
     goal = results["analysis"]["goal"]
     assert len(goal["per_seed"]) == 2 and isinstance(goal["speed_met"], bool)
-    report = (tmp_path / "out" / "spo.md").read_text()
+    report = (out / "spo.md").read_text()
     assert "QUICK RUN" in report and "## The goal" in report
-    assert (tmp_path / "out" / "spo_curves.png").stat().st_size > 0
-    assert (tmp_path / "out" / "spo_samples.png").stat().st_size > 0
+    assert (out / "spo_curves.png").stat().st_size > 0
+    assert (out / "spo_samples.png").stat().st_size > 0
+
+    # the FD yardstick on the same base and preference models
+    _bench("--tilt", "--quick", "--kl", 10, "--jobs", 1, "--runs", runs, "--out", out, "--budget", results["budget"],
+           "--samples", results["samples"], "--val-every", 2)
+    tilt = json.loads((out / "spo_tilt.json").read_text())
+    assert [r["weight"] for r in tilt["kl_anchor"]["runs"]] == [0.0, 10.0]
+    assert "SPO with a KL anchor" in (out / "spo_tilt.md").read_text()
+    assert set(tilt["frontier"]) == {"base tilted by the aesthetic", "base tilted by the labellers' utility",
+                                     "real digits tilted by the aesthetic"}
+    base_points = tilt["frontier"]["base tilted by the aesthetic"]
+    assert base_points[0]["gain"] == 0.0 and len(base_points) >= 2
+    # the tilt raises what it tilts by: the drawn sets get crisper as the gain asked grows
+    assert base_points[-1]["crispness"] > base_points[0]["crispness"]
+    assert "FD / base FD" in (out / "spo_tilt.md").read_text()
+    assert (out / "spo_tilt.png").stat().st_size > 0
+
+    # one more seed of both continue rules, pooled with the published two
+    # (at half the quick budget, which every tiny run reaches whatever pairs its steps keep)
+    half = results["budget"] / 2
+    _bench("--more-seeds", "3", "--jobs", "1", "--runs", runs, "--out", out, "--budget", half,
+           "--samples", results["samples"], "--val-every", 2)
+    more = json.loads((out / "spo_continue.json").read_text())
+    assert set(more["at_budget"]["spo"]) == {"1", "2", "3"} and more["pooled_test"]["crispness"]["n_a"] == 3
+    bench = load_benchmark("bench_spo")
+    assert more["at_budget"]["spo"]["1"]["crispness"] == pytest.approx(
+        bench.value_at(results["runs"]["spo"]["1"]["curve"], "crispness", half))  # read, not rerun
+    assert "all [1, 2, 3]" in (out / "spo_continue.md").read_text()
+
+
+def test_frontier_fd_interpolates_inside_the_drawn_points_only():
+    bench = load_benchmark("bench_spo")
+    points = [{"crispness": 0.75, "fd": [3.0, 0.1]}, {"crispness": 0.77, "fd": [4.0, 0.1]},
+              {"crispness": 0.79, "fd": [6.0, 0.2]}]
+    assert bench.frontier_fd(points, 0.78) == pytest.approx(5.0)
+    assert bench.frontier_fd(points, 0.75) == pytest.approx(3.0)
+    assert bench.frontier_fd(points, 0.80) is None and bench.frontier_fd([], 0.76) is None

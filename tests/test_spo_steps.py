@@ -9,7 +9,8 @@ import torch
 
 from diffusion.process import alpha_sigma
 from diffusion.samplers import ddim_noise_scale
-from spo.steps import clipped_dpo_loss, ddim_transition, gaussian_log_prob, next_parent, select_pairs
+from spo.steps import (clipped_dpo_loss, ddim_transition, gaussian_log_prob, next_parent, select_pairs,
+                        transition_kl)
 
 
 def test_eta1_transition_is_the_ddpm_posterior():
@@ -112,3 +113,13 @@ def test_random_continue_ignores_the_scores_and_winner_follows_them():
     assert next_parent(scores, "winner").eq(k - 1).all()
     with pytest.raises(ValueError, match="continue rule"):
         next_parent(scores, "best")
+
+
+def test_transition_kl_is_the_gaussian_kl_averaged_over_dimensions():
+    torch.manual_seed(3)
+    mean, mean_ref = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 3, 3)
+    std = torch.tensor([0.2, 0.5, 1.0, 2.0]).view(4, 1, 1, 1)
+    direct = torch.distributions.kl_divergence(torch.distributions.Normal(mean, std.expand_as(mean)),
+                                               torch.distributions.Normal(mean_ref, std.expand_as(mean)))
+    assert torch.allclose(transition_kl(mean, mean_ref, std), direct.flatten(1).mean(dim=1), atol=1e-6)
+    assert torch.equal(transition_kl(mean, mean, std), torch.zeros(4))

@@ -61,6 +61,21 @@ def test_lora_trains_the_adapters_only(base, tmp_path):
     assert changed and all(".mlp." in k or ".ada." in k for k in changed)  # only layers that carry adapters
 
 
+def test_kl_term_holds_the_policy_near_the_reference(base, tmp_path):
+    def drift(out):
+        tuned = DiffusionPipeline.from_pretrained(out / "model").model.state_dict()
+        original = DiffusionPipeline.from_pretrained(base).model.state_dict()
+        return sum(float((tuned[k] - original[k]).pow(2).sum()) for k in original) ** 0.5
+
+    common = ["train.max_steps=12", "optim.lr=1e-3", "threshold=0.0"]
+    free = spo_train(base, tmp_path / "free", *common)
+    held = spo_train(base, tmp_path / "held", *common, "kl=1000")
+    records = read_metrics(held / "metrics.jsonl")
+    assert all(r["kl"] >= 0 for r in records) and records[-1]["kl"] > 0
+    assert read_metrics(free / "metrics.jsonl")[0]["kl"] == pytest.approx(0.0, abs=1e-9)  # step 1: θ = reference
+    assert drift(held) < 0.7 * drift(free), (drift(held), drift(free))
+
+
 @pytest.mark.parametrize("overrides, shared_parent", [(["method=trajectory_dpo"], False),
                                                        (["continue_rule=winner"], True)])
 def test_baselines_and_ablations_run_and_count_compute(base, tmp_path, overrides, shared_parent):
@@ -101,7 +116,7 @@ def test_config_checks():
     cases = [(["method=dpo"], "method"), (["continue_rule=best"], "continue_rule"), (["k=1"], "k >= 2"),
              (["divert_start=10"], "divert_start"), (["clip=1.5"], "clip"), (["threshold=1.0"], "threshold"),
              (["base_kind=stable-diffusion"], "lora"), (["finetune=qlora"], "finetune"),
-             (["dpo_threshold=-0.1"], "dpo_threshold")]
+             (["dpo_threshold=-0.1"], "dpo_threshold"), (["kl=-1"], "kl >= 0")]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message):
             load_config(SPOConfig, "spo/digits", overrides)
