@@ -89,7 +89,7 @@ bench-heads: $(STAMP)
 	    paired300 attrbasis-paired300 paired300-mix3 paired300-mix6
 	$(PY) benchmarks/bench_heads.py eval --split val --heads manip --levers --seeds 0 --faces 40
 	$(PY) benchmarks/bench_heads.py snap --split val --variants text stop39text paired300-mix3
-	$(PY) benchmarks/bench_heads.py ceiling --split val
+	$(PY) benchmarks/bench_heads.py ceiling --split val --invert-steps 0 30 100
 	$(PY) benchmarks/bench_heads.py eval --split val --faces 40 --optimise-steps 0
 	$(PY) benchmarks/bench_heads.py eval --split test
 	$(PY) benchmarks/bench_heads.py prior --split test

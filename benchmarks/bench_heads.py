@@ -394,7 +394,7 @@ def stage_ceiling(args) -> None:
     from animation.faces import EXPRESSION_FACTORS, apply_action, face_tensors
     from heads.attributes import SPAN, edit_outcomes, requested_change
     from heads.evaluate import edit_plan, summarise_edits
-    from heads.manipulation import EXPRESSION_INDEX, get_judges
+    from heads.manipulation import EXPRESSION_INDEX, get_judges, invert_images
     from heads.mapper import attribute_basis
     from heads.prior import FaceSplit, load_prior
 
@@ -421,18 +421,25 @@ def stage_ceiling(args) -> None:
         acted = np.concatenate([apply_action(factors[i:i + 1], a) for i, a in zip(face_idx, actions)])
         out = summarise_edits(edit_outcomes(start, judges.oracle.predict(face_tensors(acted, 32)).numpy(), actions))
         arms["the renderer's own acted face (no prior)"] = {k: out[k] for k in ("success", "achieved", "kept")}
-        # what the paired term aims at: the prior's encoding of that acted face, rendered
-        edited = generator.synthesis(encoder.encode(face_tensors(acted, 32)), noise_mode="const")
-        out = summarise_edits(edit_outcomes(start, judges.oracle.predict(edited).numpy(), actions))
-        arms["the prior's inversion of the acted face (the paired target)"] = {
-            k: out[k] for k in ("success", "achieved", "kept")}
+    # what the paired term aims at: the prior's encoding of that acted face, rendered; with optimisation steps on
+    # top of the encoder (--invert-steps), what a better inversion would give that target
+    for steps in args.invert_steps:
+        ws = invert_images(generator, encoder, face_tensors(acted, 32), steps, progress=steps > 0)
+        with torch.no_grad():
+            edited = generator.synthesis(ws, noise_mode="const")
+            out = summarise_edits(edit_outcomes(start, judges.oracle.predict(edited).numpy(), actions))
+        name = "the prior's inversion of the acted face (the paired target)" if steps == 0 else \
+            f"the prior's inversion of the acted face, encoder + {steps} optimisation steps"
+        arms[name] = {k: out[k] for k in ("success", "achieved", "kept")}
     results = load_results()
     results[f"manipulation_ceiling_{args.split}"] = {
         "note": f"{len(factors)} {args.split} faces x 24 actions (FaceSplit {args.split}, seed 1): the requested "
                 f"change, read off the input by the oracle, along each of the {len(EXPRESSION_FACTORS)} expression "
                 "factors' own directions (heads.mapper.attribute_basis on the manipulation config's 4,096 training "
-                f"codes, 32 principal coordinates); no text, no training; prior: {HEADS_PRIOR}. The last two rows "
-                "are the renderer's own acted face and the prior's encoding of it rendered back", "arms": arms}
+                f"codes, 32 principal coordinates); no text, no training; prior: {HEADS_PRIOR}. The rows after the "
+                "gains are bounds of another kind: the renderer's own acted face, read by the oracle, and the "
+                "prior's inversion of it rendered back (the encoder alone, then with "
+                f"{', '.join(str(x) for x in args.invert_steps if x)} optimisation steps)", "arms": arms}
     save_results(results)
     print(json.dumps(arms, indent=1))
 
