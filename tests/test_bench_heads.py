@@ -37,3 +37,21 @@ def test_phrasing_agreement_of_two_encoders_sums_their_z_scored_cosines():
     assert both["nearest_phrasing"] == pytest.approx(1.0)
     # a list of one is the encoder alone
     assert bench.phrasing_agreement([ENC_A], TRAIN, TEST) == bench.phrasing_agreement(ENC_A, TRAIN, TEST)
+
+
+def test_nearest_sentence_snap_hands_the_mapper_the_nearest_training_embedding():
+    bench = load_benchmark("bench_heads")
+
+    class Head:  # what the snap touches of a loaded head: its own text encoder and encode_texts
+        text_encoder = staticmethod(lookup({"make her smile": [5, 0, 0], "a happy grin": [0, 5, 0],
+                                            "make her frown": [0, 0, 5], "sad face": [0, 0, 4]}))
+
+    bank = [t for _, t in TRAIN]
+    head = Head()
+    bench.nearest_sentence_snap(head, bank, [ENC_A, ENC_B])
+    out = head.encode_texts(["grin widely", "look sad"])
+    # the ensemble picks a smile sentence and a frown sentence: their embeddings under the head's own encoder
+    assert torch.equal(out[0], torch.tensor([0.0, 5.0, 0.0]))
+    assert out[1, :2].abs().sum() == 0 and out[1, 2] > 0
+    bench.nearest_sentence_snap(head, bank, [ENC_A])
+    assert torch.equal(head.encode_texts(["look sad"]), torch.tensor([[5.0, 0.0, 0.0]]))  # A alone: wrong action
