@@ -90,6 +90,8 @@ bench-heads: $(STAMP)
 	$(PY) benchmarks/bench_heads.py eval --split val --heads manip --levers --seeds 0 --faces 40
 	$(PY) benchmarks/bench_heads.py snap --split val --variants text stop39text paired300-mix3
 	$(PY) benchmarks/bench_heads.py ceiling --split val --invert-steps 0 30 100
+	$(PY) benchmarks/bench_heads.py snap-ensemble --split val
+	$(PY) benchmarks/bench_heads.py snap-ensemble --split test --faces 20
 	$(PY) benchmarks/bench_heads.py eval --split val --faces 40 --optimise-steps 0
 	$(PY) benchmarks/bench_heads.py eval --split test
 	$(PY) benchmarks/bench_heads.py prior --split test
