@@ -296,26 +296,25 @@ def tilt_frontier(base: Path, spm: Path, pool_per_class: int, draws: int, per_cl
     frontier: dict = {}
     feats_ref = judge.classifier.features(judge.reference)
     for name, (images, classes, reward) in sources.items():
-        crisp, classes_np = stroke_crispness(images).numpy(), classes.numpy()
+        # every per-image quantity once per source; a draw only indexes them
+        crisp, classes_np, reward = stroke_crispness(images).numpy(), classes.numpy(), reward.numpy()
+        cent = centring(images).numpy()
+        correct = (judge.classifier.predict(images) == classes).numpy()
         feats = judge.classifier.features(images)
         points = []
         for gain in tqdm(TILT_GAINS, desc=name, leave=False):
             target = base_eval["crispness"] + gain
             try:
-                lam = solve_tilt(crisp, classes_np, target, reward.numpy())
+                lam = solve_tilt(crisp, classes_np, target, reward)
             except ValueError:
                 continue  # beyond what reweighting this pool reaches
-            fds, got, cent, acc = [], [], [], []
-            for _ in range(draws):
-                idx = torch.as_tensor(tilted_draw(reward.numpy(), classes_np, lam, per_class, rng))
-                fds.append(frechet_distance(feats[idx], feats_ref))
-                got.append(float(crisp[idx.numpy()].mean()))
-                cent.append(float(centring(images[idx]).mean()))
-                acc.append(float((judge.classifier.predict(images[idx]) == classes[idx]).float().mean()))
-            points.append({"gain": gain, "lambda": lam,
-                           "effective_size": effective_size(reward.numpy(), classes_np, lam),
+            draws_idx = [tilted_draw(reward, classes_np, lam, per_class, rng) for _ in range(draws)]
+            fds = [frechet_distance(feats[torch.as_tensor(idx)], feats_ref) for idx in draws_idx]
+            got = [float(crisp[idx].mean()) for idx in draws_idx]
+            points.append({"gain": gain, "lambda": lam, "effective_size": effective_size(reward, classes_np, lam),
                            "crispness": float(np.mean(got)),
-                           "centring": float(np.mean(cent)), "class_accuracy": float(np.mean(acc)),
+                           "centring": float(np.mean([cent[idx].mean() for idx in draws_idx])),
+                           "class_accuracy": float(np.mean([correct[idx].mean() for idx in draws_idx])),
                            "fd": mean_std(fds)})
         frontier[name] = points
     return {"base": base_eval, "pool_per_class": pool_per_class, "draws": draws, "per_class": per_class,
