@@ -69,6 +69,14 @@ def text_encoders() -> dict:
 
 # ------------------------------------------------------------------------------------------------ text encoders
 
+def combined_cosines(sims: list[torch.Tensor]) -> torch.Tensor:
+    """Several encoders' cosines [queries, keys] as one score: each z-scored per query and summed with equal
+    weights; a single encoder's cosines are returned as they are."""
+    if len(sims) == 1:
+        return sims[0]
+    return sum((sim - sim.mean(1, keepdim=True)) / sim.std(1, keepdim=True) for sim in sims)
+
+
 def phrasing_agreement(encoders, train: list[tuple[str, str]], test: list[tuple[str, str]]) -> dict:
     """How well a text encoder carries the actions to unseen phrasings: for every held-out (action, sentence),
     does its nearest training sentence (cosine) name the same action, and does the nearest action centroid?
@@ -81,21 +89,18 @@ def phrasing_agreement(encoders, train: list[tuple[str, str]], test: list[tuple[
     train_action = np.array([actions.index(x) for x, _ in train])
     test_action = np.array([actions.index(x) for x, _ in test])
 
-    def zscored(sim: torch.Tensor) -> torch.Tensor:
-        return (sim - sim.mean(1, keepdim=True)) / sim.std(1, keepdim=True) if len(encoders) > 1 else sim
-
-    to_phrasing, to_centroid, train_cosines = 0, 0, []
+    to_phrasing, to_centroid, train_cosines = [], [], []
     for encode in encoders:
         with torch.no_grad():
             a = torch.nn.functional.normalize(encode([t for _, t in train]).float(), dim=-1)
             b = torch.nn.functional.normalize(encode([t for _, t in test]).float(), dim=-1)
         centroids = torch.nn.functional.normalize(
             torch.stack([a[torch.from_numpy(train_action == k)].mean(0) for k in range(len(actions))]), dim=-1)
-        to_phrasing = to_phrasing + zscored(b @ a.T)
-        to_centroid = to_centroid + zscored(b @ centroids.T)
+        to_phrasing.append(b @ a.T)
+        to_centroid.append(b @ centroids.T)
         train_cosines.append(float((a @ a.T).mean()))
-    nearest = to_phrasing.argmax(1).numpy()
-    by_centroid = to_centroid.argmax(1).numpy()
+    nearest = combined_cosines(to_phrasing).argmax(1).numpy()
+    by_centroid = combined_cosines(to_centroid).argmax(1).numpy()
     return {"nearest_phrasing": float(np.mean(train_action[nearest] == test_action)),
             "nearest_centroid": float(np.mean(by_centroid == test_action)),
             "mean_train_cosine": float(np.mean(train_cosines)), "chance": 1 / len(actions),
@@ -485,12 +490,8 @@ def nearest_sentence_snap(head, bank_texts: list[str], encoders: list) -> None:
 
     def encode_texts(texts):
         with torch.no_grad():
-            total = 0
-            for encode, keys in zip(encoders, banks):
-                sim = normalize(encode(list(texts)).float(), dim=-1) @ keys.T
-                total = total + ((sim - sim.mean(1, keepdim=True)) / sim.std(1, keepdim=True)
-                                 if len(encoders) > 1 else sim)
-            return bank[total.argmax(1)]
+            sims = [normalize(encode(list(texts)).float(), dim=-1) @ keys.T for encode, keys in zip(encoders, banks)]
+            return bank[combined_cosines(sims).argmax(1)]
 
     head.encode_texts = encode_texts
 
