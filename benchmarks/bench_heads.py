@@ -5,6 +5,7 @@
     python benchmarks/bench_heads.py train [--seeds 0 1 2] [--jobs 2]   # text and no-text heads per seed
     python benchmarks/bench_heads.py eval --split val|test [--seeds 0 1 2]
     python benchmarks/bench_heads.py snap --variants text [--split val]  # the snap temperature, seed 0
+    python benchmarks/bench_heads.py snap-ensemble --split val|test      # the snap rules, same weights, 3 seeds
     python benchmarks/bench_heads.py ceiling [--split val]          # edits that know the action (a bound)
     python benchmarks/bench_heads.py smoke                           # the carphone clip's real face crops
     python benchmarks/bench_heads.py report                          # docs/results/heads.md from heads.json
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from benchmarks.common import machine_line, run_hdvila  # noqa: E402
-from diffusion_stats import fmt_p, mean_std, welch  # noqa: E402
+from diffusion_stats import fmt_p, mean_std, paired, welch  # noqa: E402
 
 DOCS = REPO / "docs" / "results"
 RUNS = REPO / "runs" / "heads"
@@ -69,14 +70,6 @@ def text_encoders() -> dict:
 
 # ------------------------------------------------------------------------------------------------ text encoders
 
-def combined_cosines(sims: list[torch.Tensor]) -> torch.Tensor:
-    """Several encoders' cosines [queries, keys] as one score: each z-scored per query and summed with equal
-    weights; a single encoder's cosines are returned as they are."""
-    if len(sims) == 1:
-        return sims[0]
-    return sum((sim - sim.mean(1, keepdim=True)) / sim.std(1, keepdim=True) for sim in sims)
-
-
 def phrasing_agreement(encoders, train: list[tuple[str, str]], test: list[tuple[str, str]]) -> dict:
     """How well a text encoder carries the actions to unseen phrasings: for every held-out (action, sentence),
     does its nearest training sentence (cosine) name the same action, and does the nearest action centroid?
@@ -99,6 +92,8 @@ def phrasing_agreement(encoders, train: list[tuple[str, str]], test: list[tuple[
         to_phrasing.append(b @ a.T)
         to_centroid.append(b @ centroids.T)
         train_cosines.append(float((a @ a.T).mean()))
+    from heads.manipulation import combined_cosines
+
     nearest = combined_cosines(to_phrasing).argmax(1).numpy()
     by_centroid = combined_cosines(to_centroid).argmax(1).numpy()
     return {"nearest_phrasing": float(np.mean(train_action[nearest] == test_action)),
@@ -162,7 +157,7 @@ def stage_prior(args) -> None:
 # reference, the text head on the packaged MiniLM sentence encoder (what a raw pretrained sentence encoder gives:
 # a diagnostic) and the levers measured on val. Trained variants beyond text and notext join the evaluation.
 # stop 39's manipulation config, the base every manipulation lever below was trained on (each spelt out in full)
-STOP39 = ["loss.text=1", "loss.paired=0", "snap_temperature=0"]
+STOP39 = ["loss.text=1", "loss.paired=0", "snap=soft", "snap_temperature=0", "snap_also_by=[]"]
 VARIANTS = {"text": (True, [], "text"), "notext": (False, [], "no-text mapper"),
             "minilm": (True, ["text_model=minilm"], "text, raw MiniLM sentence encoder (diagnostic)"),
             # stop 39's manipulation config, kept as an arm beside the current one (folders manip-stop39text-s*)
@@ -478,27 +473,29 @@ def stage_snap(args) -> None:
     save_results(results)
 
 
-def nearest_sentence_snap(head, bank_texts: list[str], encoders: list) -> None:
-    """Replace a loaded text head's snap by a hard one: each sentence becomes the HD-VILA embedding of the one
-    training sentence nearest to it by the given encoders' cosines (several: z-scored per sentence and summed
-    with equal weights). A pilot of the snap's weights; the mapper still reads the head's own embeddings."""
-    from torch.nn.functional import normalize
+# snap rules compared on the same trained mapper: label -> (rule, temperature, second encoders)
+SNAP_RULES_COMPARED = {"soft blend by HD-VILA, temperature 0.03 (stop 40's config)": ("soft", 0.03, []),
+                       "nearest by HD-VILA": ("nearest", 0.0, []),
+                       "nearest by HD-VILA + MiniLM (the config)": ("nearest", 0.0, ["minilm"])}
 
+
+def with_snap(head, rule: str, temperature: float, also_by: list[str], bank_texts: list[str]):
+    """The loaded text head with another snap rule over the same mapper weights: its bank of the training
+    sentences (`bank_texts`, in training order) is kept, the second encoders' banks are embedded anew."""
+    from heads.manipulation import snap_encoder
+
+    encoders = {name: snap_encoder(name) for name in also_by}
     with torch.no_grad():
-        bank = head.text_encoder(bank_texts).float().cpu()
-        banks = [normalize(encode(bank_texts).float(), dim=-1) for encode in encoders]
-
-    def encode_texts(texts):
-        with torch.no_grad():
-            sims = [normalize(encode(list(texts)).float(), dim=-1) @ keys.T for encode, keys in zip(encoders, banks)]
-            return bank[combined_cosines(sims).argmax(1)]
-
-    head.encode_texts = encode_texts
+        banks = {name: encode(bank_texts).float() for name, encode in encoders.items()}
+    head.model.set_phrasings(head.model.phrasings, temperature, rule, banks)
+    head.snap_encoders = encoders
+    return head
 
 
 def stage_snap_ensemble(args) -> None:
-    """Pilot, per seed of the text head: the configured soft snap against a hard snap to the nearest training
-    sentence by HD-VILA's cosines, and by HD-VILA's and MiniLM's z-scored cosines summed (weights fixed)."""
+    """Per seed of the text head, on the same mapper weights: the soft snap of stop 40's config, the nearest
+    training sentence by HD-VILA's cosines, and by HD-VILA's and MiniLM's z-scored cosines summed (the config's
+    rule since stop 42; `SNAP_RULES_COMPARED`)."""
     from animation.faces import action_sentences
     from heads.evaluate import evaluate_manipulation
     from heads.manipulation import get_judges
@@ -510,12 +507,8 @@ def stage_snap_ensemble(args) -> None:
     bank = [t for _, t in action_sentences("train")]
     arms: dict = {}
     for seed in args.seeds:
-        for label, snap_by in (("the configured snap (soft, HD-VILA, 0.03)", None),
-                               ("hard snap, nearest by HD-VILA", [encoders["text"]]),
-                               ("hard snap, nearest by HD-VILA + MiniLM", [encoders["text"], encoders["minilm"]])):
-            head = load_head("manip", "text", seed, encoders)
-            if snap_by is not None:
-                nearest_sentence_snap(head, bank, snap_by)
+        for label, (rule, temperature, also_by) in SNAP_RULES_COMPARED.items():
+            head = with_snap(load_head("manip", "text", seed, encoders), rule, temperature, also_by, bank)
             m = evaluate_manipulation(head, judges, factors)["arms"]["text"]
             for k in ("success", "kept"):
                 arms.setdefault(label, {}).setdefault(k, {})[str(seed)] = m[k]
@@ -523,16 +516,16 @@ def stage_snap_ensemble(args) -> None:
     summary = {label: {**{k: float(np.mean(list(v.values()))) for k, v in by.items()},
                        **{f"{k} sd": float(np.std(list(v.values()), ddof=1)) if len(v) > 1 else float("nan")
                           for k, v in by.items()}} for label, by in arms.items()}
-    ensemble = arms["hard snap, nearest by HD-VILA + MiniLM"]
-    configured = arms["the configured snap (soft, HD-VILA, 0.03)"]
-    tests = {k: welch(list(ensemble[k].values()), list(configured[k].values())) for k in ("success", "kept")}
+    config = arms["nearest by HD-VILA + MiniLM (the config)"]
+    soft = arms["soft blend by HD-VILA, temperature 0.03 (stop 40's config)"]
+    tests = {k: paired(list(config[k].values()), list(soft[k].values())) for k in ("success", "kept")}
     results = load_results()
-    results[f"manipulation_snap_ensemble_{args.split}"] = {
-        "note": f"text heads of seeds {args.seeds} (the table: mean over them), {len(factors)} {args.split} faces x 24 "
-                f"actions (FaceSplit {args.split}, seed 1), held-out phrasings (val and test use the same held-out "
-                f"sentences); prior: {HEADS_PRIOR}; the text tower of this stop's make demo; ensemble against the "
-                "configured snap, Welch over seeds: success p = "
-                f"{fmt_p(tests['success']['p'] if tests['success'] else None)}, kept p = "
+    results[f"manipulation_snap_rules_{args.split}"] = {
+        "note": f"text heads of seeds {args.seeds} trained with this stop's config (the table: mean over them), "
+                f"{len(factors)} {args.split} faces x 24 actions (FaceSplit {args.split}, seed 1), held-out phrasings "
+                f"(val and test use the same held-out sentences); prior: {HEADS_PRIOR}; the rules share each seed's "
+                "mapper weights, so the config's rule against stop 40's soft snap is a paired t-test over seeds: "
+                f"success p = {fmt_p(tests['success']['p'] if tests['success'] else None)}, kept p = "
                 f"{fmt_p(tests['kept']['p'] if tests['kept'] else None)}", "arms": summary, "per_seed": arms}
     save_results(results)
 
@@ -688,9 +681,13 @@ def write_report(results: dict, path: Path) -> None:
     for key, title in (("manipulation_levers_val", "Manipulation levers (val, one seed)"),
                        ("manipulation_snap_val", "Manipulation: the snap temperature (val, one seed)"),
                        ("manipulation_snap_ensemble_val",
-                        "Manipulation pilot: whose cosines the snap follows (val, 3 seeds)"),
+                        "Manipulation pilot, stop 41: whose cosines the snap follows (val, 3 seeds)"),
                        ("manipulation_snap_ensemble_test",
-                        "Manipulation pilot: whose cosines the snap follows (test, 3 seeds, scored once)"),
+                        "Manipulation pilot, stop 41: whose cosines the snap follows (test, 3 seeds, scored once)"),
+                       ("manipulation_snap_rules_val",
+                        "Manipulation: the snap rules on the same mapper weights (val, 3 seeds)"),
+                       ("manipulation_snap_rules_test",
+                        "Manipulation: the snap rules on the same mapper weights (test, 3 seeds)"),
                        ("manipulation_ceiling_val", "Manipulation with the action known (val; a ceiling, not a head)"),
                        ("manipulation_pilots_val", "Manipulation pilots (val) whose text model is gone"),
                        ("superres_pilots_val", "Super-resolution pilots (val) whose text model is gone")):

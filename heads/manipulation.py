@@ -25,8 +25,11 @@ Losses (weights in `loss`), all through the frozen generator:
   The oracle never sees the factors an action targets, so it does not teach the edit itself; the evaluation
   reads those with the same oracle, which is why the text term alone has to produce them.
 
-At inference (`snap_temperature` > 0) a sentence's embedding becomes a softmax blend of the training sentences'
-embeddings, weighted by cosine: a phrasing the mapper never saw arrives as the phrasings it learned from.
+At inference a sentence the mapper never saw arrives as the training sentences it learned from (`snap`):
+"soft" blends their embeddings by a softmax of the head's own cosines (`snap_temperature`; 0 turns it off);
+"nearest" hands over the one training sentence nearest to it, by the head's cosines and, with `snap_also_by`, a
+second sentence encoder's (the packaged MiniLM), each z-scored per sentence and summed with equal weights. The
+mapper still reads only the head's own text embedding; the second encoder only picks which training sentence.
 
 The export (RUN/manipulator) is a pretrained folder of kind "text-manipulator": the mapper's weights and config;
 the prior and text model are referenced by path. `TextManipulator.from_pretrained` loads it.
@@ -106,17 +109,53 @@ class ManipulationConfig(HeadConfig):
     oracle: dict = field(default_factory=dict)  # training settings of the frozen oracle (animation.oracle.get_oracle)
     faces: int = 4096  # training faces, train-side identities
     invert_steps: int = 0  # optimisation steps after the prior's encoder (training faces and inference)
-    # > 0: at inference a sentence's embedding is replaced by a softmax blend (this temperature, on cosines) of the
-    # training sentences' embeddings (`ManipulationModel.snap`); training sees them as they are
+    # how a sentence reaches the mapper at inference (`ManipulationModel.snap`; training sees the sentences as
+    # they are): "soft", a softmax blend of the training sentences' embeddings at snap_temperature on the head's
+    # cosines (0: the sentence as it is); "nearest", the training sentence nearest by the head's cosines plus
+    # those of the encoders in snap_also_by (SNAP_ENCODERS), z-scored per sentence and summed
+    snap: str = "soft"
     snap_temperature: float = 0.0
+    snap_also_by: list = field(default_factory=list)
     output_dir: str = "runs/heads/faces32-manipulation"
     loss: ManipulationLossConfig = field(default_factory=ManipulationLossConfig)
     text_augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.snap_temperature < 0:
-            raise ValueError(f"snap_temperature must be >= 0, got {self.snap_temperature}")
+        check_snap(self.snap, self.snap_temperature, self.snap_also_by)
+
+
+SNAP_RULES = ("soft", "nearest")
+SNAP_ENCODERS = ("minilm",)  # second opinions on which training sentence is nearest (`snap_also_by`)
+
+
+def check_snap(rule: str, temperature: float, also_by) -> None:
+    if rule not in SNAP_RULES:
+        raise ValueError(f"snap must be one of {SNAP_RULES}, got {rule!r}")
+    if temperature < 0:
+        raise ValueError(f"snap_temperature must be >= 0, got {temperature}")
+    unknown = [name for name in also_by if name not in SNAP_ENCODERS]
+    if unknown:
+        raise ValueError(f"snap_also_by names unknown sentence encoders {unknown}; known: {SNAP_ENCODERS}")
+    if also_by and rule != "nearest":
+        raise ValueError("snap_also_by picks the nearest training sentence: it needs snap: nearest")
+
+
+def snap_encoder(name: str) -> TextEncoder:
+    """A second sentence encoder for the nearest snap, by name (packaged weights only; nothing is downloaded)."""
+    if name == "minilm":
+        from animation.oracle import get_sentence_encoder
+
+        return get_sentence_encoder().encode
+    raise ValueError(f"unknown snap encoder {name!r}; known: {SNAP_ENCODERS}")
+
+
+def combined_cosines(sims: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Several encoders' cosines [queries, keys] as one score: each z-scored per query and summed with equal
+    weights (the encoders' cosines live on different scales); a single encoder's cosines as they are."""
+    if len(sims) == 1:
+        return sims[0]
+    return sum((sim - sim.mean(1, keepdim=True)) / sim.std(1, keepdim=True) for sim in sims)
 
 
 class ManipulationModel(GeneratorHead):
@@ -125,25 +164,54 @@ class ManipulationModel(GeneratorHead):
 
     pretrained_kind = "text-manipulator"
 
-    def __init__(self, generator: Generator, mapper: TextMapper, config: dict, phrasings: torch.Tensor | None = None):
+    def __init__(self, generator: Generator, mapper: TextMapper, config: dict, phrasings: torch.Tensor | None = None,
+                 snap_banks: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.generator = generator.eval().requires_grad_(False)
         self.mapper, self.config = mapper, dict(config)
-        self.snap_temperature = 0.0
-        if self.config.get("snap_temperature", 0.0):  # the training sentences' embeddings, which `snap` blends
-            self.set_phrasings(torch.zeros(int(self.config["phrasings"]), mapper.cfg.text_dim) if phrasings is None
-                               else phrasings, self.config["snap_temperature"])
+        self.snap_rule, self.snap_temperature, self.snap_also_by = "soft", 0.0, []
+        rule = self.config.get("snap", "soft")  # exports made before the nearest rule have only the temperature
+        if rule == "nearest" or self.config.get("snap_temperature", 0.0):
+            # the training sentences' embeddings `snap` uses; loading, zeros of the exported shapes to be filled
+            count = len(phrasings) if phrasings is not None else int(self.config["phrasings"])
+            if snap_banks is None:
+                snap_banks = {name: torch.zeros(count, dim) for name, dim in self.config.get("snap_banks", {}).items()}
+            self.set_phrasings(torch.zeros(count, mapper.cfg.text_dim) if phrasings is None else phrasings,
+                               self.config.get("snap_temperature", 0.0), rule, snap_banks)
 
-    def set_phrasings(self, phrasings: torch.Tensor, snap_temperature: float) -> None:
-        """The sentence embeddings [S, D] that `snap` blends, and its temperature (both kept in the export)."""
-        self.snap_temperature = float(snap_temperature)
-        self.config.update(snap_temperature=self.snap_temperature, phrasings=len(phrasings))
+    def set_phrasings(self, phrasings: torch.Tensor, snap_temperature: float, rule: str = "soft",
+                      banks: dict[str, torch.Tensor] | None = None) -> None:
+        """The training sentences' embeddings [S, D] by the head's own encoder, the snap rule and its temperature,
+        and for rule "nearest" the same sentences by each second encoder ({name: [S, D_name]}, `snap_also_by`);
+        all kept in the export."""
+        banks = dict(banks or {})
+        check_snap(rule, snap_temperature, list(banks))
+        if any(len(bank) != len(phrasings) for bank in banks.values()):
+            raise ValueError("every snap bank needs one row per training sentence")
+        self.snap_rule, self.snap_temperature, self.snap_also_by = rule, float(snap_temperature), sorted(banks)
+        self.config.update(snap=rule, snap_temperature=self.snap_temperature, phrasings=len(phrasings),
+                           snap_banks={name: int(banks[name].shape[1]) for name in self.snap_also_by})
         self.register_buffer("phrasings", F.normalize(phrasings.float(), dim=-1))
+        for name in SNAP_ENCODERS:
+            if name in banks:
+                self.register_buffer(f"phrasings_{name}", F.normalize(banks[name].float(), dim=-1))
+            elif f"phrasings_{name}" in self._buffers:
+                del self._buffers[f"phrasings_{name}"]
 
-    def snap(self, text_emb: torch.Tensor) -> torch.Tensor:
-        """A sentence embedding as the softmax-weighted mean (cosine / snap_temperature) of the training
-        sentences' embeddings: an unseen phrasing becomes a blend of the phrasings the mapper learned, mostly of
-        its nearest ones. Unchanged when snap_temperature is 0."""
+    def snap(self, text_emb: torch.Tensor, also: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The embedding the mapper reads for a sentence the head's encoder embeds as `text_emb` (`also`: the same
+        sentences by the encoders of `snap_also_by`). "soft": the softmax-weighted mean (cosine /
+        snap_temperature) of the training sentences' embeddings, unchanged at temperature 0; "nearest": the
+        embedding of the training sentence with the highest combined cosine (`combined_cosines`)."""
+        if self.snap_rule == "nearest":
+            also = also or {}
+            missing = [name for name in self.snap_also_by if name not in also]
+            if missing:
+                raise ValueError(f"this head snaps by {missing} too: give their embeddings of the sentences")
+            sims = [F.normalize(text_emb.float(), dim=-1) @ self.phrasings.t()]
+            sims += [F.normalize(also[name].float(), dim=-1) @ getattr(self, f"phrasings_{name}").t()
+                     for name in self.snap_also_by]
+            return self.phrasings[combined_cosines(sims).argmax(1)]
         if not self.snap_temperature:
             return text_emb
         weights = torch.softmax(F.normalize(text_emb.float(), dim=-1) @ self.phrasings.t() / self.snap_temperature,
@@ -312,9 +380,13 @@ class TextManipulator:
     """Everything `heads manipulate` needs: the mapper with its generator, the prior's encoder and a text
     encoder. `edit(images, texts)` returns (edited images, W+ codes of the inputs, offsets)."""
 
-    def __init__(self, model: ManipulationModel, encoder, text_encoder: TextEncoder | None, invert_steps: int = 0):
+    def __init__(self, model: ManipulationModel, encoder, text_encoder: TextEncoder | None, invert_steps: int = 0,
+                 snap_encoders: dict[str, TextEncoder] | None = None):
         self.model, self.encoder, self.text_encoder = model.eval(), encoder, text_encoder
         self.invert_steps = invert_steps
+        # the second sentence encoders the model's nearest snap consults (packaged, loaded on demand)
+        self.snap_encoders = (snap_encoders if snap_encoders is not None
+                              else {name: snap_encoder(name) for name in model.snap_also_by})
 
     @property
     def resolution(self) -> int:
@@ -336,7 +408,9 @@ class TextManipulator:
             return None
         if self.text_encoder is None:
             raise ValueError("this manipulator reads text: give it a text encoder")
-        return self.model.snap(self.text_encoder(list(texts)).float().cpu())
+        texts = list(texts)
+        also = {name: self.snap_encoders[name](texts).float().cpu() for name in self.model.snap_also_by}
+        return self.model.snap(self.text_encoder(texts).float().cpu(), also)
 
     def invert(self, images: torch.Tensor) -> torch.Tensor:
         return invert_images(self.model.generator, self.encoder, images, self.invert_steps)
@@ -487,13 +561,19 @@ def run_train_manipulation(cfg: ManipulationConfig, text_encoder: TextEncoder | 
     generator, encoder, judges, batches, factors = prepare_training(cfg, text_encoder, progress)
     mapper = build_mapper(cfg, generator, batches.text_emb.shape[1], encoder, batches.ws, factors)
     config = {"prior_dir": str(cfg.prior_dir), "text_model": str(cfg.text_model), "invert_steps": cfg.invert_steps,
-              "snap_temperature": cfg.snap_temperature if cfg.use_text else 0.0}
-    model = ManipulationModel(generator, mapper, config, phrasings=batches.text_emb if cfg.use_text else None)
+              "snap": cfg.snap if cfg.use_text else "soft", "snap_temperature": cfg.snap_temperature if cfg.use_text
+              else 0.0}
+    snap_encoders = {name: snap_encoder(name) for name in cfg.snap_also_by} if cfg.use_text else {}
+    with torch.no_grad():  # the training sentences by each second encoder, in the order of batches.text_emb
+        banks = {name: encode([s for _, s in action_sentences("train")]).float().cpu()
+                 for name, encode in snap_encoders.items()}
+    model = ManipulationModel(generator, mapper, config, phrasings=batches.text_emb if cfg.use_text else None,
+                              snap_banks=banks)
     preview_faces = face_tensors(cfg.split.faces("val", 4, 0), generator.cfg.resolution)
     preview_texts = {a: s for a, s in reversed(action_sentences("test"))}
 
     def preview(module: nn.Module) -> torch.Tensor:
-        runner = TextManipulator(module, encoder, text_encoder, cfg.invert_steps)
+        runner = TextManipulator(module, encoder, text_encoder, cfg.invert_steps, snap_encoders)
         w = runner.invert(preview_faces)
         rows = []
         for face in range(len(preview_faces)):
@@ -513,13 +593,14 @@ def run_train_manipulation(cfg: ManipulationConfig, text_encoder: TextEncoder | 
     summary = trainer.fit()
     if dist.is_main():
         model.mapper.eval()
-        TextManipulator(model, encoder, text_encoder, cfg.invert_steps).save_pretrained(out / "manipulator",
-                                                                                       run_config=cfg)
+        TextManipulator(model, encoder, text_encoder, cfg.invert_steps, snap_encoders).save_pretrained(
+            out / "manipulator", run_config=cfg)
         save_image_grid(preview(model), out / "preview.png", nrow=len(PREVIEW_ACTIONS) + 1, scale=3)
         log.info("manipulation mapper trained in %.0f s", time.perf_counter() - t0)
     dist.barrier()
     return run_summary(summary, cfg)
 
 
-__all__ = ["ManipulationConfig", "ManipulationLossConfig", "ManipulationModel", "TextAugmentConfig", "TextManipulator",
-           "get_judges", "invert_images", "manipulate_file", "optimise_edits", "run_train_manipulation"]
+__all__ = ["SNAP_ENCODERS", "SNAP_RULES", "ManipulationConfig", "ManipulationLossConfig", "ManipulationModel",
+           "TextAugmentConfig", "TextManipulator", "combined_cosines", "get_judges", "invert_images", "manipulate_file",
+           "optimise_edits", "run_train_manipulation", "snap_encoder"]

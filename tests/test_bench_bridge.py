@@ -62,6 +62,14 @@ def test_quick_run_writes_the_report(tmp_path):
     assert proc.returncode != 0 and "seeds" in proc.stderr  # another seed list: refused, nothing mixed
     assert len(results["final_gap"]["FR-SDSB"]) == 1 and "coupling gap:" in report
     assert (tmp_path / "out" / "bridge_walks.png").stat().st_size > 0
+    # the page again from the json alone: the same analysis, nothing trained
+    (tmp_path / "out" / "bridge.md").unlink()
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_bridge.py"), "--report-only", "--out",
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rewritten = json.loads((tmp_path / "out" / "bridge.json").read_text())
+    assert rewritten["analysis"]["final"] == again["analysis"]["final"]
+    assert "OU-reference bridge from scratch" in (tmp_path / "out" / "bridge.md").read_text()
 
 
 def test_quick_digits_run_writes_the_report_with_its_references(tmp_path):
@@ -151,3 +159,7 @@ def test_analysis_verdicts_count_only_levels_that_last():
     assert tr["w2_paired"]["mean_diff"] == pytest.approx(0.6) and tr["half_bridges_to_scratch_final"] == [None, None]
     assert fr["half_or_fewer"] and fr["lower_cost_not_worse_w2"] and fr["w2_not_worse_every_seed"]
     assert fr["half_bridges_to_scratch_final"] == [0, 0] and fr["scratch_reached_own_final"] == [1, 3]
+    # against the OU-reference bridge from scratch (SDSB, final mean 0.8, reached for good after 3 half-bridges)
+    assert fr["half_bridges_to_ou_final"] == [0, 0] and fr["ou_reached_own_final"] == [3, 3]
+    assert fr["half_or_fewer_vs_ou"] and fr["ou_final_w2"] == pytest.approx(0.8)
+    assert tr["half_bridges_to_ou_final"] == [None, None] and not tr["half_or_fewer_vs_ou"]

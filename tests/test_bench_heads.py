@@ -39,19 +39,20 @@ def test_phrasing_agreement_of_two_encoders_sums_their_z_scored_cosines():
     assert bench.phrasing_agreement([ENC_A], TRAIN, TEST) == bench.phrasing_agreement(ENC_A, TRAIN, TEST)
 
 
-def test_nearest_sentence_snap_hands_the_mapper_the_nearest_training_embedding():
+def test_with_snap_switches_a_loaded_head_to_another_rule_over_the_same_weights():
+    from animation.stylegan2 import create_gan
+    from heads.manipulation import ManipulationModel, TextManipulator
+    from heads.mapper import MapperConfig, TextMapper
+
     bench = load_benchmark("bench_heads")
-
-    class Head:  # what the snap touches of a loaded head: its own text encoder and encode_texts
-        text_encoder = staticmethod(lookup({"make her smile": [5, 0, 0], "a happy grin": [0, 5, 0],
-                                            "make her frown": [0, 0, 5], "sad face": [0, 0, 4]}))
-
+    generator, _ = create_gan("sg2-tiny16")
+    mapper = TextMapper(MapperConfig(generator.num_ws, generator.w_dim, text_dim=3, hidden=8, layers=1))
     bank = [t for _, t in TRAIN]
-    head = Head()
-    bench.nearest_sentence_snap(head, bank, [ENC_A, ENC_B])
-    out = head.encode_texts(["grin widely", "look sad"])
-    # the ensemble picks a smile sentence and a frown sentence: their embeddings under the head's own encoder
-    assert torch.equal(out[0], torch.tensor([0.0, 5.0, 0.0]))
-    assert out[1, :2].abs().sum() == 0 and out[1, 2] > 0
-    bench.nearest_sentence_snap(head, bank, [ENC_A])
-    assert torch.equal(head.encode_texts(["look sad"]), torch.tensor([[5.0, 0.0, 0.0]]))  # A alone: wrong action
+    model = ManipulationModel(generator, mapper, {"snap_temperature": 100.0}, phrasings=ENC_A(bank))
+    head = TextManipulator(model, encoder=None, text_encoder=ENC_A)
+    hot = head.encode_texts(["grin widely"])
+    assert torch.allclose(hot, torch.nn.functional.normalize(ENC_A(bank), dim=-1).mean(0, keepdim=True), atol=0.02)
+    weights = {k: v.clone() for k, v in model.mapper.state_dict().items()}
+    bench.with_snap(head, "nearest", 0.0, [], bank)
+    assert torch.equal(head.encode_texts(["grin widely"]), torch.tensor([[0.0, 1.0, 0.0]]))  # "a happy grin"
+    assert all(torch.equal(v, model.mapper.state_dict()[k]) for k, v in weights.items())

@@ -176,6 +176,54 @@ def test_snap_blends_an_unseen_sentence_from_the_training_sentences_nearest_it()
         ManipulationConfig(snap_temperature=-1)
 
 
+def _lookup(table):
+    """An encode function from a fixed sentence -> vector table."""
+    return lambda texts: torch.tensor([table[t] for t in texts], dtype=torch.float32)
+
+
+# the head's own encoder (A) and a second one (B): each alone snaps one held-out sentence to the wrong action;
+# their z-scored cosines summed snap both right
+TRAIN_SENTENCES = ["make her smile", "a happy grin", "make her frown", "sad face"]
+ENC_A = _lookup({"make her smile": [1, 0, 0], "a happy grin": [0, 1, 0], "make her frown": [0, 0, 1],
+                 "sad face": [0, 0, 1], "grin widely": [0.2, 1, 0], "look sad": [0.9, 0, 0.6]})
+ENC_B = _lookup({"make her smile": [1, 0], "a happy grin": [1, 0.1], "make her frown": [0, 1], "sad face": [0.1, 1],
+                 "grin widely": [0.7, 1], "look sad": [0, 1]})
+
+
+def test_nearest_snap_hands_over_the_training_sentence_nearest_by_both_encoders():
+    from heads.manipulation import ManipulationConfig, ManipulationModel
+
+    generator, _ = create_gan("sg2-tiny16")
+    mapper = TextMapper(MapperConfig(generator.num_ws, generator.w_dim, text_dim=3, hidden=8, layers=1))
+    own, second = ENC_A(TRAIN_SENTENCES), ENC_B(TRAIN_SENTENCES)
+    model = ManipulationModel(generator, mapper, {"snap": "nearest"}, phrasings=own, snap_banks={"minilm": second})
+    unseen = ["grin widely", "look sad"]
+    out = model.snap(ENC_A(unseen), {"minilm": ENC_B(unseen)})
+    unit = torch.nn.functional.normalize(own, dim=-1)
+    assert torch.equal(out[0], unit[1])  # "a happy grin", under the head's own encoder
+    assert torch.equal(out[1], unit[2]) or torch.equal(out[1], unit[3])  # a frown sentence
+    alone = ManipulationModel(generator, mapper, {"snap": "nearest"}, phrasings=own)
+    assert torch.equal(alone.snap(ENC_A(["look sad"])), unit[:1])  # A alone: the wrong action
+    assert torch.equal(model.snap(own, {"minilm": second}), unit)  # a training sentence snaps to itself
+    with pytest.raises(ValueError, match="minilm"):
+        model.snap(ENC_A(unseen))
+    # the export's config rebuilds the banks' shapes (from_pretrained fills them from the weights)
+    restored = ManipulationModel(generator, mapper, dict(model.config))
+    assert restored.snap_rule == "nearest" and restored.snap_also_by == ["minilm"]
+    assert restored.phrasings_minilm.shape == (4, 2) and set(restored.state_dict()) == set(model.state_dict())
+    restored.load_state_dict(model.state_dict())
+    assert torch.equal(restored.snap(ENC_A(unseen), {"minilm": ENC_B(unseen)}), out)
+    # back to the soft rule: the second bank leaves the weights
+    model.set_phrasings(own, 0.01)
+    assert "phrasings_minilm" not in model.state_dict() and model.config["snap_banks"] == {}
+    for bad, match in (({"snap": "hard"}, "snap must be"), ({"snap_also_by": ["clip"]}, "unknown"),
+                       ({"snap_also_by": ["minilm"]}, "needs snap: nearest")):
+        with pytest.raises(ValueError, match=match):
+            ManipulationConfig(**bad)
+    with pytest.raises(ValueError, match="one row per training sentence"):
+        model.set_phrasings(own, 0.0, "nearest", {"minilm": second[:3]})
+
+
 def test_face_split_keeps_train_val_and_test_identities_apart():
     split = FaceSplit(identities=60, test_fraction=0.5, val_identities=10)
     ids = {s: {tuple(r) for r in split.identities_of(s)} for s in ("train", "val", "test")}
@@ -349,7 +397,7 @@ def heads_run(tmp_path_factory):
     for name, use_text in (("manip", "true"), ("manip-notext", "false")):
         assert cli_main(["--quiet", "heads", "train-manipulation", "--config", "heads/faces32-manipulation", *common,
                          *TINY_JUDGES, f"output_dir={root / name}", f"use_text={use_text}", "faces=16", "components=4",
-                         "train.max_steps=4", "train.val_every=2", "snap_temperature=0.05"]) == 0
+                         "train.max_steps=4", "train.val_every=2"]) == 0
     for name, use_text in (("sr", "true"), ("sr-notext", "false")):
         assert cli_main(["--quiet", "heads", "train-superres", "--config", "heads/faces32-superres", *common,
                          "scorer={steps: 6, batch_size: 8, eval_per_action: 1}", f"output_dir={root / name}",
@@ -397,15 +445,20 @@ def test_manipulation_trains_the_mapper_only_and_logs_each_loss(heads_run):
     for name, value in runner.model.generator.state_dict().items():
         assert torch.equal(value, prior_generator.state_dict()[name]), name
     assert runner.model.mapper.out.weight.abs().sum() > 0  # it moved from its zero start
-    # the training sentences travel with the export, and a sentence reaches the mapper as their blend
+    # the training sentences travel with the export, by the head's encoder and by MiniLM (the config's nearest
+    # snap), and a sentence reaches the mapper as one of them
     from animation.faces import action_sentences
+    from animation.oracle import get_sentence_encoder
 
     train_sentences = [s for _, s in action_sentences("train")]
+    assert runner.model.snap_rule == "nearest" and runner.model.snap_also_by == ["minilm"]
     assert runner.model.phrasings.shape == (len(train_sentences), runner.model.mapper.cfg.text_dim)
     own = torch.nn.functional.normalize(text_encoder(train_sentences[:1]).float(), dim=-1)
     assert torch.allclose(runner.model.phrasings[:1], own, atol=1e-5)
-    blended = runner.encode_texts(["she smiles"])
-    assert torch.allclose(blended, runner.model.snap(text_encoder(["she smiles"]).float()))
+    minilm = torch.nn.functional.normalize(get_sentence_encoder().encode(train_sentences[:1]).float(), dim=-1)
+    assert torch.allclose(runner.model.phrasings_minilm[:1], minilm, atol=1e-5)
+    snapped = runner.encode_texts(["she smiles", "he turns his head to the left"])
+    assert (snapped[:, None] == runner.model.phrasings[None]).all(-1).any(1).all()
     assert (root / "manip" / "samples" / "step0000002.png").is_file() and (root / "manip" / "preview.png").is_file()
     faces = render_faces(sample_factors(2, np.random.default_rng(0)), 16)
     edited, w, dw = runner.edit(faces, ["she smiles", "he turns left"])
