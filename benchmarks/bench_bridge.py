@@ -6,6 +6,8 @@ terminal and flow reparameterisations, and bridges started from a flow-matching 
     python benchmarks/bench_bridge.py --arms DSB-N32 SDSB-N32   # only these; the rest from docs/results/bridge.json
     python benchmarks/bench_bridge.py --arms DSB-2x SDSB-2x     # twice the optimizer steps per half-bridge
     python benchmarks/bench_bridge.py --arms DSB-N32-2x SDSB-N32-2x   # both
+    python benchmarks/bench_bridge.py --arms DSB-N64-2x SDSB-N64-2x   # N = 64 (a quarter of the step size), 2x
+    python benchmarks/bench_bridge.py --confirm-seeds 3 4 5   # goal 1 in the N = 64, 2x setting on fresh seeds
     python benchmarks/bench_bridge.py --report-only        # analyse docs/results/bridge.json again, rewrite the page
 
 Every arm trains the same ResMLP (128 x 5) for the same number of optimizer steps per half-bridge (cosine
@@ -14,7 +16,7 @@ The OU reference (DSB, SDSB) needs large steps to reach the Gaussian (γ 0.05 ->
 reference (TR, FR) only adds small noise to the straight line between independent pairs (γ 0.001 -> 0.01).
 DSB-N32 and SDSB-N32 take the same Σγ in 32 steps of half the size, where the two targets should agree;
 DSB-2x and SDSB-2x train twice as long per half-bridge (does the noisier simplified target catch up?);
-the -N32-2x arms do both. The
+the -N32-2x arms do both, and the -N64-2x arms halve the step size once more. The
 flow-matching model is half-bridge 0 of the flow reference trained for `--fm-multiple` times the steps; the
 FM-initialised arms load it and run IPF from half-bridge 1. Finished runs are reused.
 """
@@ -36,6 +38,8 @@ FLOW = ["reference=flow", "gamma=[0.001,0.01]"]
 # the OU reference at half the step sizes over twice the steps (the same Σγ): the regime of the paper's argument
 # that the two targets agree (small γ)
 SMALL_STEPS = ["steps=32", "gamma=[0.025,0.2]"]
+# a quarter of the step sizes over four times the steps (the same Σγ again): does the gap keep closing?
+SMALLER_STEPS = ["steps=64", "gamma=[0.0125,0.1]"]
 ARMS = {
     "DSB": ["target=dsb"],
     "SDSB": ["target=simplified"],
@@ -47,6 +51,8 @@ ARMS = {
     # both: is the gap that more fitting opens at large γ (a bias of the estimand) smaller at small γ?
     "DSB-N32-2x": ["target=dsb", *SMALL_STEPS, "train.max_steps={double_steps}"],
     "SDSB-N32-2x": ["target=simplified", *SMALL_STEPS, "train.max_steps={double_steps}"],
+    "DSB-N64-2x": ["target=dsb", *SMALLER_STEPS, "train.max_steps={double_steps}"],
+    "SDSB-N64-2x": ["target=simplified", *SMALLER_STEPS, "train.max_steps={double_steps}"],
     "TR-SDSB": [*FLOW, "parameterisation=terminal"],
     "FR-SDSB": [*FLOW, "parameterisation=flow"],
     # the ablation of the coupled cache: the flow network trained on the other network's own (curved) states
@@ -59,7 +65,11 @@ ARMS = {
 # the other settings of the SDSB-vs-DSB comparison, by arm-name suffix: the report's title for each
 VARIANTS = {"-N32": "N = 32, γ 0.025 -> 0.2 (DSB-N32, SDSB-N32: the same Σγ in smaller steps)",
             "-2x": "N = 16, twice the steps per half-bridge (DSB-2x, SDSB-2x: {steps} x 2 AdamW steps)",
-            "-N32-2x": "N = 32, γ 0.025 -> 0.2, twice the steps per half-bridge (DSB-N32-2x, SDSB-N32-2x)"}
+            "-N32-2x": "N = 32, γ 0.025 -> 0.2, twice the steps per half-bridge (DSB-N32-2x, SDSB-N32-2x)",
+            "-N64-2x": "N = 64, γ 0.0125 -> 0.1, twice the steps per half-bridge (DSB-N64-2x, SDSB-N64-2x)"}
+# goal 1 was first met in this setting (seeds 0-2, stop 43), the fifth tried: its confirmation runs the same rule
+# (significantly worse at no half-bridge) on fresh seeds, fixed before they ran (--confirm-seeds)
+CONFIRM_SUFFIX = "-N64-2x"
 W2_TOLERANCE = 0.05  # "an equal distance": a mean W2 at most 5% above the flow-matching model's
 
 
@@ -148,6 +158,17 @@ def floors(seed: int) -> dict:
             "gaussian_vs_checkerboard_w2": exact_w2(g[:1024], b[:1024])}
 
 
+def upper_bound(a: list[float], b: list[float], level: float = 0.95) -> float:
+    """One-sided upper confidence bound of the mean paired difference a - b (t over the pairs)."""
+    import numpy as np
+    from scipy.stats import t
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(diff) < 2:
+        return float("nan")  # one pair has no spread to bound
+    return float(diff.mean() + t.ppf(level, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
 def sdsb_against_dsb(arms: dict, dsb_arm: str, sdsb_arm: str) -> list[dict]:
     """Data W2 of the two at every half-bridge that retrains the generator. A seed gives both arms the same
     network initialisation, reference trajectories and batch order (only the targets differ), so the verdict is
@@ -222,7 +243,17 @@ def analyse(results: dict, seeds: list[int]) -> dict:
     dsb_reach = [never if d is None else d for d in reach["DSB"]]  # None: DSB is not at its own mean level at the end
     faster = {arm: all(r is not None and r < d for r, d in zip(reach[arm], dsb_reach))
               for arm in ("TR-SDSB", "FR-SDSB") if arm in reach}
-    return {"final": final, "sdsb_vs_dsb": sdsb_vs_dsb.get("", []),
+    confirmation = {}
+    if results.get("confirmation"):
+        conf = results["confirmation"]
+        pair = (f"DSB{conf['suffix']}", f"SDSB{conf['suffix']}")
+        rows = sdsb_against_dsb(conf["arms"], *pair)
+        confirmation = {"suffix": conf["suffix"], "seeds": conf["seeds"], "rows": rows,
+                        "met": not any(s["sdsb_worse"] for s in rows)}
+        if all(arm in arms for arm in pair):  # the fresh seeds and the first ones together
+            pooled = sdsb_against_dsb({arm: {**arms[arm], **conf["arms"][arm]} for arm in pair}, *pair)
+            confirmation.update(pooled_rows=pooled, pooled_met=not any(s["sdsb_worse"] for s in pooled))
+    return {"final": final, "sdsb_vs_dsb": sdsb_vs_dsb.get("", []), "confirmation": confirmation,
             "goal1_met": not any(s["sdsb_worse"] for s in sdsb_vs_dsb.get("", [])),
             # the same comparison in the variant settings (diagnostics of goal 1)
             "sdsb_vs_dsb_variants": {suffix: {"rows": rows, "met": not any(s["sdsb_worse"] for s in rows)}
@@ -238,7 +269,7 @@ def write_report(results: dict, path: Path) -> None:
                else []),
              "Generated by `python benchmarks/bench_bridge.py`; design in [../bridge.md](../bridge.md).", "",
              f"- Machine: {results['machine']}; {results['minutes']:.1f} min for the last invocation.",
-             f"- Gaussian (k = N) to checkerboard (k = 0), N = 16 (the -N32 arms: 32), ResMLP 128 x 5, "
+             f"- Gaussian (k = N) to checkerboard (k = 0), N = 16 (the -N32 arms: 32, the -N64 arms: 64), ResMLP 128 x 5, "
              f"{results['steps']} AdamW steps of batch 512 per half-bridge (the -2x arms: twice that; learning rate "
              f"{results.get('schedule', 'constant')} within each), {results['half_bridges']} half-bridges, caches "
              f"of {results['cache']:,} trajectories. "
@@ -272,18 +303,39 @@ def write_report(results: dict, path: Path) -> None:
         settings.append((VARIANTS[suffix].format(steps=results["steps"]), variant["rows"], variant["met"]))
     lines += ["", "## SDSB against DSB at every half-bridge (data W2)", "",
               "A seed gives both arms the same initialisation, reference trajectories and batch order; only the "
-              "targets differ. So the verdict is the paired t-test over seeds (SDSB minus DSB); Welch is beside it."]
-    for title, rows, met in settings:
-        lines += ["", f"{title}:", "", "| half-bridge | DSB | SDSB | SDSB − DSB | paired p | Welch p |",
-                  "|---|---|---|---|---|---|"]
+              "targets differ. So the verdict is the paired t-test over seeds (SDSB minus DSB); Welch is beside it. "
+              "The upper 95% bound (one-sided, paired t over seeds) is how much worse SDSB can be at that confidence: "
+              "what \"no worse\" can claim on these seeds."]
+
+    def comparison(title: str, rows: list[dict], met: bool) -> list[str]:
+        table = ["", f"{title}:", "", "| half-bridge | DSB | SDSB | SDSB − DSB | upper 95% bound | paired p | "
+                 "Welch p |", "|---|---|---|---|---|---|---|"]
         for s in rows:
             diff = mean_std([x - y for x, y in zip(s["sdsb"], s["dsb"])])
-            lines.append(f"| {s['half_bridge']} | {fmt(s['dsb'])} | {fmt(s['sdsb'])} | {diff[0]:+.3f} | "
-                         f"{p_cell(s.get('paired'))} | {p_cell(s['welch'])} |")
+            table.append(f"| {s['half_bridge']} | {fmt(s['dsb'])} | {fmt(s['sdsb'])} | {diff[0]:+.3f} | "
+                         f"{upper_bound(s['sdsb'], s['dsb']):+.3f} | {p_cell(s.get('paired'))} | "
+                         f"{p_cell(s['welch'])} |")
         worse_mean = sum(mean_std(s["sdsb"])[0] > mean_std(s["dsb"])[0] for s in rows)
-        lines += ["", f"SDSB significantly worse than DSB (higher mean, paired p < 0.05) at no half-bridge: "
-                      f"**{'met' if met else 'not met'}**; its mean is worse at {worse_mean} of {len(rows)}, and "
-                      f"{len(rows[0]['dsb'])} seeds make \"no worse\" weak evidence."]
+        worse_at = [str(s["half_bridge"]) for s in rows if s["sdsb_worse"]]
+        where = (f"half-bridge{'s' if len(worse_at) > 1 else ''} {', '.join(worse_at)}" if worse_at else "none")
+        return table + ["", "Goal: SDSB no worse than DSB at every half-bridge, read as significantly worse (higher "
+                        f"mean, paired p < 0.05) at none. **{'Met' if met else 'Not met'}**: significantly worse at "
+                        f"{where}; its mean is worse at {worse_mean} of {len(rows)}, and {len(rows[0]['dsb'])} seeds "
+                        "make \"no worse\" weak evidence."]
+
+    for title, rows, met in settings:
+        lines += comparison(title, rows, met)
+    conf = a.get("confirmation")
+    if conf:
+        first = results["seeds"]
+        lines += ["", f"## Goal 1 on fresh seeds ({VARIANTS[conf['suffix']].split(' (')[0]})", "",
+                  f"Goal 1 was first met in this setting, on seeds {first}, the fifth setting tried. So the same rule "
+                  f"was fixed before seeds {conf['seeds']} were trained, and is applied to them alone; then to all "
+                  "seeds pooled."]
+        lines += comparison(f"Fresh seeds {conf['seeds']}", conf["rows"], conf["met"])
+        if "pooled_rows" in conf:
+            lines += comparison(f"Seeds {sorted(first + conf['seeds'])} pooled", conf["pooled_rows"],
+                                conf["pooled_met"])
     lines += ["", "## Half-bridges until the data W2 is at or below DSB's final mean and stays there", "",
               "| arm | per seed |", "|---|---|"]
     for arm, reach in a["reach_dsb_final"].items():
@@ -360,6 +412,12 @@ def walks_figure(root: Path, seed: int, path: Path, n: int = 2048, trajectories:
     return save_figure(fig, path, dpi=80)
 
 
+def with_int_seeds(confirmation: dict) -> dict:
+    """The confirmation record as read from JSON, its per-seed histories keyed by int again."""
+    return {**confirmation, "arms": {arm: {int(seed): h for seed, h in by_seed.items()}
+                                     for arm, by_seed in confirmation["arms"].items()}}
+
+
 def earlier_arms(path: Path, results: dict, rerun: list[str]) -> dict:
     """`results` with the arms (and flow-matching starts) of an earlier bridge.json made with the same settings,
     less the arms about to be rerun."""
@@ -374,6 +432,8 @@ def earlier_arms(path: Path, results: dict, rerun: list[str]) -> dict:
     results["arms"] = {arm: {int(seed): history for seed, history in by_seed.items()}
                        for arm, by_seed in earlier["arms"].items() if arm not in rerun}
     results["final_gap"] = {arm: gaps for arm, gaps in earlier.get("final_gap", {}).items() if arm not in rerun}
+    if earlier.get("confirmation"):
+        results["confirmation"] = with_int_seeds(earlier["confirmation"])
     results["fm"] = {arm: start for arm, start in earlier["fm"].items() if arm not in rerun}
     return results
 
@@ -390,6 +450,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--report-only", action="store_true",
                         help="analyse the existing bridge.json again and rewrite bridge.md (no training, no figure)")
+    parser.add_argument("--confirm-seeds", type=int, nargs="+", default=None,
+                        help=f"fresh seeds for goal 1's confirmation (DSB{CONFIRM_SUFFIX} and SDSB{CONFIRM_SUFFIX}); the "
+                             "other arms come from the existing bridge.json")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None,
                         help="train and score only these arms; the others come from the existing bridge.json, which "
                              "must have the same seeds and settings")
@@ -408,6 +471,8 @@ def main() -> None:
     if args.report_only:
         results = json.loads((out / "bridge.json").read_text())
         results["arms"] = {arm: {int(seed): h for seed, h in by_seed.items()} for arm, by_seed in results["arms"].items()}
+        if results.get("confirmation"):
+            results["confirmation"] = with_int_seeds(results["confirmation"])
         results["analysis"] = analyse(results, results["seeds"])
         from data_tools.files import atomic_write_json
 
@@ -415,9 +480,21 @@ def main() -> None:
         write_report(results, out / "bridge.md")
         print(f"rewrote {out / 'bridge.md'} from {out / 'bridge.json'}")
         return
+    if args.confirm_seeds and args.arms is None:
+        args.arms = []  # only the confirmation's runs
     arms = list(ARMS) if args.arms is None else args.arms
     if args.arms is not None:
         results = earlier_arms(out / "bridge.json", results, arms)
+    if args.confirm_seeds:
+        if set(args.confirm_seeds) & set(args.seeds):
+            raise SystemExit(f"--confirm-seeds {args.confirm_seeds} must be fresh: not among --seeds {args.seeds}")
+        conf = results.setdefault("confirmation", {"suffix": CONFIRM_SUFFIX, "seeds": [], "arms": {}})
+        for seed in args.confirm_seeds:
+            for arm in (f"DSB{CONFIRM_SUFFIX}", f"SDSB{CONFIRM_SUFFIX}"):
+                filled = [o.format(double_steps=2 * args.steps) for o in ARMS[arm]]
+                conf["arms"].setdefault(arm, {})[seed] = run(root, f"{arm}-seed{seed}",
+                                                             [*common, *filled, f"train.seed={seed}"], args.threads)
+        conf["seeds"] = sorted(set(conf["seeds"]) | set(args.confirm_seeds))
     need_fm = any(a.startswith("FM-") for a in arms)
     for seed in args.seeds:
         fm_dirs = {}

@@ -31,21 +31,24 @@ def test_quick_run_writes_the_report(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads((tmp_path / "out" / "bridge.json").read_text())
     assert results["quick"] and set(results["arms"]) == {
-        "DSB", "SDSB", "DSB-N32", "SDSB-N32", "DSB-2x", "SDSB-2x", "DSB-N32-2x", "SDSB-N32-2x", "TR-SDSB", "FR-SDSB",
-        "FR-SDSB-simulated", "FM-TR-SDSB", "FM-FR-SDSB"}
+        "DSB", "SDSB", "DSB-N32", "SDSB-N32", "DSB-2x", "SDSB-2x", "DSB-N32-2x", "SDSB-N32-2x", "DSB-N64-2x",
+        "SDSB-N64-2x", "TR-SDSB", "FR-SDSB", "FR-SDSB-simulated", "FM-TR-SDSB", "FM-FR-SDSB"}
     small = json.loads((tmp_path / "runs" / "SDSB-N32-seed0" / "ipf.json").read_text())["config"]
     assert small["steps"] == 32 and small["target"] == "simplified"
     longer = json.loads((tmp_path / "runs" / "SDSB-2x-seed0" / "ipf.json").read_text())["config"]
     assert longer["train"]["max_steps"] == 2 * results["steps"] and longer["steps"] == 16  # the arm's budget wins
+    smaller = json.loads((tmp_path / "runs" / "DSB-N64-2x-seed0" / "ipf.json").read_text())["config"]
+    assert smaller["steps"] == 64 and smaller["gamma"] == [0.0125, 0.1] and smaller["target"] == "dsb"
     variants = results["analysis"]["sdsb_vs_dsb_variants"]
-    assert set(variants) == {"-N32", "-2x", "-N32-2x"} and variants["-N32"]["rows"][0]["half_bridge"] == 0
+    assert set(variants) == {"-N32", "-2x", "-N32-2x", "-N64-2x"} and variants["-N32"]["rows"][0]["half_bridge"] == 0
     assert set(results["analysis"]["tr_fr_faster_than_dsb"]) == {"TR-SDSB", "FR-SDSB"}
     fm = results["arms"]["FM-TR-SDSB"]["0"]
     assert fm[0]["half_bridge"] == 0 and "from" in fm[0]  # started from the flow-matching model
     assert results["floors"]["checkerboard_vs_itself_w2"] < results["floors"]["gaussian_vs_checkerboard_w2"]
     report = (tmp_path / "out" / "bridge.md").read_text()
     assert "QUICK RUN" in report and "SDSB against DSB" in report and "coupled cache (ablation)" in report
-    assert "N = 32, γ 0.025 -> 0.2" in report and "30 x 2 AdamW steps" in report
+    assert "N = 32, γ 0.025 -> 0.2" in report and "30 x 2 AdamW steps" in report and "N = 64" in report
+    assert "upper 95% bound" in report and "Goal: SDSB no worse than DSB" in report
     assert results["schedule"] == "cosine" and "learning rate cosine" in report
     # rerun two arms only: the others come from the report's json, and the figure is kept when runs are missing
     before = {arm: results["arms"][arm] for arm in ("FR-SDSB", "FM-FR-SDSB")}
@@ -61,6 +64,23 @@ def test_quick_run_writes_the_report(tmp_path):
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode != 0 and "seeds" in proc.stderr  # another seed list: refused, nothing mixed
     assert len(results["final_gap"]["FR-SDSB"]) == 1 and "coupling gap:" in report
+    # goal 1's confirmation on a fresh seed: only its two arms train; a seed already used is refused
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_bridge.py"), "--quick", "--seeds", "0", "--runs",
+                           str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--confirm-seeds", "0"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "fresh" in proc.stderr
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_bridge.py"), "--quick", "--seeds", "0", "--runs",
+                           str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--confirm-seeds", "1"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    confirmed = json.loads((tmp_path / "out" / "bridge.json").read_text())
+    assert confirmed["confirmation"]["seeds"] == [1] and set(confirmed["confirmation"]["arms"]) == {
+        "DSB-N64-2x", "SDSB-N64-2x"}
+    assert not (tmp_path / "runs" / "DSB-seed1").exists() and (tmp_path / "runs" / "SDSB-N64-2x-seed1").exists()
+    assert confirmed["arms"] == again["arms"]  # the other arms are kept as they were
+    pooled = confirmed["analysis"]["confirmation"]["pooled_rows"][0]
+    assert len(pooled["dsb"]) == 2 and pooled["dsb"][1] == confirmed["analysis"]["confirmation"]["rows"][0]["dsb"][0]
+    assert "Goal 1 on fresh seeds" in (tmp_path / "out" / "bridge.md").read_text()
     assert (tmp_path / "out" / "bridge_walks.png").stat().st_size > 0
     # the page again from the json alone: the same analysis, nothing trained
     (tmp_path / "out" / "bridge.md").unlink()
@@ -129,6 +149,13 @@ def test_sdsb_against_dsb_pairs_the_seeds():
     arms["SDSB"] = {s: _history([w, w], flat) for s, w in enumerate([0.5, 0.8, 1.1])}  # better on every seed
     (row,) = bench.sdsb_against_dsb(arms, "DSB", "SDSB")
     assert not row["sdsb_worse"] and row["paired"]["mean_diff"] == pytest.approx(-0.1)
+
+
+def test_upper_bound_is_the_one_sided_paired_t_bound():
+    bench = load_benchmark("bench_bridge")
+    # differences 0.1, 0.2, 0.3: mean 0.2, sample sd 0.1, t(0.95, 2 dof) = 2.919986
+    assert bench.upper_bound([1.1, 1.2, 1.3], [1.0, 1.0, 1.0]) == pytest.approx(0.2 + 2.919986 * 0.1 / 3 ** 0.5)
+    assert bench.upper_bound([1.0, 1.0], [1.5, 1.5]) == pytest.approx(-0.5)  # no spread: the difference itself
 
 
 def test_analysis_verdicts_count_only_levels_that_last():
