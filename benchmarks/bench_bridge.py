@@ -1,7 +1,7 @@
 """The simplified diffusion Schrödinger bridge in miniature (docs/results/bridge.md): DSB against SDSB, the
 terminal and flow reparameterisations, and bridges started from a flow-matching model, on a 2-D translation.
 
-    python benchmarks/bench_bridge.py                      # Gaussian -> checkerboard, 3 seeds, every arm
+    python benchmarks/bench_bridge.py --jobs 2             # Gaussian -> checkerboard, 3 seeds, every arm, 2 at a time
     python benchmarks/bench_bridge.py --quick --runs DIR   # tiny settings: checks the plumbing, proves nothing
     python benchmarks/bench_bridge.py --arms DSB-N32 SDSB-N32   # only these; the rest from docs/results/bridge.json
     python benchmarks/bench_bridge.py --arms DSB-2x SDSB-2x     # twice the optimizer steps per half-bridge
@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +82,12 @@ def run(root: Path, name: str, overrides: list[str], threads: int) -> list[dict]
         run_hdvila(["bridge", "train", "--config", "bridge/toy", f"output_dir={out}", *overrides], root / f"{name}.log",
                    threads)
     return json.loads((out / "ipf.json").read_text())["history"]
+
+
+def timed_run(root: Path, name: str, overrides: list[str], threads: int) -> tuple[list[dict], float]:
+    """`run` and its wall-clock seconds (0 for a finished run that is reused)."""
+    started = time.time()
+    return run(root, name, overrides, threads), time.time() - started
 
 
 def _check_recipe(out: Path, overrides: list[str]) -> None:
@@ -447,7 +454,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps per half-bridge")
     parser.add_argument("--half-bridges", type=int, default=8)
     parser.add_argument("--fm-multiple", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="OpenMP threads of each run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each its own process)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--report-only", action="store_true",
                         help="analyse the existing bridge.json again and rewrite bridge.md (no training, no figure)")
@@ -458,6 +466,8 @@ def main() -> None:
                         help="train and score only these arms; the others come from the existing bridge.json, which "
                              "must have the same seeds and settings")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.quick:
         args.seeds, args.steps, args.half_bridges, args.fm_multiple = args.seeds[:2], 30, 2, 2
     started = time.time()
@@ -486,41 +496,55 @@ def main() -> None:
     arms = list(ARMS) if args.arms is None else args.arms
     if args.arms is not None:
         results = earlier_arms(out / "bridge.json", results, arms)
-    if args.confirm_seeds:
-        if set(args.confirm_seeds) & set(args.seeds):
-            raise SystemExit(f"--confirm-seeds {args.confirm_seeds} must be fresh: not among --seeds {args.seeds}")
-        conf = results.setdefault("confirmation", {"suffix": CONFIRM_SUFFIX, "seeds": [], "arms": {}})
-        for seed in args.confirm_seeds:
-            for arm in (f"DSB{CONFIRM_SUFFIX}", f"SDSB{CONFIRM_SUFFIX}"):
-                filled = [o.format(double_steps=2 * args.steps) for o in ARMS[arm]]
-                conf["arms"].setdefault(arm, {})[seed] = run(root, f"{arm}-seed{seed}",
-                                                             [*common, *filled, f"train.seed={seed}"], args.threads)
-        conf["seeds"] = sorted(set(conf["seeds"]) | set(args.confirm_seeds))
-    need_fm = any(a.startswith("FM-") for a in arms)
-    for seed in args.seeds:
-        fm_dirs = {}
-        for param in ("terminal", "flow") if need_fm else ():
-            name = f"FM-{param}-seed{seed}"
-            quick_extras = common[2:]
-            history = run(root, name, [*FLOW, f"parameterisation={param}", "half_bridges=1", f"train.seed={seed}",
-                                       f"train.max_steps={args.fm_multiple * args.steps}", *quick_extras],
-                          args.threads)
-            fm_dirs[param] = root / name / "ipf00-backward" / "net"
-            arm = "FM-TR-SDSB" if param == "terminal" else "FM-FR-SDSB"
+    if args.confirm_seeds and set(args.confirm_seeds) & set(args.seeds):
+        raise SystemExit(f"--confirm-seeds {args.confirm_seeds} must be fresh: not among --seeds {args.seeds}")
+    confirm_arms = (f"DSB{CONFIRM_SUFFIX}", f"SDSB{CONFIRM_SUFFIX}") if args.confirm_seeds else ()
+    fm_params = ("terminal", "flow") if any(a.startswith("FM-") for a in arms) else ()
+
+    def arm_overrides(arm: str, seed: int) -> list[str]:
+        fm_dirs = {param: root / f"FM-{param}-seed{seed}" / "ipf00-backward" / "net" for param in fm_params}
+        filled = [o.format(fm_terminal=fm_dirs.get("terminal"), fm_flow=fm_dirs.get("flow"),
+                           double_steps=2 * args.steps) for o in ARMS[arm]]
+        # the arm's own overrides come last, so that they win over the common step budget
+        return [*common, *filled, f"train.seed={seed}"]
+
+    # every run is its own process: --jobs of them at a time (the threads here only wait). The flow-matching
+    # starts go first, since the FM arms of a seed load them
+    pool = ThreadPoolExecutor(max_workers=args.jobs)
+    try:
+        fm_runs = {(param, seed): pool.submit(timed_run, root, f"FM-{param}-seed{seed}", [
+            *FLOW, f"parameterisation={param}", "half_bridges=1", f"train.seed={seed}",
+            f"train.max_steps={args.fm_multiple * args.steps}", *common[2:]], args.threads)
+            for seed in args.seeds for param in fm_params}
+        fm_done = {key: future.result()[0] for key, future in fm_runs.items()}
+        arm_runs = {(arm, seed): pool.submit(timed_run, root, f"{arm}-seed{seed}", arm_overrides(arm, seed),
+                                             args.threads)
+                    for seed in args.seeds for arm in arms}
+        confirm_runs = {(arm, seed): pool.submit(timed_run, root, f"{arm}-seed{seed}", arm_overrides(arm, seed),
+                                                 args.threads)
+                        for seed in args.confirm_seeds or () for arm in confirm_arms}
+        arm_done = {key: future.result() for key, future in arm_runs.items()}
+        confirm_done = {key: future.result()[0] for key, future in confirm_runs.items()}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a failed run stops the ones not started yet
+    for seed in args.seeds:  # collected in seed order, whatever order the runs finished in
+        for param in fm_params:
+            history, arm = fm_done[param, seed], "FM-TR-SDSB" if param == "terminal" else "FM-FR-SDSB"
             for key in ("data_w2", "transport_cost"):
                 results["fm"].setdefault(arm, {}).setdefault(key, []).append(history[-1][key])
-            results["fm"][arm].setdefault("coupling_gap", []).append(latest_gap(root / name, history))
+            results["fm"][arm].setdefault("coupling_gap", []).append(
+                latest_gap(root / f"FM-{param}-seed{seed}", history))
         for arm in arms:
-            overrides = ARMS[arm]
-            filled = [o.format(fm_terminal=fm_dirs.get("terminal"), fm_flow=fm_dirs.get("flow"),
-                               double_steps=2 * args.steps) for o in overrides]
-            t0 = time.time()
-            # the arm's own overrides come last, so that they win over the common step budget
-            results["arms"].setdefault(arm, {})[seed] = run(root, f"{arm}-seed{seed}",
-                                                            [*common, *filled, f"train.seed={seed}"], args.threads)
+            history, seconds = arm_done[arm, seed]
+            results["arms"].setdefault(arm, {})[seed] = history
             results.setdefault("final_gap", {}).setdefault(arm, []).append(
-                latest_gap(root / f"{arm}-seed{seed}", results["arms"][arm][seed]))
-            print(f"{arm} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+                latest_gap(root / f"{arm}-seed{seed}", history))
+            print(f"{arm} seed {seed}: {seconds:.0f} s", flush=True)
+    if args.confirm_seeds:
+        conf = results.setdefault("confirmation", {"suffix": CONFIRM_SUFFIX, "seeds": [], "arms": {}})
+        for (arm, seed), history in sorted(confirm_done.items(), key=lambda item: item[0][1]):
+            conf["arms"].setdefault(arm, {})[seed] = history
+        conf["seeds"] = sorted(set(conf["seeds"]) | set(args.confirm_seeds))
     results["floors"] = floors(0)
     results["analysis"] = analyse(results, args.seeds)
     results["machine"] = machine_line()

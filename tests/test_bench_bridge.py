@@ -25,9 +25,10 @@ def test_first_reaching_counts_half_bridges_trained():
 def test_quick_run_writes_the_report(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    # two runs at a time: the flow-matching starts before the arms that load them, results in seed order
     proc = subprocess.run([sys.executable, str(BENCH / "bench_bridge.py"), "--quick", "--seeds", "0", "--runs",
-                           str(tmp_path / "runs"), "--out", str(tmp_path / "out")], env=env, capture_output=True,
-                          text=True, timeout=900)
+                           str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--jobs", "2"], env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads((tmp_path / "out" / "bridge.json").read_text())
     assert results["quick"] and set(results["arms"]) == {
