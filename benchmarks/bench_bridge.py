@@ -420,10 +420,18 @@ def walks_figure(root: Path, seed: int, path: Path, n: int = 2048, trajectories:
     return save_figure(fig, path, dpi=80)
 
 
-def with_int_seeds(confirmation: dict) -> dict:
-    """The confirmation record as read from JSON, its per-seed histories keyed by int again."""
-    return {**confirmation, "arms": {arm: {int(seed): h for seed, h in by_seed.items()}
-                                     for arm, by_seed in confirmation["arms"].items()}}
+def with_int_seeds(by_arm: dict) -> dict:
+    """{arm: {seed: history}} as read from JSON, the seeds ints again."""
+    return {arm: {int(seed): history for seed, history in by_seed.items()} for arm, by_seed in by_arm.items()}
+
+
+def read_results(path: Path) -> dict:
+    """A bridge.json with its runs (and the confirmation's) keyed by int seeds, as the analysis wants them."""
+    results = json.loads(path.read_text())
+    results["arms"] = with_int_seeds(results["arms"])
+    if results.get("confirmation"):
+        results["confirmation"]["arms"] = with_int_seeds(results["confirmation"]["arms"])
+    return results
 
 
 def earlier_arms(path: Path, results: dict, rerun: list[str]) -> dict:
@@ -431,17 +439,16 @@ def earlier_arms(path: Path, results: dict, rerun: list[str]) -> dict:
     less the arms about to be rerun."""
     if not path.exists():
         raise SystemExit(f"--arms needs the earlier {path}; run every arm first")
-    earlier = json.loads(path.read_text())
+    earlier = read_results(path)
     earlier.setdefault("schedule", "constant")  # made before the bench recorded it
     for key in ("seeds", "steps", "half_bridges", "cache", "quick", "schedule"):
         if earlier.get(key) != results[key]:
             raise SystemExit(f"{path} was made with {key}={earlier.get(key)!r}, this run has {results[key]!r}: "
                              "rerun every arm")
-    results["arms"] = {arm: {int(seed): history for seed, history in by_seed.items()}
-                       for arm, by_seed in earlier["arms"].items() if arm not in rerun}
+    results["arms"] = {arm: by_seed for arm, by_seed in earlier["arms"].items() if arm not in rerun}
     results["final_gap"] = {arm: gaps for arm, gaps in earlier.get("final_gap", {}).items() if arm not in rerun}
     if earlier.get("confirmation"):
-        results["confirmation"] = with_int_seeds(earlier["confirmation"])
+        results["confirmation"] = earlier["confirmation"]
     results["fm"] = {arm: start for arm, start in earlier["fm"].items() if arm not in rerun}
     return results
 
@@ -480,10 +487,7 @@ def main() -> None:
                      "quick": args.quick, "schedule": toy_schedule(), "arms": {}, "fm": {}}
     out = Path(args.out)
     if args.report_only:
-        results = json.loads((out / "bridge.json").read_text())
-        results["arms"] = {arm: {int(seed): h for seed, h in by_seed.items()} for arm, by_seed in results["arms"].items()}
-        if results.get("confirmation"):
-            results["confirmation"] = with_int_seeds(results["confirmation"])
+        results = read_results(out / "bridge.json")
         results["analysis"] = analyse(results, results["seeds"])
         from data_tools.files import atomic_write_json
 
