@@ -7,6 +7,7 @@
     python benchmarks/bench_heads.py snap --variants text [--split val]  # the snap temperature, seed 0
     python benchmarks/bench_heads.py snap-ensemble --split val|test      # the snap rules, same weights, 3 seeds
     python benchmarks/bench_heads.py ceiling [--split val]          # edits that know the action (a bound)
+    python benchmarks/bench_heads.py prior-edits [--split val]      # each prior redrawing inputs and acted faces
     python benchmarks/bench_heads.py smoke                           # the carphone clip's real face crops
     python benchmarks/bench_heads.py report                          # docs/results/heads.md from heads.json
 
@@ -41,9 +42,14 @@ CACHE = RUNS / "cache"
 # the prior every head is trained on; the measured stop-31 prior (4,000 steps resumed to 7,000) is gone, and its
 # figures stay in heads.json under their own names (each evaluation section records its prior)
 HEADS_PRIOR = "autoencoding prior, one 7,000-step schedule (stop 39)"
+ACTED_PRIOR = "autoencoding prior, half the faces acted (stop 44)"
+ACTED_PERC2_PRIOR = "autoencoding prior, half the faces acted, perceptual x2 (stop 44)"
 PRIORS = {HEADS_PRIOR: RUNS / "faces32-prior" / "prior",
           "autoencoding prior without the perceptual term (4000 steps)": RUNS / "faces32-prior-pixel" / "prior",
-          "adversarial GAN (animate train-gan, 12k steps)": RUNS / "faces32-gan-prior"}
+          "adversarial GAN (animate train-gan, 12k steps)": RUNS / "faces32-gan-prior",
+          # stop 44: half the training renders show a random action (`acted_fraction`), the faces edits aim at
+          ACTED_PRIOR: RUNS / "faces32-prior-acted" / "prior",
+          ACTED_PERC2_PRIOR: RUNS / "faces32-prior-acted-perc2" / "prior"}
 TEXT_MODEL = REPO / "runs" / "demo" / "pretrain" / "pretrained"
 
 
@@ -210,11 +216,22 @@ VARIANTS = {"text": (True, [], "text"), "notext": (False, [], "no-text mapper"),
                                  "text, directional own-sentence loss x10 only (lever)"),
             "plus-direction": (True, [*STOP39, "loss.direction=1"], "text, plus the directional loss (lever)"),
             "plus-direction5": (True, [*STOP39, "loss.direction=5"], "text, plus the directional loss x5 (lever)"),
+            # stop 44: the same heads on a prior trained with half its faces acted (PRIORS)
+            **{name: (use_text, [f"prior_dir={PRIORS[prior].relative_to(REPO)}"], f"{arm}, on the {short}")
+               for name, use_text, arm, prior, short in (
+                   ("acted", True, "text", ACTED_PRIOR, "prior with half its faces acted"),
+                   ("acted-notext", False, "no-text mapper", ACTED_PRIOR, "prior with half its faces acted"),
+                   ("acted-perc2", True, "text", ACTED_PERC2_PRIOR, "acted prior with perceptual x2"),
+                   ("acted-perc2-notext", False, "no-text mapper", ACTED_PERC2_PRIOR,
+                    "acted prior with perceptual x2"))},
             # super-resolution: the loss before the perceptual term, with and without a pretrained text encoder
             "l1-notext": (False, ["loss.perceptual=0"], "no-text head, L1 losses only (the previous loss)"),
             "minilm-l1": (True, ["text_model=minilm", "loss.perceptual=0"],
                           "text head, raw MiniLM, L1 losses only (lever)")}
 
+
+# the text heads on another prior, compared with the text head over seeds in the report
+PRIOR_VARIANTS = ("acted", "acted-perc2")
 
 # super-resolution heads by input size: `sr` takes 8 px faces (4x), `sr8` 4 px faces (8x, the ratio of the issue's
 # 8 px of a 64 px face), where the eyes and the mouth are gone from the input; head -> (scale, results section)
@@ -444,6 +461,64 @@ def stage_ceiling(args) -> None:
     print(json.dumps(arms, indent=1))
 
 
+def stage_prior_edits(args) -> None:
+    """Each prior as the target of an edit, with no head: for every face x action, the prior's inversion of the
+    input (what an edit starts from) and of the renderer's acted face (the manipulation head's paired target),
+    rendered back and scored by `edit_outcomes` against the oracle's reading of the input. `acted, <factor>
+    moved` is the share of edits whose unrelated <factor> moved by more than the keep tolerance."""
+    from animation.faces import EXPRESSION_FACTORS, apply_action, face_tensors
+    from heads.attributes import INDEX, SPAN, edit_outcomes, touched
+    from heads.evaluate import edit_plan, summarise_edits
+    from heads.manipulation import get_judges
+    from heads.prior import FaceSplit, load_prior
+
+    torch.set_num_threads(args.threads)
+    judges = get_judges(CACHE, 32)
+    factors = FaceSplit().faces(args.split, args.faces, seed=1)
+    face_idx, actions, _, _ = edit_plan(len(factors), "test", 0)
+    images = face_tensors(factors, 32)
+    acted = face_tensors(np.concatenate([apply_action(factors[i:i + 1], a) for i, a in zip(face_idx, actions)]), 32)
+
+    def read(x):
+        with torch.no_grad():
+            return np.concatenate([judges.oracle.predict(x[i:i + 256]).numpy() for i in range(0, len(x), 256)])
+
+    def redraw(generator, encoder, x):
+        with torch.no_grad():
+            return torch.cat([generator.synthesis(encoder.encode(x[i:i + 256]), noise_mode="const")
+                              for i in range(0, len(x), 256)])
+
+    start = read(images)[face_idx]
+    unrelated = np.array([[not touched(a)[INDEX[f]] for f in EXPRESSION_FACTORS] for a in actions])
+
+    def row(plain_readings, acted_readings):
+        paired = summarise_edits(edit_outcomes(start, acted_readings, actions))
+        out = {"paired target success": paired["success"], "paired target kept": paired["kept"],
+               "identity drift": paired["identity_drift"]}
+        if plain_readings is not None:
+            out["inversion kept"] = summarise_edits(edit_outcomes(start, plain_readings, actions))["kept"]
+        for f in ("smile", "brow_raise"):
+            moved = np.abs(acted_readings[:, INDEX[f]] - start[:, INDEX[f]]) / SPAN[INDEX[f]] > 0.1
+            out[f"acted, {f} moved"] = float(moved[unrelated[:, EXPRESSION_FACTORS.index(f)]].mean())
+        return out
+
+    arms = {"the renderer's own acted face (no prior)": row(None, read(acted))}
+    for name, folder in PRIORS.items():
+        if not (folder / "inversion").is_dir() or "adversarial" in name:
+            continue
+        generator, encoder = load_prior(folder)
+        arms[name] = row(read(redraw(generator, encoder, images))[face_idx], read(redraw(generator, encoder, acted)))
+        print(name, json.dumps({k: round(v, 3) for k, v in arms[name].items()}), flush=True)
+    results = load_results()
+    results[f"prior_edits_{args.split}"] = {
+        "note": f"{len(factors)} {args.split} faces x 24 actions (FaceSplit {args.split}, seed 1), no head: each "
+                "prior's encoder + generator redraws the input (inversion kept) and the renderer's acted face "
+                "(the paired target), scored by edit_outcomes against the oracle's reading of the input; "
+                "'acted, <factor> moved': share of the edits leaving <factor> alone in which the paired target "
+                "moved it by more than 0.1 of its range", "arms": arms}
+    save_results(results)
+
+
 def stage_snap(args) -> None:
     """Validation sweep of the inference-time snap temperature for seed-0 heads (`--variants`)."""
     from heads.evaluate import evaluate_manipulation
@@ -631,11 +706,13 @@ def write_report(results: dict, path: Path) -> None:
             w = welch(list(arms["text"]["success"]["per_seed"].values()),
                       list(arms["no-text mapper"]["success"]["per_seed"].values()))
             lines += ["", f"Text vs no-text mapper over seeds: Welch p = {fmt_p(w['p'] if w else None)}."]
-        previous = VARIANTS["stop39text"][2]
-        if previous in arms and len(section["seeds"]) > 1:
-            ps = {m: welch(list(arms["text"][m]["per_seed"].values()), list(arms[previous][m]["per_seed"].values()))
+        for variant in ("stop39text", *PRIOR_VARIANTS):
+            other = VARIANTS[variant][2]
+            if other not in arms or len(section["seeds"]) < 2:
+                continue
+            ps = {m: welch(list(arms["text"][m]["per_seed"].values()), list(arms[other][m]["per_seed"].values()))
                   for m in ("success", "kept")}
-            lines += ["", "Text vs stop 39's text head over seeds (Welch): success p = "
+            lines += ["", f"Text vs {other[0].lower() + other[1:]} over seeds (Welch): success p = "
                       f"{fmt_p(ps['success']['p'] if ps['success'] else None)}, unrelated kept p = "
                       f"{fmt_p(ps['kept']['p'] if ps['kept'] else None)}."]
         lines += ["", "Paired per seed (McNemar's exact test on the same edits, one-sided: text better):", ""]
@@ -689,6 +766,8 @@ def write_report(results: dict, path: Path) -> None:
                        ("manipulation_snap_rules_test",
                         "Manipulation: the snap rules on the same mapper weights (test, 3 seeds)"),
                        ("manipulation_ceiling_val", "Manipulation with the action known (val; a ceiling, not a head)"),
+                       ("prior_edits_val", "Each prior as an edit's target, no head (val)"),
+                       ("prior_edits_test", "Each prior as an edit's target, no head (test)"),
                        ("manipulation_pilots_val", "Manipulation pilots (val) whose text model is gone"),
                        ("superres_pilots_val", "Super-resolution pilots (val) whose text model is gone")):
         if key in results:
@@ -715,8 +794,8 @@ def write_report(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("text", "prior", "train", "eval", "ceiling", "snap", "snap-ensemble", "smoke",
-                                          "report"))
+    parser.add_argument("stage", choices=("text", "prior", "train", "eval", "ceiling", "prior-edits", "snap",
+                                          "snap-ensemble", "smoke", "report"))
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--text-label", default="make demo",
                         help="text: the name this build's HD-VILA rows get in the table (e.g. which stop rebuilt it)")
@@ -735,13 +814,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.stage == "eval" and args.faces == 500:
         args.faces = 20
-    if args.stage in ("ceiling", "snap", "snap-ensemble") and args.faces == 500:
+    if args.stage in ("ceiling", "prior-edits", "snap", "snap-ensemble") and args.faces == 500:
         args.faces = 40
     if args.stage == "report":
         write_report(load_results(), DOCS / "heads.md")
         return
     stages = {"text": stage_text, "prior": stage_prior, "train": stage_train, "eval": stage_eval,
-              "ceiling": stage_ceiling, "snap": stage_snap, "snap-ensemble": stage_snap_ensemble, "smoke": stage_smoke}
+              "ceiling": stage_ceiling, "prior-edits": stage_prior_edits, "snap": stage_snap,
+              "snap-ensemble": stage_snap_ensemble, "smoke": stage_smoke}
     stages[args.stage](args)
 
 

@@ -19,6 +19,7 @@ another face's sentence (if the text matters, a wrong sentence must hurt).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,6 +64,10 @@ def _read(oracle, images: torch.Tensor) -> np.ndarray:
     return oracle.predict(images).numpy()
 
 
+def _prior_of(runner: TextManipulator) -> tuple[str, int]:
+    return str(Path(runner.model.config["prior_dir"]).resolve()), runner.invert_steps
+
+
 def evaluate_manipulation(manipulator: TextManipulator, judges, factors: np.ndarray, *, sentences: str = "test",
                           seed: int = 0, no_text: TextManipulator | None = None, optimise_steps: int = 0,
                           extra_arms: dict[str, TextManipulator] | None = None) -> dict[str, Any]:
@@ -90,10 +95,15 @@ def evaluate_manipulation(manipulator: TextManipulator, judges, factors: np.ndar
         per_edit[name] = out["success"][out["scored"]]
         samples[name] = edited
 
+    # an arm on another prior edits its own prior's codes of the faces (same prior folder: the same codes)
+    codes = {_prior_of(manipulator): w}
+
     def run_mapper(name: str, runner: TextManipulator, sentence_list: Sequence[str]) -> None:
         t = time.perf_counter()
+        if _prior_of(runner) not in codes:
+            codes[_prior_of(runner)] = runner.invert(images)[face_idx]
         text_emb = runner.encode_texts(sentence_list)
-        edited, _ = runner.edit_codes(w, text_emb)
+        edited, _ = runner.edit_codes(codes[_prior_of(runner)], text_emb)
         score(name, edited, time.perf_counter() - t)
 
     run_mapper("text", manipulator, texts)

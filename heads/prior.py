@@ -93,6 +93,9 @@ class PriorConfig:
     gan_overrides: dict = field(default_factory=dict)
     encoder: dict = field(default_factory=dict)  # EncoderConfig overrides (base_channels, max_channels, hidden)
     faces: int = 8192  # training renders, train-side identities
+    # share of those renders that show a random action applied to the face (`training_faces`): the faces an edit
+    # aims at (the manipulation head's paired target is the prior's code of such an acted face)
+    acted_fraction: float = 0.0
     split: FaceSplit = field(default_factory=FaceSplit)
     cache_dir: str = "runs/heads/cache"  # the frozen scorer whose features the perceptual term uses
     scorer: dict = field(default_factory=dict)  # its training settings (animation.oracle.get_scorer)
@@ -245,6 +248,23 @@ def prior_from_gan(gan_dir: str | Path, out: str | Path, *, encoder_steps: int =
     return save_prior(out, generator, encoder)
 
 
+def training_faces(cfg: PriorConfig) -> np.ndarray:
+    """The prior's training factors [faces, F]: train-side faces, of which a random `acted_fraction` show one
+    of the animator's actions applied in full (uniform over `animation.faces.ACTIONS`). Plain faces rarely sit at
+    the extremes an action drives a factor to (a wide smile with shut eyes), and a prior that never drew them
+    redraws them loosely, unrelated factors included."""
+    from animation.faces import ACTIONS, apply_action
+
+    if not 0.0 <= cfg.acted_fraction <= 1.0:
+        raise ValueError(f"acted_fraction must lie in [0, 1], got {cfg.acted_fraction}")
+    factors = cfg.split.faces("train", cfg.faces, cfg.train.seed)
+    rng = np.random.default_rng([cfg.train.seed, 7])
+    acted = np.flatnonzero(rng.random(len(factors)) < cfg.acted_fraction)
+    for i, choice in zip(acted, rng.integers(len(ACTIONS), size=len(acted))):
+        factors[i] = apply_action(factors[i], ACTIONS[choice])
+    return factors
+
+
 def run_train_prior(cfg: PriorConfig, resume: bool = False) -> dict[str, Any] | None:
     """Train the autoencoding prior on train-side renders; export output_dir/prior (gan/ + inversion/)."""
     out = start_run(cfg)
@@ -252,7 +272,7 @@ def run_train_prior(cfg: PriorConfig, resume: bool = False) -> dict[str, Any] | 
     encoder = InversionEncoder.for_generator(generator, seed=cfg.train.seed, **cfg.encoder)
     model = AutoencodingPrior(generator, encoder)
     size = generator.cfg.resolution
-    images = face_tensors(cfg.split.faces("train", cfg.faces, cfg.train.seed), size)
+    images = face_tensors(training_faces(cfg), size)
     preview = face_tensors(cfg.split.faces("val", 16, 0), size)
     batches = ArrayBatches(images, torch.zeros(len(images), dtype=torch.long), cfg.train.batch_size,
                            cfg.train.seed, dist.rank(), dist.world_size())
@@ -295,4 +315,4 @@ def measure_prior(generator: Generator, encoder: InversionEncoder, oracle, facto
 
 
 __all__ = ["AutoencodingPrior", "FaceSplit", "PriorConfig", "PriorLossConfig", "load_prior", "measure_prior",
-           "prior_from_gan", "run_train_prior", "save_prior"]
+           "prior_from_gan", "run_train_prior", "save_prior", "training_faces"]

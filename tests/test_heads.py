@@ -1,5 +1,6 @@
 """HD-VILA's generation heads at toy size: the attribute scoring, the mapper, the autoencoding prior, the
 manipulation and super-resolution heads' losses, both CLIs end to end, and the evaluation arms."""
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,12 @@ from PIL import Image
 from animation.faces import FACTOR_NAMES, FaceFactors, describe, render_faces, sample_factors
 from animation.stylegan2 import create_gan
 from data_tools.config import load_config
+from data_tools.training.config import TrainConfig
 from data_tools.training.metrics import read_metrics
 from heads.attributes import agreement, balanced_accuracy, edit_outcomes, eyes_closed
 from heads.mapper import MapperConfig, TextMapper
-from heads.prior import FaceSplit, gradient_l1, load_prior, measure_prior, multiscale_l1
+from heads.prior import (FaceSplit, PriorConfig, gradient_l1, load_prior, measure_prior, multiscale_l1,
+                         save_prior, training_faces)
 from hdvila.cli import main as cli_main
 
 IDX = {n: i for i, n in enumerate(FACTOR_NAMES)}
@@ -362,6 +365,23 @@ def test_text_augmentation_mixes_phrasings_of_the_same_action_and_adds_noise_of_
         ManipulationBatches(ws, actions, text, scorer, 24, seed=3, augment=TextAugmentConfig(noise=-1))
 
 
+def test_prior_training_faces_show_an_action_on_the_acted_share_only():
+    from animation.faces import ACTIONS, apply_action
+
+    plain = training_faces(PriorConfig(faces=400))
+    assert np.array_equal(plain, PriorConfig(faces=400).split.faces("train", 400, 0))  # the default: no acted faces
+    acted = training_faces(PriorConfig(faces=400, acted_fraction=0.5))
+    changed = np.any(acted != plain, axis=1)
+    assert 0.35 < changed.mean() < 0.6  # half acted, less the actions that leave a face as it was
+    assert np.array_equal(acted[:, :6], plain[:, :6])  # identity factors never move
+    for i in np.flatnonzero(changed)[:20]:  # each changed face is one whole action applied to its plain face
+        assert any(np.allclose(acted[i], apply_action(plain[i], a)) for a in ACTIONS)
+    assert not np.array_equal(acted, training_faces(PriorConfig(faces=400, acted_fraction=0.5,
+                                                                train=TrainConfig(seed=1))))
+    with pytest.raises(ValueError, match="acted_fraction"):
+        training_faces(PriorConfig(faces=4, acted_fraction=1.5))
+
+
 def test_multiscale_and_gradient_l1_see_coarse_and_edge_differences():
     x = torch.zeros(1, 3, 16, 16)
     checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2 * 2.0 - 1.0
@@ -621,6 +641,24 @@ def test_evaluations_score_every_arm(heads_run):
         assert 0 <= arm["kept_vs_reconstruction"] <= 1
     assert report["arms"]["no edit (inversion)"]["kept_vs_reconstruction"] == 1.0
     assert set(report["paired_vs_text"]) == set(report["arms"]) - {"text"}
+    # an arm on another prior edits that prior's codes of the faces, not the first arm's
+    other_dir = root / "prior-other"
+    if not other_dir.is_dir():
+        generator, encoder = load_prior(root / "prior" / "prior")
+        with torch.no_grad():
+            for p in encoder.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        save_prior(other_dir, generator, encoder)
+    model = copy.deepcopy(runner.model)
+    model.config["prior_dir"] = str(other_dir)
+    other = TextManipulator(model, load_prior(other_dir)[1], text_encoder, snap_encoders=runner.snap_encoders)
+    report = evaluate_manipulation(runner, judges, factors, extra_arms={"other prior": other})
+    w_other = other.invert(report["images"])[report["face_index"]]
+    expected, _ = other.edit_codes(w_other, other.encode_texts(report["texts"]))
+    assert torch.allclose(report["samples"]["other prior"], expected, atol=1e-5)
+    same_prior, _ = runner.edit_codes(runner.invert(report["images"])[report["face_index"]],
+                                      runner.encode_texts(report["texts"]))
+    assert not torch.allclose(report["samples"]["other prior"], same_prior, atol=1e-3)
     text_sr = TextSuperResolver.from_pretrained(root / "sr" / "superres", text_encoder)
     sr = evaluate_superres(text_sr, FaceSplit(identities=40, val_identities=4).faces("val", 6, seed=0), judges,
                            no_text=TextSuperResolver.from_pretrained(root / "sr-notext" / "superres", None),
