@@ -90,11 +90,20 @@ bench-heads: $(STAMP)
 	$(PY) benchmarks/bench_heads.py eval --split val --heads manip --levers --seeds 0 --faces 40
 	$(PY) benchmarks/bench_heads.py snap --split val --variants text stop39text paired300-mix3
 	$(PY) benchmarks/bench_heads.py ceiling --split val --invert-steps 0 30 100
+	# stop 44: priors trained with half their faces acted (and the perceptual term doubled), judged as an edit's
+	# target on val; the text and no-text heads on the chosen one join the evaluation as arms
+	$(VENV)/bin/hdvila heads train-prior --config heads/faces32-prior acted_fraction=0.5 \
+	    output_dir=runs/heads/faces32-prior-acted
+	$(VENV)/bin/hdvila heads train-prior --config heads/faces32-prior acted_fraction=0.5 loss.perceptual=2.0 \
+	    output_dir=runs/heads/faces32-prior-acted-perc2
+	$(PY) benchmarks/bench_heads.py prior-edits --split val
+	$(PY) benchmarks/bench_heads.py train --seeds 0 1 2 --heads manip --variants acted-perc2 acted-perc2-notext --jobs 2
 	$(PY) benchmarks/bench_heads.py snap-ensemble --split val
 	$(PY) benchmarks/bench_heads.py snap-ensemble --split test --faces 20
 	$(PY) benchmarks/bench_heads.py eval --split val --faces 40 --optimise-steps 0
 	$(PY) benchmarks/bench_heads.py eval --split test
 	$(PY) benchmarks/bench_heads.py prior --split test
+	$(PY) benchmarks/bench_heads.py prior-edits --split test
 	$(PY) benchmarks/bench_heads.py smoke
 
 clean:
